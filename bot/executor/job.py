@@ -1,0 +1,146 @@
+"""A submitted job, and the handle callers use to follow, cancel and await it."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+from collections.abc import AsyncIterator, Callable, Generator, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from handlers.base import Task, TaskKind
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One change in a job's life; ``position`` 0 means next to run."""
+
+    state: JobState
+    position: int | None = None
+    eta_s: float | None = None
+    step: int | None = None
+    total: int | None = None
+    partial: Any = None
+    error: BaseException | None = None
+
+
+_job_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Job:
+    """Executor-internal record of one request; only the event loop thread mutates it."""
+
+    task: Task[Any, Any]
+    model: str
+    user_id: str
+    request: Any
+    key: Hashable
+    cost: int
+    enqueued_at: float
+    future: asyncio.Future[Any]
+    id: int = field(default_factory=lambda: next(_job_ids))
+    state: JobState = JobState.QUEUED
+    position: int | None = None
+    """Jobs ahead in the model's queue; set by the executor within the loop turn of submit."""
+    eta_s: float | None = None
+    error: BaseException | None = None
+    started_at: float | None = None
+    abandoned: bool = False
+    """Set when nobody awaits the result any more (cancelled, timed out); read by the worker."""
+    deadline: asyncio.TimerHandle | None = None
+    _listeners: list[asyncio.Queue[JobEvent]] = field(default_factory=list)
+
+    @property
+    def kind(self) -> TaskKind:
+        return self.task.kind
+
+    @property
+    def queue_key(self) -> tuple[str, str]:
+        return (self.task.name, self.model)
+
+    @property
+    def listening(self) -> bool:
+        return bool(self._listeners)
+
+    def emit(self, event: JobEvent) -> None:
+        for listener in self._listeners:
+            listener.put_nowait(event)
+        if event.state.final:
+            self._listeners.clear()
+
+    def subscribe(self) -> asyncio.Queue[JobEvent]:
+        """A queue that starts with the job's current state and receives every later event."""
+        listener: asyncio.Queue[JobEvent] = asyncio.Queue()
+        listener.put_nowait(JobEvent(self.state, self.position, self.eta_s, error=self.error))
+        if not self.state.final:
+            self._listeners.append(listener)
+        return listener
+
+
+class JobHandle:
+    """What ``Executor.submit`` returns: await it for the result, or follow its events."""
+
+    def __init__(self, job: Job, cancel: Callable[[Job, str], bool]) -> None:
+        self._job = job
+        self._cancel = cancel
+
+    @property
+    def id(self) -> int:
+        return self._job.id
+
+    @property
+    def task(self) -> str:
+        return self._job.task.name
+
+    @property
+    def model(self) -> str:
+        return self._job.model
+
+    @property
+    def user_id(self) -> str:
+        return self._job.user_id
+
+    @property
+    def state(self) -> JobState:
+        return self._job.state
+
+    @property
+    def position(self) -> int | None:
+        """Jobs ahead of this one in its model's queue; None once it runs."""
+        return self._job.position if self._job.state is JobState.QUEUED else None
+
+    def done(self) -> bool:
+        return self._job.future.done()
+
+    def cancel(self, reason: str = "cancelled by the requester") -> bool:
+        """Drop a queued job or ask a running one to stop; False if it already ended."""
+        return self._cancel(self._job, reason)
+
+    async def result(self) -> Any:
+        return await asyncio.shield(self._job.future)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.result().__await__()
+
+    async def events(self) -> AsyncIterator[JobEvent]:
+        """The current state, then every change, ending with the final one."""
+        listener = self._job.subscribe()
+        while True:
+            event = await listener.get()
+            yield event
+            if event.state.final:
+                return

@@ -1,0 +1,89 @@
+"""Counters and recent samples behind ``/queue``, ``/stats`` and the benchmark."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict, deque
+from dataclasses import dataclass, field
+
+from bot.executor.backend import LoadedModelInfo
+
+ModelKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    count: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+    @classmethod
+    def of(cls, seconds: deque[float] | list[float]) -> Percentiles:
+        if not seconds:
+            return cls(0, 0.0, 0.0, 0.0)
+        ordered = sorted(seconds)
+
+        def at(q: float) -> float:
+            return 1000 * ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+        return cls(len(ordered), at(0.50), at(0.95), at(0.99))
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    task: str
+    model: str
+    queued: int
+    wait: Percentiles
+    run: Percentiles
+    batch_sizes: dict[int, int]
+    outcomes: dict[str, int]
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    outstanding: int
+    queued: int
+    models: list[ModelStats]
+    loaded: list[LoadedModelInfo]
+    refused: dict[str, int] = field(default_factory=dict)
+
+
+class Metrics:
+    def __init__(self, samples: int = 2048) -> None:
+        self._wait: defaultdict[ModelKey, deque[float]] = defaultdict(lambda: deque(maxlen=samples))
+        self._run: defaultdict[ModelKey, deque[float]] = defaultdict(lambda: deque(maxlen=samples))
+        self._batch_sizes: defaultdict[ModelKey, Counter[int]] = defaultdict(Counter)
+        self._outcomes: defaultdict[ModelKey, Counter[str]] = defaultdict(Counter)
+        self._batch_ewma: dict[ModelKey, float] = {}
+        self.refused: Counter[str] = Counter()
+
+    def record_wait(self, key: ModelKey, seconds: float) -> None:
+        self._wait[key].append(seconds)
+
+    def record_batch(self, key: ModelKey, size: int, seconds: float) -> None:
+        self._run[key].append(seconds)
+        self._batch_sizes[key][size] += 1
+        previous = self._batch_ewma.get(key)
+        self._batch_ewma[key] = seconds if previous is None else 0.8 * previous + 0.2 * seconds
+
+    def record_outcome(self, key: ModelKey, outcome: str) -> None:
+        self._outcomes[key][outcome] += 1
+
+    def batch_seconds(self, key: ModelKey, default: float) -> float:
+        """Typical duration of one batch for this model, for wait estimates."""
+        return self._batch_ewma.get(key, default)
+
+    def model_stats(self, key: ModelKey, queued: int) -> ModelStats:
+        return ModelStats(
+            task=key[0],
+            model=key[1],
+            queued=queued,
+            wait=Percentiles.of(self._wait[key]),
+            run=Percentiles.of(self._run[key]),
+            batch_sizes=dict(sorted(self._batch_sizes[key].items())),
+            outcomes=dict(self._outcomes[key]),
+        )
+
+    def known_keys(self) -> list[ModelKey]:
+        return list({*self._wait, *self._run, *self._outcomes})

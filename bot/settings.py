@@ -1,0 +1,159 @@
+"""Every setting of the bot, read from the environment and ``.env``.
+
+Env names are ``BOT_<FIELD>``, nested with ``__`` (``BOT_MODELS__SENTIMENT``,
+``BOT_TEXT__WINDOW_MS``); the one exception is ``DISCORD_TOKEN``. Build ``Settings()`` in
+``main()``, never at import, so tests and the CLI can shape the environment first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.executor.config import ClassLimits, ExecutorConfig, default_limits
+from handlers.base import TaskKind
+
+
+class ModelSettings(BaseModel):
+    """The model each task uses: a Hugging Face hub id or a local directory."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    sentiment: str = "distilbert/distilbert-base-uncased-finetuned-sst-2-english"
+    """Text classifier for /sentiment (Apache-2.0)."""
+
+
+class TaskClassSettings(BaseModel):
+    """Batching and deadlines for one class of tasks (text, audio, image)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    window_ms: float = Field(ge=0)
+    """How long a forming batch waits for more requests when requests arrive together."""
+    max_batch: int = Field(ge=1)
+    """Most requests in one batch."""
+    max_cost: int = Field(ge=1)
+    """Most budget units per batch: tokens for text and audio, pixels for images."""
+    queue_deadline_s: float = Field(gt=0)
+    """A request that waited longer than this is refused instead of run."""
+    exec_timeout_s: float = Field(gt=0)
+    """A batch running longer than this is stopped."""
+    default_batch_s: float = Field(gt=0)
+    """Assumed batch duration for wait estimates until one has been measured."""
+
+    @classmethod
+    def of(cls, kind: TaskKind) -> TaskClassSettings:
+        limits = default_limits()[kind]
+        return cls(
+            window_ms=limits.window_s * 1000,
+            max_batch=limits.max_batch,
+            max_cost=limits.max_cost,
+            queue_deadline_s=limits.queue_deadline_s,
+            exec_timeout_s=limits.exec_timeout_s,
+            default_batch_s=limits.default_batch_s,
+        )
+
+    def limits(self) -> ClassLimits:
+        return ClassLimits(
+            window_s=self.window_ms / 1000,
+            max_batch=self.max_batch,
+            max_cost=self.max_cost,
+            queue_deadline_s=self.queue_deadline_s,
+            exec_timeout_s=self.exec_timeout_s,
+            default_batch_s=self.default_batch_s,
+        )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BOT_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+        use_attribute_docstrings=True,
+    )
+
+    discord_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DISCORD_TOKEN")
+    )
+    """The bot's token from the Discord developer portal (env DISCORD_TOKEN)."""
+    data_dir: Path = Path("data")
+    """Where the bot keeps its database and other state."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Logging verbosity."""
+    device: str = "auto"
+    """Where models run: auto (cuda, then mps, then cpu), cuda, cuda:1, mps or cpu."""
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    """Model precision: auto is float16 on a GPU and float32 on the CPU."""
+    memory_budget_gb: float | None = Field(default=None, gt=0)
+    """Memory models may hold on the device; least recently used ones are unloaded beyond it.
+    Unset means no limit."""
+    preload: list[str] = []
+    """Tasks whose models load at start-up instead of on first use (JSON list)."""
+    max_queue: int = Field(default=64, ge=1)
+    """Most jobs waiting or running at once across all users; more are refused as busy."""
+    max_per_user: int = Field(default=2, ge=1)
+    """Most jobs one user may have waiting or running at once."""
+    torch_threads: int | None = Field(default=None, ge=1)
+    """Threads for torch's CPU work. Unset: every core when models run on the CPU, at most 4
+    when a GPU runs them, leaving cores for the event loop and result encoding."""
+    cpu_workers: int = Field(default=2, ge=1)
+    """Threads that encode results (PNG, audio) beside the GPU thread."""
+    shutdown_timeout_s: float = Field(default=30, gt=0)
+    """How long shutdown waits for running jobs before stopping them."""
+    max_text_chars: int = Field(default=2000, ge=1)
+    """Longest text a user may send to a text task."""
+    models: ModelSettings = ModelSettings()
+    """Per-task models (BOT_MODELS__<TASK>)."""
+    text: TaskClassSettings = TaskClassSettings.of(TaskKind.TEXT)
+    """Batching for text tasks (BOT_TEXT__WINDOW_MS, ...)."""
+    audio: TaskClassSettings = TaskClassSettings.of(TaskKind.AUDIO)
+    """Batching for speech tasks (BOT_AUDIO__MAX_BATCH, ...)."""
+    image: TaskClassSettings = TaskClassSettings.of(TaskKind.IMAGE)
+    """Batching for image tasks (BOT_IMAGE__MAX_BATCH, ...)."""
+
+    @field_validator("preload")
+    @classmethod
+    def _known_tasks(cls, tasks: list[str]) -> list[str]:
+        unknown = sorted(set(tasks) - set(ModelSettings.model_fields))
+        if unknown:
+            raise ValueError(
+                f"unknown task(s) {', '.join(unknown)}; "
+                f"known: {', '.join(ModelSettings.model_fields)}"
+            )
+        return tasks
+
+    @field_validator("text", "audio", "image", mode="before")
+    @classmethod
+    def _fill_class_defaults(cls, value: object, info: ValidationInfo) -> object:
+        """Let one env var (BOT_IMAGE__MAX_BATCH) override one field, keeping the rest."""
+        if isinstance(value, dict):
+            return {**TaskClassSettings.of(TaskKind(info.field_name)).model_dump(), **value}
+        return value
+
+    def executor_config(self) -> ExecutorConfig:
+        return ExecutorConfig(
+            max_queue=self.max_queue,
+            max_per_user=self.max_per_user,
+            limits={
+                TaskKind.TEXT: self.text.limits(),
+                TaskKind.AUDIO: self.audio.limits(),
+                TaskKind.IMAGE: self.image.limits(),
+            },
+            cpu_workers=self.cpu_workers,
+            shutdown_timeout_s=self.shutdown_timeout_s,
+        )
+
+    def memory_budget_bytes(self) -> int | None:
+        return None if self.memory_budget_gb is None else int(self.memory_budget_gb * 2**30)

@@ -1,0 +1,153 @@
+"""The contract between a task handler and whatever runs it.
+
+A handler is plain model code: it validates a request, loads its model through the
+Hugging Face loading code, runs a whole batch at once and turns raw outputs into a
+result. It never imports ``bot`` or ``discord``; the executor drives it through the
+methods below, so the same handler serves Discord, the command line and the tests.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+import torch
+
+RequestT = TypeVar("RequestT")
+ResultT = TypeVar("ResultT")
+
+
+class TaskKind(enum.StrEnum):
+    """Task classes share batching windows, caps and deadlines (images are slow, text fast)."""
+
+    TEXT = "text"
+    IMAGE = "image"
+    AUDIO = "audio"
+
+
+class HandlerError(Exception):
+    """An error whose message is safe and useful to show to the user who caused it."""
+
+
+class InvalidInput(HandlerError):
+    """The request cannot be served as given; ``option`` names the offending field."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option}: {message}")
+        self.option = option
+        self.message = message
+
+
+class UnsafeModelError(HandlerError):
+    """A model would need pickle weights or remote code, which the bot never loads."""
+
+
+class BatchStopped(Exception):
+    """Raised inside ``run_batch`` when every job of the batch was cancelled or timed out."""
+
+
+class BatchContext(Protocol):
+    """What a running batch can ask of the executor; thread-safe, cheap to call per step."""
+
+    def should_stop(self) -> bool:
+        """True once no job of the batch still wants a result; stop between steps."""
+
+    def progress(self, step: int, total: int) -> None:
+        """Report step progress (diffusion steps, generated tokens) to every job."""
+
+    def partial(self, index: int, data: Any) -> None:
+        """Send an intermediate output (streamed text) to the job at ``index``."""
+
+
+def raise_if_stopped(ctx: BatchContext) -> None:
+    """Call between steps: stops the batch cooperatively when nobody awaits it."""
+    if ctx.should_stop():
+        raise BatchStopped
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """Where a model comes from and how the executor wants it placed."""
+
+    source: str
+    """A hub repository id or a local directory."""
+    device: str
+    dtype: torch.dtype
+
+    def pretrained_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments every ``from_pretrained`` call must use: no pickles, no remote code."""
+        return {"dtype": self.dtype, "use_safetensors": True, "trust_remote_code": False}
+
+
+def from_pretrained(cls: Any, spec: LoadSpec, **kwargs: Any) -> Any:
+    """``cls.from_pretrained`` under the bot's rules, with a clear error for pickle-only weights."""
+    try:
+        return cls.from_pretrained(spec.source, **spec.pretrained_kwargs(), **kwargs)
+    except OSError as exc:
+        if "safetensors" not in str(exc):
+            raise
+        raise UnsafeModelError(
+            f"{spec.source} has no safetensors weights; the bot never loads pickled weights"
+        ) from exc
+
+
+def module_bytes(*objects: Any) -> int:
+    """Memory held by the parameters and buffers of the torch modules among ``objects``."""
+    seen: set[int] = set()
+    total = 0
+    for obj in objects:
+        modules: list[torch.nn.Module] = []
+        if isinstance(obj, torch.nn.Module):
+            modules.append(obj)
+        elif hasattr(obj, "components"):  # a diffusers pipeline
+            modules.extend(c for c in obj.components.values() if isinstance(c, torch.nn.Module))
+        for module in modules:
+            for tensor in (*module.parameters(), *module.buffers()):
+                if id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    total += tensor.numel() * tensor.element_size()
+    return total
+
+
+class Task(ABC, Generic[RequestT, ResultT]):
+    """One kind of work the bot offers, e.g. sentiment or image generation.
+
+    ``validate``, ``batch_key`` and ``cost`` run on the caller's thread and must be cheap.
+    ``load`` and ``run_batch`` run on the single thread that owns the accelerator.
+    ``finish`` runs in a CPU pool, so encoding PNGs or audio never stalls the accelerator.
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[TaskKind]
+
+    def validate(self, request: RequestT) -> None:
+        """Raise ``InvalidInput`` for a request that can never succeed."""
+
+    def batch_key(self, request: RequestT) -> Hashable:
+        """Requests with equal keys may share one ``run_batch`` call."""
+        return None
+
+    def cost(self, request: RequestT) -> int:
+        """Budget units (tokens, pixels) the request adds to a batch."""
+        return 1
+
+    @abstractmethod
+    def load(self, spec: LoadSpec) -> Any:
+        """Load the model (and its tokenizer or processor) ready for ``run_batch``."""
+
+    def model_bytes(self, model: Any) -> int:
+        """Accelerator memory the loaded model holds, for the registry's budget."""
+        if isinstance(model, tuple | list):
+            return module_bytes(*model)
+        return module_bytes(model)
+
+    @abstractmethod
+    def run_batch(self, model: Any, requests: Sequence[RequestT], ctx: BatchContext) -> list[Any]:
+        """Run every request at once; return one raw output (or an exception) per request."""
+
+    def finish(self, output: Any) -> ResultT:
+        """Turn one raw output into the result the caller receives."""
+        return output
