@@ -126,6 +126,10 @@ class Task(ABC, Generic[RequestT, ResultT]):
     def validate(self, request: RequestT) -> None:
         """Raise ``InvalidInput`` for a request that can never succeed."""
 
+    def model_for(self, request: RequestT, default: str) -> str:
+        """The model that serves ``request``: tasks with per-language models override this."""
+        return default
+
     def batch_key(self, request: RequestT) -> Hashable:
         """Requests with equal keys may share one ``run_batch`` call."""
         return None

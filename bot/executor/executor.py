@@ -104,7 +104,7 @@ class Executor:
         handler = self._task(task)
         handler.validate(request)
         user = str(user_id)
-        model = model or self.default_models[task]
+        model = model or handler.model_for(request, self.default_models[task])
         key = (task, model)
         queue = self._queues.get(key)
         if queue is None:
