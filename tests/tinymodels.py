@@ -10,11 +10,24 @@ import random
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from transformers import (
+    BartConfig,
+    BartForConditionalGeneration,
+    BartForSequenceClassification,
     DistilBertConfig,
     DistilBertForSequenceClassification,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
 )
 
 WORDS = (  # noqa: SIM905 - a sentence reads better than a column of words
@@ -37,6 +50,7 @@ def wordpiece_tokenizer(max_length: int = 512) -> PreTrainedTokenizerFast:
     """A BERT-style tokenizer trained on ``WORDS`` alone (one token per word)."""
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.decoder = decoders.WordPiece()
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = trainers.WordPieceTrainer(
         vocab_size=1000, special_tokens=SPECIAL, show_progress=False
@@ -87,4 +101,108 @@ def build_classifier(directory: Path, *, safetensors: bool = True) -> Path:
     if not safetensors:
         torch.save(model.state_dict(), directory / "pytorch_model.bin")
         (directory / "model.safetensors").unlink()
+    return directory
+
+
+def _bart_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int | None]:
+    """BART's special ids, matched to the WordPiece tokenizer's."""
+    return {
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+        "decoder_start_token_id": tokenizer.cls_token_id,
+        "forced_eos_token_id": None,
+    }
+
+
+def tiny_bart_config(tokenizer: PreTrainedTokenizerFast, **extra: object) -> BartConfig:
+    return BartConfig(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=64,
+        **_bart_ids(tokenizer),
+        **extra,
+    )
+
+
+def place_in_hub_cache(model_dir: Path, cache: Path, repo_id: str) -> Path:
+    """Lay ``model_dir`` out as huggingface_hub's cache does, so ``repo_id`` loads offline."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for file in model_dir.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def build_summarizer(directory: Path) -> Path:
+    """A tiny BART with a 64-token window, so modest texts must be chunked."""
+    tokenizer = wordpiece_tokenizer(max_length=64)
+    torch.manual_seed(0)
+    model = BartForConditionalGeneration(tiny_bart_config(tokenizer)).eval()
+    # Random weights favour special tokens, which decode to nothing: make it emit words.
+    with torch.no_grad():
+        model.final_logits_bias[:, : len(SPECIAL)] = -1e4
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def build_nli(directory: Path) -> Path:
+    """A tiny BART-MNLI-shaped classifier (contradiction, neutral, entailment)."""
+    tokenizer = wordpiece_tokenizer(max_length=64)
+    labels = {0: "contradiction", 1: "neutral", 2: "entailment"}
+    torch.manual_seed(0)
+    config = tiny_bart_config(
+        tokenizer, num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()}
+    )
+    model = BartForSequenceClassification(config).eval()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def build_chat(directory: Path) -> Path:
+    """A tiny Qwen2 causal LM with a chat template and an end-of-turn token."""
+    tokenizer = wordpiece_tokenizer(max_length=256)
+    tokenizer.add_special_tokens(
+        {
+            "eos_token": "<|end|>",
+            "additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>"],
+        }
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+    )
+    model = Qwen2ForCausalLM(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
     return directory

@@ -1,0 +1,205 @@
+"""Summarize: an encoder-decoder summariser (BART-CNN by default), batched with ``generate``.
+
+Transformers 5 has no summarization pipeline, so this calls the model directly. Text
+longer than the model's window is never cut: it is split at sentence boundaries into
+chunks that fit, each chunk is summarised, and the joined partial summaries are
+summarised again until one window holds them (map-reduce).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+from handlers.base import (
+    BatchContext,
+    InvalidInput,
+    LoadSpec,
+    Task,
+    TaskKind,
+    from_pretrained,
+    raise_if_stopped,
+)
+
+LENGTHS: dict[str, tuple[int, int]] = {"short": (10, 60), "medium": (30, 142), "long": (60, 256)}
+"""Presets as (min, max) new tokens."""
+
+# Western end marks before a space; CJK full-width end marks need none.
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[\u3002\uff01\uff1f])\s*|\n+")
+MAX_ROUNDS = 6
+
+
+@dataclass(frozen=True)
+class SummarizeRequest:
+    text: str
+    length: str = "medium"
+    min_tokens: int | None = None
+    """Overrides the preset's lower bound on the summary's length in tokens."""
+    max_tokens: int | None = None
+    """Overrides the preset's upper bound."""
+
+
+@dataclass(frozen=True)
+class SummarizeResult:
+    summary: str
+    chunks: int
+    """How many pieces the input was split into (1 when it fit the model's window)."""
+
+
+@dataclass
+class SummarizeModel:
+    tokenizer: Any
+    model: torch.nn.Module
+    device: str
+    window: int
+    """Most input tokens per piece, special tokens included."""
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s.strip() for s in SENTENCE_END.split(text) if s.strip()]
+
+
+class SummarizeTask(Task[SummarizeRequest, SummarizeResult]):
+    name = "summarize"
+    kind = TaskKind.TEXT
+
+    def __init__(
+        self, max_chars: int = 50_000, max_summary_tokens: int = 512, pieces_per_call: int = 16
+    ) -> None:
+        self.max_chars = max_chars
+        self.max_summary_tokens = max_summary_tokens
+        self.pieces_per_call = pieces_per_call
+
+    def bounds(self, request: SummarizeRequest) -> tuple[int, int]:
+        low, high = LENGTHS.get(request.length, LENGTHS["medium"])
+        low = request.min_tokens if request.min_tokens is not None else low
+        high = request.max_tokens if request.max_tokens is not None else high
+        return min(low, high), high
+
+    def validate(self, request: SummarizeRequest) -> None:
+        if not request.text.strip():
+            raise InvalidInput("text", "is empty")
+        if len(request.text) > self.max_chars:
+            raise InvalidInput(
+                "text", f"is {len(request.text)} characters long; the limit is {self.max_chars}"
+            )
+        if request.length not in LENGTHS:
+            raise InvalidInput("length", f"must be one of {', '.join(LENGTHS)}")
+        for option in ("min_tokens", "max_tokens"):
+            value = getattr(request, option)
+            if value is not None and not 1 <= value <= self.max_summary_tokens:
+                raise InvalidInput(option, f"must be between 1 and {self.max_summary_tokens}")
+        if (
+            request.min_tokens is not None
+            and request.max_tokens is not None
+            and request.min_tokens > request.max_tokens
+        ):
+            raise InvalidInput("min_tokens", "must not exceed max_tokens")
+
+    def batch_key(self, request: SummarizeRequest) -> Hashable:
+        return self.bounds(request)
+
+    def cost(self, request: SummarizeRequest) -> int:
+        return len(request.text) // 4 + 2
+
+    def load(self, spec: LoadSpec) -> SummarizeModel:
+        tokenizer = AutoTokenizer.from_pretrained(spec.source, trust_remote_code=False)
+        model = from_pretrained(AutoModelForSeq2SeqLM, spec).to(spec.device).eval()
+        window = min(tokenizer.model_max_length, model.config.max_position_embeddings)
+        return SummarizeModel(tokenizer, model, spec.device, window)
+
+    def model_bytes(self, model: SummarizeModel) -> int:
+        return super().model_bytes(model.model)
+
+    def chunks(self, model: SummarizeModel, text: str) -> list[str]:
+        """Pieces of ``text`` at sentence (or, for giant sentences, word) boundaries that fit."""
+        budget = model.window - model.tokenizer.num_special_tokens_to_add()
+        units: list[str] = []
+        for sentence in split_sentences(text):
+            words = sentence.split()
+            lengths = model.tokenizer(words, add_special_tokens=False)["input_ids"]
+            if sum(len(ids) for ids in lengths) <= budget:
+                units.append(sentence)
+                continue
+            piece: list[str] = []
+            used = 0
+            for word, ids in zip(words, lengths, strict=True):
+                if piece and used + len(ids) > budget:
+                    units.append(" ".join(piece))
+                    piece, used = [], 0
+                piece.append(word)
+                used += len(ids)
+            units.append(" ".join(piece))
+        if not units:
+            return [text]
+        counts = [len(ids) for ids in model.tokenizer(units, add_special_tokens=False)["input_ids"]]
+        pieces: list[str] = []
+        current: list[str] = []
+        used = 0
+        for unit, count in zip(units, counts, strict=True):
+            if current and used + count + 1 > budget:
+                pieces.append(" ".join(current))
+                current, used = [], 0
+            current.append(unit)
+            used += count + 1
+        if current:
+            pieces.append(" ".join(current))
+        return pieces
+
+    def _generate(
+        self, model: SummarizeModel, texts: list[str], bounds: tuple[int, int], ctx: BatchContext
+    ) -> list[str]:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out: dict[int, str] = {}
+        low, high = bounds
+        for start in range(0, len(order), self.pieces_per_call):
+            raise_if_stopped(ctx)
+            group = order[start : start + self.pieces_per_call]
+            encoded = model.tokenizer(
+                [texts[i] for i in group],
+                padding=True,
+                truncation=True,
+                max_length=model.window,
+                return_tensors="pt",
+            ).to(model.device)
+            with torch.inference_mode():
+                generated = model.model.generate(**encoded, min_new_tokens=low, max_new_tokens=high)
+            decoded = model.tokenizer.batch_decode(generated, skip_special_tokens=True)
+            out.update(zip(group, (d.strip() for d in decoded), strict=True))
+        return [out[i] for i in range(len(texts))]
+
+    def run_batch(
+        self, model: SummarizeModel, requests: Sequence[SummarizeRequest], ctx: BatchContext
+    ) -> list[SummarizeResult]:
+        bounds = self.bounds(requests[0])
+        pending = {i: r.text for i, r in enumerate(requests)}
+        first_split: dict[int, int] = {}
+        summaries: dict[int, str] = {}
+        for _ in range(MAX_ROUNDS):
+            if not pending:
+                break
+            owners: list[int] = []
+            pieces: list[str] = []
+            for owner, text in pending.items():
+                parts = self.chunks(model, text)
+                first_split.setdefault(owner, len(parts))
+                owners.extend([owner] * len(parts))
+                pieces.extend(parts)
+            outputs = self._generate(model, pieces, bounds, ctx)
+            grouped: dict[int, list[str]] = {}
+            for owner, output in zip(owners, outputs, strict=True):
+                grouped.setdefault(owner, []).append(output)
+            pending = {}
+            for owner, parts in grouped.items():
+                if len(parts) == 1:
+                    summaries[owner] = parts[0]
+                else:
+                    pending[owner] = " ".join(parts)
+        if pending:
+            raise RuntimeError("the summary did not converge; the text may be too long")
+        return [SummarizeResult(summaries[i], first_split[i]) for i in range(len(requests))]
