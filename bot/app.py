@@ -2,16 +2,55 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from typing import Any
 
-from bot.executor import Executor, LocalBackend, ModelRegistry
+from bot.executor import Executor, LocalBackend, ModelRegistry, TaskUnavailable
 from bot.settings import Settings
 from handlers.base import Task
+from handlers.chat import ChatTask
+from handlers.classify import ClassifyTask
+from handlers.imagine import ImagineTask
 from handlers.sentiment import SentimentTask
+from handlers.speak import SpeakTask
+from handlers.summarize import SummarizeTask
+from handlers.translate import TranslateTask
 
 
 def build_tasks(settings: Settings) -> dict[str, Task[Any, Any]]:
-    return {"sentiment": SentimentTask(max_chars=settings.max_text_chars)}
+    imagine = settings.imagine
+    return {
+        "summarize": SummarizeTask(
+            max_chars=settings.summarize.max_chars,
+            max_summary_tokens=settings.summarize.max_summary_tokens,
+        ),
+        "translate": TranslateTask(
+            max_chars=settings.max_text_chars, pair_models=settings.translate.pair_models
+        ),
+        "imagine": ImagineTask(
+            max_steps=imagine.max_steps,
+            default_steps=imagine.default_steps,
+            default_guidance=imagine.default_guidance,
+            max_count=imagine.max_count,
+            safety_model=imagine.safety_model,
+            safety_threshold=imagine.safety_threshold,
+        ),
+        "speak": SpeakTask(
+            max_chars=settings.speak.max_chars,
+            voices=settings.speak.voices,
+            vocoder=settings.speak.vocoder,
+            language_models=settings.speak.language_models,
+        ),
+        "sentiment": SentimentTask(max_chars=settings.max_text_chars),
+        "classify": ClassifyTask(max_chars=settings.max_text_chars),
+        "chat": ChatTask(
+            max_chars=settings.max_text_chars,
+            default_new_tokens=settings.chat.default_new_tokens,
+            max_new_tokens=settings.chat.max_new_tokens,
+            system_prompt=settings.chat.system_prompt,
+        ),
+    }
 
 
 def build_executor(settings: Settings) -> Executor:
@@ -24,9 +63,14 @@ def build_executor(settings: Settings) -> Executor:
     )
 
 
-async def start_executor(settings: Settings) -> Executor:
-    """A started executor with the admin's preload list already loaded."""
+async def start_executor(settings: Settings, tasks: Iterable[str] | None = None) -> Executor:
+    """A started executor: ``tasks`` (default: all) prepared, the preload list loaded."""
     executor = build_executor(settings)
+    for name in executor.tasks if tasks is None else tasks:
+        try:
+            await asyncio.to_thread(executor.tasks[name].prepare)
+        except Exception as exc:
+            raise TaskUnavailable(name, exc) from exc
     await executor.start()
     for task in settings.preload:
         await executor.preload(task)

@@ -9,40 +9,186 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from tqdm import tqdm
 
-from bot.executor import ExecutorError
+from bot.app import start_executor
+from bot.executor import ExecutorError, JobHandle
 from bot.settings import Settings
-from handlers.base import HandlerError
-from handlers.sentiment import SentimentRequest, SentimentResult
+from handlers.base import HandlerError, InvalidInput
+from handlers.chat import ChatRequest
+from handlers.classify import ClassifyRequest, ClassifyResult, parse_labels
+from handlers.imagine import ImagineRequest, ImagineResult
+from handlers.sentiment import SentimentRequest
+from handlers.speak import SpeakRequest, SpeakResult
+from handlers.summarize import LENGTHS, SummarizeRequest
+from handlers.translate import TranslateRequest
 
 
 @dataclass(frozen=True)
 class AskCommand:
-    """How ``ask TASK`` turns arguments into a request and a result into text."""
+    """How ``ask TASK`` turns arguments into a request and a result into output."""
 
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     request: Callable[[argparse.Namespace], Any]
-    render: Callable[[Any], str]
+    render: Callable[[Any, argparse.Namespace], tuple[str, dict[str, Any]]]
+    """Writes any files and returns the text to print and the same as JSON-able data."""
 
 
-def _sentiment_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("text", help="the text to rate")
+def _text_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("text", help="the text")
 
 
-def _render_sentiment(result: SentimentResult) -> str:
-    return f"{result.label} ({result.score:.3f})"
+def _summarize_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("text", nargs="?", help="the text (or use --file)")
+    parser.add_argument("--file", type=Path, help="read the text from a UTF-8 file")
+    parser.add_argument("--length", choices=list(LENGTHS), default="medium")
+    parser.add_argument("--min-tokens", type=int, help="shortest summary in tokens")
+    parser.add_argument("--max-tokens", type=int, help="longest summary in tokens")
+
+
+def _summarize_request(args: argparse.Namespace) -> SummarizeRequest:
+    if args.file is not None:
+        try:
+            text = args.file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput("file", f"cannot be read: {exc}") from None
+    elif args.text is not None:
+        text = args.text
+    else:
+        raise InvalidInput("text", "give the text or --file")
+    return SummarizeRequest(text, args.length, args.min_tokens, args.max_tokens)
+
+
+def _translate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("text", help="the text to translate")
+    parser.add_argument("--to", required=True, dest="target", help="language name or code")
+    parser.add_argument("--from", default="auto", dest="source", help="default: detect")
+
+
+def _imagine_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", help="what to draw")
+    parser.add_argument("--negative", default="", help="what to avoid")
+    parser.add_argument("--steps", type=int, help="denoising steps")
+    parser.add_argument("--guidance", type=float, help="how closely to follow the prompt")
+    parser.add_argument("--seed", type=int, help="reuse a seed to reproduce an image")
+    parser.add_argument("--size", help="WIDTHxHEIGHT from the model's allowed sizes")
+    parser.add_argument("--count", type=int, default=1, help="images to make (1-4)")
+    parser.add_argument("--out", type=Path, help="PNG path (default: imagine-SEED.png)")
+
+
+def _imagine_request(args: argparse.Namespace) -> ImagineRequest:
+    if args.out is not None and args.out.suffix.lower() != ".png":
+        raise InvalidInput("out", "must end in .png")
+    return ImagineRequest(
+        args.prompt, args.negative, args.steps, args.guidance, args.seed, args.size, args.count
+    )
+
+
+def _render_imagine(result: ImagineResult, args: argparse.Namespace) -> tuple[str, dict]:
+    base = args.out or Path(f"imagine-{result.seed}.png")
+    paths = (
+        [base]
+        if len(result.images) == 1
+        else [
+            base.with_name(f"{base.stem}-{k + 1}{base.suffix}") for k in range(len(result.images))
+        ]
+    )
+    for path, png in zip(paths, result.images, strict=True):
+        path.write_bytes(png)
+    data = {
+        "files": [str(p) for p in paths],
+        "seed": result.seed,
+        "size": f"{result.width}x{result.height}",
+        "steps": result.steps,
+        "guidance": result.guidance,
+        "flagged": result.flagged,
+    }
+    text = "\n".join(f"wrote {p}" for p in paths)
+    text += f"\nseed {result.seed}, {data['size']}, {result.steps} steps"
+    if result.flagged:
+        text += f"\n{result.flagged} image(s) withheld by the safety filter"
+    return text, data
+
+
+def _speak_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("text", help="what to say")
+    parser.add_argument("--voice", help="voice preset name")
+    parser.add_argument("--language", default="en", help="language code (default: en)")
+    parser.add_argument("--out", type=Path, help="a .ogg or .wav path (default: speak.ogg)")
+
+
+def _speak_request(args: argparse.Namespace) -> SpeakRequest:
+    if args.out is not None and args.out.suffix.lower() not in (".ogg", ".wav"):
+        raise InvalidInput("out", "must end in .ogg or .wav")
+    options = {"voice": args.voice} if args.voice else {}
+    return SpeakRequest(args.text, language=args.language, **options)
+
+
+def _render_speak(result: SpeakResult, args: argparse.Namespace) -> tuple[str, dict]:
+    path = args.out or Path("speak.ogg")
+    path.write_bytes(result.wav if path.suffix.lower() == ".wav" else result.ogg)
+    data = {"file": str(path), "seconds": round(result.seconds, 2), "rate": result.sample_rate}
+    return f"wrote {path} ({result.seconds:.1f} s at {result.sample_rate} Hz)", data
+
+
+def _classify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("text", help="the text to classify")
+    parser.add_argument("--labels", required=True, help="2-10 comma-separated labels")
+    parser.add_argument("--multi-label", action="store_true", help="labels may all apply")
+
+
+def _render_classify(result: ClassifyResult, args: argparse.Namespace) -> tuple[str, dict]:
+    rows = zip(result.labels, result.scores, strict=True)
+    return "\n".join(f"{score:6.3f}  {label}" for label, score in rows), asdict(result)
+
+
+def _chat_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("message", help="what to say to the model")
+    parser.add_argument("--system", help="replace the configured system prompt")
+    parser.add_argument("--max-tokens", type=int, help="longest answer in tokens")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
 
 
 ASK_COMMANDS: dict[str, AskCommand] = {
+    "summarize": AskCommand(
+        "summarize a text, however long",
+        _summarize_arguments,
+        _summarize_request,
+        lambda r, a: (r.summary, asdict(r)),
+    ),
+    "translate": AskCommand(
+        "translate a text",
+        _translate_arguments,
+        lambda a: TranslateRequest(a.text, a.target, a.source),
+        lambda r, a: (r.text, asdict(r)),
+    ),
+    "imagine": AskCommand(
+        "generate images from a prompt", _imagine_arguments, _imagine_request, _render_imagine
+    ),
+    "speak": AskCommand("read a text aloud", _speak_arguments, _speak_request, _render_speak),
     "sentiment": AskCommand(
         "rate a text as positive or negative",
-        _sentiment_arguments,
-        lambda args: SentimentRequest(args.text),
-        _render_sentiment,
+        _text_arguments,
+        lambda a: SentimentRequest(a.text),
+        lambda r, a: (f"{r.label} ({r.score:.3f})", asdict(r)),
+    ),
+    "classify": AskCommand(
+        "sort a text into your own labels (zero-shot)",
+        _classify_arguments,
+        lambda a: ClassifyRequest(a.text, parse_labels(a.labels), a.multi_label),
+        _render_classify,
+    ),
+    "chat": AskCommand(
+        "talk to the chat model",
+        _chat_arguments,
+        lambda a: ChatRequest(a.message, a.system, a.max_tokens, a.temperature, a.seed),
+        lambda r, a: (r.text, asdict(r)),
     ),
 }
 
@@ -71,17 +217,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _ask(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.app import start_executor  # imports torch and transformers: only when needed
-
     command = ASK_COMMANDS[args.task]
-    executor = await start_executor(settings)
+    request = command.request(args)
+    executor = await start_executor(settings, [args.task])
+    stream = args.task == "chat" and not args.json
     try:
-        handle = executor.submit(args.task, command.request(args), user_id="cli", model=args.model)
-        result = await handle
+        handle = executor.submit(args.task, request, user_id="cli", model=args.model)
+        result = await _follow(handle, stream)
     finally:
         await executor.shutdown()
-    print(json.dumps(asdict(result)) if args.json else command.render(result))
+    text, data = command.render(result, args)
+    if args.json:
+        print(json.dumps(data, ensure_ascii=False))
+    elif not stream:
+        print(text)
     return 0
+
+
+def _unseen(shown: str, text: str) -> str:
+    """What to print so the terminal shows ``text`` (streamed text only ever grows)."""
+    return text[len(shown) :] if text.startswith(shown) else f"\n{text}"
+
+
+async def _follow(handle: JobHandle, stream: bool) -> Any:
+    """Await the result, drawing step progress on stderr and streaming text to stdout."""
+    bar: tqdm | None = None
+    shown = ""
+    try:
+        async for event in handle.events():
+            if event.step is not None and event.total:
+                if bar is None:
+                    bar = tqdm(total=event.total, desc=handle.task, unit="step", file=sys.stderr)
+                bar.update(event.step - bar.n)
+            if stream and isinstance(event.partial, str):
+                print(_unseen(shown, event.partial), end="", flush=True)
+                shown = event.partial
+        result = await handle
+    finally:
+        if bar is not None:
+            bar.close()
+    if stream:
+        print(_unseen(shown, result.text), flush=True)
+    return result
 
 
 def _settings_rows(model: type[BaseModel], value: BaseModel, prefix: str) -> list[tuple]:

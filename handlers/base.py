@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import torch
+from transformers import StoppingCriteria
 
 RequestT = TypeVar("RequestT")
 ResultT = TypeVar("ResultT")
@@ -66,6 +67,17 @@ def raise_if_stopped(ctx: BatchContext) -> None:
     """Call between steps: stops the batch cooperatively when nobody awaits it."""
     if ctx.should_stop():
         raise BatchStopped
+
+
+class StopWhenAbandoned(StoppingCriteria):
+    """Ends ``generate`` between tokens once nobody waits for the batch any more."""
+
+    def __init__(self, ctx: BatchContext) -> None:
+        self.ctx = ctx
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        stop = self.ctx.should_stop()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,12 @@ class Task(ABC, Generic[RequestT, ResultT]):
 
     name: ClassVar[str]
     kind: ClassVar[TaskKind]
+
+    def prepare(self) -> None:
+        """Load what ``validate`` needs (a language detector, a voice table) ahead of time.
+
+        Called off the event loop at start-up, so the first request does not stall it.
+        """
 
     def validate(self, request: RequestT) -> None:
         """Raise ``InvalidInput`` for a request that can never succeed."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
 from handlers.base import (
@@ -21,6 +21,7 @@ from handlers.base import (
     BatchStopped,
     InvalidInput,
     LoadSpec,
+    StopWhenAbandoned,
     Task,
     TaskKind,
     from_pretrained,
@@ -54,15 +55,6 @@ class ChatModel:
     tokenizer: Any
     model: torch.nn.Module
     device: str
-
-
-class _StopWhenAbandoned(StoppingCriteria):
-    def __init__(self, ctx: BatchContext) -> None:
-        self.ctx = ctx
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        stop = self.ctx.should_stop()
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 class _BatchStreamer(BaseStreamer):
@@ -183,7 +175,7 @@ class ChatTask(Task[ChatRequest, ChatResult]):
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
                 streamer=_BatchStreamer(tokenizer, ctx, len(requests)),
-                stopping_criteria=[_StopWhenAbandoned(ctx)],
+                stopping_criteria=[StopWhenAbandoned(ctx)],
                 **sampling,
             )
         if ctx.should_stop():

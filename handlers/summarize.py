@@ -31,7 +31,7 @@ LENGTHS: dict[str, tuple[int, int]] = {"short": (10, 60), "medium": (30, 142), "
 
 # Western end marks before a space; CJK full-width end marks need none.
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[\u3002\uff01\uff1f])\s*|\n+")
-MAX_ROUNDS = 6
+MAX_ROUNDS = 8
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,9 @@ class SummarizeTask(Task[SummarizeRequest, SummarizeResult]):
     ) -> list[str]:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out: dict[int, str] = {}
-        low, high = bounds
+        # The decoder cannot outgrow its position table, whatever the user asked for.
+        high = min(bounds[1], model.window - 1)
+        low = min(bounds[0], high)
         for start in range(0, len(order), self.pieces_per_call):
             raise_if_stopped(ctx)
             group = order[start : start + self.pieces_per_call]
@@ -176,30 +178,35 @@ class SummarizeTask(Task[SummarizeRequest, SummarizeResult]):
     def run_batch(
         self, model: SummarizeModel, requests: Sequence[SummarizeRequest], ctx: BatchContext
     ) -> list[SummarizeResult]:
-        bounds = self.bounds(requests[0])
+        final = self.bounds(requests[0])
+        # Partial summaries are at most half a window, so every round halves the text.
+        half = max(1, (model.window - model.tokenizer.num_special_tokens_to_add()) // 2)
+        partial = (min(final[0], half), min(final[1], half))
         pending = {i: r.text for i, r in enumerate(requests)}
         first_split: dict[int, int] = {}
         summaries: dict[int, str] = {}
         for _ in range(MAX_ROUNDS):
             if not pending:
                 break
+            whole: dict[int, str] = {}
             owners: list[int] = []
             pieces: list[str] = []
             for owner, text in pending.items():
                 parts = self.chunks(model, text)
                 first_split.setdefault(owner, len(parts))
-                owners.extend([owner] * len(parts))
-                pieces.extend(parts)
-            outputs = self._generate(model, pieces, bounds, ctx)
-            grouped: dict[int, list[str]] = {}
-            for owner, output in zip(owners, outputs, strict=True):
-                grouped.setdefault(owner, []).append(output)
-            pending = {}
-            for owner, parts in grouped.items():
                 if len(parts) == 1:
-                    summaries[owner] = parts[0]
+                    whole[owner] = parts[0]
                 else:
-                    pending[owner] = " ".join(parts)
+                    owners.extend([owner] * len(parts))
+                    pieces.extend(parts)
+            if whole:
+                outputs = self._generate(model, list(whole.values()), final, ctx)
+                summaries.update(zip(whole, outputs, strict=True))
+            joined: dict[int, list[str]] = {}
+            outputs = self._generate(model, pieces, partial, ctx)
+            for owner, output in zip(owners, outputs, strict=True):
+                joined.setdefault(owner, []).append(output)
+            pending = {owner: " ".join(parts) for owner, parts in joined.items()}
         if pending:
             raise RuntimeError("the summary did not converge; the text may be too long")
         return [SummarizeResult(summaries[i], first_split[i]) for i in range(len(requests))]

@@ -12,7 +12,6 @@ from pydantic import ValidationError
 
 from bot.cli import main
 from bot.settings import Settings
-from tests.tinymodels import build_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,41 +80,3 @@ def test_help_lists_subcommands() -> None:
     )
     assert out.returncode == 0
     assert "ask" in out.stdout and "settings" in out.stdout
-
-
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_classifier(tmp_path_factory.mktemp("cli-classifier"))
-
-
-def test_ask_sentiment_end_to_end(classifier: Path) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bot",
-            "ask",
-            "sentiment",
-            "great coffee today",
-            "--model",
-            str(classifier),
-            "--device",
-            "cpu",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    assert out.returncode == 0, out.stderr
-    assert '"label": "' in out.stdout and '"score": ' in out.stdout
-
-
-def test_ask_bad_input_exits_2_with_one_line(
-    classifier: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code = main(["ask", "sentiment", "   ", "--model", str(classifier), "--device", "cpu"])
-    assert code == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert captured.err == "error: text: is empty\n"

@@ -51,6 +51,16 @@ def test_batch_equals_one_at_a_time(model: SummarizeModel) -> None:
     )
 
 
+def test_summary_length_is_capped_by_the_decoder_window(model: SummarizeModel) -> None:
+    (result,) = TASK.run_batch(
+        model, [SummarizeRequest("good coffee.", "long")], RecordingContext()
+    )
+    assert result.summary
+    assert (
+        len(model.tokenizer(result.summary, add_special_tokens=False)["input_ids"]) < model.window
+    )
+
+
 def test_length_presets_and_bounds_form_the_batch_key() -> None:
     assert TASK.batch_key(SummarizeRequest("x", length="short")) == (10, 60)
     assert TASK.batch_key(SummarizeRequest("x", max_tokens=20)) == (20, 20)

@@ -12,6 +12,7 @@ from bot.executor.errors import (
     OutOfMemory,
     QueueTimeout,
     ShuttingDown,
+    TaskUnavailable,
     UnknownTask,
     WorkerCrashed,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "OutOfMemory",
     "QueueTimeout",
     "ShuttingDown",
+    "TaskUnavailable",
     "UnknownTask",
     "WorkerCrashed",
 ]

@@ -31,6 +31,15 @@ class UnknownTask(ExecutorError):
         super().__init__(f"unknown task {task!r}; known tasks: {', '.join(sorted(known))}")
 
 
+class TaskUnavailable(ExecutorError):
+    """A task could not get ready (e.g. its voice table or language detector failed to load)."""
+
+    def __init__(self, task: str, cause: BaseException) -> None:
+        self.task = task
+        reason = " ".join(str(cause).split())
+        super().__init__(f"{task} is unavailable: {type(cause).__name__}: {reason}")
+
+
 class QueueTimeout(ExecutorError):
     """The job waited longer than its task class's queue deadline and was not run."""
 
@@ -56,7 +65,8 @@ class ModelLoadError(ExecutorError):
 
     def __init__(self, model: str, cause: BaseException) -> None:
         self.model = model
-        super().__init__(f"could not load model {model!r}: {type(cause).__name__}: {cause}")
+        reason = " ".join(str(cause).split())  # library messages span lines; replies don't
+        super().__init__(f"could not load model {model!r}: {type(cause).__name__}: {reason}")
 
 
 class OutOfMemory(ExecutorError):

@@ -1,0 +1,324 @@
+"""The languages translation offers: M2M100's 100, with English names, aliases and detection.
+
+Users type languages as codes, English names, a few native names or locale tags; everything
+resolves to the ISO code M2M100 uses, so the rest of the bot only ever sees those codes.
+Detection uses py3langid (offline, ~0.1 ms a text); its labels are folded onto the same codes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+import unicodedata
+from typing import NamedTuple
+
+from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+from handlers.base import InvalidInput
+
+LANGUAGES: dict[str, str] = {
+    "af": "Afrikaans",
+    "am": "Amharic",
+    "ar": "Arabic",
+    "ast": "Asturian",
+    "az": "Azerbaijani",
+    "ba": "Bashkir",
+    "be": "Belarusian",
+    "bg": "Bulgarian",
+    "bn": "Bengali",
+    "br": "Breton",
+    "bs": "Bosnian",
+    "ca": "Catalan",
+    "ceb": "Cebuano",
+    "cs": "Czech",
+    "cy": "Welsh",
+    "da": "Danish",
+    "de": "German",
+    "el": "Greek",
+    "en": "English",
+    "es": "Spanish",
+    "et": "Estonian",
+    "fa": "Persian",
+    "ff": "Fula",
+    "fi": "Finnish",
+    "fr": "French",
+    "fy": "Western Frisian",
+    "ga": "Irish",
+    "gd": "Scottish Gaelic",
+    "gl": "Galician",
+    "gu": "Gujarati",
+    "ha": "Hausa",
+    "he": "Hebrew",
+    "hi": "Hindi",
+    "hr": "Croatian",
+    "ht": "Haitian Creole",
+    "hu": "Hungarian",
+    "hy": "Armenian",
+    "id": "Indonesian",
+    "ig": "Igbo",
+    "ilo": "Ilocano",
+    "is": "Icelandic",
+    "it": "Italian",
+    "ja": "Japanese",
+    "jv": "Javanese",
+    "ka": "Georgian",
+    "kk": "Kazakh",
+    "km": "Khmer",
+    "kn": "Kannada",
+    "ko": "Korean",
+    "lb": "Luxembourgish",
+    "lg": "Ganda",
+    "ln": "Lingala",
+    "lo": "Lao",
+    "lt": "Lithuanian",
+    "lv": "Latvian",
+    "mg": "Malagasy",
+    "mk": "Macedonian",
+    "ml": "Malayalam",
+    "mn": "Mongolian",
+    "mr": "Marathi",
+    "ms": "Malay",
+    "my": "Burmese",
+    "ne": "Nepali",
+    "nl": "Dutch",
+    "no": "Norwegian",
+    "ns": "Northern Sotho",
+    "oc": "Occitan",
+    "or": "Odia",
+    "pa": "Punjabi",
+    "pl": "Polish",
+    "ps": "Pashto",
+    "pt": "Portuguese",
+    "ro": "Romanian",
+    "ru": "Russian",
+    "sd": "Sindhi",
+    "si": "Sinhala",
+    "sk": "Slovak",
+    "sl": "Slovenian",
+    "so": "Somali",
+    "sq": "Albanian",
+    "sr": "Serbian",
+    "ss": "Swati",
+    "su": "Sundanese",
+    "sv": "Swedish",
+    "sw": "Swahili",
+    "ta": "Tamil",
+    "th": "Thai",
+    "tl": "Tagalog",
+    "tn": "Tswana",
+    "tr": "Turkish",
+    "uk": "Ukrainian",
+    "ur": "Urdu",
+    "uz": "Uzbek",
+    "vi": "Vietnamese",
+    "wo": "Wolof",
+    "xh": "Xhosa",
+    "yi": "Yiddish",
+    "yo": "Yoruba",
+    "zh": "Chinese",
+    "zu": "Zulu",
+}
+"""M2M100's language codes (as its tokenizer spells them) and their English names."""
+
+ALIASES: dict[str, str] = {
+    # Other English names and older or neighbouring codes.
+    "mandarin": "zh",
+    "simplified chinese": "zh",
+    "traditional chinese": "zh",
+    "farsi": "fa",
+    "bokmål": "no",
+    "norwegian bokmål": "no",
+    "nynorsk": "no",
+    "nb": "no",
+    "nn": "no",
+    "filipino": "tl",
+    "fil": "tl",
+    "flemish": "nl",
+    "castilian": "es",
+    "valencian": "ca",
+    "moldavian": "ro",
+    "moldovan": "ro",
+    "panjabi": "pa",
+    "pushto": "ps",
+    "oriya": "or",
+    "central khmer": "km",
+    "cambodian": "km",
+    "myanmar": "my",
+    "luganda": "lg",
+    "iloko": "ilo",
+    "ilokano": "ilo",
+    "haitian": "ht",
+    "gaelic": "gd",
+    "irish gaelic": "ga",
+    "frisian": "fy",
+    "fulah": "ff",
+    "fulani": "ff",
+    "fulfulde": "ff",
+    "sepedi": "ns",
+    "pedi": "ns",
+    "nso": "ns",
+    "swazi": "ss",
+    "siswati": "ss",
+    "setswana": "tn",
+    "sinhalese": "si",
+    "kiswahili": "sw",
+    "bangla": "bn",
+    "slovene": "sl",
+    "iw": "he",
+    "ji": "yi",
+    "jw": "jv",
+    # Native names people often type.
+    "deutsch": "de",
+    "español": "es",
+    "français": "fr",
+    "italiano": "it",
+    "português": "pt",
+    "nederlands": "nl",
+    "polski": "pl",
+    "svenska": "sv",
+    "norsk": "no",
+    "dansk": "da",
+    "suomi": "fi",
+    "türkçe": "tr",
+    "magyar": "hu",
+    "čeština": "cs",
+    "română": "ro",
+    "tiếng việt": "vi",
+    "bahasa indonesia": "id",
+    "русский": "ru",
+    "українська": "uk",
+    "ελληνικά": "el",
+    "עברית": "he",
+    "العربية": "ar",
+    "فارسی": "fa",
+    "हिन्दी": "hi",
+    "中文": "zh",
+    "日本語": "ja",
+    "한국어": "ko",
+}
+"""Other spellings users type; matching ignores case and accents."""
+
+UNSPACED = frozenset({"ja", "km", "lo", "my", "th", "zh"})
+"""Languages written without spaces between words, so pieces rejoin without one."""
+
+_LANGID_TO_CODE = {
+    "ary": "ar",
+    "arz": "ar",
+    "fuv": "ff",
+    "nn": "no",
+    "nso": "ns",
+    "uzs": "uz",
+    "wuu": "zh",
+    "yue": "zh",
+}
+"""py3langid labels that M2M100 serves under another code (dialects, written variants)."""
+
+_LOCALE = re.compile(r"([a-z]{2,3})[-_][a-z0-9]+(?:[-_][a-z0-9]+)*")
+_CODE_IN_PARENS = re.compile(r".*\(([a-z]{2,3})\)")
+_MARKUP = re.compile(r"https?://\S+|<a?[:@#][^>]*>|```.*?```|`[^`]*`", re.DOTALL)
+
+
+class Language(NamedTuple):
+    code: str
+    name: str
+
+
+def _normalize(text: str) -> str:
+    """Case, accents and spacing never decide whether a language name matches."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(stripped.split())
+
+
+_LOOKUP: dict[str, str] = {
+    **{_normalize(key): code for key, code in ALIASES.items()},
+    **{_normalize(name): code for code, name in LANGUAGES.items()},
+    **{code: code for code in LANGUAGES},
+}
+"""Every accepted spelling (normalised) to its code; codes and English names win conflicts."""
+
+
+def _lookup(query: str) -> str | None:
+    if query in _LOOKUP:
+        return _LOOKUP[query]
+    for pattern in (_LOCALE, _CODE_IN_PARENS):  # "pt-BR", "zh_Hant_TW", "French (fr)"
+        if (match := pattern.fullmatch(query)) and match.group(1) in _LOOKUP:
+            return _LOOKUP[match.group(1)]
+    return None
+
+
+def resolve_language(name_or_code: str, option: str = "language") -> str:
+    """The M2M100 code for a code, name, alias or locale tag; ``InvalidInput(option)`` if none."""
+    query = _normalize(name_or_code)
+    if not query:
+        raise InvalidInput(option, "no language given")
+    code = _lookup(query)
+    if code is not None:
+        return code
+    close = difflib.get_close_matches(query, _LOOKUP, n=8, cutoff=0.6)
+    suggestions = list(dict.fromkeys(_LOOKUP[key] for key in close))[:5]
+    if not suggestions:
+        raise InvalidInput(
+            option,
+            f"unknown language {name_or_code.strip()!r}; "
+            "use an English name such as French or a code such as fr",
+        )
+    listed = ", ".join(f"{LANGUAGES[c]} ({c})" for c in suggestions)
+    raise InvalidInput(
+        option, f"unknown language {name_or_code.strip()!r}; did you mean: {listed}?"
+    )
+
+
+def search_languages(prefix: str, limit: int = 25) -> list[Language]:
+    """Autocomplete choices: exact matches, then name and alias prefixes, then substrings.
+
+    ``limit`` defaults to 25, the most choices Discord shows for one option.
+    """
+    query = _normalize(prefix)
+    ranked: dict[str, int] = {}
+
+    def offer(code: str, rank: int) -> None:
+        ranked[code] = min(rank, ranked.get(code, rank))
+
+    if (exact := _lookup(query)) is not None:
+        offer(exact, 0)
+    for key, code in _LOOKUP.items():
+        if key.startswith(query):
+            offer(code, 1 if key == _normalize(LANGUAGES[code]) else 2)
+        elif query in key:
+            offer(code, 3)
+    ordered = sorted(ranked, key=lambda code: (ranked[code], LANGUAGES[code]))
+    return [Language(code, LANGUAGES[code]) for code in ordered[:limit]]
+
+
+@functools.cache
+def _identifier() -> LanguageIdentifier:
+    """py3langid restricted to the labels that map onto M2M100 (loading takes about a second)."""
+    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    identifier.set_languages(
+        [label for label in identifier.labels if _LANGID_TO_CODE.get(label, label) in LANGUAGES]
+    )
+    return identifier
+
+
+def load_detector() -> None:
+    """Load detection now (it takes about a second) rather than on the first ``auto`` request."""
+    _identifier()
+
+
+def detect_language(text: str, min_confidence: float = 0.5) -> str | None:
+    """The most likely M2M100 code for ``text``, or None when no language is clear enough.
+
+    Links, Discord mentions, custom emoji and code are ignored. Probabilities of labels that
+    share a code (Cantonese and Mandarin both serve ``zh``) are added up before deciding.
+    """
+    prose = _MARKUP.sub(" ", text)
+    if not any(c.isalpha() for c in prose):
+        return None
+    scores: dict[str, float] = {}
+    for label, probability in _identifier().rank(prose):
+        code = _LANGID_TO_CODE.get(label, label)
+        scores[code] = scores.get(code, 0.0) + probability
+    code, probability = max(scores.items(), key=lambda item: item[1])
+    return code if probability >= min_confidence else None

@@ -1,0 +1,188 @@
+"""``python -m bot ask`` end to end, through the real executor, on tiny models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import soundfile
+from PIL import Image
+
+from bot.cli import main
+from tests import tinymodels
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith("BOT_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Builds each tiny model once per module, on first use."""
+    cache: dict[str, Path] = {}
+    builders = {
+        "summarize": tinymodels.build_summarizer,
+        "sentiment": tinymodels.build_classifier,
+        "classify": tinymodels.build_nli,
+        "chat": tinymodels.build_chat,
+        "translate": tinymodels.build_m2m100,
+        "imagine": tinymodels.build_pipeline,
+        "speak": tinymodels.build_speecht5,
+        "vocoder": tinymodels.build_hifigan,
+    }
+
+    def get(task: str) -> Path:
+        if task not in cache:
+            cache[task] = builders[task](tmp_path_factory.mktemp(task))
+        return cache[task]
+
+    return get
+
+
+def ask(task: str, model: Path, *args: str) -> int:
+    return main(["ask", task, *args, "--model", str(model), "--device", "cpu"])
+
+
+def test_summarize_text_and_file(
+    built: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert ask("summarize", built("summarize"), "The group met today.", "--max-tokens", "6") == 0
+    assert capsys.readouterr().out.strip()
+    article = tmp_path / "notes.txt"
+    article.write_text(" ".join(s + "." for s in tinymodels.sentences(10, 20)), encoding="utf-8")
+    assert ask("summarize", built("summarize"), "--file", str(article), "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["summary"] and result["chunks"] > 1
+
+
+def test_sentiment_prints_label_and_score(
+    built: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert ask("sentiment", built("sentiment"), "great coffee") == 0
+    label, score = capsys.readouterr().out.split()
+    assert label in {"POSITIVE", "NEGATIVE"} and score.startswith("(0.")
+
+
+def test_classify_prints_every_label(
+    built: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert ask("classify", built("classify"), "loud city", "--labels", "music,art,river") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(line.split()[1] for line in lines) == ["art", "music", "river"]
+
+
+def test_chat_streams_the_answer(
+    built: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert ask("chat", built("chat"), "hello", "--max-tokens", "20") == 0
+    streamed = capsys.readouterr().out
+    assert ask("chat", built("chat"), "hello", "--max-tokens", "20", "--json") == 0
+    assert streamed.strip() == json.loads(capsys.readouterr().out)["text"]
+
+
+def test_translate_names_languages(
+    built: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = built("translate")
+    assert ask("translate", model, "good morning", "--to", "French", "--from", "en", "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["source"], result["target"]) == ("en", "fr") and result["text"]
+    assert ask("translate", model, "Der Hund schläft im Garten.", "--to", "english") == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_imagine_writes_pngs_with_the_seed(
+    built: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["a red cat", "--steps", "2", "--seed", "42", "--count", "2", "--json"]
+    assert ask("imagine", built("imagine"), *args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["seed"] == 42
+    assert result["files"] == ["imagine-42-1.png", "imagine-42-2.png"]
+    for name in result["files"]:
+        with Image.open(tmp_path / name) as image:
+            assert image.size == (tinymodels.NATIVE_SIZE, tinymodels.NATIVE_SIZE)
+    assert ask("imagine", built("imagine"), "cat", "--steps", "2", "--out", "cat.png") == 0
+    assert "wrote cat.png" in capsys.readouterr().out
+    assert (tmp_path / "cat.png").stat().st_size > 0
+
+
+def test_speak_writes_ogg_or_wav(
+    built: Callable[[str], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("BOT_SPEAK__VOCODER", str(built("vocoder")))
+    monkeypatch.setenv("BOT_SPEAK__VOICES", str(tinymodels.build_voices_npy(tmp_path / "v.npy")))
+    assert ask("speak", built("speak"), "Hello there. See you soon.") == 0
+    assert capsys.readouterr().out.startswith("wrote speak.ogg")
+    audio, rate = soundfile.read(tmp_path / "speak.ogg")
+    assert rate == 16000 and len(audio) > 0
+    assert ask("speak", built("speak"), "Hello.", "--voice", "voice1", "--out", "hi.wav") == 0
+    assert soundfile.info(tmp_path / "hi.wav").format == "WAV"
+    assert ask("speak", built("speak"), "Hello.", "--voice", "nobody") == 2
+    assert "error: voice: unknown voice 'nobody'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("task", "args", "message"),
+    [
+        ("summarize", [], "error: text: give the text or --file\n"),
+        ("summarize", ["x", "--file", "/nonexistent.txt"], "error: file: cannot be read"),
+        ("classify", ["text", "--labels", "only-one"], "error: labels: give between 2 and 10"),
+        ("chat", ["hi", "--temperature", "9"], "error: temperature: must be between 0 and 2\n"),
+        ("translate", ["hello", "--to", "Frnch"], "error: target: unknown language 'Frnch'"),
+        ("imagine", ["cat", "--steps", "0"], "error: steps: "),
+        ("imagine", ["cat", "--out", "cat.jpg"], "error: out: must end in .png\n"),
+        ("speak", ["hi", "--out", "hi.mp3"], "error: out: must end in .ogg or .wav\n"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    built: Callable[[str], Path],
+    capsys: pytest.CaptureFixture[str],
+    task: str,
+    args: list[str],
+    message: str,
+) -> None:
+    assert ask(task, built(task), *args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(message) and captured.err.count("\n") == 1
+
+
+def test_a_hub_id_loads_from_the_cache_offline(
+    built: Callable[[str], Path], tmp_path: Path
+) -> None:
+    cache = tmp_path / "hub"
+    tinymodels.place_in_hub_cache(built("sentiment"), cache, "tiny-org/tiny-sst2")
+    env = {
+        **os.environ,
+        "HF_HUB_CACHE": str(cache),
+        "HF_HUB_OFFLINE": "1",
+        "BOT_MODELS__SENTIMENT": "tiny-org/tiny-sst2",
+        "BOT_DEVICE": "cpu",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "ask", "sentiment", "good exam", "--json"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["label"] in {"POSITIVE", "NEGATIVE"}
+    missing = subprocess.run(
+        [sys.executable, "-m", "bot", "ask", "sentiment", "good", "--model", "tiny-org/absent"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
+    )  # fmt: skip
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1].startswith("error: could not load model")
