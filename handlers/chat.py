@@ -35,7 +35,8 @@ class ChatRequest:
     message: str
     system: str | None = None
     """Replaces the configured system prompt."""
-    max_new_tokens: int | None = None
+    max_tokens: int | None = None
+    """Longest answer in tokens; None is the configured default."""
     temperature: float = 0.0
     """0 answers greedily (reproducible); higher values sample more freely."""
     seed: int = 0
@@ -47,7 +48,7 @@ class ChatResult:
     text: str
     tokens: int
     complete: bool
-    """False when the answer was cut at ``max_new_tokens``."""
+    """False when the answer was cut at its token limit."""
 
 
 @dataclass
@@ -111,17 +112,15 @@ class ChatTask(Task[ChatRequest, ChatResult]):
         self.system_prompt = system_prompt
 
     def new_tokens(self, request: ChatRequest) -> int:
-        return request.max_new_tokens or self.default_new_tokens
+        return request.max_tokens or self.default_new_tokens
 
     def validate(self, request: ChatRequest) -> None:
         if not request.message.strip():
             raise InvalidInput("message", "is empty")
         if len(request.message) + len(request.system or "") > self.max_chars:
             raise InvalidInput("message", f"is longer than the {self.max_chars}-character limit")
-        if request.max_new_tokens is not None and not (
-            1 <= request.max_new_tokens <= self.max_new_tokens
-        ):
-            raise InvalidInput("max_new_tokens", f"must be between 1 and {self.max_new_tokens}")
+        if request.max_tokens is not None and not 1 <= request.max_tokens <= self.max_new_tokens:
+            raise InvalidInput("max_tokens", f"must be between 1 and {self.max_new_tokens}")
         if not math.isfinite(request.temperature) or not 0 <= request.temperature <= 2:
             raise InvalidInput("temperature", "must be between 0 and 2")
 

@@ -307,11 +307,16 @@ def load_detector() -> None:
     _identifier()
 
 
+CLEAR_MARGIN = 4.0
+
+
 def detect_language(text: str, min_confidence: float = 0.5) -> str | None:
     """The most likely M2M100 code for ``text``, or None when no language is clear enough.
 
     Links, Discord mentions, custom emoji and code are ignored. Probabilities of labels that
     share a code (Cantonese and Mandarin both serve ``zh``) are added up before deciding.
+    A language is clear when it reaches ``min_confidence`` or, as short messages spread
+    probability thinly, scores at least ``CLEAR_MARGIN`` times the runner-up.
     """
     prose = _MARKUP.sub(" ", text)
     if not any(c.isalpha() for c in prose):
@@ -320,5 +325,8 @@ def detect_language(text: str, min_confidence: float = 0.5) -> str | None:
     for label, probability in _identifier().rank(prose):
         code = _LANGID_TO_CODE.get(label, label)
         scores[code] = scores.get(code, 0.0) + probability
-    code, probability = max(scores.items(), key=lambda item: item[1])
-    return code if probability >= min_confidence else None
+    ranked = sorted(scores.items(), key=lambda item: item[1], reverse=True)
+    code, probability = ranked[0]
+    runner_up = ranked[1][1] if len(ranked) > 1 else 0.0
+    clear = probability >= min_confidence or probability >= CLEAR_MARGIN * runner_up
+    return code if clear else None

@@ -32,9 +32,9 @@ def test_prompts_use_the_chat_template_with_a_system_prompt(model: ChatModel) ->
 
 def test_answers_are_bounded_and_batches_match_one_at_a_time(model: ChatModel) -> None:
     requests = [
-        ChatRequest("hello teacher", max_new_tokens=10),
-        ChatRequest("what is the exam about physics and the river today", max_new_tokens=10),
-        ChatRequest("coffee", max_new_tokens=10),
+        ChatRequest("hello teacher", max_tokens=10),
+        ChatRequest("what is the exam about physics and the river today", max_tokens=10),
+        ChatRequest("coffee", max_tokens=10),
     ]
     results = TASK.run_batch(model, requests, RecordingContext())
     assert all(r.text and 0 < r.tokens <= 10 for r in results)
@@ -43,7 +43,7 @@ def test_answers_are_bounded_and_batches_match_one_at_a_time(model: ChatModel) -
 
 def test_text_streams_to_each_job(model: ChatModel) -> None:
     ctx = RecordingContext()
-    requests = [ChatRequest("hello", max_new_tokens=20), ChatRequest("bye", max_new_tokens=20)]
+    requests = [ChatRequest("hello", max_tokens=20), ChatRequest("bye", max_tokens=20)]
     results = TASK.run_batch(model, requests, ctx)
     for index, result in enumerate(results):
         streamed = ctx.partials[index]
@@ -54,12 +54,12 @@ def test_text_streams_to_each_job(model: ChatModel) -> None:
 def test_generation_stops_between_tokens_when_abandoned(model: ChatModel) -> None:
     ctx = RecordingContext(stop_after_checks=3)
     with pytest.raises(BatchStopped):
-        TASK.run_batch(model, [ChatRequest("hello", max_new_tokens=200)], ctx)
+        TASK.run_batch(model, [ChatRequest("hello", max_tokens=200)], ctx)
     assert ctx.checks < 20
 
 
 def test_sampling_is_reproducible_with_a_seed(model: ChatModel) -> None:
-    request = ChatRequest("hello", max_new_tokens=12, temperature=1.0, seed=7)
+    request = ChatRequest("hello", max_tokens=12, temperature=1.0, seed=7)
     first = TASK.run_batch(model, [request], RecordingContext())
     assert first == TASK.run_batch(model, [request], RecordingContext())
 
@@ -72,7 +72,7 @@ async def test_streamed_text_reaches_job_events(chat_dir: Path) -> None:
         ExecutorConfig(),
     )
     async with executor:
-        handle = executor.submit("chat", ChatRequest("hello", max_new_tokens=20), user_id=1)
+        handle = executor.submit("chat", ChatRequest("hello", max_tokens=20), user_id=1)
         partials = [e.partial async for e in handle.events() if e.partial is not None]
         result = await handle
     assert handle.state is JobState.DONE
@@ -89,8 +89,8 @@ def test_a_model_without_chat_template_is_refused(tmp_path: Path) -> None:
     [
         (ChatRequest(" "), "message"),
         (ChatRequest("x" * 5000), "message"),
-        (ChatRequest("x", max_new_tokens=0), "max_new_tokens"),
-        (ChatRequest("x", max_new_tokens=10_000), "max_new_tokens"),
+        (ChatRequest("x", max_tokens=0), "max_tokens"),
+        (ChatRequest("x", max_tokens=10_000), "max_tokens"),
         (ChatRequest("x", temperature=math.nan), "temperature"),
         (ChatRequest("x", temperature=-1), "temperature"),
     ],
@@ -102,4 +102,4 @@ def test_bad_requests_name_the_option(request_: ChatRequest, option: str) -> Non
 
 
 def test_jobs_with_different_limits_do_not_share_a_batch() -> None:
-    assert TASK.batch_key(ChatRequest("a", max_new_tokens=5)) != TASK.batch_key(ChatRequest("a"))
+    assert TASK.batch_key(ChatRequest("a", max_tokens=5)) != TASK.batch_key(ChatRequest("a"))

@@ -162,6 +162,27 @@ def test_bad_input_exits_2_with_one_line(
     assert captured.err.startswith(message) and captured.err.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["ask", "summarize", "x", "--length", "epic"], "error: argument --length: invalid choice"),
+        (
+            ["ask", "chat", "hi", "--max-tokens", "lots"],
+            "error: argument --max-tokens: invalid int",
+        ),
+        (["ask", "paint"], "error: argument TASK: invalid choice: 'paint'"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+
+
 def test_a_hub_id_loads_from_the_cache_offline(
     built: Callable[[str], Path], tmp_path: Path
 ) -> None:
