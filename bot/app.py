@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from bot.executor import Executor, LocalBackend, ModelRegistry, TaskUnavailable
+from bot.guilds import GuildSettingsStore
+from bot.invocations import Invoker
+from bot.quotas import QuotaPolicy, Quotas
 from bot.settings import Settings
+from bot.usage import UsageLog
 from handlers.base import Task
 from handlers.chat import ChatTask
 from handlers.classify import ClassifyTask
@@ -61,6 +67,40 @@ def build_executor(settings: Settings) -> Executor:
         LocalBackend(registry, settings.torch_threads),
         settings.executor_config(),
     )
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything a front end needs, opened together and closed in the right order."""
+
+    executor: Executor
+    usage: UsageLog
+    invoker: Invoker
+
+
+@asynccontextmanager
+async def running(
+    settings: Settings, tasks: Iterable[str] | None = None
+) -> AsyncIterator[Services]:
+    """Open the usage log and start the executor; on exit drain jobs, then flush the log."""
+    usage = UsageLog(settings.usage_path(), retention_days=settings.usage.retention_days)
+    async with usage:
+        executor = await start_executor(settings, tasks)
+        try:
+            quotas = Quotas(
+                QuotaPolicy(
+                    settings.quotas,
+                    settings.cooldowns,
+                    frozenset(settings.quota_exempt_users),
+                ),
+                usage,
+            )
+            invoker = Invoker(
+                executor, usage, quotas, GuildSettingsStore(usage), settings.log_prompts
+            )
+            yield Services(executor, usage, invoker)
+        finally:
+            await executor.shutdown()
 
 
 async def start_executor(settings: Settings, tasks: Iterable[str] | None = None) -> Executor:

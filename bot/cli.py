@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
+import datetime
+import getpass
 import json
 import logging
+import math
+import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,9 +21,11 @@ from typing import Any, NoReturn
 from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
-from bot.app import start_executor
+from bot.app import running
 from bot.executor import ExecutorError, JobHandle
+from bot.invocations import Caller
 from bot.settings import Settings
+from bot.usage import COLUMNS, UsageLog, UsageStats, UsageUnavailable
 from handlers.base import HandlerError, InvalidInput
 from handlers.chat import ChatRequest
 from handlers.classify import ClassifyRequest, ClassifyResult, parse_labels
@@ -216,6 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
         task.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: configured)")
         task.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    usage = commands.add_parser("usage", help="usage statistics and export from the usage log")
+    reports = usage.add_subparsers(dest="report", required=True, metavar="REPORT")
+    for name, help_text in (("stats", "print usage tables"), ("export", "write rows as CSV")):
+        report = reports.add_parser(name, help=help_text)
+        report.add_argument(
+            "--since",
+            type=_date,
+            help="first UTC day to include, YYYY-MM-DD (default: 30 days ago)",
+        )
+
     show = commands.add_parser("settings", help="show every setting, its env name and value")
     show.add_argument(
         "--env-example", action="store_true", help="print a commented .env template instead"
@@ -226,13 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
 async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     command = ASK_COMMANDS[args.task]
     request = command.request(args)
-    executor = await start_executor(settings, [args.task])
     stream = args.task == "chat" and not args.json
-    try:
-        handle = executor.submit(args.task, request, user_id="cli", model=args.model)
+    caller = Caller(f"cli:{getpass.getuser()}", source="cli", enforce_quotas=False)
+    async with running(settings, [args.task]) as services:
+        handle = await services.invoker.submit(args.task, request, caller, model=args.model)
         result = await _follow(handle, stream)
-    finally:
-        await executor.shutdown()
     text, data = command.render(result, args)
     if args.json:
         print(json.dumps(data, ensure_ascii=False))
@@ -266,6 +282,44 @@ async def _follow(handle: JobHandle, stream: bool) -> Any:
     if stream:
         print(_unseen(shown, result.text), flush=True)
     return result
+
+
+def _date(text: str) -> float:
+    try:
+        day = datetime.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+    return datetime.datetime.combine(day, datetime.time(), datetime.UTC).timestamp()
+
+
+async def _usage(settings: Settings, args: argparse.Namespace) -> int:
+    since = args.since if args.since is not None else time.time() - 30 * 86400
+    async with UsageLog(settings.usage_path(), retention_days=None) as usage:
+        if args.report == "export":
+            writer = csv.writer(sys.stdout)
+            writer.writerow(COLUMNS)
+            for row in await usage.since(since):
+                writer.writerow(tuple(row))
+        else:
+            print(render_stats(await usage.stats(since)))
+    return 0
+
+
+def render_stats(stats: UsageStats) -> str:
+    """Plain-text tables for a terminal."""
+    lines = ["invocations per day", f"{'day':<12}{'task':<11}{'count':>7}"]
+    lines += [f"{day:<12}{task:<11}{n:>7}" for (day, task), n in stats.per_day.items()]
+    lines += ["", "latency (ms)", f"{'task':<11}{'wait p50':>10}{'wait p95':>10}{'run p50':>10}"
+              f"{'run p95':>10}"]  # fmt: skip
+    for task in sorted({*stats.wait_ms, *stats.run_ms}):
+        wait = stats.wait_ms.get(task, (math.nan, math.nan))
+        run = stats.run_ms.get(task, (math.nan, math.nan))
+        lines.append(f"{task:<11}{wait[0]:>10.1f}{wait[1]:>10.1f}{run[0]:>10.1f}{run[1]:>10.1f}")
+    lines += ["", "not ok", f"{'task':<11}{'status':<15}{'count':>7}"]
+    lines += [f"{task:<11}{status:<15}{n:>7}" for (task, status), n in stats.errors.items()]
+    lines += ["", "top users", f"{'user id':<24}{'count':>7}"]
+    lines += [f"{user:<24}{n:>7}" for user, n in stats.top_users]
+    return "\n".join(lines)
 
 
 def _settings_rows(model: type[BaseModel], value: BaseModel, prefix: str) -> list[tuple]:
@@ -316,10 +370,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "settings":
         return _show_settings(settings, args.env_example)
+    if args.command == "usage":
+        try:
+            return asyncio.run(_usage(settings, args))
+        except UsageUnavailable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except BrokenPipeError:  # e.g. `usage export | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     if args.device:
         settings.device = args.device
     try:
         return asyncio.run(_ask(settings, args))
-    except (HandlerError, ExecutorError) as exc:
+    except (HandlerError, ExecutorError, UsageUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, HandlerError) else 1

@@ -147,6 +147,15 @@ class TaskClassSettings(BaseModel):
         )
 
 
+class UsageSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    path: Path | None = None
+    """The SQLite usage database; unset puts usage.sqlite3 in the data directory."""
+    retention_days: int | None = Field(default=90, ge=1)
+    """Usage rows older than this are deleted; unset keeps them forever."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BOT_",
@@ -186,6 +195,16 @@ class Settings(BaseSettings):
     """How long shutdown waits for running jobs before stopping them."""
     max_text_chars: int = Field(default=2000, ge=1)
     """Longest text /sentiment, /classify and /translate accept, and /chat's message."""
+    log_prompts: bool = False
+    """Store what members wrote (prompts, texts) in the usage log; off keeps only sizes."""
+    usage: UsageSettings = UsageSettings()
+    """The usage log (BOT_USAGE__PATH, BOT_USAGE__RETENTION_DAYS)."""
+    quotas: dict[str, int] = {"imagine": 20}
+    """Requests per member per UTC day, by task, as JSON; guilds may override them."""
+    cooldowns: dict[str, float] = {}
+    """Seconds a member waits between requests, by task, as JSON: {"imagine": 10}."""
+    quota_exempt_users: list[str] = []
+    """User ids free of quotas and cooldowns (JSON list), e.g. the bot's owners."""
     models: ModelSettings = ModelSettings()
     """Per-task models (BOT_MODELS__<TASK>)."""
     summarize: SummarizeSettings = SummarizeSettings()
@@ -236,6 +255,9 @@ class Settings(BaseSettings):
             cpu_workers=self.cpu_workers,
             shutdown_timeout_s=self.shutdown_timeout_s,
         )
+
+    def usage_path(self) -> Path:
+        return self.usage.path or self.data_dir / "usage.sqlite3"
 
     def memory_budget_bytes(self) -> int | None:
         return None if self.memory_budget_gb is None else int(self.memory_budget_gb * 2**30)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -32,6 +32,9 @@ DEFAULT_SYSTEM = "You are a helpful, concise assistant in a Discord community."
 
 @dataclass(frozen=True)
 class ChatRequest:
+    USER_TEXT: ClassVar[frozenset[str]] = frozenset({"message", "system"})
+    """Fields holding what the member wrote: kept out of logs unless the admin opts in."""
+
     message: str
     system: str | None = None
     """Replaces the configured system prompt."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -31,6 +31,9 @@ MAX_LABEL_CHARS = 100
 
 @dataclass(frozen=True)
 class ClassifyRequest:
+    USER_TEXT: ClassVar[frozenset[str]] = frozenset({"text", "labels", "template"})
+    """Fields holding what the member wrote: kept out of logs unless the admin opts in."""
+
     text: str
     labels: tuple[str, ...]
     multi_label: bool = False

@@ -18,7 +18,7 @@ import random
 import re
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -53,6 +53,9 @@ _SIZE = re.compile(r"\s*(\d+)\s*[x\u00d7]\s*(\d+)\s*", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class ImagineRequest:
+    USER_TEXT: ClassVar[frozenset[str]] = frozenset({"prompt", "negative_prompt"})
+    """Fields holding what the member wrote: kept out of logs unless the admin opts in."""
+
     prompt: str
     negative_prompt: str = ""
     steps: int | None = None

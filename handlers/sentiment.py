@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -14,6 +14,9 @@ from handlers.base import BatchContext, InvalidInput, LoadSpec, Task, TaskKind, 
 
 @dataclass(frozen=True)
 class SentimentRequest:
+    USER_TEXT: ClassVar[frozenset[str]] = frozenset({"text"})
+    """Fields holding what the member wrote: kept out of logs unless the admin opts in."""
+
     text: str
 
 

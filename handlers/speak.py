@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import soundfile as sf
@@ -74,6 +74,9 @@ CLAUSE_BREAK = re.compile(r"(?<=[,:—])\s+")
 
 @dataclass(frozen=True)
 class SpeakRequest:
+    USER_TEXT: ClassVar[frozenset[str]] = frozenset({"text"})
+    """Fields holding what the member wrote: kept out of logs unless the admin opts in."""
+
     text: str
     voice: str | None = None
     """A preset name from ``SpeakTask.voice_names()``; None is the task's default voice.

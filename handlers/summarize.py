@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -36,6 +36,9 @@ MAX_ROUNDS = 8
 
 @dataclass(frozen=True)
 class SummarizeRequest:
+    USER_TEXT: ClassVar[frozenset[str]] = frozenset({"text"})
+    """Fields holding what the member wrote: kept out of logs unless the admin opts in."""
+
     text: str
     length: str = "medium"
     min_tokens: int | None = None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
@@ -53,6 +53,9 @@ _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|(?<=[\u3002\uff01\uff1f])")
 
 @dataclass(frozen=True)
 class TranslateRequest:
+    USER_TEXT: ClassVar[frozenset[str]] = frozenset({"text"})
+    """Fields holding what the member wrote: kept out of logs unless the admin opts in."""
+
     text: str
     target: str
     """A language name, code or locale tag (``French``, ``fr``, ``fr-CA``)."""

@@ -194,6 +194,7 @@ def test_a_hub_id_loads_from_the_cache_offline(
         "HF_HUB_OFFLINE": "1",
         "BOT_MODELS__SENTIMENT": "tiny-org/tiny-sst2",
         "BOT_DEVICE": "cpu",
+        "BOT_DATA_DIR": str(tmp_path / "data"),
     }
     done = subprocess.run(
         [sys.executable, "-m", "bot", "ask", "sentiment", "good exam", "--json"],

@@ -179,6 +179,7 @@ class Executor:
             job.deadline.cancel()
         job.abandoned = error is not None
         job.error = error
+        job.finished_at = self._clock()
         if error is None:
             job.state = JobState.DONE
             job.future.set_result(result)
@@ -258,6 +259,7 @@ class Executor:
                 job.deadline.cancel()
             job.state = JobState.RUNNING
             job.started_at = started
+            job.batch_size = len(jobs)
             job.position = job.eta_s = None
             self.metrics.record_wait(key, started - job.enqueued_at)
             job.emit(JobEvent(JobState.RUNNING))

@@ -59,6 +59,8 @@ class Job:
     eta_s: float | None = None
     error: BaseException | None = None
     started_at: float | None = None
+    finished_at: float | None = None
+    batch_size: int | None = None
     abandoned: bool = False
     """Set when nobody awaits the result any more (cancelled, timed out); read by the worker."""
     deadline: asyncio.TimerHandle | None = None
@@ -125,6 +127,37 @@ class JobHandle:
 
     def done(self) -> bool:
         return self._job.future.done()
+
+    @property
+    def wait_s(self) -> float | None:
+        """Time from admission to the start of its batch (None if it never ran)."""
+        job = self._job
+        return None if job.started_at is None else job.started_at - job.enqueued_at
+
+    @property
+    def run_s(self) -> float | None:
+        """Time from the start of its batch to its end (None until both happened)."""
+        job = self._job
+        if job.started_at is None or job.finished_at is None:
+            return None
+        return job.finished_at - job.started_at
+
+    @property
+    def batch_size(self) -> int | None:
+        return self._job.batch_size
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the job ended without a result, once it has ended."""
+        return self._job.error
+
+    def peek_result(self) -> Any:
+        """The result of a job that has ended well, without awaiting."""
+        return self._job.future.result()
+
+    def add_done_callback(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the event loop once the job has ended, however it ended."""
+        self._job.future.add_done_callback(lambda _: callback())
 
     def cancel(self, reason: str = "cancelled by the requester") -> bool:
         """Drop a queued job or ask a running one to stop; False if it already ended."""

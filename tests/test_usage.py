@@ -1,0 +1,315 @@
+"""The usage log, quotas, guild settings and the admission wrapper that ties them together."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from bot.cli import main
+from bot.executor import Busy
+from bot.guilds import GuildSettings, GuildSettingsStore
+from bot.invocations import Caller, CommandDisabled, Invoker
+from bot.quotas import DAY, CooldownActive, QuotaExceeded, QuotaPolicy, Quotas
+from bot.usage import UsageLog, UsageUnavailable, migrate, migrations
+from handlers.base import InvalidInput
+from tests.fakes import FakeTask, Item, make_executor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rows(path: Path, sql: str = "SELECT * FROM invocations ORDER BY id") -> list[sqlite3.Row]:
+    with sqlite3.connect(path) as db:
+        db.row_factory = sqlite3.Row
+        return db.execute(sql).fetchall()
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "usage.sqlite3"
+    async with UsageLog(path, flush_interval_s=0.01) as usage:
+
+        async def writer(n: int) -> None:
+            for k in range(20):
+                row_id = f"{n}-{k}"
+                usage.begin({"id": row_id, "source": "cli", "user_id": str(n), "task": "chat"})
+                await asyncio.sleep(0)
+                usage.end(row_id, "ok", wait_ms=1.0, run_ms=2.0, batch_size=4)
+
+        await asyncio.gather(*(writer(n) for n in range(50)))
+    found = rows(path)
+    assert len(found) == 1000
+    assert {r["status"] for r in found} == {"ok"}
+    assert all(r["run_ms"] == 2.0 and r["started_at"] <= r["ended_at"] for r in found)
+
+
+def test_sigkill_keeps_flushed_rows_and_next_start_marks_open_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "usage.sqlite3"
+    child = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "usage_crash_child.py"), str(path)],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "flushed"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    assert len(rows(path)) == 20
+
+    async def reopen() -> None:
+        async with UsageLog(path):
+            pass
+
+    asyncio.run(reopen())
+    statuses = [r["status"] for r in rows(path)]
+    assert statuses.count("ok") == 10 and statuses.count("interrupted") == 10
+
+
+async def test_migrations_from_empty_and_from_the_previous_version(tmp_path: Path) -> None:
+    latest = migrations()[-1][0]
+    assert latest >= 2
+    async with aiosqlite.connect(tmp_path / "fresh.sqlite3") as db:
+        assert await migrate(db) == latest
+    old = tmp_path / "old.sqlite3"
+    async with aiosqlite.connect(old) as db:
+        assert await migrate(db, target=latest - 1) == latest - 1
+        await db.execute(
+            "INSERT INTO invocations (id, started_at, source, user_id, task, status) "
+            "VALUES ('kept', ?, 'cli', 'u', 'chat', 'ok')",
+            (time.time(),),
+        )
+        await db.commit()
+    async with UsageLog(old):
+        pass
+    assert [r["id"] for r in rows(old)] == ["kept"]
+    assert rows(old, "PRAGMA user_version")[0][0] == latest
+    assert rows(old, "SELECT count(*) FROM guild_settings")[0][0] == 0
+
+
+async def test_an_unwritable_path_fails_clearly_at_start(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    with pytest.raises(UsageUnavailable, match=r"cannot open the usage database at .*BOT_DATA_DIR"):
+        await UsageLog(blocker / "usage.sqlite3").open()
+
+
+async def test_records_survive_a_locked_database(tmp_path: Path) -> None:
+    path = tmp_path / "usage.sqlite3"
+    async with UsageLog(path, flush_interval_s=3600, busy_timeout_ms=20) as usage:
+        locker = sqlite3.connect(path, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        for n in range(30):
+            usage.begin({"id": f"r{n}", "source": "cli", "user_id": "u", "task": "chat"})
+        assert not await usage.flush()
+        for n in range(30):
+            usage.end(f"r{n}", "ok")
+        assert not await usage.flush()
+        assert usage.pending == 30
+        locker.execute("ROLLBACK")
+        locker.close()
+        assert await usage.flush()
+        assert usage.pending == 0
+    assert [r["status"] for r in rows(path)] == ["ok"] * 30
+
+
+async def test_an_end_after_its_begin_was_written_updates_the_row(tmp_path: Path) -> None:
+    path = tmp_path / "usage.sqlite3"
+    async with UsageLog(path, flush_interval_s=3600) as usage:
+        usage.begin({"id": "a", "source": "cli", "user_id": "u", "task": "chat"})
+        assert await usage.flush()
+        usage.end("a", "error", error_kind="JobFailed")
+    (row,) = rows(path)
+    assert (row["status"], row["error_kind"], row["source"]) == ("error", "JobFailed", "cli")
+
+
+async def test_retention_deletes_old_rows(tmp_path: Path) -> None:
+    path = tmp_path / "usage.sqlite3"
+    clock = Clock(100 * DAY)
+    async with UsageLog(path, clock=clock, retention_days=None) as usage:
+        clock.now = 1 * DAY
+        usage.record({"id": "old", "source": "cli", "user_id": "u", "task": "x", "status": "ok"})
+        clock.now = 99 * DAY
+        usage.record({"id": "new", "source": "cli", "user_id": "u", "task": "x", "status": "ok"})
+    clock.now = 100 * DAY
+    async with UsageLog(path, clock=clock, retention_days=30):
+        pass
+    assert [r["id"] for r in rows(path)] == ["new"]
+
+
+async def test_quota_refuses_until_the_utc_day_ends(tmp_path: Path) -> None:
+    clock = Clock(10 * DAY + 3600)
+    async with UsageLog(tmp_path / "u.sqlite3", clock=clock) as usage:
+        quotas = Quotas(QuotaPolicy({"imagine": 2}), usage, clock)
+        for n in range(2):
+            await quotas.check("u1", "imagine")
+            usage.begin({"id": f"i{n}", "source": "discord", "user_id": "u1", "task": "imagine"})
+            quotas.admitted("u1", "imagine")
+        with pytest.raises(QuotaExceeded, match="resets in 23h00m") as err:
+            await quotas.check("u1", "imagine")
+        assert err.value.resets_in == DAY - 3600
+        await quotas.check("u2", "imagine")  # another member
+        await quotas.check("u1", "chat")  # another task
+        clock.now = 11 * DAY + 1
+        await quotas.check("u1", "imagine")
+
+
+async def test_quota_counts_survive_a_restart(tmp_path: Path) -> None:
+    clock = Clock(5 * DAY)
+    path = tmp_path / "u.sqlite3"
+    async with UsageLog(path, clock=clock) as usage:
+        usage.record(
+            {"id": "a", "source": "discord", "user_id": "u", "task": "imagine", "status": "ok"}
+        )
+        usage.record(  # refusals don't count
+            {"id": "b", "source": "discord", "user_id": "u", "task": "imagine",
+             "status": "refused_busy"}
+        )  # fmt: skip
+    async with UsageLog(path, clock=clock) as usage:
+        quotas = Quotas(QuotaPolicy({"imagine": 1}), usage, clock)
+        with pytest.raises(QuotaExceeded):
+            await quotas.check("u", "imagine")
+        await Quotas(QuotaPolicy({"imagine": 2}), usage, clock).check("u", "imagine")
+
+
+async def test_cooldowns_exemptions_and_guild_overrides(tmp_path: Path) -> None:
+    clock = Clock(DAY)
+    async with UsageLog(tmp_path / "u.sqlite3", clock=clock) as usage:
+        policy = QuotaPolicy({"imagine": 1}, {"imagine": 10.0}, frozenset({"owner"}))
+        quotas = Quotas(policy, usage, clock)
+        quotas.admitted("u", "imagine")
+        with pytest.raises(CooldownActive, match="try again in 10s"):
+            await quotas.check("u", "imagine")
+        clock.now += 10
+        await quotas.check("u", "imagine")
+        for _ in range(3):
+            await quotas.check("owner", "imagine")
+            quotas.admitted("owner", "imagine")
+        generous = GuildSettings(quotas={"imagine": 5}, cooldowns={"imagine": 0})
+        await quotas.check("u", "imagine", generous)
+        vip = GuildSettings(exempt_roles=[42])
+        usage.record(
+            {"id": "x", "source": "discord", "user_id": "v", "task": "imagine", "status": "ok"}
+        )
+        await quotas.check("v", "imagine", vip, roles=[42])
+        with pytest.raises(QuotaExceeded):
+            await quotas.check("v", "imagine", vip, roles=[7])
+
+
+async def test_guild_settings_are_cached_and_written_through_one_function(tmp_path: Path) -> None:
+    path = tmp_path / "u.sqlite3"
+    async with UsageLog(path) as usage:
+        store = GuildSettingsStore(usage)
+        assert await store.get(1) == GuildSettings()
+        updated = await store.update(1, enabled_commands=["chat"], ephemeral=True)
+        assert updated.ephemeral and await store.get(1) is updated
+        with pytest.raises(ValueError, match="nsfw"):
+            await store.update(1, nsfw="sometimes")
+    async with UsageLog(path) as usage:
+        reloaded = await GuildSettingsStore(usage).get(1)
+    assert reloaded.enabled_commands == ["chat"] and reloaded.ephemeral
+
+
+async def invoker(tmp_path: Path, log_prompts: bool = False, **limits: object) -> Invoker:
+    usage = UsageLog(tmp_path / "u.sqlite3", flush_interval_s=3600)
+    await usage.open()
+    executor = make_executor(FakeTask(encode=True), **limits)
+    await executor.start()
+    quotas = Quotas(QuotaPolicy({"fake": 3}), usage)
+    return Invoker(executor, usage, quotas, GuildSettingsStore(usage), log_prompts)
+
+
+async def close(inv: Invoker) -> None:
+    await inv.executor.shutdown()
+    await inv.usage.close()
+
+
+async def test_every_invocation_leaves_one_row_with_its_outcome(tmp_path: Path) -> None:
+    inv = await invoker(tmp_path, max_per_user=1)
+    caller = Caller("u1", guild_id=7, channel_id=70)
+    handle = await inv.submit("fake", Item("secret words"), caller)
+    assert await handle == "<SECRET WORDS>"
+    with pytest.raises(InvalidInput):
+        await inv.submit("fake", Item(""), caller)
+    failing = await inv.submit("fake", Item("bad-input"), caller)
+    with pytest.raises(Exception, match="bad-input"):
+        await failing
+    await inv.guilds.update(7, enabled_commands=["chat"])
+    with pytest.raises(CommandDisabled):
+        await inv.submit("fake", Item("x"), caller)
+    await inv.guilds.update(7, enabled_commands=None, allowed_channels=[71])
+    with pytest.raises(CommandDisabled, match="channel"):
+        await inv.submit("fake", Item("x"), caller)
+    await inv.guilds.update(7, allowed_channels=None)
+    # The quota is 3: the ok and the failed job count, the refused and invalid ones don't.
+    assert await (await inv.submit("fake", Item("y"), caller)) == "<Y>"
+    with pytest.raises(QuotaExceeded):
+        await inv.submit("fake", Item("z"), caller)
+    await close(inv)
+    found = rows(tmp_path / "u.sqlite3", "SELECT * FROM invocations ORDER BY started_at")
+    statuses = [r["status"] for r in found]
+    assert statuses.count("ok") == 2 and statuses.count("invalid") == 3
+    assert statuses.count("error") == 1 and statuses.count("refused_quota") == 1
+    done = next(r for r in found if r["output_size"])
+    assert (done["guild_id"], done["channel_id"], done["user_id"]) == (7, 70, "u1")
+    assert done["wait_ms"] is not None and done["run_ms"] is not None and done["batch_size"] == 1
+    assert done["input_size"] == len("secret words") and done["output_size"] == 14
+    assert all(r["prompt"] is None for r in found)  # prompts are off by default
+    assert "secret" not in "".join(str(tuple(r)) for r in found)
+
+
+async def test_prompts_are_logged_only_when_the_admin_opts_in(tmp_path: Path) -> None:
+    inv = await invoker(tmp_path, log_prompts=True)
+    await (await inv.submit("fake", Item("hello there"), Caller("u")))
+    await close(inv)
+    (row,) = rows(tmp_path / "u.sqlite3")
+    assert "hello there" in row["prompt"] and "hello there" not in row["options"]
+
+
+async def test_busy_refusals_are_logged(tmp_path: Path) -> None:
+    inv = await invoker(tmp_path, max_queue=1)
+    task = inv.executor.tasks["fake"]
+    task.hold_values.add("hold")
+    task.gate.clear()
+    held = await inv.submit("fake", Item("hold"), Caller("a", enforce_quotas=False))
+    with pytest.raises(Busy):
+        await inv.submit("fake", Item("more"), Caller("b"))
+    task.gate.set()
+    await held
+    await close(inv)
+    assert sorted(r["status"] for r in rows(tmp_path / "u.sqlite3")) == ["ok", "refused_busy"]
+
+
+async def test_usage_stats_and_export_commands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BOT_DATA_DIR", str(tmp_path))
+    inv = await invoker(tmp_path)
+    for text in ("a", "b"):
+        await (await inv.submit("fake", Item(text), Caller("u1", enforce_quotas=False)))
+    await close(inv)
+    (tmp_path / "u.sqlite3").rename(tmp_path / "usage.sqlite3")
+    assert await asyncio.to_thread(main, ["usage", "stats"]) == 0
+    out = capsys.readouterr().out
+    assert "invocations per day" in out and "fake" in out and "u1" in out
+    assert await asyncio.to_thread(main, ["usage", "export", "--since", "2000-01-01"]) == 0
+    exported = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(exported) == 2 and {r["status"] for r in exported} == {"ok"}
