@@ -9,8 +9,8 @@ import datetime
 import getpass
 import json
 import logging
-import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,14 +18,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+import aiohttp
+import discord
 from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
 from bot.app import running
+from bot.client import AssistantBot
 from bot.executor import ExecutorError, JobHandle
 from bot.invocations import Caller
 from bot.settings import Settings
-from bot.usage import COLUMNS, UsageLog, UsageStats, UsageUnavailable
+from bot.usage import COLUMNS, UsageLog, UsageUnavailable, render_stats
 from handlers.base import HandlerError, InvalidInput
 from handlers.chat import ChatRequest
 from handlers.classify import ClassifyRequest, ClassifyResult, parse_labels
@@ -215,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    commands.add_parser("run", help="connect to Discord and serve the slash commands")
+    commands.add_parser("sync", help="register the slash commands with Discord, then exit")
+
     ask = commands.add_parser("ask", help="run one task from the terminal, without Discord")
     tasks = ask.add_subparsers(dest="task", required=True, metavar="TASK")
     for name, command in ASK_COMMANDS.items():
@@ -284,6 +290,40 @@ async def _follow(handle: JobHandle, stream: bool) -> Any:
     return result
 
 
+TOKEN_SHAPE = re.compile(r"^[\w-]{20,}\.[\w-]{4,}\.[\w-]{20,}$")
+
+
+async def _discord(settings: Settings, sync_only: bool) -> int:
+    """Run the bot (or only sync its commands); token problems are one line and exit 2."""
+    token = settings.discord_token.get_secret_value() if settings.discord_token else ""
+    if not token:
+        print(
+            "error: DISCORD_TOKEN is not set; put your bot's token in .env (README: Discord setup)",
+            file=sys.stderr,
+        )
+        return 2
+    if not TOKEN_SHAPE.match(token):
+        print("error: DISCORD_TOKEN does not look like a bot token; copy it again from the "
+              "Bot page of your application", file=sys.stderr)  # fmt: skip
+        return 2
+    async with running(settings) as services:
+        bot = AssistantBot(services, settings)
+        async with bot:
+            try:
+                if sync_only:
+                    await bot.login(token)  # login runs setup_hook, which syncs
+                else:
+                    await bot.start(token)
+            except discord.LoginFailure:
+                print("error: Discord rejected DISCORD_TOKEN; reset it on the Bot page of "
+                      "your application and update .env", file=sys.stderr)  # fmt: skip
+                return 2
+            except (aiohttp.ClientError, OSError) as exc:
+                print(f"error: cannot reach Discord: {exc}", file=sys.stderr)
+                return 1
+    return 0
+
+
 def _date(text: str) -> float:
     try:
         day = datetime.date.fromisoformat(text)
@@ -303,23 +343,6 @@ async def _usage(settings: Settings, args: argparse.Namespace) -> int:
         else:
             print(render_stats(await usage.stats(since)))
     return 0
-
-
-def render_stats(stats: UsageStats) -> str:
-    """Plain-text tables for a terminal."""
-    lines = ["invocations per day", f"{'day':<12}{'task':<11}{'count':>7}"]
-    lines += [f"{day:<12}{task:<11}{n:>7}" for (day, task), n in stats.per_day.items()]
-    lines += ["", "latency (ms)", f"{'task':<11}{'wait p50':>10}{'wait p95':>10}{'run p50':>10}"
-              f"{'run p95':>10}"]  # fmt: skip
-    for task in sorted({*stats.wait_ms, *stats.run_ms}):
-        wait = stats.wait_ms.get(task, (math.nan, math.nan))
-        run = stats.run_ms.get(task, (math.nan, math.nan))
-        lines.append(f"{task:<11}{wait[0]:>10.1f}{wait[1]:>10.1f}{run[0]:>10.1f}{run[1]:>10.1f}")
-    lines += ["", "not ok", f"{'task':<11}{'status':<15}{'count':>7}"]
-    lines += [f"{task:<11}{status:<15}{n:>7}" for (task, status), n in stats.errors.items()]
-    lines += ["", "top users", f"{'user id':<24}{'count':>7}"]
-    lines += [f"{user:<24}{n:>7}" for user, n in stats.top_users]
-    return "\n".join(lines)
 
 
 def _settings_rows(model: type[BaseModel], value: BaseModel, prefix: str) -> list[tuple]:
@@ -370,6 +393,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "settings":
         return _show_settings(settings, args.env_example)
+    if args.command in ("run", "sync"):
+        try:
+            return asyncio.run(_discord(settings, sync_only=args.command == "sync"))
+        except (ExecutorError, UsageUnavailable) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     if args.command == "usage":
         try:
             return asyncio.run(_usage(settings, args))

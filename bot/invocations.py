@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,6 @@ from bot.executor import (
     Busy,
     ExecutionTimeout,
     Executor,
-    ExecutorError,
     JobCancelled,
     JobHandle,
     QueueTimeout,
@@ -27,6 +27,9 @@ from bot.guilds import GuildSettings, GuildSettingsStore
 from bot.quotas import CooldownActive, QuotaExceeded, Quotas
 from bot.usage import UsageLog
 from handlers.base import HandlerError
+
+IMAGE_TASKS = frozenset({"imagine"})
+"""Tasks whose output a guild may confine to age-restricted channels."""
 
 
 class CommandDisabled(Exception):
@@ -40,6 +43,8 @@ class Caller:
     guild_id: int | None = None
     channel_id: int | None = None
     roles: tuple[int, ...] = ()
+    age_restricted: bool = False
+    """Whether the channel is marked age-restricted (NSFW) in Discord."""
     enforce_quotas: bool = True
     """False for the admin's own command line."""
 
@@ -107,9 +112,18 @@ class Invoker:
         self.log_prompts = log_prompts
 
     async def submit(
-        self, task: str, request: Any, caller: Caller, model: str | None = None
+        self,
+        task: str,
+        request: Any,
+        caller: Caller,
+        model: str | None = None,
+        acknowledge: Callable[[], Awaitable[object]] | None = None,
     ) -> JobHandle:
-        """Admit a job or raise the reason it was refused; either way one row is logged."""
+        """Admit a job or raise the reason it was refused; either way one row is logged.
+
+        ``acknowledge`` runs once every check has passed and before the job is queued, so a
+        front end can answer refusals privately and still acknowledge before model work.
+        """
         options, text = describe(request)
         row: dict[str, Any] = {
             "id": uuid.uuid4().hex,
@@ -130,8 +144,11 @@ class Invoker:
                 self._check_guild(guild, task, caller)
             if caller.enforce_quotas:
                 await self.quotas.check(caller.user_id, task, guild, caller.roles)
+            self.executor.check(task, request, user_id=caller.user_id)
+            if acknowledge is not None:
+                await acknowledge()
             handle = self.executor.submit(task, request, user_id=caller.user_id, model=model)
-        except (HandlerError, ExecutorError, QuotaExceeded, CooldownActive, CommandDisabled) as exc:
+        except Exception as exc:  # refused, invalid, or the front end failed to acknowledge
             status = "invalid" if isinstance(exc, CommandDisabled) else status_of(exc)
             self.usage.record({**row, "status": status, "error_kind": type(exc).__name__})
             raise
@@ -140,12 +157,26 @@ class Invoker:
         handle.add_done_callback(lambda: self._ended(row["id"], handle))
         return handle
 
+    def record_command(self, command: str, caller: Caller) -> None:
+        """A command that runs no model (/queue, /stats, ...): one row, like every other."""
+        self.usage.record({
+            "id": uuid.uuid4().hex, "source": caller.source, "guild_id": caller.guild_id,
+            "channel_id": caller.channel_id, "user_id": caller.user_id, "task": command,
+            "status": "ok",
+        })  # fmt: skip
+
     @staticmethod
     def _check_guild(guild: GuildSettings, task: str, caller: Caller) -> None:
         if guild.enabled_commands is not None and task not in guild.enabled_commands:
             raise CommandDisabled(f"/{task} is turned off in this server")
         if guild.allowed_channels is not None and caller.channel_id not in guild.allowed_channels:
             raise CommandDisabled(f"/{task} cannot be used in this channel")
+        if (
+            task in IMAGE_TASKS
+            and guild.nsfw == "age_restricted_only"
+            and not caller.age_restricted
+        ):
+            raise CommandDisabled(f"/{task} works only in age-restricted channels in this server")
 
     def _ended(self, row_id: str, handle: JobHandle) -> None:
         error = handle.error

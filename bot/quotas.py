@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 DAY = 86400
 
 
-def _in(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """Like 3h05m or 12m, for people."""
     minutes = max(1, math.ceil(seconds / 60))
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
 
@@ -28,7 +29,7 @@ class QuotaExceeded(Exception):
         self.resets_in = resets_in
         super().__init__(
             f"you have used all {limit} {task} requests for today; "
-            f"the quota resets in {_in(resets_in)} (00:00 UTC)"
+            f"the quota resets in {duration(resets_in)} (00:00 UTC)"
         )
 
 
@@ -101,6 +102,18 @@ class Quotas:
             for stale in [k for k in self._counts if k[2] < day]:
                 del self._counts[stale]
         return self._counts[key]
+
+    async def summary(
+        self, user_id: str, guild: GuildSettings | None = None
+    ) -> list[tuple[str, int, int, float]]:
+        """(task, used, limit, seconds until reset) for every task with a daily limit."""
+        now = self.clock()
+        day = math.floor(now / DAY) * DAY
+        limits = {**self.policy.daily, **(guild.quotas if guild else {})}
+        return [
+            (task, await self._used(user_id, task, day), limit, day + DAY - now)
+            for task, limit in sorted(limits.items())
+        ]
 
     def admitted(self, user_id: str, task: str) -> None:
         now = self.clock()

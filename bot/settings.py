@@ -169,6 +169,12 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("DISCORD_TOKEN")
     )
     """The bot's token from the Discord developer portal (env DISCORD_TOKEN)."""
+    owner_ids: list[str] = []
+    """Discord user ids allowed to run admin commands everywhere (JSON list)."""
+    dev_guild: int | None = None
+    """Sync commands to this guild only (instant, for development); unset syncs globally."""
+    edit_interval_s: float = Field(default=2.0, ge=0)
+    """Least time between two progress edits of one reply (Discord rate-limits edits)."""
     data_dir: Path = Path("data")
     """Where the bot keeps its database and other state."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

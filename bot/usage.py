@@ -383,3 +383,20 @@ class UsageStats:
     errors: dict[tuple[str, str], int]
     """(task, status) -> count, for every status but ok."""
     top_users: list[tuple[str, int]]
+
+
+def render_stats(stats: UsageStats) -> str:
+    """Plain-text tables for a terminal."""
+    lines = ["invocations per day", f"{'day':<12}{'task':<11}{'count':>7}"]
+    lines += [f"{day:<12}{task:<11}{n:>7}" for (day, task), n in stats.per_day.items()]
+    lines += ["", "latency (ms)", f"{'task':<11}{'wait p50':>10}{'wait p95':>10}{'run p50':>10}"
+              f"{'run p95':>10}"]  # fmt: skip
+    for task in sorted({*stats.wait_ms, *stats.run_ms}):
+        wait = stats.wait_ms.get(task, (math.nan, math.nan))
+        run = stats.run_ms.get(task, (math.nan, math.nan))
+        lines.append(f"{task:<11}{wait[0]:>10.1f}{wait[1]:>10.1f}{run[0]:>10.1f}{run[1]:>10.1f}")
+    lines += ["", "not ok", f"{'task':<11}{'status':<15}{'count':>7}"]
+    lines += [f"{task:<11}{status:<15}{n:>7}" for (task, status), n in stats.errors.items()]
+    lines += ["", "top users", f"{'user id':<24}{'count':>7}"]
+    lines += [f"{user:<24}{n:>7}" for user, n in stats.top_users]
+    return "\n".join(lines)

@@ -80,3 +80,19 @@ def test_help_lists_subcommands() -> None:
     )
     assert out.returncode == 0
     assert "ask" in out.stdout and "settings" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        ("", "error: DISCORD_TOKEN is not set"),
+        ("not-a-token", "error: DISCORD_TOKEN does not look like a bot token"),
+    ],
+)
+def test_run_without_a_usable_token_exits_2_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], token: str, message: str
+) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", token)
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1

@@ -95,26 +95,32 @@ class Executor:
 
     # Admission
 
-    def submit(
-        self, task: str, request: Any, *, user_id: str | int, model: str | None = None
-    ) -> JobHandle:
-        """Queue a job, or raise at once: ``InvalidInput``, ``Busy``, ``ShuttingDown``."""
+    def check(self, task: str, request: Any, *, user_id: str | int) -> Task[Any, Any]:
+        """Raise what ``submit`` would refuse with, without queueing anything."""
         if self._closing:
             raise ShuttingDown
         handler = self._task(task)
         handler.validate(request)
         user = str(user_id)
-        model = model or handler.model_for(request, self.default_models[task])
-        key = (task, model)
-        queue = self._queues.get(key)
-        if queue is None:
-            queue = self._queues[key] = ModelQueue(self.limits(handler))
         if self._outstanding.get(user, 0) >= self.config.max_per_user:
             self.metrics.refused["user_limit"] += 1
             raise Busy("you already have jobs in progress", self._user_retry_after(user))
         if self._outstanding_total >= self.config.max_queue:
             self.metrics.refused["queue_full"] += 1
             raise Busy("the bot is busy", self._queue_retry_after())
+        return handler
+
+    def submit(
+        self, task: str, request: Any, *, user_id: str | int, model: str | None = None
+    ) -> JobHandle:
+        """Queue a job, or raise at once: ``InvalidInput``, ``Busy``, ``ShuttingDown``."""
+        handler = self.check(task, request, user_id=user_id)
+        user = str(user_id)
+        model = model or handler.model_for(request, self.default_models[task])
+        key = (task, model)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = ModelQueue(self.limits(handler))
 
         loop = asyncio.get_running_loop()
         now = self._clock()

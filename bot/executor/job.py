@@ -64,7 +64,7 @@ class Job:
     abandoned: bool = False
     """Set when nobody awaits the result any more (cancelled, timed out); read by the worker."""
     deadline: asyncio.TimerHandle | None = None
-    _listeners: list[asyncio.Queue[JobEvent]] = field(default_factory=list)
+    _listeners: list[Callable[[JobEvent], None]] = field(default_factory=list)
 
     @property
     def kind(self) -> TaskKind:
@@ -80,16 +80,20 @@ class Job:
 
     def emit(self, event: JobEvent) -> None:
         for listener in self._listeners:
-            listener.put_nowait(event)
+            listener(event)
         if event.state.final:
             self._listeners.clear()
+
+    def watch(self, callback: Callable[[JobEvent], None]) -> None:
+        """Call ``callback`` with the current state now and with every later event."""
+        callback(JobEvent(self.state, self.position, self.eta_s, error=self.error))
+        if not self.state.final:
+            self._listeners.append(callback)
 
     def subscribe(self) -> asyncio.Queue[JobEvent]:
         """A queue that starts with the job's current state and receives every later event."""
         listener: asyncio.Queue[JobEvent] = asyncio.Queue()
-        listener.put_nowait(JobEvent(self.state, self.position, self.eta_s, error=self.error))
-        if not self.state.final:
-            self._listeners.append(listener)
+        self.watch(listener.put_nowait)
         return listener
 
 
@@ -168,6 +172,11 @@ class JobHandle:
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self.result().__await__()
+
+    def watch(self, callback: Callable[[JobEvent], None]) -> None:
+        """Call ``callback`` on the event loop with the current state and every later event,
+        for front ends that react to events instead of awaiting them."""
+        self._job.watch(callback)
 
     async def events(self) -> AsyncIterator[JobEvent]:
         """The current state, then every change, ending with the final one."""

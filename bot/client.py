@@ -1,0 +1,90 @@
+"""The Discord client: loads the cogs, syncs commands, and answers every error one way."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.app import Services
+from bot.cogs._render import JobWatcher
+from bot.executor import Busy, ExecutorError
+from bot.guilds import GuildSettings, GuildSettingsStore
+from bot.invocations import CommandDisabled
+from bot.quotas import CooldownActive, QuotaExceeded
+from bot.settings import Settings
+from handlers.base import HandlerError, InvalidInput
+
+log = logging.getLogger(__name__)
+
+COGS = ("bot.cogs.tasks", "bot.cogs.admin")
+
+
+def friendly(error: BaseException) -> str | None:
+    """The reply for an error a member can act on; None for a bug."""
+    match error:
+        case InvalidInput():
+            return f"**{error.option}**: {error.message}"
+        case Busy():
+            return f"The bot is busy ({error}). Nothing was queued."
+        case QuotaExceeded() | CooldownActive() | CommandDisabled() | HandlerError():
+            return str(error)
+        case ExecutorError():
+            return str(error)
+        case app_commands.CheckFailure():
+            return f"You can't use this: {error}" if str(error) else "You can't use this here."
+    return None
+
+
+class AssistantBot(commands.Bot):
+    def __init__(self, services: Services, settings: Settings) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=discord.Intents.default(),
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+        self.settings = settings
+        self.executor = services.executor
+        self.usage = services.usage
+        self.invoker = services.invoker
+        self.guild_settings: GuildSettingsStore = services.invoker.guilds
+        self.edit_interval = settings.edit_interval_s
+        self.watchers: dict[int, JobWatcher] = {}
+        """Jobs being followed on Discord, by job id."""
+        self.tree.on_error = self.on_app_command_error
+
+    async def settings_for(self, interaction: discord.Interaction) -> GuildSettings | None:
+        """The guild's settings, or None in direct messages."""
+        if interaction.guild_id is None:
+            return None
+        return await self.guild_settings.get(interaction.guild_id)
+
+    async def setup_hook(self) -> None:
+        for cog in COGS:
+            await self.load_extension(cog)
+        if self.settings.dev_guild is not None:
+            guild = discord.Object(self.settings.dev_guild)
+            self.tree.copy_global_to(guild=guild)
+            await self.tree.sync(guild=guild)
+        else:
+            await self.tree.sync()
+
+    async def on_app_command_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+        text = friendly(cause)
+        if text is None:
+            error_id = uuid.uuid4().hex[:8]
+            log.error("command failed (error id %s)", error_id, exc_info=cause)
+            text = f"Something went wrong on our side (error id `{error_id}`)."
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True)
+            else:
+                await interaction.response.send_message(text, ephemeral=True)
+        except discord.HTTPException as exc:
+            log.warning("could not report an error to the member: %s", exc)

@@ -1,0 +1,230 @@
+"""What every task command shares: following a job on Discord and delivering its result."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import io
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import discord
+
+from bot.executor import JobCancelled, JobEvent, JobHandle, JobState
+
+log = logging.getLogger(__name__)
+
+NO_MENTIONS = discord.AllowedMentions.none()
+MESSAGE_LIMIT = 2000
+MAX_SPLIT_MESSAGES = 3
+"""Longer text than this many messages goes out as a .txt file."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A finished result as Discord should show it."""
+
+    text: str = ""
+    files: Sequence[tuple[str, bytes]] = ()
+    """(file name, contents)."""
+
+
+class CancelView(discord.ui.View):
+    """A Cancel button only the requester may press; it works while the job lives."""
+
+    def __init__(self, handle: JobHandle, requester_id: int) -> None:
+        super().__init__(timeout=None)
+        self.handle = handle
+        self.requester_id = requester_id
+        button: discord.ui.Button[CancelView] = discord.ui.Button(
+            label="Cancel", style=discord.ButtonStyle.danger, custom_id=f"cancel:{handle.id}"
+        )
+        button.callback = self._pressed
+        self.add_item(button)
+
+    async def _pressed(self, interaction: discord.Interaction) -> None:
+        if interaction.user.id != self.requester_id:
+            await interaction.response.send_message(
+                "Only the member who asked can cancel this.", ephemeral=True
+            )
+            return
+        cancelled = self.handle.cancel("cancelled by the requester")
+        await interaction.response.send_message(
+            "Cancelled." if cancelled else "This request has already finished.", ephemeral=True
+        )
+
+
+def describe_progress(task: str, event: JobEvent) -> str | None:
+    if event.state is JobState.QUEUED and event.position is not None:
+        eta = f", about {max(1, round(event.eta_s or 0))}s" if event.eta_s else ""
+        return f"⏳ /{task}: number {event.position + 1} in the queue{eta}"
+    if event.state is JobState.RUNNING:
+        if event.step is not None and event.total:
+            filled = round(10 * event.step / event.total)
+            bar = "█" * filled + "░" * (10 - filled)
+            return f"🎨 /{task}: {bar} {event.step}/{event.total}"
+        if isinstance(event.partial, str) and event.partial:
+            return clip(event.partial)
+        return f"⚙️ /{task}: working…"
+    return None
+
+
+def clip(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def split_text(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
+    """Pieces under ``limit``, cut at paragraph, line or word boundaries where possible."""
+    pieces: list[str] = []
+    rest = text
+    while len(rest) > limit:
+        cut = max(rest.rfind(sep, 0, limit) for sep in ("\n\n", "\n", " "))
+        cut = cut if cut > limit // 2 else limit
+        pieces.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    pieces.append(rest)
+    return [p for p in pieces if p]
+
+
+class JobWatcher:
+    """Shows a job's queue position and progress in its reply, then delivers the result.
+
+    It reacts to job events instead of awaiting the job, so no coroutine sits waiting on
+    the accelerator. Progress edits are at most one per ``interval``; the last state is
+    shown when the interval ends. ``finished`` resolves once the reply is final.
+    """
+
+    def __init__(
+        self,
+        interaction: discord.Interaction,
+        handle: JobHandle,
+        view: CancelView,
+        interval: float,
+        render: Callable[[Any], Reply],
+    ) -> None:
+        self.interaction = interaction
+        self.handle = handle
+        self.view = view
+        self.interval = interval
+        self.render = render
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._last_edit = -float("inf")
+        self._shown: str | None = None
+        self._pending: str | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Events arrive from the executor; replies run in the command's own context.
+        self._context = contextvars.copy_context()
+        handle.watch(self._on_event)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work, context=self._context)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_event(self, event: JobEvent) -> None:
+        if event.state.final:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._spawn(self._finish())
+            return
+        text = describe_progress(self.handle.task, event)
+        if text is None or text == self._shown:
+            return
+        self._pending = text
+        wait = self._last_edit + self.interval - self._loop.time()
+        if wait <= 0:
+            self._flush()
+        elif self._timer is None:
+            self._timer = self._loop.call_later(wait, self._flush, context=self._context)
+
+    def _flush(self) -> None:
+        self._timer = None
+        if self._pending is None or self.finished.done():
+            return
+        text, self._pending = self._pending, None
+        self._shown, self._last_edit = text, self._loop.time()
+        self._spawn(self._edit_progress(text))
+
+    async def _edit_progress(self, text: str) -> None:
+        async with self._lock:
+            if not self.finished.done() and not self.interaction.is_expired():
+                await edit(self.interaction, content=text, view=self.view)
+
+    async def _finish(self) -> None:
+        async with self._lock:
+            self.view.stop()
+            try:
+                error = self.handle.error
+                if error is None:
+                    await deliver(self.interaction, self.render(self.handle.peek_result()))
+                else:
+                    await show_failure(self.interaction, error)
+            except discord.HTTPException as exc:
+                log.error("could not deliver a result: %s", exc)
+            finally:
+                if not self.finished.done():
+                    self.finished.set_result(None)
+
+
+async def edit(interaction: discord.Interaction, **fields: object) -> None:
+    """Edit the original response; a failed progress edit is logged, never fatal."""
+    try:
+        await interaction.edit_original_response(allowed_mentions=NO_MENTIONS, **fields)
+    except discord.HTTPException as exc:
+        log.warning("could not edit an interaction response: %s", exc)
+
+
+def _files(reply: Reply) -> list[discord.File]:
+    return [discord.File(io.BytesIO(data), filename=name) for name, data in reply.files]
+
+
+async def deliver(interaction: discord.Interaction, reply: Reply) -> None:
+    """Put the result where the member will see it, within Discord's limits.
+
+    Long text is split over a few messages or attached as a .txt file. After the
+    interaction token's 15 minutes, the result goes to the channel with a mention.
+    """
+    text, files = reply.text, list(reply.files)
+    limit = interaction.filesize_limit
+    if sum(len(data) for _, data in files) > limit:
+        text = f"The result is larger than this server's {limit // 2**20} MiB upload limit."
+        files = []
+    pieces = split_text(text) if text else [""]
+    if len(pieces) > MAX_SPLIT_MESSAGES:
+        files.append(("result.txt", text.encode()))
+        pieces = [clip(text, 300) + "\n*(full text attached)*"]
+    if interaction.is_expired():
+        channel = interaction.channel
+        if not isinstance(channel, discord.abc.Messageable):
+            log.warning("result for an expired interaction has no channel to go to")
+            return
+        mention = discord.AllowedMentions(users=[interaction.user])
+        name = interaction.command.name if interaction.command else "request"
+        await channel.send(
+            f"{interaction.user.mention} your /{name} is ready:\n{pieces[0]}"[:MESSAGE_LIMIT],
+            files=_files(Reply(files=files)),
+            allowed_mentions=mention,
+        )
+        for piece in pieces[1:]:
+            await channel.send(piece, allowed_mentions=NO_MENTIONS)
+        return
+    await interaction.edit_original_response(
+        content=pieces[0], attachments=_files(Reply(files=files)), view=None,
+        allowed_mentions=NO_MENTIONS,
+    )  # fmt: skip
+    for piece in pieces[1:]:
+        await interaction.followup.send(piece, allowed_mentions=NO_MENTIONS)
+
+
+async def show_failure(interaction: discord.Interaction, error: BaseException) -> None:
+    """A job that ended without a result: say why in place of its progress message."""
+    prefix = "🛑" if isinstance(error, JobCancelled) else "⚠️"
+    text = f"{prefix} {error}"
+    if interaction.is_expired():
+        return
+    await edit(interaction, content=clip(text), view=None)

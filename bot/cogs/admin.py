@@ -1,0 +1,126 @@
+"""Admin and member commands about the bot itself: /queue, /stats, /config, /usage."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.cogs._render import NO_MENTIONS, clip
+from bot.cogs.tasks import caller_of
+from bot.quotas import duration
+from bot.usage import render_stats
+
+if TYPE_CHECKING:
+    from bot.client import AssistantBot
+
+
+class NotAnAdmin(app_commands.CheckFailure):
+    def __init__(self) -> None:
+        super().__init__("this command is for server managers and the bot's owners")
+
+
+def admin_only() -> app_commands.check:
+    """Manage Server, or one of the configured owners (the Discord setting can be changed)."""
+
+    async def predicate(interaction: discord.Interaction) -> bool:
+        bot: AssistantBot = interaction.client  # type: ignore[assignment]
+        user = interaction.user
+        allowed = str(user.id) in bot.settings.owner_ids or (
+            isinstance(user, discord.Member) and user.guild_permissions.manage_guild
+        )
+        if not allowed:
+            raise NotAnAdmin
+        return True
+
+    return app_commands.check(predicate)
+
+
+class Admin(commands.Cog):
+    def __init__(self, bot: AssistantBot) -> None:
+        self.bot = bot
+
+    async def _reply(self, interaction: discord.Interaction, command: str, text: str) -> None:
+        await interaction.response.send_message(
+            clip(text), ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+        self.bot.invoker.record_command(command, caller_of(interaction))
+
+    @app_commands.command(description="Jobs waiting and running, and the models in memory")
+    @app_commands.default_permissions(manage_guild=True)
+    @admin_only()
+    async def queue(self, interaction: discord.Interaction) -> None:
+        snapshot = self.bot.executor.snapshot()
+        lines = [f"**{snapshot.outstanding}** jobs in progress, **{snapshot.queued}** waiting"]
+        for model in snapshot.models:
+            lines.append(
+                f"`{model.task}` {model.model}: {model.queued} waiting, "
+                f"wait p50 {model.wait.p50_ms:.0f} ms, run p50 {model.run.p50_ms:.0f} ms"
+            )
+        lines.append("**Loaded models**")
+        lines += [f"`{m.task}` {m.model}: {m.bytes / 2**20:.0f} MiB on {m.device}"
+                  for m in snapshot.loaded] or ["none"]  # fmt: skip
+        await self._reply(interaction, "queue", "\n".join(lines))
+
+    @app_commands.command(description="Usage over the last days")
+    @app_commands.describe(days="How many days back")
+    @app_commands.default_permissions(manage_guild=True)
+    @admin_only()
+    async def stats(
+        self, interaction: discord.Interaction, days: app_commands.Range[int, 1, 90] = 7
+    ) -> None:
+        stats = await self.bot.usage.stats(time.time() - days * 86400)
+        await self._reply(interaction, "stats", f"```\n{render_stats(stats)}\n```")
+
+    @app_commands.command(description="Show or change this server's settings")
+    @app_commands.describe(
+        ephemeral="Answers only the asker sees",
+        images="Where /imagine may post",
+        enable="A command to turn on",
+        disable="A command to turn off",
+    )
+    @app_commands.default_permissions(manage_guild=True)
+    @app_commands.guild_only()
+    @admin_only()
+    async def config(
+        self,
+        interaction: discord.Interaction,
+        ephemeral: bool | None = None,
+        images: Literal["age_restricted_only", "allow"] | None = None,
+        enable: str | None = None,
+        disable: str | None = None,
+    ) -> None:
+        assert interaction.guild_id is not None
+        store = self.bot.guild_settings
+        current = await store.get(interaction.guild_id)
+        changes: dict[str, object] = {}
+        if ephemeral is not None:
+            changes["ephemeral"] = ephemeral
+        if images is not None:
+            changes["nsfw"] = images
+        enabled = set(current.enabled_commands or self.bot.executor.tasks)
+        if enable:
+            enabled.add(enable)
+        if disable:
+            enabled.discard(disable)
+        if enable or disable:
+            everything = set(self.bot.executor.tasks)
+            changes["enabled_commands"] = None if enabled >= everything else sorted(enabled)
+        settings = await store.update(interaction.guild_id, **changes) if changes else current
+        shown = settings.model_dump(exclude_defaults=True) or "defaults"
+        await self._reply(interaction, "config", f"Server settings: `{shown}`")
+
+    @app_commands.command(description="Your quota for today")
+    async def usage(self, interaction: discord.Interaction) -> None:
+        guild = await self.bot.settings_for(interaction)
+        rows = await self.bot.invoker.quotas.summary(str(interaction.user.id), guild)
+        lines = [f"/{task}: {used} of {limit} used, resets in {duration(resets)}"
+                 for task, used, limit, resets in rows] or ["No daily limits apply."]  # fmt: skip
+        await self._reply(interaction, "usage", "\n".join(lines))
+
+
+async def setup(bot: AssistantBot) -> None:
+    await bot.add_cog(Admin(bot))

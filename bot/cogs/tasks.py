@@ -1,0 +1,216 @@
+"""Slash commands for the seven tasks: thin adapters from Discord options to handler requests."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.cogs._render import CancelView, JobWatcher, Reply
+from bot.invocations import Caller
+from handlers.chat import ChatRequest, ChatResult
+from handlers.classify import ClassifyRequest, ClassifyResult, parse_labels
+from handlers.imagine import ImagineRequest, ImagineResult
+from handlers.languages import search_languages
+from handlers.sentiment import SentimentRequest, SentimentResult
+from handlers.speak import SpeakRequest, SpeakResult
+from handlers.summarize import SummarizeRequest, SummarizeResult
+from handlers.translate import TranslateRequest, TranslateResult
+
+if TYPE_CHECKING:
+    from bot.client import AssistantBot
+
+Text = app_commands.Range[str, 1, 4000]
+
+
+def caller_of(interaction: discord.Interaction) -> Caller:
+    channel = interaction.channel
+    user = interaction.user
+    return Caller(
+        user_id=str(user.id),
+        source="discord",
+        guild_id=interaction.guild_id,
+        channel_id=interaction.channel_id,
+        roles=tuple(role.id for role in user.roles) if isinstance(user, discord.Member) else (),
+        age_restricted=bool(channel is not None and getattr(channel, "is_nsfw", bool)()),
+    )
+
+
+def language_choices(current: str, detect: bool) -> list[app_commands.Choice[str]]:
+    choices = [
+        app_commands.Choice(name=f"{language.name} ({language.code})", value=language.code)
+        for language in search_languages(current)
+    ]
+    if detect and "detect automatically".startswith(current.casefold()):
+        choices.insert(0, app_commands.Choice(name="Detect automatically", value="auto"))
+    return choices[:25]
+
+
+def render(result: Any) -> Reply:
+    """How each task's result looks in Discord."""
+    match result:
+        case SummarizeResult():
+            note = f"\n-# summarised from {result.chunks} parts" if result.chunks > 1 else ""
+            return Reply(result.summary + note)
+        case TranslateResult():
+            return Reply(f"{result.text}\n-# {result.source} → {result.target}")
+        case ImagineResult():
+            note = f"-# seed {result.seed} · {result.width}x{result.height} · {result.steps} steps"
+            if result.flagged:
+                note += f" · {result.flagged} withheld by the safety filter"
+            files = [(f"imagine-{result.seed + k}.png", png) for k, png in enumerate(result.images)]
+            return Reply(note, files)
+        case SpeakResult():
+            return Reply(f"-# {result.seconds:.1f} s", [("speech.ogg", result.ogg)])
+        case SentimentResult():
+            return Reply(f"**{result.label}** ({result.score:.0%})")
+        case ClassifyResult():
+            rows = zip(result.labels, result.scores, strict=True)
+            return Reply("\n".join(f"`{score:6.1%}` {label}" for label, score in rows))
+        case ChatResult():
+            return Reply(result.text or "*(no answer)*")
+    raise TypeError(f"no rendering for {type(result).__name__}")
+
+
+class Tasks(commands.Cog):
+    def __init__(self, bot: AssistantBot) -> None:
+        self.bot = bot
+
+    async def run(self, interaction: discord.Interaction, task: str, request: Any) -> None:
+        """Admit (refusals answer privately at once), defer, then let a watcher follow the job."""
+        guild = await self.bot.settings_for(interaction)
+        ephemeral = bool(guild and guild.ephemeral)
+        handle = await self.bot.invoker.submit(
+            task,
+            request,
+            caller_of(interaction),
+            acknowledge=lambda: interaction.response.defer(thinking=True, ephemeral=ephemeral),
+        )
+        view = CancelView(handle, interaction.user.id)
+        watcher = JobWatcher(interaction, handle, view, self.bot.edit_interval, render)
+        self.bot.watchers[handle.id] = watcher
+        watcher.finished.add_done_callback(lambda _: self.bot.watchers.pop(handle.id, None))
+
+    @app_commands.command(description="Summarize a text, however long")
+    @app_commands.describe(text="The text to summarize", length="How long the summary should be")
+    @app_commands.choices(
+        length=[app_commands.Choice(name=n, value=n) for n in ("short", "medium", "long")]
+    )
+    async def summarize(
+        self, interaction: discord.Interaction, text: Text, length: str = "medium"
+    ) -> None:
+        await self.run(interaction, "summarize", SummarizeRequest(text, length))
+
+    @app_commands.command(description="Translate a text into another language")
+    @app_commands.describe(text="The text", to="Target language", source="Source (default: detect)")
+    @app_commands.rename(source="from")
+    async def translate(
+        self, interaction: discord.Interaction, text: Text, to: str, source: str = "auto"
+    ) -> None:
+        await self.run(interaction, "translate", TranslateRequest(text, to, source))
+
+    @translate.autocomplete("to")
+    async def _targets(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return language_choices(current, detect=False)
+
+    @translate.autocomplete("source")
+    async def _sources(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return language_choices(current, detect=True)
+
+    @app_commands.command(description="Generate images from a prompt")
+    @app_commands.describe(
+        prompt="What to draw",
+        negative="What to avoid",
+        steps="Denoising steps (more: slower, finer)",
+        guidance="How closely to follow the prompt",
+        seed="Reuse a seed to reproduce an image",
+        size="Image size",
+        count="How many images",
+    )
+    async def imagine(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, 1000],
+        negative: app_commands.Range[str, 0, 1000] = "",
+        steps: app_commands.Range[int, 1, 150] | None = None,
+        guidance: app_commands.Range[float, 0.0, 30.0] | None = None,
+        seed: app_commands.Range[int, 0, 2**32 - 1] | None = None,
+        size: str | None = None,
+        count: app_commands.Range[int, 1, 4] = 1,
+    ) -> None:
+        request = ImagineRequest(prompt, negative, steps, guidance, seed, size, count)
+        await self.run(interaction, "imagine", request)
+
+    @imagine.autocomplete("size")
+    async def _sizes(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        sizes = self.bot.executor.tasks["imagine"].size_choices() or []
+        return [app_commands.Choice(name=s, value=s) for s in sizes if current in s][:25]
+
+    @app_commands.command(description="Read a text aloud")
+    @app_commands.describe(text="What to say", voice="Voice", language="Language code")
+    async def speak(
+        self,
+        interaction: discord.Interaction,
+        text: app_commands.Range[str, 1, 2000],
+        voice: str | None = None,
+        language: str = "en",
+    ) -> None:
+        await self.run(interaction, "speak", SpeakRequest(text, voice, language))
+
+    @speak.autocomplete("voice")
+    async def _voices(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        names = self.bot.executor.tasks["speak"].voice_names()
+        return [app_commands.Choice(name=n, value=n) for n in names if current in n][:25]
+
+    @speak.autocomplete("language")
+    async def _speech_languages(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        codes = self.bot.executor.tasks["speak"].languages()
+        return [app_commands.Choice(name=c, value=c) for c in codes if current in c][:25]
+
+    @app_commands.command(description="Is a text positive or negative?")
+    @app_commands.describe(text="The text to rate")
+    async def sentiment(self, interaction: discord.Interaction, text: Text) -> None:
+        await self.run(interaction, "sentiment", SentimentRequest(text))
+
+    @app_commands.command(description="Sort a text into your own labels")
+    @app_commands.describe(
+        text="The text",
+        labels="2 to 10 labels, separated by commas",
+        multi_label="Labels may apply together",
+    )
+    async def classify(
+        self,
+        interaction: discord.Interaction,
+        text: Text,
+        labels: app_commands.Range[str, 3, 1000],
+        multi_label: bool = False,
+    ) -> None:
+        request = ClassifyRequest(text, parse_labels(labels), multi_label)
+        await self.run(interaction, "classify", request)
+
+    @app_commands.command(description="Talk to the chat model")
+    @app_commands.describe(message="What to say", temperature="0 answers the same way each time")
+    async def chat(
+        self,
+        interaction: discord.Interaction,
+        message: Text,
+        temperature: app_commands.Range[float, 0.0, 2.0] = 0.7,
+    ) -> None:
+        request = ChatRequest(message, temperature=temperature, seed=interaction.id % 2**31)
+        await self.run(interaction, "chat", request)
+
+
+async def setup(bot: AssistantBot) -> None:
+    await bot.add_cog(Tasks(bot))
