@@ -41,9 +41,11 @@ def friendly(error: BaseException) -> str | None:
 
 class AssistantBot(commands.Bot):
     def __init__(self, services: Services, settings: Settings) -> None:
+        intents = discord.Intents.default()
+        intents.message_content = settings.read_messages
         super().__init__(
             command_prefix=commands.when_mentioned,
-            intents=discord.Intents.default(),
+            intents=intents,
             allowed_mentions=discord.AllowedMentions.none(),
         )
         self.settings = settings

@@ -157,6 +157,14 @@ class Invoker:
         handle.add_done_callback(lambda: self._ended(row["id"], handle))
         return handle
 
+    def record_refusal(self, task: str, caller: Caller, error: BaseException) -> None:
+        """An invocation refused before it could be submitted (its input could not be read)."""
+        self.usage.record({
+            "id": uuid.uuid4().hex, "source": caller.source, "guild_id": caller.guild_id,
+            "channel_id": caller.channel_id, "user_id": caller.user_id, "task": task,
+            "status": status_of(error), "error_kind": type(error).__name__,
+        })  # fmt: skip
+
     def record_command(self, command: str, caller: Caller) -> None:
         """A command that runs no model (/queue, /stats, ...): one row, like every other."""
         self.usage.record({

@@ -173,6 +173,9 @@ class Settings(BaseSettings):
     """Discord user ids allowed to run admin commands everywhere (JSON list)."""
     dev_guild: int | None = None
     """Sync commands to this guild only (instant, for development); unset syncs globally."""
+    read_messages: bool = False
+    """Let /summarize read the channel's recent messages and message links. Needs the
+    privileged Message Content intent, enabled on the bot's page in the developer portal."""
     edit_interval_s: float = Field(default=2.0, ge=0)
     """Least time between two progress edits of one reply (Discord rate-limits edits)."""
     data_dir: Path = Path("data")

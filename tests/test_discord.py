@@ -170,7 +170,11 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
     invoker = Invoker(
         executor, usage, Quotas(QuotaPolicy({"imagine": 5}), usage), GuildSettingsStore(usage)
     )
-    settings = Settings(_env_file=None, edit_interval_s=options.get("interval", 0.0))
+    settings = Settings(
+        _env_file=None,
+        edit_interval_s=options.get("interval", 0.0),
+        read_messages=options.get("read_messages", False),
+    )
     bot = AssistantBot(Services(executor, usage, invoker), settings)
     yield Stack(bot, tasks, tmp_path / "usage.sqlite3")
     for task in tasks.values():
@@ -429,3 +433,53 @@ async def test_progress_edits_are_throttled(harness: Harness) -> None:
     await harness.finish()
     progress = [e for e in edits(harness) if "/20" in e]
     assert len(progress) < 20
+
+
+async def test_message_context_menus(harness: Harness) -> None:
+    s = await scene(harness)
+    message = await s.bob.send(s.channel, "Chapter three covers enzymes. Read it by Friday.")
+    summary = await s.alice.context_menu(s.channel, "Summarize", message)
+    await harness.finish()
+    assert summary.response.content.startswith("summary: Chapter three")
+    german = await s.bob.send(s.channel, "Der Hund schläft heute im Garten.")
+    await s.alice.context_menu(s.channel, "Translate", german)
+    await harness.finish()
+    (request,) = harness.tasks["translate"].runs[-1]
+    assert request.text == german.content and request.target == "en-US"  # the member's locale
+    spoken = await s.alice.context_menu(s.channel, "Speak", message)
+    await harness.finish()
+    assert [a.filename for a in spoken.response.attachments] == ["speech.ogg"]
+
+
+async def test_summarize_a_text_file(harness: Harness) -> None:
+    s = await scene(harness)
+    notes = b"Photosynthesis makes sugar from light."
+    result = await s.alice.slash(s.channel, "summarize", file=("notes.txt", notes))
+    await harness.finish()
+    assert result.response.content == "summary: Photosynthesis makes sugar fro"
+    refused = await s.alice.slash(s.channel, "summarize", file=("photo.png", png()))
+    assert refused.ephemeral and refused.response.content.startswith("**file**:")
+
+
+async def test_summarize_sources_need_exactly_one_and_reading_enabled(harness: Harness) -> None:
+    s = await scene(harness)
+    both = await s.alice.slash(s.channel, "summarize", text="x", messages=5)
+    assert both.ephemeral and "exactly one of" in both.response.content
+    history = await s.alice.slash(s.channel, "summarize", messages=5)
+    assert history.ephemeral and "BOT_READ_MESSAGES" in history.response.content
+    await harness.bot.usage.flush()
+    assert [r["status"] for r in harness.rows()] == ["invalid", "invalid"]
+    assert harness.tasks["summarize"].runs == []
+
+
+@pytest.mark.parametrize("stack", [{"read_messages": True}], indirect=True)
+@pytest.mark.simcord(approved_intents=discord.Intents.all())
+async def test_summarize_recent_messages(harness: Harness) -> None:
+    s = await scene(harness)
+    await s.bob.send(s.channel, "We meet at six.")
+    await s.alice.send(s.channel, "Bring the lab notes.")
+    result = await s.alice.slash(s.channel, "summarize", messages=2)
+    await harness.finish()
+    (request,) = harness.tasks["summarize"].runs[-1]
+    assert request.text == "bob: We meet at six.\nalice: Bring the lab notes."
+    assert result.response.content.startswith("summary: bob: We meet")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -10,6 +11,7 @@ from discord.ext import commands
 
 from bot.cogs._render import CancelView, JobWatcher, Reply
 from bot.invocations import Caller
+from handlers.base import InvalidInput
 from handlers.chat import ChatRequest, ChatResult
 from handlers.classify import ClassifyRequest, ClassifyResult, parse_labels
 from handlers.imagine import ImagineRequest, ImagineResult
@@ -74,9 +76,92 @@ def render(result: Any) -> Reply:
     raise TypeError(f"no rendering for {type(result).__name__}")
 
 
+MESSAGE_LINK = re.compile(r"https://(?:\w+\.)?discord(?:app)?\.com/channels/(\d+)/(\d+)/(\d+)")
+MAX_TEXT_FILE = 2**20
+
+
+async def text_from(
+    interaction: discord.Interaction,
+    text: str | None,
+    messages: int | None,
+    link: str | None,
+    file: discord.Attachment | None,
+    can_read: bool,
+) -> str:
+    """The text to summarize, from exactly one source; errors name the option to fix."""
+    given = [name for name, value in (("text", text), ("messages", messages), ("link", link),
+             ("file", file)) if value]  # fmt: skip
+    if len(given) != 1:
+        raise InvalidInput("text", "give exactly one of text, messages, link or file")
+    if text:
+        return text
+    if file is not None:
+        if not file.filename.lower().endswith(".txt") or file.size > MAX_TEXT_FILE:
+            raise InvalidInput("file", "attach a .txt file of at most 1 MiB")
+        try:
+            return (await file.read()).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput("file", "is not UTF-8 text") from None
+    if not can_read:
+        raise InvalidInput(
+            "messages" if messages else "link",
+            "reading messages is off on this bot (its admin can enable BOT_READ_MESSAGES)",
+        )
+    channel = interaction.channel
+    if link:
+        match = MESSAGE_LINK.fullmatch(link.strip())
+        if match is None or int(match[1]) != interaction.guild_id:
+            raise InvalidInput("link", "must be a link to a message in this server")
+        source = (
+            interaction.guild.get_channel_or_thread(int(match[2])) if interaction.guild else None
+        )
+        if not isinstance(source, discord.abc.Messageable):
+            raise InvalidInput("link", "points to a channel I cannot see")
+        try:
+            message = await source.fetch_message(int(match[3]))
+        except discord.HTTPException:
+            raise InvalidInput("link", "points to a message I cannot read") from None
+        return message.content
+    if not isinstance(channel, discord.abc.Messageable):
+        raise InvalidInput("messages", "this channel has no history I can read")
+    lines = [f"{m.author.display_name}: {m.content}"
+             async for m in channel.history(limit=messages) if m.content]  # fmt: skip
+    return "\n".join(reversed(lines))
+
+
 class Tasks(commands.Cog):
     def __init__(self, bot: AssistantBot) -> None:
         self.bot = bot
+        self.menus = [
+            app_commands.ContextMenu(name="Summarize", callback=self.summarize_message),
+            app_commands.ContextMenu(name="Translate", callback=self.translate_message),
+            app_commands.ContextMenu(name="Speak", callback=self.speak_message),
+        ]
+
+    async def cog_load(self) -> None:
+        for menu in self.menus:
+            self.bot.tree.add_command(menu)
+
+    async def cog_unload(self) -> None:
+        for menu in self.menus:
+            self.bot.tree.remove_command(menu.name, type=menu.type)
+
+    async def summarize_message(
+        self, interaction: discord.Interaction, message: discord.Message
+    ) -> None:
+        await self.run(interaction, "summarize", SummarizeRequest(message.content))
+
+    async def translate_message(
+        self, interaction: discord.Interaction, message: discord.Message
+    ) -> None:
+        """Into the language of the member's Discord client."""
+        target = str(interaction.locale)
+        await self.run(interaction, "translate", TranslateRequest(message.content, target))
+
+    async def speak_message(
+        self, interaction: discord.Interaction, message: discord.Message
+    ) -> None:
+        await self.run(interaction, "speak", SpeakRequest(message.content))
 
     async def run(self, interaction: discord.Interaction, task: str, request: Any) -> None:
         """Admit (refusals answer privately at once), defer, then let a watcher follow the job."""
@@ -93,15 +178,34 @@ class Tasks(commands.Cog):
         self.bot.watchers[handle.id] = watcher
         watcher.finished.add_done_callback(lambda _: self.bot.watchers.pop(handle.id, None))
 
-    @app_commands.command(description="Summarize a text, however long")
-    @app_commands.describe(text="The text to summarize", length="How long the summary should be")
+    @app_commands.command(description="Summarize a text, a file or the channel's last messages")
+    @app_commands.describe(
+        text="The text to summarize",
+        messages="Summarize this many recent messages of the channel (a study-group recap)",
+        link="Summarize the message at this link",
+        file="Summarize a .txt file",
+        length="How long the summary should be",
+    )
     @app_commands.choices(
         length=[app_commands.Choice(name=n, value=n) for n in ("short", "medium", "long")]
     )
     async def summarize(
-        self, interaction: discord.Interaction, text: Text, length: str = "medium"
+        self,
+        interaction: discord.Interaction,
+        text: Text | None = None,
+        messages: app_commands.Range[int, 1, 100] | None = None,
+        link: str | None = None,
+        file: discord.Attachment | None = None,
+        length: str = "medium",
     ) -> None:
-        await self.run(interaction, "summarize", SummarizeRequest(text, length))
+        try:
+            source = await text_from(
+                interaction, text, messages, link, file, self.bot.settings.read_messages
+            )
+        except InvalidInput as exc:
+            self.bot.invoker.record_refusal("summarize", caller_of(interaction), exc)
+            raise
+        await self.run(interaction, "summarize", SummarizeRequest(source, length))
 
     @app_commands.command(description="Translate a text into another language")
     @app_commands.describe(text="The text", to="Target language", source="Source (default: detect)")
