@@ -41,6 +41,7 @@ def build_tasks(settings: Settings) -> dict[str, Task[Any, Any]]:
             max_count=imagine.max_count,
             safety_model=imagine.safety_model,
             safety_threshold=imagine.safety_threshold,
+            blocked_terms=imagine.blocked_terms,
         ),
         "speak": SpeakTask(
             max_chars=settings.speak.max_chars,

@@ -79,6 +79,8 @@ class ImagineSettings(BaseModel):
     keeps only the pipeline's own checker, where it has one."""
     safety_threshold: float = Field(default=0.5, gt=0, lt=1)
     """Score above which the safety model withholds an image."""
+    blocked_terms: list[str] = []
+    """Words or phrases refused in prompts, whole-word and in any case (JSON list)."""
 
 
 class SpeakSettings(BaseModel):

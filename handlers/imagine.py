@@ -192,6 +192,7 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         safety_model: str | None = None,
         safety_threshold: float = 0.5,
         native_size: int | None = None,
+        blocked_terms: Sequence[str] = (),
     ) -> None:
         if max_prompt_chars < 1 or max_count < 1:
             raise ValueError("max_prompt_chars and max_count must be positive")
@@ -211,6 +212,13 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         self.safety_model = safety_model
         self.safety_threshold = safety_threshold
         self.native_size = native_size
+        terms = [t.strip() for t in blocked_terms if t.strip()]
+        self.blocked = (
+            re.compile(r"\b(?:" + "|".join(map(re.escape, terms)) + r")\b", re.IGNORECASE)
+            if terms
+            else None
+        )
+        """Whole words or phrases an admin refuses in prompts, in any letter case."""
 
     def size_choices(self) -> list[str] | None:
         """The sizes to offer users, when ``native_size`` is configured (else unknown yet)."""
@@ -227,6 +235,8 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
                 )
         if not request.prompt.strip():
             raise InvalidInput("prompt", "is empty")
+        if self.blocked is not None and self.blocked.search(request.prompt):
+            raise InvalidInput("prompt", "contains a term this server's bot does not draw")
         if request.steps is not None and not 1 <= request.steps <= self.max_steps:
             raise InvalidInput("steps", f"must be from 1 to {self.max_steps}")
         guidance = request.guidance

@@ -385,3 +385,13 @@ async def test_the_executor_batches_requests_and_encodes_results(tiny_dir: Path)
     assert_same_image(results[0].images[1], results[1].images[0])  # seed 0 + 1 is seed 1
     (stats,) = snapshot.models
     assert max(stats.batch_sizes) == 3, stats.batch_sizes
+
+
+def test_blocked_terms_refuse_whole_words_in_any_case() -> None:
+    task = ImagineTask(blocked_terms=["gore", "red fox"])
+    for prompt in ("GORE everywhere", "a Red Fox", "a red fox at dawn"):
+        with pytest.raises(InvalidInput) as err:
+            task.validate(ImagineRequest(prompt))
+        assert err.value.option == "prompt"
+    for prompt in ("a gorgeous fox", "a red  fox"):  # not a whole word; another phrase
+        task.validate(ImagineRequest(prompt))
