@@ -11,6 +11,7 @@ from discord.ext import commands
 
 from bot.app import Services
 from bot.cogs._render import JobWatcher
+from bot.cogs.images import ImageRequests
 from bot.executor import Busy, ExecutorError
 from bot.guilds import GuildSettings, GuildSettingsStore
 from bot.invocations import CommandDisabled
@@ -20,7 +21,7 @@ from handlers.base import HandlerError, InvalidInput
 
 log = logging.getLogger(__name__)
 
-COGS = ("bot.cogs.tasks", "bot.cogs.admin")
+COGS = ("bot.cogs.tasks", "bot.cogs.admin", "bot.cogs.images")
 
 
 def friendly(error: BaseException) -> str | None:
@@ -54,6 +55,7 @@ class AssistantBot(commands.Bot):
         self.invoker = services.invoker
         self.guild_settings: GuildSettingsStore = services.invoker.guilds
         self.edit_interval = settings.edit_interval_s
+        self.image_requests = ImageRequests(services.usage)
         self.watchers: dict[int, JobWatcher] = {}
         """Jobs being followed on Discord, by job id."""
         self.tree.on_error = self.on_app_command_error

@@ -294,6 +294,7 @@ class UsageLog:
             cursor = await self._db.execute(
                 "DELETE FROM invocations WHERE started_at < ? AND status != 'running'", (cutoff,)
             )
+            await self._db.execute("DELETE FROM image_requests WHERE created_at < ?", (cutoff,))
             await self._db.commit()
         except sqlite3.Error as exc:
             log.warning("could not apply usage retention: %s", exc)

@@ -483,3 +483,38 @@ async def test_summarize_recent_messages(harness: Harness) -> None:
     (request,) = harness.tasks["summarize"].runs[-1]
     assert request.text == "bob: We meet at six.\nalice: Bring the lab notes."
     assert result.response.content.startswith("summary: bob: We meet")
+
+
+async def test_image_buttons_reroll_vary_and_delete(harness: Harness) -> None:
+    s = await scene(harness)
+    first = await s.alice.slash(s.channel, "imagine", prompt="a red fox", seed=42)
+    await harness.finish()
+    message = first.response
+    labels = [c["label"] for row in message.components for c in row["components"]]
+    assert labels == ["Reroll", "Variations", "Delete"]
+    reroll = await s.bob.click(message, label="Reroll")
+    await harness.finish()
+    again = harness.tasks["imagine"].runs[-1][0]
+    assert (again.prompt, again.count) == ("a red fox", 1) and again.seed != 42
+    assert reroll.response.attachments
+    await s.bob.click(message, label="Variations")
+    await harness.finish()
+    assert harness.tasks["imagine"].runs[-1][0].count == 4
+    refused = await s.bob.click(message, label="Delete")
+    assert refused.ephemeral and "Only the member who asked" in refused.response.content
+    deleted = await s.alice.click(message, label="Delete")
+    assert deleted.response.content == "Deleted."
+
+
+async def test_image_buttons_work_after_a_restart(harness: Harness, stack: Stack) -> None:
+    s = await scene(harness)
+    first = await s.alice.slash(s.channel, "imagine", prompt="a lighthouse")
+    await harness.finish()
+    fresh = AssistantBot(
+        Services(stack.bot.executor, stack.bot.usage, stack.bot.invoker), stack.bot.settings
+    )
+    await harness.env.restart_bot(fresh)
+    harness.bot = fresh
+    await s.alice.click(first.response, label="Reroll")
+    await harness.finish()
+    assert harness.tasks["imagine"].runs[-1][0].prompt == "a lighthouse"

@@ -103,12 +103,14 @@ class JobWatcher:
         view: CancelView,
         interval: float,
         render: Callable[[Any], Reply],
+        final_view: discord.ui.View | None = None,
     ) -> None:
         self.interaction = interaction
         self.handle = handle
         self.view = view
         self.interval = interval
         self.render = render
+        self.final_view = final_view
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._loop = asyncio.get_running_loop()
         self._last_edit = -float("inf")
@@ -161,7 +163,8 @@ class JobWatcher:
             try:
                 error = self.handle.error
                 if error is None:
-                    await deliver(self.interaction, self.render(self.handle.peek_result()))
+                    reply = self.render(self.handle.peek_result())
+                    await deliver(self.interaction, reply, self.final_view)
                 else:
                     await show_failure(self.interaction, error)
             except discord.HTTPException as exc:
@@ -183,7 +186,9 @@ def _files(reply: Reply) -> list[discord.File]:
     return [discord.File(io.BytesIO(data), filename=name) for name, data in reply.files]
 
 
-async def deliver(interaction: discord.Interaction, reply: Reply) -> None:
+async def deliver(
+    interaction: discord.Interaction, reply: Reply, view: discord.ui.View | None = None
+) -> None:
     """Put the result where the member will see it, within Discord's limits.
 
     Long text is split over a few messages or attached as a .txt file. After the
@@ -209,12 +214,13 @@ async def deliver(interaction: discord.Interaction, reply: Reply) -> None:
             f"{interaction.user.mention} your /{name} is ready:\n{pieces[0]}"[:MESSAGE_LIMIT],
             files=_files(Reply(files=files)),
             allowed_mentions=mention,
+            view=view or discord.utils.MISSING,
         )
         for piece in pieces[1:]:
             await channel.send(piece, allowed_mentions=NO_MENTIONS)
         return
     await interaction.edit_original_response(
-        content=pieces[0], attachments=_files(Reply(files=files)), view=None,
+        content=pieces[0], attachments=_files(Reply(files=files)), view=view,
         allowed_mentions=NO_MENTIONS,
     )  # fmt: skip
     for piece in pieces[1:]:

@@ -10,6 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.cogs._render import CancelView, JobWatcher, Reply
+from bot.cogs.images import image_buttons
 from bot.invocations import Caller
 from handlers.base import InvalidInput
 from handlers.chat import ChatRequest, ChatResult
@@ -173,8 +174,14 @@ class Tasks(commands.Cog):
             caller_of(interaction),
             acknowledge=lambda: interaction.response.defer(thinking=True, ephemeral=ephemeral),
         )
+        final_view = None
+        if task == "imagine":
+            key = await self.bot.image_requests.save(
+                request, interaction.user.id, interaction.guild_id
+            )
+            final_view = image_buttons(key)
         view = CancelView(handle, interaction.user.id)
-        watcher = JobWatcher(interaction, handle, view, self.bot.edit_interval, render)
+        watcher = JobWatcher(interaction, handle, view, self.bot.edit_interval, render, final_view)
         self.bot.watchers[handle.id] = watcher
         watcher.finished.add_done_callback(lambda _: self.bot.watchers.pop(handle.id, None))
 
