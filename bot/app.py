@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from handlers.sentiment import SentimentTask
 from handlers.speak import SpeakTask
 from handlers.summarize import SummarizeTask
 from handlers.translate import TranslateTask
+
+log = logging.getLogger(__name__)
 
 
 def build_tasks(settings: Settings) -> dict[str, Task[Any, Any]]:
@@ -105,13 +108,20 @@ async def running(
 
 
 async def start_executor(settings: Settings, tasks: Iterable[str] | None = None) -> Executor:
-    """A started executor: ``tasks`` (default: all) prepared, the preload list loaded."""
+    """A started executor with ``tasks`` prepared and the preload list loaded.
+
+    Naming ``tasks`` makes their preparation a condition of starting (``ask`` needs its
+    one task); without it every task is prepared and one that fails is only logged, so
+    the bot still serves the others.
+    """
     executor = build_executor(settings)
     for name in executor.tasks if tasks is None else tasks:
         try:
             await asyncio.to_thread(executor.tasks[name].prepare)
         except Exception as exc:
-            raise TaskUnavailable(name, exc) from exc
+            if tasks is not None:
+                raise TaskUnavailable(name, exc) from exc
+            log.error("%s", TaskUnavailable(name, exc))
     await executor.start()
     for task in settings.preload:
         await executor.preload(task)

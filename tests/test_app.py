@@ -1,0 +1,30 @@
+"""Wiring settings to the executor: a task that cannot get ready."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from bot.app import start_executor
+from bot.executor import TaskUnavailable
+from bot.settings import Settings
+
+
+def broken_voices(tmp_path: Path) -> Settings:
+    return Settings(_env_file=None, device="cpu", speak={"voices": str(tmp_path / "none.npy")})
+
+
+async def test_the_bot_starts_without_a_task_that_cannot_get_ready(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR)
+    executor = await start_executor(broken_voices(tmp_path))
+    await executor.shutdown()
+    assert "speak is unavailable" in caplog.text
+
+
+async def test_a_requested_task_that_cannot_get_ready_fails_clearly(tmp_path: Path) -> None:
+    with pytest.raises(TaskUnavailable, match="speak is unavailable: .*none.npy"):
+        await start_executor(broken_voices(tmp_path), ["speak"])
