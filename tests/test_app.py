@@ -26,5 +26,5 @@ async def test_the_bot_starts_without_a_task_that_cannot_get_ready(
 
 
 async def test_a_requested_task_that_cannot_get_ready_fails_clearly(tmp_path: Path) -> None:
-    with pytest.raises(TaskUnavailable, match="speak is unavailable: .*none.npy"):
+    with pytest.raises(TaskUnavailable, match=r"speak is unavailable: .*none\.npy"):
         await start_executor(broken_voices(tmp_path), ["speak"])

@@ -518,3 +518,18 @@ async def test_image_buttons_work_after_a_restart(harness: Harness, stack: Stack
     await s.alice.click(first.response, label="Reroll")
     await harness.finish()
     assert harness.tasks["imagine"].runs[-1][0].prompt == "a lighthouse"
+
+
+async def test_stats_shows_a_chart_and_figures_to_admins(harness: Harness) -> None:
+    s = await scene(harness)
+    await s.alice.slash(s.channel, "sentiment", text="good")
+    await s.alice.slash(s.channel, "chat", message="hi")
+    await harness.finish()
+    mods = s.guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
+    carol = s.guild.add_member(harness.env.create_user("carol"), roles=[mods])
+    result = await carol.slash(s.channel, "stats", days=1)
+    assert result.ephemeral and "invocations per day" in result.response.content
+    (chart,) = result.response.attachments
+    assert chart.filename == "usage.png"
+    with Image.open(io.BytesIO(await chart.read())) as image:
+        assert image.size == (800, 400)

@@ -313,3 +313,15 @@ async def test_usage_stats_and_export_commands(
     assert await asyncio.to_thread(main, ["usage", "export", "--since", "2000-01-01"]) == 0
     exported = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(exported) == 2 and {r["status"] for r in exported} == {"ok"}
+
+
+def test_usage_chart_draws_days_and_an_empty_period() -> None:
+    from PIL import Image
+
+    from bot.charts import usage_chart
+    from bot.usage import UsageStats
+
+    busy = UsageStats({("2026-11-27", "chat"): 3, ("2026-11-28", "imagine"): 5}, {}, {}, {}, [])
+    for stats in (busy, UsageStats({}, {}, {}, {}, [])):
+        with Image.open(io.BytesIO(usage_chart(stats))) as image:
+            assert image.size == (800, 400)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import time
 from typing import TYPE_CHECKING, Literal
 
@@ -9,6 +11,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.charts import usage_chart
 from bot.cogs._render import NO_MENTIONS, clip
 from bot.cogs.tasks import caller_of
 from bot.quotas import duration
@@ -73,7 +76,13 @@ class Admin(commands.Cog):
         self, interaction: discord.Interaction, days: app_commands.Range[int, 1, 90] = 7
     ) -> None:
         stats = await self.bot.usage.stats(time.time() - days * 86400)
-        await self._reply(interaction, "stats", f"```\n{render_stats(stats)}\n```")
+        chart = await asyncio.to_thread(usage_chart, stats)  # drawing is CPU work
+        await interaction.response.send_message(
+            clip(f"```\n{render_stats(stats)}\n```"),
+            file=discord.File(io.BytesIO(chart), filename="usage.png"),
+            ephemeral=True,
+        )
+        self.bot.invoker.record_command("stats", caller_of(interaction))
 
     @app_commands.command(description="Show or change this server's settings")
     @app_commands.describe(
