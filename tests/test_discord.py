@@ -254,6 +254,9 @@ async def test_imagine_sends_pngs_with_the_seed(harness: Harness) -> None:
     result = await s.alice.slash(s.channel, "imagine", prompt="a red fox", seed=42, count=2)
     await harness.finish()
     response = result.response
+    assert next(e for e in harness.env.http_requests if "/interactions/" in e.path).json == {
+        "type": 5
+    }
     assert "seed 42" in response.content
     assert [a.filename for a in response.attachments] == ["imagine-42.png", "imagine-43.png"]
 
@@ -269,6 +272,8 @@ async def test_speak_sends_audio(harness: Harness) -> None:
     s = await scene(harness)
     result = await s.alice.slash(s.channel, "speak", text="Welcome to the group.")
     await harness.finish()
+    first = next(e for e in harness.env.http_requests if "/interactions/" in e.path)
+    assert first.json == {"type": 5}
     (attachment,) = result.response.attachments
     assert attachment.filename == "speech.ogg"
 
@@ -533,3 +538,13 @@ async def test_stats_shows_a_chart_and_figures_to_admins(harness: Harness) -> No
     assert chart.filename == "usage.png"
     with Image.open(io.BytesIO(await chart.read())) as image:
         assert image.size == (800, 400)
+
+
+async def test_a_result_over_the_upload_limit_is_refused_clearly(harness: Harness) -> None:
+    s = await scene(harness)
+    giant = png() + b"\0" * (26 * 2**20)  # SimCord's limit is Discord's 25 MiB for bots
+    harness.tasks["imagine"].respond = lambda r: ImagineResult([giant], 1, 8, 8, 4, 7.5, 0)
+    result = await s.alice.slash(s.channel, "imagine", prompt="a very detailed fox")
+    await harness.finish()
+    assert "larger than this server's 25 MiB upload limit" in result.response.content
+    assert not result.response.attachments
