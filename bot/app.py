@@ -123,6 +123,10 @@ async def start_executor(settings: Settings, tasks: Iterable[str] | None = None)
                 raise TaskUnavailable(name, exc) from exc
             log.error("%s", TaskUnavailable(name, exc))
     await executor.start()
-    for task in settings.preload:
-        await executor.preload(task)
+    try:
+        for task in settings.preload:
+            await executor.preload(task)
+    except BaseException:
+        await executor.shutdown()  # no worker thread or model left behind
+        raise
     return executor

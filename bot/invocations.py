@@ -137,6 +137,7 @@ class Invoker:
             "prompt": json.dumps(text, ensure_ascii=False) if self.log_prompts else None,
             "input_size": size_of(request),
         }
+        undo: Callable[[], None] | None = None
         try:
             guild = None
             if caller.guild_id is not None:
@@ -145,14 +146,16 @@ class Invoker:
             if caller.enforce_quotas:
                 await self.quotas.check(caller.user_id, task, guild, caller.roles)
             self.executor.check(task, request, user_id=caller.user_id)
+            undo = self.quotas.admitted(caller.user_id, task)
             if acknowledge is not None:
                 await acknowledge()
             handle = self.executor.submit(task, request, user_id=caller.user_id, model=model)
         except Exception as exc:  # refused, invalid, or the front end failed to acknowledge
+            if undo is not None:
+                undo()
             status = "invalid" if isinstance(exc, CommandDisabled) else status_of(exc)
             self.usage.record({**row, "status": status, "error_kind": type(exc).__name__})
             raise
-        self.quotas.admitted(caller.user_id, task)
         self.usage.begin({**row, "model": handle.model})
         handle.add_done_callback(lambda: self._ended(row["id"], handle))
         return handle

@@ -115,9 +115,24 @@ class Quotas:
             for task, limit in sorted(limits.items())
         ]
 
-    def admitted(self, user_id: str, task: str) -> None:
+    def admitted(self, user_id: str, task: str) -> Callable[[], None]:
+        """Count an admission now (before any await, so a quick second request sees it);
+        returns a function that takes it back if the job is not queued after all."""
         now = self.clock()
-        self._last[(user_id, task)] = now
+        stamp = (user_id, task)
+        previous = self._last.get(stamp)
+        self._last[stamp] = now
         key = (user_id, task, math.floor(now / DAY) * DAY)
-        if key in self._counts:
+        counted = key in self._counts
+        if counted:
             self._counts[key] += 1
+
+        def undo() -> None:
+            if previous is None:
+                self._last.pop(stamp, None)
+            else:
+                self._last[stamp] = previous
+            if counted and key in self._counts:
+                self._counts[key] -= 1
+
+        return undo

@@ -112,6 +112,8 @@ class UsageLog:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _failing: bool = False
     _stopping: bool = False
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """One connection, one statement stream: a second transaction must wait, not nest."""
     _last_retention: float = 0.0
 
     async def open(self) -> None:
@@ -223,6 +225,10 @@ class UsageLog:
 
     async def flush(self) -> bool:
         """Write every buffered record; on failure keep them for the next try."""
+        async with self._lock:
+            return await self._flush_locked()
+
+    async def _flush_locked(self) -> bool:
         if not self._pending:
             return True
         batch, self._pending = self._pending, {}
@@ -291,12 +297,14 @@ class UsageLog:
             return
         cutoff = self.clock() - self.retention_days * 86400
         try:
-            cursor = await self._db.execute(
-                "DELETE FROM invocations WHERE started_at < ? AND status != 'running'", (cutoff,)
-            )
-            await self._db.execute("DELETE FROM image_requests WHERE created_at < ?", (cutoff,))
-            await self._db.commit()
-        except sqlite3.Error as exc:
+            async with self._lock:
+                cursor = await self._db.execute(
+                    "DELETE FROM invocations WHERE started_at < ? AND status != 'running'",
+                    (cutoff,),
+                )
+                await self._db.execute("DELETE FROM image_requests WHERE created_at < ?", (cutoff,))
+                await self._db.commit()
+        except (sqlite3.Error, ValueError) as exc:
             log.warning("could not apply usage retention: %s", exc)
             return
         if cursor.rowcount:
@@ -309,17 +317,22 @@ class UsageLog:
     async def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         """Read after writing what is buffered; raises ``sqlite3.Error`` if unavailable."""
         await self.flush()
-        if self._db is None:
-            self._db = await self._connect()
-        async with self._db.execute(sql, tuple(params)) as cursor:
-            return list(await cursor.fetchall())
+        async with self._lock:
+            try:
+                if self._db is None:
+                    self._db = await self._connect()
+                async with self._db.execute(sql, tuple(params)) as cursor:
+                    return list(await cursor.fetchall())
+            except ValueError as exc:  # the connection was closed under us
+                raise sqlite3.OperationalError(str(exc)) from exc
 
     async def write_now(self, sql: str, params: Iterable[Any] = ()) -> None:
         """A rare write that the caller waits for (an admin changing settings)."""
-        if self._db is None:
-            self._db = await self._connect()
-        await self._db.execute(sql, tuple(params))
-        await self._db.commit()
+        async with self._lock:
+            if self._db is None:
+                self._db = await self._connect()
+            await self._db.execute(sql, tuple(params))
+            await self._db.commit()
 
     async def count_today(self, user_id: str, task: str, day_start: float) -> int:
         marks = ", ".join("?" for _ in COUNTED)

@@ -548,3 +548,17 @@ async def test_a_result_over_the_upload_limit_is_refused_clearly(harness: Harnes
     await harness.finish()
     assert "larger than this server's 25 MiB upload limit" in result.response.content
     assert not result.response.attachments
+
+
+async def test_config_turns_commands_off_and_on(harness: Harness) -> None:
+    s = await scene(harness)
+    mods = s.guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
+    carol = s.guild.add_member(harness.env.create_user("carol"), roles=[mods])
+    await carol.slash(s.channel, "config", disable="chat")
+    refused = await s.alice.slash(s.channel, "chat", message="hi")
+    assert refused.ephemeral and "turned off" in refused.response.content
+    typo = await carol.slash(s.channel, "config", enable="chta")
+    assert typo.ephemeral and typo.response.content.startswith("**enable**:")
+    await carol.slash(s.channel, "config", enable="chat")
+    settings = await harness.bot.guild_settings.get(s.guild.id)
+    assert settings.enabled_commands is None  # everything on again

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
+import torch
 
 from bot.executor import (
     Busy,
@@ -22,7 +27,7 @@ from bot.executor import (
     UnknownTask,
     WorkerCrashed,
 )
-from handlers.base import InvalidInput, TaskKind
+from handlers.base import BatchContext, InvalidInput, TaskKind
 from tests.fakes import FakeTask, Item, make_executor
 
 
@@ -395,3 +400,33 @@ async def test_metrics_snapshot_reports_queues_latency_batches_and_models() -> N
     assert stats.wait.count == 4 and stats.run.count == 2
     assert stats.outcomes == {"done": 4}
     assert [(m.task, m.model, m.bytes) for m in snapshot.loaded] == [("fake", "fake-model", 1000)]
+
+
+class _Tensorish:
+    """Stands for activations a failed batch allocated."""
+
+
+@dataclass(eq=False)
+class RemembersOom(FakeTask):
+    """Runs out of memory on batches of two or more; records whether the failed batch's
+    objects were still alive when the smaller retry began."""
+
+    refs: list[weakref.ref[_Tensorish]] = field(default_factory=list)
+    alive_at_retry: list[bool] = field(default_factory=list)
+
+    def run_batch(self, model: Any, requests: Sequence[Item], ctx: BatchContext) -> list[Any]:
+        self.alive_at_retry.append(any(ref() is not None for ref in self.refs))
+        activations = _Tensorish()
+        self.refs.append(weakref.ref(activations))
+        if len(requests) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return [r.value for r in requests]
+
+
+async def test_out_of_memory_retries_start_after_the_failed_batch_is_freed() -> None:
+    task = RemembersOom()
+    async with make_executor(task) as executor:
+        # Submitted in one loop turn, the two share a batch.
+        handles = [executor.submit("fake", Item(f"m{i}"), user_id=f"u{i}") for i in range(2)]
+        assert await asyncio.wait_for(asyncio.gather(*handles), 10) == ["m0", "m1"]
+    assert len(task.alive_at_retry) == 3 and not any(task.alive_at_retry[1:])

@@ -325,3 +325,35 @@ def test_usage_chart_draws_days_and_an_empty_period() -> None:
     for stats in (busy, UsageStats({}, {}, {}, {}, [])):
         with Image.open(io.BytesIO(usage_chart(stats))) as image:
             assert image.size == (800, 400)
+
+
+async def test_reads_and_rare_writes_during_a_flush_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "usage.sqlite3"
+    async with UsageLog(path, flush_interval_s=3600) as usage:
+        for n in range(3000):
+            usage.begin({"id": f"b{n}", "source": "cli", "user_id": "u", "task": "chat"})
+        flushing = asyncio.create_task(usage.flush())
+        await asyncio.sleep(0)  # the flush is now inside its transaction
+        for n in range(10):
+            usage.begin({"id": f"late{n}", "source": "cli", "user_id": "u", "task": "chat"})
+        store = GuildSettingsStore(usage)
+        await asyncio.gather(store.update(9, ephemeral=True), usage.count_today("u", "chat", 0))
+        assert await flushing
+    assert len(rows(path)) == 3010
+    assert len(rows(path, "SELECT * FROM guild_settings")) == 1
+
+
+async def test_a_quick_second_request_cannot_slip_past_the_quota(tmp_path: Path) -> None:
+    inv = await invoker(tmp_path)
+    inv.quotas.policy = QuotaPolicy({"fake": 1})
+    await inv.quotas.check("u", "fake")  # the day's count is known
+    slow_ack = asyncio.Event()
+    first = asyncio.create_task(
+        inv.submit("fake", Item("a"), Caller("u"), acknowledge=slow_ack.wait)
+    )
+    await asyncio.sleep(0)  # the first request is waiting for its acknowledgement
+    with pytest.raises(QuotaExceeded):
+        await inv.submit("fake", Item("b"), Caller("u"))
+    slow_ack.set()
+    assert await (await first) == "<A>"
+    await close(inv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import io
 import logging
@@ -104,6 +105,7 @@ class JobWatcher:
         interval: float,
         render: Callable[[Any], Reply],
         final_view: discord.ui.View | None = None,
+        ephemeral: bool = False,
     ) -> None:
         self.interaction = interaction
         self.handle = handle
@@ -111,6 +113,7 @@ class JobWatcher:
         self.interval = interval
         self.render = render
         self.final_view = final_view
+        self.ephemeral = ephemeral
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._loop = asyncio.get_running_loop()
         self._last_edit = -float("inf")
@@ -164,11 +167,16 @@ class JobWatcher:
                 error = self.handle.error
                 if error is None:
                     reply = self.render(self.handle.peek_result())
-                    await deliver(self.interaction, reply, self.final_view)
+                    await deliver(self.interaction, reply, self.final_view, self.ephemeral)
                 else:
-                    await show_failure(self.interaction, error)
-            except discord.HTTPException as exc:
-                log.error("could not deliver a result: %s", exc)
+                    await show_failure(self.interaction, error, self.ephemeral)
+            except Exception:
+                log.exception("could not deliver the result of job %d", self.handle.id)
+                with contextlib.suppress(discord.HTTPException):
+                    await show_failure(
+                        self.interaction, RuntimeError("the result could not be shown"),
+                        self.ephemeral,
+                    )  # fmt: skip
             finally:
                 if not self.finished.done():
                     self.finished.set_result(None)
@@ -187,7 +195,10 @@ def _files(reply: Reply) -> list[discord.File]:
 
 
 async def deliver(
-    interaction: discord.Interaction, reply: Reply, view: discord.ui.View | None = None
+    interaction: discord.Interaction,
+    reply: Reply,
+    view: discord.ui.View | None = None,
+    ephemeral: bool = False,
 ) -> None:
     """Put the result where the member will see it, within Discord's limits.
 
@@ -204,33 +215,52 @@ async def deliver(
         files.append(("result.txt", text.encode()))
         pieces = [clip(text, 300) + "\n*(full text attached)*"]
     if interaction.is_expired():
-        channel = interaction.channel
-        if not isinstance(channel, discord.abc.Messageable):
-            log.warning("result for an expired interaction has no channel to go to")
-            return
-        mention = discord.AllowedMentions(users=[interaction.user])
-        name = interaction.command.name if interaction.command else "request"
-        await channel.send(
-            f"{interaction.user.mention} your /{name} is ready:\n{pieces[0]}"[:MESSAGE_LIMIT],
-            files=_files(Reply(files=files)),
-            allowed_mentions=mention,
-            view=view or discord.utils.MISSING,
-        )
-        for piece in pieces[1:]:
-            await channel.send(piece, allowed_mentions=NO_MENTIONS)
+        await _after_expiry(interaction, pieces, files, view, ephemeral)
         return
     await interaction.edit_original_response(
         content=pieces[0], attachments=_files(Reply(files=files)), view=view,
         allowed_mentions=NO_MENTIONS,
     )  # fmt: skip
     for piece in pieces[1:]:
-        await interaction.followup.send(piece, allowed_mentions=NO_MENTIONS)
+        await interaction.followup.send(piece, allowed_mentions=NO_MENTIONS, ephemeral=ephemeral)
 
 
-async def show_failure(interaction: discord.Interaction, error: BaseException) -> None:
+async def _after_expiry(
+    interaction: discord.Interaction,
+    pieces: Sequence[str],
+    files: Sequence[tuple[str, bytes]],
+    view: discord.ui.View | None,
+    ephemeral: bool,
+) -> None:
+    """The 15-minute token is gone: post with a mention, or by DM when replies are private."""
+    name = interaction.command.name if interaction.command else "request"
+    header = f"{interaction.user.mention} your /{name} is ready:"
+    target: discord.abc.Messageable | None = interaction.user if ephemeral else None
+    if target is None and isinstance(interaction.channel, discord.abc.Messageable):
+        target = interaction.channel
+    if target is None:
+        log.warning("result for an expired interaction has nowhere to go")
+        return
+    first, rest = pieces[0] if pieces else "", list(pieces[1:])
+    if len(header) + 1 + len(first) > MESSAGE_LIMIT:  # never cut: the piece goes on its own
+        first, rest = "", [first, *rest]
+    await target.send(
+        f"{header}\n{first}".rstrip(),
+        files=_files(Reply(files=files)),
+        allowed_mentions=discord.AllowedMentions(users=[interaction.user]),
+        view=view or discord.utils.MISSING,
+    )
+    for piece in rest:
+        await target.send(piece, allowed_mentions=NO_MENTIONS)
+
+
+async def show_failure(
+    interaction: discord.Interaction, error: BaseException, ephemeral: bool = False
+) -> None:
     """A job that ended without a result: say why in place of its progress message."""
     prefix = "🛑" if isinstance(error, JobCancelled) else "⚠️"
-    text = f"{prefix} {error}"
+    text = clip(f"{prefix} {error}")
     if interaction.is_expired():
+        await _after_expiry(interaction, [text], [], None, ephemeral)
         return
-    await edit(interaction, content=clip(text), view=None)
+    await edit(interaction, content=text, view=None)

@@ -16,6 +16,7 @@ from bot.cogs._render import NO_MENTIONS, clip
 from bot.cogs.tasks import caller_of
 from bot.quotas import duration
 from bot.usage import render_stats
+from handlers.base import InvalidInput
 
 if TYPE_CHECKING:
     from bot.client import AssistantBot
@@ -110,14 +111,14 @@ class Admin(commands.Cog):
             changes["ephemeral"] = ephemeral
         if images is not None:
             changes["nsfw"] = images
-        enabled = set(current.enabled_commands or self.bot.executor.tasks)
-        if enable:
-            enabled.add(enable)
-        if disable:
-            enabled.discard(disable)
+        everything = set(self.bot.executor.tasks)
+        for option, name in (("enable", enable), ("disable", disable)):
+            if name and name not in everything:
+                raise InvalidInput(option, f"choose one of {', '.join(sorted(everything))}")
         if enable or disable:
-            everything = set(self.bot.executor.tasks)
-            changes["enabled_commands"] = None if enabled >= everything else sorted(enabled)
+            on = set(everything if current.enabled_commands is None else current.enabled_commands)
+            on = (on | {enable}) - {disable} if enable else on - {disable}
+            changes["enabled_commands"] = None if on >= everything else sorted(on)
         settings = await store.update(interaction.guild_id, **changes) if changes else current
         shown = settings.model_dump(exclude_defaults=True) or "defaults"
         await self._reply(interaction, "config", f"Server settings: `{shown}`")

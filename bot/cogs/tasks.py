@@ -116,8 +116,13 @@ async def text_from(
         source = (
             interaction.guild.get_channel_or_thread(int(match[2])) if interaction.guild else None
         )
-        if not isinstance(source, discord.abc.Messageable):
+        if not isinstance(source, discord.abc.GuildChannel | discord.Thread) or not isinstance(
+            interaction.user, discord.Member
+        ):
             raise InvalidInput("link", "points to a channel I cannot see")
+        allowed = source.permissions_for(interaction.user)
+        if not (allowed.view_channel and allowed.read_message_history):
+            raise InvalidInput("link", "points to a channel you cannot read")
         try:
             message = await source.fetch_message(int(match[3]))
         except discord.HTTPException:
@@ -168,18 +173,18 @@ class Tasks(commands.Cog):
         """Admit (refusals answer privately at once), defer, then let a watcher follow the job."""
         guild = await self.bot.settings_for(interaction)
         ephemeral = bool(guild and guild.ephemeral)
+        final_view = None
+        if task == "imagine":  # stored first: a job must never run without its reply
+            key = await self.bot.image_requests.save(
+                request, interaction.user.id, interaction.guild_id
+            )
+            final_view = image_buttons(key)
         handle = await self.bot.invoker.submit(
             task,
             request,
             caller_of(interaction),
             acknowledge=lambda: interaction.response.defer(thinking=True, ephemeral=ephemeral),
         )
-        final_view = None
-        if task == "imagine":
-            key = await self.bot.image_requests.save(
-                request, interaction.user.id, interaction.guild_id
-            )
-            final_view = image_buttons(key)
         view = CancelView(handle, interaction.user.id)
         watcher = JobWatcher(interaction, handle, view, self.bot.edit_interval, render, final_view)
         self.bot.watchers[handle.id] = watcher

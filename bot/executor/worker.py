@@ -122,6 +122,9 @@ class LocalBackend:
         if not live:
             return [outcomes[i] for i in indices]
         part = batch.subset(live)
+        # Recovery runs after the except blocks: inside them the traceback still holds the
+        # failed batch's frames and tensors, so nothing could be freed for the retries.
+        out_of_memory = retry_alone = False
         try:
             outputs = batch.task.run_batch(model, part.requests, part)
             if len(outputs) != len(live):
@@ -131,6 +134,26 @@ class LocalBackend:
                 )
             outcomes.update(zip(live, outputs, strict=True))
         except torch.cuda.OutOfMemoryError:
+            out_of_memory = True
+        except BatchStopped:
+            pass
+        except Exception as exc:
+            if len(live) > 1:
+                log.warning(
+                    "%s batch of %d failed (%s); retrying one by one",
+                    batch.task.name,
+                    len(live),
+                    exc,
+                )
+                retry_alone = True
+            elif isinstance(exc, HandlerError):
+                outcomes[live[0]] = exc.with_traceback(None)
+            else:
+                log.exception("%s failed on one request", batch.task.name)
+                failure = JobFailed(exc)
+                failure.__cause__ = exc.with_traceback(None)
+                outcomes[live[0]] = failure
+        if out_of_memory:
             self.registry.release_memory()
             if len(live) == 1:
                 log.warning("out of memory on a single %s request", batch.task.name)
@@ -142,24 +165,7 @@ class LocalBackend:
                 )
                 for group in (live[:half], live[half:]):
                     outcomes.update(zip(group, self._run_split(model, batch, group), strict=True))
-        except BatchStopped:
-            pass
-        except Exception as exc:
-            if len(live) == 1:
-                if isinstance(exc, HandlerError):
-                    outcomes[live[0]] = exc
-                else:
-                    log.exception("%s failed on one request", batch.task.name)
-                    failure = JobFailed(exc)
-                    failure.__cause__ = exc
-                    outcomes[live[0]] = failure
-            else:
-                log.warning(
-                    "%s batch of %d failed (%s); retrying one by one",
-                    batch.task.name,
-                    len(live),
-                    exc,
-                )
-                for i in live:
-                    outcomes[i] = self._run_split(model, batch, [i])[0]
+        elif retry_alone:
+            for i in live:
+                outcomes[i] = self._run_split(model, batch, [i])[0]
         return [outcomes[i] for i in indices]
