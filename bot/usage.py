@@ -343,15 +343,17 @@ class UsageLog:
         )
         return rows[0]["n"]
 
-    async def since(self, since: float) -> list[sqlite3.Row]:
+    async def since(self, since: float, guild_id: int | None = None) -> list[sqlite3.Row]:
+        """Rows from ``since`` on, of one guild when ``guild_id`` is given."""
+        where = "started_at >= ?" + (" AND guild_id = ?" if guild_id is not None else "")
+        params = (since,) if guild_id is None else (since, guild_id)
         return await self.query(
-            f"SELECT {', '.join(COLUMNS)} FROM invocations WHERE started_at >= ? "
-            "ORDER BY started_at",
-            (since,),
+            f"SELECT {', '.join(COLUMNS)} FROM invocations WHERE {where} ORDER BY started_at",
+            params,
         )
 
-    async def stats(self, since: float, top: int = 10) -> UsageStats:
-        rows = await self.since(since)
+    async def stats(self, since: float, top: int = 10, guild_id: int | None = None) -> UsageStats:
+        rows = await self.since(since, guild_id)
         per_day: dict[tuple[str, str], int] = {}
         waits: dict[str, list[float]] = {}
         runs: dict[str, list[float]] = {}

@@ -532,12 +532,19 @@ async def test_stats_shows_a_chart_and_figures_to_admins(harness: Harness) -> No
     await harness.finish()
     mods = s.guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
     carol = s.guild.add_member(harness.env.create_user("carol"), roles=[mods])
+    other = harness.env.create_guild("elsewhere")
+    elsewhere = other.create_text_channel("general")
+    dave = other.add_member(harness.env.create_user("dave"))
+    await dave.slash(elsewhere, "usage")
     result = await carol.slash(s.channel, "stats", days=1)
-    assert result.ephemeral and "invocations per day" in result.response.content
-    (chart,) = result.response.attachments
-    assert chart.filename == "usage.png"
+    assert result.ephemeral
+    chart, table = result.response.attachments
+    assert (chart.filename, table.filename) == ("usage.png", "usage.txt")
     with Image.open(io.BytesIO(await chart.read())) as image:
         assert image.size == (800, 400)
+    text = (await table.read()).decode()
+    assert "sentiment" in text and str(s.alice.id) in text
+    assert str(dave.id) not in text and "usage " not in text  # only this server's rows
 
 
 async def test_a_result_over_the_upload_limit_is_refused_clearly(harness: Harness) -> None:

@@ -76,11 +76,19 @@ class Admin(commands.Cog):
     async def stats(
         self, interaction: discord.Interaction, days: app_commands.Range[int, 1, 90] = 7
     ) -> None:
-        stats = await self.bot.usage.stats(time.time() - days * 86400)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        # Owners see every server; a server's managers see their own server only.
+        owner = str(interaction.user.id) in self.bot.settings.owner_ids
+        guild_id = None if owner else interaction.guild_id
+        stats = await self.bot.usage.stats(time.time() - days * 86400, guild_id=guild_id)
         chart = await asyncio.to_thread(usage_chart, stats)  # drawing is CPU work
-        await interaction.response.send_message(
-            clip(f"```\n{render_stats(stats)}\n```"),
-            file=discord.File(io.BytesIO(chart), filename="usage.png"),
+        table = render_stats(stats)
+        await interaction.followup.send(
+            f"Usage over {days} day(s); the full table is attached.",
+            files=[
+                discord.File(io.BytesIO(chart), filename="usage.png"),
+                discord.File(io.BytesIO(table.encode()), filename="usage.txt"),
+            ],
             ephemeral=True,
         )
         self.bot.invoker.record_command("stats", caller_of(interaction))
