@@ -30,7 +30,8 @@ def friendly(error: BaseException) -> str | None:
         case InvalidInput():
             return f"**{error.option}**: {error.message}"
         case Busy():
-            return f"The bot is busy ({error}). Nothing was queued."
+            text = str(error)
+            return f"{text[:1].upper()}{text[1:]}. Nothing was queued."
         case QuotaExceeded() | CooldownActive() | CommandDisabled() | HandlerError():
             return str(error)
         case ExecutorError():

@@ -41,6 +41,7 @@ from transformers import (
 
 from handlers.base import (
     BatchContext,
+    HandlerError,
     InvalidInput,
     LoadSpec,
     Task,
@@ -268,6 +269,7 @@ class SpeakTask(Task[SpeakRequest, SpeakResult]):
         }
         self.vocoder = vocoder
         self._voice_table: VoiceTable | None = None
+        self._voice_error: HandlerError | None = None
         self._voice_lock = threading.Lock()
 
     # Options
@@ -276,10 +278,23 @@ class SpeakTask(Task[SpeakRequest, SpeakResult]):
         self.voice_table()
 
     def voice_table(self) -> VoiceTable:
-        """The speaker embeddings, read once and shared by validation and every load."""
+        """The speaker embeddings, read once and shared by validation and every load.
+
+        A failure is remembered rather than retried, so a missing table (say, no network at
+        start-up) costs one attempt, not a download on every request or keystroke.
+        """
         with self._voice_lock:
+            if self._voice_error is not None:
+                raise self._voice_error
             if self._voice_table is None:
-                self._voice_table = read_voices(self.voices)
+                try:
+                    self._voice_table = read_voices(self.voices)
+                except Exception as exc:
+                    self._voice_error = HandlerError(
+                        f"the voices at {self.voices} could not be loaded ({exc}); "
+                        "the bot's admin must fix BOT_SPEAK__VOICES and restart it"
+                    )
+                    raise self._voice_error from exc
             return self._voice_table
 
     def voice_names(self) -> list[str]:

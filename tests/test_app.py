@@ -28,3 +28,15 @@ async def test_the_bot_starts_without_a_task_that_cannot_get_ready(
 async def test_a_requested_task_that_cannot_get_ready_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(TaskUnavailable, match=r"speak is unavailable: .*none\.npy"):
         await start_executor(broken_voices(tmp_path), ["speak"])
+
+
+async def test_a_voice_table_that_failed_is_not_fetched_again(tmp_path: Path) -> None:
+    from handlers.base import HandlerError
+    from handlers.speak import SpeakRequest, SpeakTask
+
+    task = SpeakTask(voices=str(tmp_path / "none.npy"))
+    with pytest.raises(HandlerError, match="could not be loaded"):
+        task.prepare()
+    (tmp_path / "none.npy").write_bytes(b"")  # even if it appears now, no retry on a keystroke
+    with pytest.raises(HandlerError, match="restart"):
+        task.validate(SpeakRequest("hi", voice="slt"))

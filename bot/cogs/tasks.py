@@ -12,7 +12,7 @@ from discord.ext import commands
 from bot.cogs._render import CancelView, JobWatcher, Reply
 from bot.cogs.images import image_buttons
 from bot.invocations import Caller
-from handlers.base import InvalidInput
+from handlers.base import HandlerError, InvalidInput
 from handlers.chat import ChatRequest, ChatResult
 from handlers.classify import ClassifyRequest, ClassifyResult, parse_labels
 from handlers.imagine import ImagineRequest, ImagineResult
@@ -285,7 +285,10 @@ class Tasks(commands.Cog):
     async def _voices(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        names = self.bot.executor.tasks["speak"].voice_names()
+        try:
+            names = self.bot.executor.tasks["speak"].voice_names()
+        except HandlerError:  # the voice table could not be loaded; /speak says why
+            return []
         return [app_commands.Choice(name=n, value=n) for n in names if current in n][:25]
 
     @speak.autocomplete("language")
