@@ -388,9 +388,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = ".".join(str(part) for part in first["loc"])
         print(f"error: invalid setting {where}: {first['msg']}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    if args.command in ("run", "sync"):
+        discord.utils.setup_logging(level=logging.getLevelName(settings.log_level), root=True)
+    else:  # terminal commands stay quiet (results, progress bars, one-line errors)
+        explicit = "log_level" in settings.model_fields_set
+        logging.basicConfig(
+            level=settings.log_level if explicit else "WARNING",
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
     if args.command == "settings":
         return _show_settings(settings, args.env_example)
     if args.command in ("run", "sync"):

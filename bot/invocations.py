@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from bot.guilds import GuildSettings, GuildSettingsStore
 from bot.quotas import CooldownActive, QuotaExceeded, Quotas
 from bot.usage import UsageLog
 from handlers.base import HandlerError
+
+log = logging.getLogger(__name__)
 
 IMAGE_TASKS = frozenset({"imagine"})
 """Tasks whose output a guild may confine to age-restricted channels."""
@@ -191,6 +194,17 @@ class Invoker:
 
     def _ended(self, row_id: str, handle: JobHandle) -> None:
         error = handle.error
+        log.info(
+            "job %d %s user=%s status=%s wait=%.0fms run=%.0fms batch=%s%s",
+            handle.id,
+            handle.task,
+            handle.user_id,
+            status_of(error),
+            1000 * (handle.wait_s or 0),
+            1000 * (handle.run_s or 0),
+            handle.batch_size,
+            "" if error is None else f" error={type(error).__name__}",
+        )
         self.usage.end(
             row_id,
             status_of(error),

@@ -357,3 +357,18 @@ async def test_a_quick_second_request_cannot_slip_past_the_quota(tmp_path: Path)
     slow_ack.set()
     assert await (await first) == "<A>"
     await close(inv)
+
+
+async def test_each_job_ends_with_one_log_line_and_no_text(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="bot.invocations")
+    inv = await invoker(tmp_path)
+    handle = await inv.submit("fake", Item("private words"), Caller("u7"))
+    await handle
+    await close(inv)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "bot.invocations"]
+    assert f"job {handle.id} fake user=u7 status=ok" in line and "batch=1" in line
+    assert "private" not in line
