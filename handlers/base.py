@@ -42,6 +42,12 @@ class InvalidInput(HandlerError):
         self.message = message
 
 
+def check_length(option: str, text: str, limit: int) -> None:
+    """Refuse text over ``limit`` characters, saying how long it was."""
+    if len(text) > limit:
+        raise InvalidInput(option, f"is {len(text)} characters long; the limit is {limit}")
+
+
 class UnsafeModelError(HandlerError):
     """A model would need pickle weights or remote code, which the bot never loads."""
 

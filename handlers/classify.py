@@ -21,6 +21,7 @@ from handlers.base import (
     LoadSpec,
     Task,
     TaskKind,
+    check_length,
     from_pretrained,
     raise_if_stopped,
 )
@@ -73,10 +74,7 @@ class ClassifyTask(Task[ClassifyRequest, ClassifyResult]):
     def validate(self, request: ClassifyRequest) -> None:
         if not request.text.strip():
             raise InvalidInput("text", "is empty")
-        if len(request.text) > self.max_chars:
-            raise InvalidInput(
-                "text", f"is {len(request.text)} characters long; the limit is {self.max_chars}"
-            )
+        check_length("text", request.text, self.max_chars)
         labels = [label.strip() for label in request.labels]
         if not MIN_LABELS <= len(labels) <= MAX_LABELS:
             raise InvalidInput(

@@ -31,6 +31,7 @@ from handlers.base import (
     LoadSpec,
     Task,
     TaskKind,
+    check_length,
     from_pretrained,
     module_bytes,
     raise_if_stopped,
@@ -229,10 +230,7 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
             ("prompt", request.prompt),
             ("negative_prompt", request.negative_prompt),
         ):
-            if len(text) > self.max_prompt_chars:
-                raise InvalidInput(
-                    option, f"is {len(text)} characters long; the limit is {self.max_prompt_chars}"
-                )
+            check_length(option, text, self.max_prompt_chars)
         if not request.prompt.strip():
             raise InvalidInput("prompt", "is empty")
         if self.blocked is not None and self.blocked.search(request.prompt):

@@ -9,7 +9,15 @@ from typing import Any, ClassVar
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from handlers.base import BatchContext, InvalidInput, LoadSpec, Task, TaskKind, from_pretrained
+from handlers.base import (
+    BatchContext,
+    InvalidInput,
+    LoadSpec,
+    Task,
+    TaskKind,
+    check_length,
+    from_pretrained,
+)
 
 
 @dataclass(frozen=True)
@@ -45,10 +53,7 @@ class SentimentTask(Task[SentimentRequest, SentimentResult]):
     def validate(self, request: SentimentRequest) -> None:
         if not request.text.strip():
             raise InvalidInput("text", "is empty")
-        if len(request.text) > self.max_chars:
-            raise InvalidInput(
-                "text", f"is {len(request.text)} characters long; the limit is {self.max_chars}"
-            )
+        check_length("text", request.text, self.max_chars)
 
     def cost(self, request: SentimentRequest) -> int:
         # A rough token count: the budget only has to be proportional to padding work.

@@ -46,6 +46,7 @@ from handlers.base import (
     LoadSpec,
     Task,
     TaskKind,
+    check_length,
     from_pretrained,
     module_bytes,
     raise_if_stopped,
@@ -314,10 +315,7 @@ class SpeakTask(Task[SpeakRequest, SpeakResult]):
     def validate(self, request: SpeakRequest) -> None:
         if not request.text.strip():
             raise InvalidInput("text", "is empty")
-        if len(request.text) > self.max_chars:
-            raise InvalidInput(
-                "text", f"is {len(request.text)} characters long; the limit is {self.max_chars}"
-            )
+        check_length("text", request.text, self.max_chars)
         language = _language(request)
         if language != ENGLISH and language not in self.language_models:
             raise InvalidInput(

@@ -22,6 +22,7 @@ from handlers.base import (
     LoadSpec,
     Task,
     TaskKind,
+    check_length,
     from_pretrained,
     raise_if_stopped,
 )
@@ -87,10 +88,7 @@ class SummarizeTask(Task[SummarizeRequest, SummarizeResult]):
     def validate(self, request: SummarizeRequest) -> None:
         if not request.text.strip():
             raise InvalidInput("text", "is empty")
-        if len(request.text) > self.max_chars:
-            raise InvalidInput(
-                "text", f"is {len(request.text)} characters long; the limit is {self.max_chars}"
-            )
+        check_length("text", request.text, self.max_chars)
         if request.length not in LENGTHS:
             raise InvalidInput("length", f"must be one of {', '.join(LENGTHS)}")
         for option in ("min_tokens", "max_tokens"):

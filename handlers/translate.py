@@ -31,6 +31,7 @@ from handlers.base import (
     StopWhenAbandoned,
     Task,
     TaskKind,
+    check_length,
     from_pretrained,
 )
 from handlers.languages import (
@@ -160,10 +161,7 @@ class TranslateTask(Task[TranslateRequest, TranslateResult]):
     def validate(self, request: TranslateRequest) -> None:
         if not request.text.strip():
             raise InvalidInput("text", "is empty")
-        if len(request.text) > self.max_chars:
-            raise InvalidInput(
-                "text", f"is {len(request.text)} characters long; the limit is {self.max_chars}"
-            )
+        check_length("text", request.text, self.max_chars)
         source, target = self.languages(request)
         if source == target:
             detected = " (detected)" if request.source.strip().lower() == AUTO else ""
