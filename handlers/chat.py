@@ -24,10 +24,16 @@ from handlers.base import (
     StopWhenAbandoned,
     Task,
     TaskKind,
+    check_text,
     from_pretrained,
 )
 
 DEFAULT_SYSTEM = "You are a helpful, concise assistant in a Discord community."
+MAX_SEED = 2**32 - 1
+"""As for /imagine; ``torch.manual_seed`` raises past 64 bits."""
+MIN_SAMPLING_TEMPERATURE = 1e-3
+"""Below this, answer greedily (the limit as temperature falls): logits divided by 1e-300
+overflow to infinity, and sampling from them raises."""
 
 
 @dataclass(frozen=True)
@@ -118,14 +124,16 @@ class ChatTask(Task[ChatRequest, ChatResult]):
         return request.max_tokens or self.default_new_tokens
 
     def validate(self, request: ChatRequest) -> None:
-        if not request.message.strip():
-            raise InvalidInput("message", "is empty")
+        check_text("message", request.message, self.max_chars)
+        check_text("system", request.system or "", self.max_chars, required=False)
         if len(request.message) + len(request.system or "") > self.max_chars:
             raise InvalidInput("message", f"is longer than the {self.max_chars}-character limit")
         if request.max_tokens is not None and not 1 <= request.max_tokens <= self.max_new_tokens:
             raise InvalidInput("max_tokens", f"must be between 1 and {self.max_new_tokens}")
         if not math.isfinite(request.temperature) or not 0 <= request.temperature <= 2:
             raise InvalidInput("temperature", "must be between 0 and 2")
+        if not 0 <= request.seed <= MAX_SEED:
+            raise InvalidInput("seed", f"must be between 0 and {MAX_SEED}")
 
     def batch_key(self, request: ChatRequest) -> Hashable:
         return (self.new_tokens(request), request.temperature)
@@ -167,7 +175,7 @@ class ChatTask(Task[ChatRequest, ChatResult]):
         ).to(model.device)
         limit = self.new_tokens(first)
         sampling: dict[str, Any] = {"do_sample": False}
-        if first.temperature > 0:
+        if first.temperature >= MIN_SAMPLING_TEMPERATURE:
             torch.manual_seed(first.seed)
             sampling = {"do_sample": True, "temperature": first.temperature, "top_p": 0.95}
         with torch.inference_mode():

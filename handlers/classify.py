@@ -8,6 +8,7 @@ contradiction for each label on its own, as the transformers zero-shot pipeline 
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -21,13 +22,15 @@ from handlers.base import (
     LoadSpec,
     Task,
     TaskKind,
-    check_length,
+    check_text,
     from_pretrained,
+    quote,
     raise_if_stopped,
 )
 
 MIN_LABELS, MAX_LABELS = 2, 10
 MAX_LABEL_CHARS = 100
+MAX_TEMPLATE_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,18 @@ def parse_labels(text: str) -> tuple[str, ...]:
     return tuple(label.strip() for label in text.split(",") if label.strip())
 
 
+def one_placeholder(template: str) -> bool:
+    """Whether ``template.format(label)`` puts the label in one place and cannot raise.
+
+    ``count("{}")`` alone lets ``"{}{"`` (ValueError) or ``"{} {x}"`` (KeyError) through.
+    """
+    try:
+        fields = [f[1:] for f in string.Formatter().parse(template) if f[1] is not None]
+    except ValueError:  # a lone brace
+        return False
+    return fields == [("", "", None)]
+
+
 class ClassifyTask(Task[ClassifyRequest, ClassifyResult]):
     name = "classify"
     kind = TaskKind.TEXT
@@ -72,19 +87,21 @@ class ClassifyTask(Task[ClassifyRequest, ClassifyResult]):
         self.pairs_per_call = pairs_per_call
 
     def validate(self, request: ClassifyRequest) -> None:
-        if not request.text.strip():
-            raise InvalidInput("text", "is empty")
-        check_length("text", request.text, self.max_chars)
+        check_text("text", request.text, self.max_chars)
         labels = [label.strip() for label in request.labels]
         if not MIN_LABELS <= len(labels) <= MAX_LABELS:
             raise InvalidInput(
                 "labels", f"give between {MIN_LABELS} and {MAX_LABELS} labels, got {len(labels)}"
             )
-        if any(not label or len(label) > MAX_LABEL_CHARS for label in labels):
-            raise InvalidInput("labels", f"each label needs 1 to {MAX_LABEL_CHARS} characters")
+        for label in labels:
+            try:
+                check_text("labels", label, MAX_LABEL_CHARS)
+            except InvalidInput as exc:
+                raise InvalidInput("labels", f"{quote(label)} {exc.message}") from None
         if len({label.casefold() for label in labels}) != len(labels):
             raise InvalidInput("labels", "contain the same label twice")
-        if request.template.count("{}") != 1:
+        check_text("template", request.template, MAX_TEMPLATE_CHARS)
+        if not one_placeholder(request.template):
             raise InvalidInput("template", "must contain {} exactly once")
 
     def cost(self, request: ClassifyRequest) -> int:

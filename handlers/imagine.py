@@ -31,9 +31,10 @@ from handlers.base import (
     LoadSpec,
     Task,
     TaskKind,
-    check_length,
+    check_text,
     from_pretrained,
     module_bytes,
+    quote,
     raise_if_stopped,
 )
 
@@ -113,12 +114,14 @@ def parse_size(size: str) -> tuple[int, int]:
     """``"960x640"`` as (width, height); InvalidInput unless both sides suit a diffusion model."""
     match = _SIZE.fullmatch(size)
     if match is None:
-        raise InvalidInput("size", f"{size!r} is not WIDTHxHEIGHT, e.g. 768x768")
-    width, height = int(match[1]), int(match[2])
+        raise InvalidInput("size", f"{quote(size)} is not WIDTHxHEIGHT, e.g. 768x768")
+    # Four digits hold every allowed side, and int() raises ValueError past 4,300 of them.
+    width, height = (int(side) if len(side) <= 4 else 0 for side in match.groups())
     for side in (width, height):
         if not MIN_SIDE <= side <= MAX_SIDE or side % 8:
             raise InvalidInput(
-                "size", f"sides must be multiples of 8 from {MIN_SIDE} to {MAX_SIDE}, got {size}"
+                "size",
+                f"sides must be multiples of 8 from {MIN_SIDE} to {MAX_SIDE}, got {quote(size)}",
             )
     return width, height
 
@@ -226,13 +229,9 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         return None if self.native_size is None else format_sizes(self.native_size)
 
     def validate(self, request: ImagineRequest) -> None:
-        for option, text in (
-            ("prompt", request.prompt),
-            ("negative_prompt", request.negative_prompt),
-        ):
-            check_length(option, text, self.max_prompt_chars)
-        if not request.prompt.strip():
-            raise InvalidInput("prompt", "is empty")
+        check_text("prompt", request.prompt, self.max_prompt_chars)
+        negative = request.negative_prompt
+        check_text("negative_prompt", negative, self.max_prompt_chars, required=False)
         if self.blocked is not None and self.blocked.search(request.prompt):
             raise InvalidInput("prompt", "contains a term this server's bot does not draw")
         if request.steps is not None and not 1 <= request.steps <= self.max_steps:

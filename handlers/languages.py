@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-from handlers.base import InvalidInput
+from handlers.base import InvalidInput, quote
 
 LANGUAGES: dict[str, str] = {
     "af": "Afrikaans",
@@ -214,6 +214,10 @@ _LANGID_TO_CODE = {
 }
 """py3langid labels that M2M100 serves under another code (dialects, written variants)."""
 
+MAX_NAME_CHARS = 64
+"""Longer than any name, alias or locale tag: longer input is refused without a search."""
+_UNKNOWN_HINT = "use an English name such as French or a code such as fr"
+
 _LOCALE = re.compile(r"([a-z]{2,3})[-_][a-z0-9]+(?:[-_][a-z0-9]+)*")
 _CODE_IN_PARENS = re.compile(r".*\(([a-z]{2,3})\)")
 _MARKUP = re.compile(r"https?://\S+|<a?[:@#][^>]*>|```.*?```|`[^`]*`", re.DOTALL)
@@ -250,6 +254,9 @@ def _lookup(query: str) -> str | None:
 
 def resolve_language(name_or_code: str, option: str = "language") -> str:
     """The M2M100 code for a code, name, alias or locale tag; ``InvalidInput(option)`` if none."""
+    shown = quote(name_or_code.strip())
+    if len(name_or_code) > MAX_NAME_CHARS:
+        raise InvalidInput(option, f"unknown language {shown}; {_UNKNOWN_HINT}")
     query = _normalize(name_or_code)
     if not query:
         raise InvalidInput(option, "no language given")
@@ -259,15 +266,9 @@ def resolve_language(name_or_code: str, option: str = "language") -> str:
     close = difflib.get_close_matches(query, _LOOKUP, n=8, cutoff=0.6)
     suggestions = list(dict.fromkeys(_LOOKUP[key] for key in close))[:5]
     if not suggestions:
-        raise InvalidInput(
-            option,
-            f"unknown language {name_or_code.strip()!r}; "
-            "use an English name such as French or a code such as fr",
-        )
+        raise InvalidInput(option, f"unknown language {shown}; {_UNKNOWN_HINT}")
     listed = ", ".join(f"{LANGUAGES[c]} ({c})" for c in suggestions)
-    raise InvalidInput(
-        option, f"unknown language {name_or_code.strip()!r}; did you mean: {listed}?"
-    )
+    raise InvalidInput(option, f"unknown language {shown}; did you mean: {listed}?")
 
 
 def search_languages(prefix: str, limit: int = 25) -> list[Language]:

@@ -11,11 +11,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from handlers.base import (
     BatchContext,
-    InvalidInput,
     LoadSpec,
     Task,
     TaskKind,
-    check_length,
+    check_text,
     from_pretrained,
 )
 
@@ -51,9 +50,7 @@ class SentimentTask(Task[SentimentRequest, SentimentResult]):
         self.max_chars = max_chars
 
     def validate(self, request: SentimentRequest) -> None:
-        if not request.text.strip():
-            raise InvalidInput("text", "is empty")
-        check_length("text", request.text, self.max_chars)
+        check_text("text", request.text, self.max_chars)
 
     def cost(self, request: SentimentRequest) -> int:
         # A rough token count: the budget only has to be proportional to padding work.

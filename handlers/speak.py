@@ -46,9 +46,10 @@ from handlers.base import (
     LoadSpec,
     Task,
     TaskKind,
-    check_length,
+    check_text,
     from_pretrained,
     module_bytes,
+    quote,
     raise_if_stopped,
 )
 
@@ -144,7 +145,7 @@ def voice_presets(rows: int, filenames: Sequence[str] | None) -> dict[str, int]:
 
 
 def read_voices(source: str) -> VoiceTable:
-    """Read speaker x-vectors from a .npy array, a .parquet file or a hub dataset."""
+    """Read speaker x-vectors from a .npy array, a .parquet file, or a dataset: hub or folder."""
     path = Path(source)
     if path.suffix == ".npy":
         vectors = np.load(path, allow_pickle=False).astype(np.float32)
@@ -157,8 +158,12 @@ def read_voices(source: str) -> VoiceTable:
         table = pq.read_table(path)
     else:
         import datasets
+        from huggingface_hub import snapshot_download
 
-        table = datasets.load_dataset(source, split=VOICES_SPLIT).with_format("arrow")[:]
+        # A hub dataset is read through the hub cache, which HF_HUB_OFFLINE=1 can use:
+        # datasets' own offline fallback finds only copies it prepared itself.
+        folder = source if path.is_dir() else snapshot_download(source, repo_type="dataset")
+        table = datasets.load_dataset(folder, split=VOICES_SPLIT).with_format("arrow")[:]
     if "xvector" not in table.column_names:
         raise ValueError(f"{source}: no 'xvector' column (found {table.column_names})")
     cells = table.column("xvector").to_numpy(zero_copy_only=False)
@@ -313,18 +318,18 @@ class SpeakTask(Task[SpeakRequest, SpeakResult]):
     # Contract
 
     def validate(self, request: SpeakRequest) -> None:
-        if not request.text.strip():
-            raise InvalidInput("text", "is empty")
-        check_length("text", request.text, self.max_chars)
+        check_text("text", request.text, self.max_chars)
         language = _language(request)
         if language != ENGLISH and language not in self.language_models:
             raise InvalidInput(
-                "language", f"no voice for {language!r}; choose one of: {_listed(self.languages())}"
+                "language",
+                f"no voice for {quote(language)}; choose one of: {_listed(self.languages())}",
             )
         if request.voice is not None and request.voice not in self.voice_table().presets:
             raise InvalidInput(
                 "voice",
-                f"unknown voice {request.voice!r}; choose one of: {_listed(self.voice_names())}",
+                f"unknown voice {quote(request.voice)}; "
+                f"choose one of: {_listed(self.voice_names())}",
             )
 
     def model_for(self, request: SpeakRequest, default: str) -> str:
@@ -378,7 +383,7 @@ class SpeakTask(Task[SpeakRequest, SpeakResult]):
 
     def run_batch(
         self, model: SpeechModel, requests: Sequence[SpeakRequest], ctx: BatchContext
-    ) -> list[Speech]:
+    ) -> list[Speech | InvalidInput]:
         pieces: list[list[int]] = []
         owners: list[int] = []
         for index, request in enumerate(requests):
@@ -386,7 +391,9 @@ class SpeakTask(Task[SpeakRequest, SpeakResult]):
             pieces.extend(encoded)
             owners.extend([index] * len(encoded))
         raise_if_stopped(ctx)
-        if model.vocoder is None or model.voices is None:
+        if not pieces:
+            waves = []
+        elif model.vocoder is None or model.voices is None:
             waves = self._run_vits(model, pieces, ctx)
         else:
             rows = [self._voice_row(requests[owner]) for owner in owners]
@@ -399,7 +406,12 @@ class SpeakTask(Task[SpeakRequest, SpeakResult]):
             if parts[owner]:
                 parts[owner].append(pause)
             parts[owner].append(wave)
-        return [Speech(np.concatenate(p), model.sample_rate) for p in parts]
+        return [
+            Speech(np.concatenate(p), model.sample_rate)
+            if p
+            else InvalidInput("text", "has nothing this language's voice can pronounce")
+            for p in parts
+        ]
 
     def finish(self, output: Speech) -> SpeakResult:
         samples = np.clip(output.samples, -1.0, 1.0)
@@ -416,7 +428,11 @@ class SpeakTask(Task[SpeakRequest, SpeakResult]):
         return self.voice_table().presets[request.voice or self.default_voice()]
 
     def _pieces(self, model: SpeechModel, request: SpeakRequest) -> list[list[int]]:
-        """The request's text as token ids, one list per piece the model can take at once."""
+        """The request's text as token ids, one list per piece the model can take at once.
+
+        Pieces that encode to nothing are left out: VITS drops what its alphabet lacks
+        ("123", "你好" for French), and an empty piece would crash the model.
+        """
         normalize = _language(request) == ENGLISH
 
         def fits(text: str) -> bool:
@@ -425,7 +441,8 @@ class SpeakTask(Task[SpeakRequest, SpeakResult]):
             limit = model.max_tokens
             return limit is None or len(_encode(model, text, normalize)) <= limit
 
-        return [_encode(model, piece, normalize) for piece in split_text(request.text, fits)]
+        encoded = [_encode(model, piece, normalize) for piece in split_text(request.text, fits)]
+        return [ids for ids in encoded if ids]
 
     def _run_speecht5(
         self,

@@ -22,7 +22,7 @@ from handlers.base import (
     LoadSpec,
     Task,
     TaskKind,
-    check_length,
+    check_text,
     from_pretrained,
     raise_if_stopped,
 )
@@ -86,9 +86,7 @@ class SummarizeTask(Task[SummarizeRequest, SummarizeResult]):
         return min(low, high), high
 
     def validate(self, request: SummarizeRequest) -> None:
-        if not request.text.strip():
-            raise InvalidInput("text", "is empty")
-        check_length("text", request.text, self.max_chars)
+        check_text("text", request.text, self.max_chars)
         if request.length not in LENGTHS:
             raise InvalidInput("length", f"must be one of {', '.join(LENGTHS)}")
         for option in ("min_tokens", "max_tokens"):

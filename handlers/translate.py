@@ -31,7 +31,7 @@ from handlers.base import (
     StopWhenAbandoned,
     Task,
     TaskKind,
-    check_length,
+    check_text,
     from_pretrained,
 )
 from handlers.languages import (
@@ -159,9 +159,7 @@ class TranslateTask(Task[TranslateRequest, TranslateResult]):
         load_detector()
 
     def validate(self, request: TranslateRequest) -> None:
-        if not request.text.strip():
-            raise InvalidInput("text", "is empty")
-        check_length("text", request.text, self.max_chars)
+        check_text("text", request.text, self.max_chars)
         source, target = self.languages(request)
         if source == target:
             detected = " (detected)" if request.source.strip().lower() == AUTO else ""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -24,6 +26,8 @@ from handlers.translate import TranslateRequest, TranslateResult
 
 if TYPE_CHECKING:
     from bot.client import AssistantBot
+
+log = logging.getLogger(__name__)
 
 Text = app_commands.Range[str, 1, 4000]
 
@@ -77,7 +81,10 @@ def render(result: Any) -> Reply:
     raise TypeError(f"no rendering for {type(result).__name__}")
 
 
-MESSAGE_LINK = re.compile(r"https://(?:\w+\.)?discord(?:app)?\.com/channels/(\d+)/(\d+)/(\d+)")
+# Snowflakes have at most 20 digits; int() raises ValueError past 4,300 of them.
+MESSAGE_LINK = re.compile(
+    r"https://(?:\w+\.)?discord(?:app)?\.com/channels/(\d{1,20})/(\d{1,20})/(\d{1,20})"
+)
 MAX_TEXT_FILE = 2**20
 
 
@@ -174,11 +181,14 @@ class Tasks(commands.Cog):
         guild = await self.bot.settings_for(interaction)
         ephemeral = bool(guild and guild.ephemeral)
         final_view = None
-        if task == "imagine":  # stored first: a job must never run without its reply
-            key = await self.bot.image_requests.save(
-                request, interaction.user.id, interaction.guild_id
-            )
-            final_view = image_buttons(key)
+        if task == "imagine":  # stored first: a button must never point at nothing
+            try:
+                key = await self.bot.image_requests.save(
+                    request, interaction.user.id, interaction.guild_id
+                )
+                final_view = image_buttons(key)
+            except sqlite3.Error as exc:  # the images still come, without buttons
+                log.warning("cannot store an image request, so no buttons: %s", exc)
         handle = await self.bot.invoker.submit(
             task,
             request,
