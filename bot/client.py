@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
@@ -60,6 +61,22 @@ class AssistantBot(commands.Bot):
         self.watchers: dict[int, JobWatcher] = {}
         """Jobs being followed on Discord, by job id."""
         self.tree.on_error = self.on_app_command_error
+
+    def is_connected(self) -> bool:
+        """Ready and holding an open gateway connection: what the heartbeat reports.
+
+        ``is_ready()`` alone stays true while discord.py reconnects.
+        """
+        return self.is_ready() and not self.is_closed() and self.ws is not None and self.ws.open
+
+    async def stop_gracefully(self, replies_timeout_s: float = 15.0) -> None:
+        """Refuse new work, let running jobs finish (queued ones end with a reason), wait for
+        their replies to go out, then disconnect."""
+        await self.executor.shutdown()
+        replies = [watcher.finished for watcher in self.watchers.values()]
+        if replies:
+            await asyncio.wait(replies, timeout=replies_timeout_s)
+        await self.close()
 
     async def settings_for(self, interaction: discord.Interaction) -> GuildSettings | None:
         """The guild's settings, or None in direct messages."""

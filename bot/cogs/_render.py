@@ -164,12 +164,14 @@ class JobWatcher:
         async with self._lock:
             self.view.stop()
             try:
-                error = self.handle.error
-                if error is None:
-                    reply = self.render(self.handle.peek_result())
-                    await deliver(self.interaction, reply, self.final_view, self.ephemeral)
-                else:
-                    await show_failure(self.interaction, error, self.ephemeral)
+                try:
+                    await self._show_outcome(via_channel=False)
+                except discord.HTTPException as exc:  # retried by discord.py, and still refused
+                    log.warning(
+                        "could not update the reply to job %d (%s); posting it instead",
+                        self.handle.id, exc,
+                    )  # fmt: skip
+                    await self._show_outcome(via_channel=True)
             except Exception:
                 log.exception("could not deliver the result of job %d", self.handle.id)
                 with contextlib.suppress(discord.HTTPException):
@@ -180,6 +182,14 @@ class JobWatcher:
             finally:
                 if not self.finished.done():
                     self.finished.set_result(None)
+
+    async def _show_outcome(self, via_channel: bool) -> None:
+        error = self.handle.error
+        if error is None:
+            reply = self.render(self.handle.peek_result())
+            await deliver(self.interaction, reply, self.final_view, self.ephemeral, via_channel)
+        else:
+            await show_failure(self.interaction, error, self.ephemeral, via_channel)
 
 
 async def edit(interaction: discord.Interaction, **fields: object) -> None:
@@ -199,11 +209,13 @@ async def deliver(
     reply: Reply,
     view: discord.ui.View | None = None,
     ephemeral: bool = False,
+    via_channel: bool = False,
 ) -> None:
     """Put the result where the member will see it, within Discord's limits.
 
     Long text is split over a few messages or attached as a .txt file. After the
-    interaction token's 15 minutes, the result goes to the channel with a mention.
+    interaction token's 15 minutes, or ``via_channel`` when the reply cannot be edited,
+    the result goes to the channel with a mention.
     """
     text, files = reply.text, list(reply.files)
     limit = interaction.filesize_limit
@@ -214,7 +226,7 @@ async def deliver(
     if len(pieces) > MAX_SPLIT_MESSAGES:
         files.append(("result.txt", text.encode()))
         pieces = [clip(text, 300) + "\n*(full text attached)*"]
-    if interaction.is_expired():
+    if via_channel or interaction.is_expired():
         await _after_expiry(interaction, pieces, files, view, ephemeral)
         return
     await interaction.edit_original_response(
@@ -232,7 +244,8 @@ async def _after_expiry(
     view: discord.ui.View | None,
     ephemeral: bool,
 ) -> None:
-    """The 15-minute token is gone: post with a mention, or by DM when replies are private."""
+    """The reply can't be edited (its 15-minute token is gone, or Discord refuses the edit):
+    post with a mention, or by DM when replies are private."""
     name = interaction.command.name if interaction.command else "request"
     header = f"{interaction.user.mention} your /{name} is ready:"
     target: discord.abc.Messageable | None = interaction.user if ephemeral else None
@@ -255,12 +268,15 @@ async def _after_expiry(
 
 
 async def show_failure(
-    interaction: discord.Interaction, error: BaseException, ephemeral: bool = False
+    interaction: discord.Interaction,
+    error: BaseException,
+    ephemeral: bool = False,
+    via_channel: bool = False,
 ) -> None:
     """A job that ended without a result: say why in place of its progress message."""
     prefix = "🛑" if isinstance(error, JobCancelled) else "⚠️"
     text = clip(f"{prefix} {error}")
-    if interaction.is_expired():
+    if via_channel or interaction.is_expired():
         await _after_expiry(interaction, [text], [], None, ephemeral)
         return
-    await edit(interaction, content=text, view=None)
+    await interaction.edit_original_response(content=text, view=None, allowed_mentions=NO_MENTIONS)

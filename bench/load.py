@@ -1,0 +1,318 @@
+"""Load test: members send a burst of slash commands to the real bot, through SimCord.
+
+Every task runs a tiny real model built offline (``tests/tinymodels.py``) behind the
+product's own wiring (``bot.app.running`` and ``AssistantBot``), so admission, quotas,
+batching, rendering and the usage log all take the load. SimCord delivers one interaction
+at a time, as fast as the bot acknowledges them (10-20 a second here). Tiny models would
+drain that at once, so each batch also takes ``--batch-delay-ms`` longer, as a batch on a
+busy GPU does whatever its size: work then arrives faster than it drains, queues fill,
+batches grow and members get busy replies, as in a real burst.
+
+    python bench/load.py --users 50 --commands 1000 [--batch-delay-ms 150] [--json out.json]
+
+Exit status 1 when an interaction went unanswered, was left without exactly one usage
+row, or the event loop lagged 50 ms or more at the 99th percentile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sqlite3
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import discord
+import simcord
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bot.app import running  # noqa: E402
+from bot.client import AssistantBot, friendly  # noqa: E402
+from bot.settings import (  # noqa: E402
+    ChatSettings,
+    ImagineSettings,
+    ModelSettings,
+    Settings,
+    SpeakSettings,
+)
+from tests import tinymodels  # noqa: E402
+
+LAG_LIMIT_MS = 50.0
+SAMPLE_S = 0.005
+DEFERRED, PRIVATE_MESSAGE = "deferred", "private message"
+ADMITTED = {"ok", "error", "timeout", "cancelled"}
+
+TEXTS = [
+    "The group met on Tuesday. They reviewed the notes on enzymes and planned the exam.",
+    "I love this study group, everyone is so helpful!",
+    "The deadline moved to Friday, so we have more time for the lab report.",
+    "Chapter three covers photosynthesis. Read it before the next meeting.",
+]
+
+COMMANDS: list[tuple[str, Callable[[random.Random], dict[str, Any]]]] = [
+    ("sentiment", lambda r: {"text": r.choice(TEXTS)}),
+    ("classify", lambda r: {"text": r.choice(TEXTS), "labels": "school, sports, music"}),
+    ("summarize", lambda r: {"text": r.choice(TEXTS), "length": "short"}),
+    ("translate", lambda r: {"text": r.choice(TEXTS), "to": "fr", "from": "en"}),
+    ("chat", lambda r: {"message": r.choice(TEXTS)}),
+    ("speak", lambda r: {"text": r.choice(TEXTS)[:60]}),
+    ("imagine", lambda r: {"prompt": "a lighthouse at dusk", "seed": r.randrange(1000)}),
+]
+
+
+@dataclass
+class LoadReport:
+    users: int
+    commands: int
+    wall_s: float
+    statuses: dict[str, int]
+    """Usage-log status of every interaction (ok, busy, quota, invalid, ...)."""
+    by_task: dict[str, dict[str, int]]
+    unanswered: int
+    """Interactions with no acknowledgement, or whose reply never reached a final state."""
+    deferred: int
+    """Interactions whose first response was a deferral, sent before any model work."""
+    refused_at_once: int
+    """Interactions refused with a private reply instead (busy, quota, invalid input)."""
+    admitted: int
+    """Usage rows of jobs that reached the executor: each must have been deferred."""
+    usage_rows: int
+    loop_lag_p50_ms: float
+    loop_lag_p99_ms: float
+    loop_lag_max_ms: float
+    batch_sizes: dict[str, dict[int, int]] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.unanswered == 0
+            and self.deferred == self.admitted
+            and self.deferred + self.refused_at_once == self.commands
+            and self.usage_rows == self.commands
+            and self.loop_lag_p99_ms < LAG_LIMIT_MS
+        )
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.commands} commands from {self.users} members in {self.wall_s:.1f} s",
+            "outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items())),
+        ]
+        for task, counts in sorted(self.by_task.items()):
+            lines.append(
+                f"  {task:10s} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+            )
+        lines += [
+            f"unanswered: {self.unanswered}   deferred: {self.deferred} (admitted jobs: "
+            f"{self.admitted})   refused at once: {self.refused_at_once}   "
+            f"usage rows: {self.usage_rows}/{self.commands}",
+            f"event loop lag ms: p50 {self.loop_lag_p50_ms:.2f}  p99 {self.loop_lag_p99_ms:.2f}"
+            f"  max {self.loop_lag_max_ms:.2f} (limit p99 < {LAG_LIMIT_MS:.0f})",
+            "batch sizes: "
+            + "; ".join(
+                f"{t} " + " ".join(f"{s}x{n}" for s, n in sorted(sizes.items()))
+                for t, sizes in sorted(self.batch_sizes.items())
+            ),
+            "PASS" if self.passed else "FAIL",
+        ]
+        return "\n".join(lines)
+
+
+def build_models(directory: Path) -> Settings:
+    """Tiny models for every task, and settings that point the bot at them."""
+    models = ModelSettings(
+        summarize=str(tinymodels.build_summarizer(directory / "summarize")),
+        translate=str(tinymodels.build_m2m100(directory / "translate")),
+        imagine=str(tinymodels.build_pipeline(directory / "imagine")),
+        speak=str(tinymodels.build_speecht5(directory / "speak")),
+        sentiment=str(tinymodels.build_classifier(directory / "sentiment")),
+        classify=str(tinymodels.build_nli(directory / "classify")),
+        chat=str(tinymodels.build_chat(directory / "chat")),
+    )
+    return Settings(
+        _env_file=None,
+        device="cpu",
+        data_dir=directory / "data",
+        models=models,
+        imagine=ImagineSettings(default_steps=4),
+        chat=ChatSettings(default_new_tokens=16),
+        speak=SpeakSettings(
+            voices=str(tinymodels.build_voices_npy(directory / "voices.npy")),
+            vocoder=str(tinymodels.build_hifigan(directory / "vocoder")),
+        ),
+        edit_interval_s=0.5,
+        torch_threads=1,
+    )
+
+
+class LagProbe:
+    """Samples how late the event loop wakes a sleeper; lag is the cost to every member."""
+
+    def __init__(self) -> None:
+        self.lags_ms: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(SAMPLE_S)
+            self.lags_ms.append((time.perf_counter() - started - SAMPLE_S) * 1000)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.lags_ms) or [0.0]
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def slowed(run_batch: Callable[..., list[Any]], delay_s: float) -> Callable[..., list[Any]]:
+    def run(*args: Any) -> list[Any]:
+        time.sleep(delay_s)  # on the accelerator thread, like a GPU kernel
+        return run_batch(*args)
+
+    return run
+
+
+async def run_load(
+    settings: Settings, users: int, commands: int, batch_delay_s: float = 0.15, seed: int = 0
+) -> LoadReport:
+    """Drive ``commands`` interactions from ``users`` members and check how each one ended."""
+    rng = random.Random(seed)
+    probe = LagProbe()
+    async with running(settings) as services:
+        for task in services.executor.tasks.values():
+            task.run_batch = slowed(task.run_batch, batch_delay_s)  # type: ignore[method-assign]
+        bot = AssistantBot(services, settings)
+        async with simcord.run(bot, check_errors=False) as env:
+            guild = env.create_guild()
+            channel = guild.create_text_channel("study")
+            await bot.guild_settings.update(guild.id, nsfw="allow")
+            members = [guild.add_member(env.create_user(f"member{i}")) for i in range(users)]
+            plan = [(rng.choice(members), *rng.choice(COMMANDS)) for _ in range(commands)]
+            probe.start()
+            started = time.perf_counter()
+            results = []
+            for member, name, options in plan:
+                results.append((name, await member.slash(channel, name, **options(rng))))
+            for watcher in list(bot.watchers.values()):
+                await asyncio.wait_for(asyncio.shield(watcher.finished), 300)
+            await env.settle()
+            wall_s = time.perf_counter() - started
+            probe.stop()
+            bugs = [e for e in env.errors if friendly(unwrap(e)) is None]
+            if bugs:
+                raise RuntimeError(f"the bot raised {len(bugs)} unhandled errors: {bugs[:3]}")
+            snapshot = services.executor.snapshot()
+            kinds = first_response_kinds(env)
+        await services.usage.flush()
+    return report(settings, users, commands, results, kinds, probe, wall_s, snapshot)
+
+
+def first_response_kinds(env: simcord.Env) -> dict[int, str]:
+    """How the bot first answered each interaction, from the REST calls it made."""
+    kinds: dict[int, str] = {}
+    for call in env.http_requests:
+        parts = call.path.strip("/").split("/")
+        if len(parts) == 4 and parts[0] == "interactions" and parts[3] == "callback":
+            body = call.json if isinstance(call.json, dict) else {}
+            flags = (body.get("data") or {}).get("flags", 0)
+            kind = {5: DEFERRED, 4: PRIVATE_MESSAGE if flags & 64 else "message"}
+            kinds.setdefault(int(parts[1]), kind.get(body.get("type"), "other"))
+    return kinds
+
+
+def unwrap(error: BaseException) -> BaseException:
+    return error.original if isinstance(error, discord.app_commands.CommandInvokeError) else error
+
+
+def report(
+    settings: Settings,
+    users: int,
+    commands: int,
+    results: list[tuple[str, Any]],
+    first_kinds: dict[int, str],
+    probe: LagProbe,
+    wall_s: float,
+    snapshot: Any,
+) -> LoadReport:
+    with sqlite3.connect(settings.usage_path()) as db:
+        rows = db.execute("SELECT task, status FROM invocations").fetchall()
+    by_task: dict[str, Counter[str]] = {}
+    for task, status in rows:
+        by_task.setdefault(task, Counter())[status] += 1
+    unanswered = sum(1 for _, r in results if not is_final(r))
+    first_responses = {r._interaction.id: first_kinds.get(r._interaction.id) for _, r in results}
+    batch_sizes: dict[str, Counter[int]] = {}
+    for stats in snapshot.models:
+        batch_sizes.setdefault(stats.task, Counter()).update(stats.batch_sizes)
+    return LoadReport(
+        users=users,
+        commands=commands,
+        wall_s=wall_s,
+        statuses=dict(Counter(status for _, status in rows)),
+        by_task={t: dict(c) for t, c in by_task.items()},
+        unanswered=unanswered,
+        deferred=sum(1 for kind in first_responses.values() if kind == DEFERRED),
+        refused_at_once=sum(1 for kind in first_responses.values() if kind == PRIVATE_MESSAGE),
+        admitted=sum(1 for _, status in rows if status in ADMITTED),
+        usage_rows=len(rows),
+        loop_lag_p50_ms=probe.percentile(0.5),
+        loop_lag_p99_ms=probe.percentile(0.99),
+        loop_lag_max_ms=max(probe.lags_ms, default=0.0),
+        batch_sizes={t: dict(c) for t, c in batch_sizes.items()},
+    )
+
+
+def is_final(result: Any) -> bool:
+    """Acknowledged, and the reply no longer offers Cancel: it shows how the command ended."""
+    return (
+        result.acknowledged
+        and result.response is not None
+        and not has_cancel(result.response.components)
+    )
+
+
+def has_cancel(components: Any) -> bool:
+    if isinstance(components, dict):
+        return str(components.get("custom_id", "")).startswith("cancel:") or has_cancel(
+            components.get("components", [])
+        )
+    return isinstance(components, list) and any(has_cancel(c) for c in components)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--commands", type=int, default=1000)
+    parser.add_argument("--batch-delay-ms", type=float, default=150, help="added to each batch")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the report as JSON")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        settings = build_models(Path(directory))
+        result = asyncio.run(
+            run_load(settings, args.users, args.commands, args.batch_delay_ms / 1000, args.seed)
+        )
+    print(result.summary())
+    if args.json:
+        args.json.write_text(json.dumps({**asdict(result), "passed": result.passed}, indent=2))
+    return 0 if result.passed else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
