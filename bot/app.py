@@ -12,6 +12,7 @@ from typing import Any
 from bot.executor import Executor, LocalBackend, ModelRegistry, TaskUnavailable
 from bot.guilds import GuildSettingsStore
 from bot.invocations import Invoker
+from bot.prometheus import MetricsServer
 from bot.quotas import QuotaPolicy, Quotas
 from bot.settings import Settings
 from bot.usage import UsageLog
@@ -80,16 +81,23 @@ class Services:
     executor: Executor
     usage: UsageLog
     invoker: Invoker
+    metrics: MetricsServer | None = None
+    """The Prometheus endpoint, when the bot serves one."""
 
 
 @asynccontextmanager
 async def running(
-    settings: Settings, tasks: Iterable[str] | None = None
+    settings: Settings, tasks: Iterable[str] | None = None, *, metrics: bool = False
 ) -> AsyncIterator[Services]:
-    """Open the usage log and start the executor; on exit drain jobs, then flush the log."""
+    """Open the usage log and start the executor; on exit drain jobs, then flush the log.
+
+    ``metrics`` serves Prometheus metrics when ``BOT_METRICS_PORT`` is set: the long-running
+    bot asks for it, one-off commands don't (they would compete for the port).
+    """
     usage = UsageLog(settings.usage_path(), retention_days=settings.usage.retention_days)
     async with usage:
         executor = await start_executor(settings, tasks)
+        server = serve_metrics(executor, settings) if metrics else None
         try:
             quotas = Quotas(
                 QuotaPolicy(
@@ -102,9 +110,30 @@ async def running(
             invoker = Invoker(
                 executor, usage, quotas, GuildSettingsStore(usage), settings.log_prompts
             )
-            yield Services(executor, usage, invoker)
+            yield Services(executor, usage, invoker, server)
         finally:
+            if server is not None:
+                await asyncio.to_thread(server.close)
             await executor.shutdown()
+
+
+def serve_metrics(executor: Executor, settings: Settings) -> MetricsServer | None:
+    """The metrics endpoint if one is configured; a port that cannot be bound is logged and
+    the bot serves Discord without metrics."""
+    if settings.metrics_port is None:
+        return None
+    try:
+        server = MetricsServer(executor, settings.metrics_host, settings.metrics_port)
+    except OSError as exc:
+        log.error(
+            "metrics are off: cannot listen on %s:%s: %s",
+            settings.metrics_host,
+            settings.metrics_port,
+            exc,
+        )
+        return None
+    log.info("serving metrics at http://%s:%d/metrics", server.host, server.port)
+    return server
 
 
 async def start_executor(settings: Settings, tasks: Iterable[str] | None = None) -> Executor:

@@ -10,7 +10,6 @@ import getpass
 import json
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -25,11 +24,15 @@ from tqdm import tqdm
 
 from bot.app import running
 from bot.client import AssistantBot
+from bot.doctor import TOKEN_SHAPE, doctor
 from bot.executor import ExecutorError, JobHandle
+from bot.health import MAX_AGE_S, Heartbeat, report
 from bot.invocations import Caller
+from bot.models import pull, requirements, table
+from bot.serve import serve
 from bot.settings import Settings
 from bot.usage import COLUMNS, UsageLog, UsageUnavailable, render_stats
-from handlers.base import HandlerError, InvalidInput
+from handlers.base import HandlerError, InvalidInput, quote
 from handlers.chat import ChatRequest
 from handlers.classify import ClassifyRequest, ClassifyResult, parse_labels
 from handlers.imagine import ImagineRequest, ImagineResult
@@ -62,10 +65,18 @@ def _summarize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, help="longest summary in tokens")
 
 
+MAX_FILE_BYTES = 16 * 2**20
+"""Far more than a summary takes; ``--file /dev/zero`` must not read forever."""
+
+
 def _summarize_request(args: argparse.Namespace) -> SummarizeRequest:
     if args.file is not None:
         try:
-            text = args.file.read_text(encoding="utf-8")
+            with args.file.open("rb") as file:
+                data = file.read(MAX_FILE_BYTES + 1)
+            if len(data) > MAX_FILE_BYTES:
+                raise InvalidInput("file", f"is larger than {MAX_FILE_BYTES // 2**20} MiB")
+            text = data.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidInput("file", f"cannot be read: {exc}") from None
     elif args.text is not None:
@@ -92,9 +103,16 @@ def _imagine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="PNG path (default: imagine-SEED.png)")
 
 
+def _check_folder(out: Path | None) -> None:
+    """Refuse an output path in a missing folder before the model runs, not after."""
+    if out is not None and not out.parent.is_dir():
+        raise InvalidInput("out", f"the folder {quote(str(out.parent))} does not exist")
+
+
 def _imagine_request(args: argparse.Namespace) -> ImagineRequest:
     if args.out is not None and args.out.suffix.lower() != ".png":
         raise InvalidInput("out", "must end in .png")
+    _check_folder(args.out)
     return ImagineRequest(
         args.prompt, args.negative, args.steps, args.guidance, args.seed, args.size, args.count
     )
@@ -136,6 +154,7 @@ def _speak_arguments(parser: argparse.ArgumentParser) -> None:
 def _speak_request(args: argparse.Namespace) -> SpeakRequest:
     if args.out is not None and args.out.suffix.lower() not in (".ogg", ".wav"):
         raise InvalidInput("out", "must end in .ogg or .wav")
+    _check_folder(args.out)
     options = {"voice": args.voice} if args.voice else {}
     return SpeakRequest(args.text, language=args.language, **options)
 
@@ -220,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("run", help="connect to Discord and serve the slash commands")
     commands.add_parser("sync", help="register the slash commands with Discord, then exit")
+    health = commands.add_parser(
+        "health", help="exit 0 while the running bot is connected (for health checks)"
+    )
+    health.add_argument(
+        "--max-age", type=float, default=MAX_AGE_S, help="seconds a heartbeat stays fresh"
+    )
 
     ask = commands.add_parser("ask", help="run one task from the terminal, without Discord")
     tasks = ask.add_subparsers(dest="task", required=True, metavar="TASK")
@@ -244,6 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument(
         "--env-example", action="store_true", help="print a commented .env template instead"
     )
+
+    models = commands.add_parser("models", help="download the configured models, or list them")
+    actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, help_text in (
+        ("pull", "download what TASKs (default: all) need into the Hugging Face cache"),
+        ("list", "show what TASKs need, whether it is here, its size and licence"),
+    ):
+        action = actions.add_parser(name, help=help_text)
+        action.add_argument("tasks", nargs="*", metavar="TASK", help="default: every task")
+
+    check = commands.add_parser("doctor", help="check this machine and the configuration")
+    check.add_argument("--online", action="store_true", help="also log in to Discord")
     return parser
 
 
@@ -255,7 +292,10 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     async with running(settings, [args.task]) as services:
         handle = await services.invoker.submit(args.task, request, caller, model=args.model)
         result = await _follow(handle, stream)
-    text, data = command.render(result, args)
+    try:
+        text, data = command.render(result, args)
+    except OSError as exc:  # --out in a read-only folder, a full disk
+        raise HandlerError(f"cannot write the result: {exc}") from None
     if args.json:
         print(json.dumps(data, ensure_ascii=False))
     elif not stream:
@@ -290,9 +330,6 @@ async def _follow(handle: JobHandle, stream: bool) -> Any:
     return result
 
 
-TOKEN_SHAPE = re.compile(r"^[\w-]{20,}\.[\w-]{4,}\.[\w-]{20,}$")
-
-
 async def _discord(settings: Settings, sync_only: bool) -> int:
     """Run the bot (or only sync its commands); token problems are one line and exit 2."""
     token = settings.discord_token.get_secret_value() if settings.discord_token else ""
@@ -306,21 +343,24 @@ async def _discord(settings: Settings, sync_only: bool) -> int:
         print("error: DISCORD_TOKEN does not look like a bot token; copy it again from the "
               "Bot page of your application", file=sys.stderr)  # fmt: skip
         return 2
-    async with running(settings) as services:
-        bot = AssistantBot(services, settings)
+
+    async def connect(bot: AssistantBot) -> None:
         async with bot:
-            try:
-                if sync_only:
-                    await bot.login(token)  # login runs setup_hook, which syncs
-                else:
+            if sync_only:
+                await bot.login(token)  # login runs setup_hook, which syncs
+            else:
+                async with Heartbeat(settings.heartbeat_path(), bot.is_connected):
                     await bot.start(token)
-            except discord.LoginFailure:
-                print("error: Discord rejected DISCORD_TOKEN; reset it on the Bot page of "
-                      "your application and update .env", file=sys.stderr)  # fmt: skip
-                return 2
-            except (aiohttp.ClientError, OSError) as exc:
-                print(f"error: cannot reach Discord: {exc}", file=sys.stderr)
-                return 1
+
+    try:
+        await serve(settings, connect, metrics=not sync_only)
+    except discord.LoginFailure:
+        print("error: Discord rejected DISCORD_TOKEN; reset it on the Bot page of "
+              "your application and update .env", file=sys.stderr)  # fmt: skip
+        return 2
+    except (aiohttp.ClientError, OSError) as exc:
+        print(f"error: cannot reach Discord: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -360,7 +400,7 @@ def _settings_rows(model: type[BaseModel], value: BaseModel, prefix: str) -> lis
 def _env_value(value: object) -> str:
     if value is None:
         return ""
-    if isinstance(value, list):
+    if isinstance(value, list | dict):
         return json.dumps(value)
     if hasattr(value, "get_secret_value"):
         return ""
@@ -379,6 +419,23 @@ def _show_settings(settings: Settings, env_example: bool) -> int:
     return 0
 
 
+def _models(settings: Settings, action: str, tasks: list[str]) -> int:
+    try:
+        wanted = requirements(settings, tasks)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if action == "list":
+        print(table(wanted))
+        return 0
+    failures = pull(wanted)
+    if failures:
+        print(f"error: {failures} of {len(wanted)} could not be pulled", file=sys.stderr)
+        return 1
+    print("all present: the bot can now start with HF_HUB_OFFLINE=1", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -388,6 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = ".".join(str(part) for part in first["loc"])
         print(f"error: invalid setting {where}: {first['msg']}", file=sys.stderr)
         return 2
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)  # DEBUG logs every row's values
     if args.command in ("run", "sync"):
         discord.utils.setup_logging(level=logging.getLevelName(settings.log_level), root=True)
     else:  # terminal commands stay quiet (results, progress bars, one-line errors)
@@ -398,6 +456,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "settings":
         return _show_settings(settings, args.env_example)
+    if args.command == "models":
+        return _models(settings, args.action, args.tasks)
+    if args.command == "doctor":
+        return doctor(settings, args.online)
+    if args.command == "health":
+        return report(settings.heartbeat_path(), args.max_age)
     if args.command in ("run", "sync"):
         try:
             return asyncio.run(_discord(settings, sync_only=args.command == "sync"))

@@ -163,6 +163,7 @@ class Settings(BaseSettings):
         env_prefix="BOT_",
         env_nested_delimiter="__",
         env_file=".env",
+        env_ignore_empty=True,  # `BOT_DEV_GUILD=` as in .env.example means "unset"
         extra="ignore",
         use_attribute_docstrings=True,
     )
@@ -208,6 +209,12 @@ class Settings(BaseSettings):
     """Longest text /sentiment, /classify and /translate accept, and /chat's message."""
     log_prompts: bool = False
     """Store what members wrote (prompts, texts) in the usage log; off keeps only sizes."""
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Serve Prometheus metrics at http://HOST:PORT/metrics while the bot runs; unset serves
+    none, 0 picks a free port."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics server listens on; 0.0.0.0 lets other machines scrape it (the
+    Docker image sets this, and compose publishes the port on 127.0.0.1 only)."""
     usage: UsageSettings = UsageSettings()
     """The usage log (BOT_USAGE__PATH, BOT_USAGE__RETENTION_DAYS)."""
     quotas: dict[str, int] = {"imagine": 20}
@@ -269,6 +276,10 @@ class Settings(BaseSettings):
 
     def usage_path(self) -> Path:
         return self.usage.path or self.data_dir / "usage.sqlite3"
+
+    def heartbeat_path(self) -> Path:
+        """The file ``run`` touches while connected, which ``health`` checks."""
+        return self.data_dir / "heartbeat"
 
     def memory_budget_bytes(self) -> int | None:
         return None if self.memory_budget_gb is None else int(self.memory_budget_gb * 2**30)

@@ -4,6 +4,29 @@ from __future__ import annotations
 
 import math
 
+from huggingface_hub.errors import LocalEntryNotFoundError
+
+from bot.models import PULL_COMMAND
+
+
+def not_downloaded(exc: BaseException) -> bool:
+    """True when ``exc`` comes from a file that is neither in the hub cache nor reachable.
+
+    Libraries wrap huggingface_hub's error in their own (transformers in an OSError,
+    diffusers in another), so the whole cause and context chain is searched.
+    """
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, LocalEntryNotFoundError):
+            return True
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return False
+
 
 class ExecutorError(Exception):
     """Base of every error the executor raises to a caller."""
@@ -36,6 +59,12 @@ class TaskUnavailable(ExecutorError):
 
     def __init__(self, task: str, cause: BaseException) -> None:
         self.task = task
+        if not_downloaded(cause):
+            super().__init__(
+                f"{task} is unavailable: files it needs are not downloaded; "
+                f"run `{PULL_COMMAND} {task}`"
+            )
+            return
         reason = " ".join(str(cause).split())
         super().__init__(f"{task} is unavailable: {type(cause).__name__}: {reason}")
 
@@ -67,6 +96,18 @@ class ModelLoadError(ExecutorError):
         self.model = model
         reason = " ".join(str(cause).split())  # library messages span lines; replies don't
         super().__init__(f"could not load model {model!r}: {type(cause).__name__}: {reason}")
+
+
+class ModelNotDownloaded(ModelLoadError):
+    """Offline (or the hub unreachable), and the model or a file it needs is not cached."""
+
+    def __init__(self, task: str, model: str, *, partly: bool) -> None:
+        self.model = model
+        self.task = task
+        what = "some files it needs are not downloaded" if partly else "it is not downloaded"
+        ExecutorError.__init__(
+            self, f"could not load model {model!r}: {what}; run `{PULL_COMMAND} {task}`"
+        )
 
 
 class OutOfMemory(ExecutorError):

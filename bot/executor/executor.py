@@ -103,10 +103,10 @@ class Executor:
         handler.validate(request)
         user = str(user_id)
         if self._outstanding.get(user, 0) >= self.config.max_per_user:
-            self.metrics.refused["user_limit"] += 1
+            self.metrics.record_refusal("user_limit")
             raise Busy("you already have jobs in progress", self._user_retry_after(user))
         if self._outstanding_total >= self.config.max_queue:
-            self.metrics.refused["queue_full"] += 1
+            self.metrics.record_refusal("queue_full")
             raise Busy("the bot is busy", self._queue_retry_after())
         return handler
 

@@ -4,10 +4,24 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from bot.executor.backend import LoadedModelInfo
 
 ModelKey = tuple[str, str]
+
+
+class MetricsObserver(Protocol):
+    """Sees every event as it is recorded, for exporters that need all of them (Prometheus
+    histograms) rather than the recent samples kept here."""
+
+    def on_wait(self, key: ModelKey, seconds: float) -> None: ...
+
+    def on_batch(self, key: ModelKey, size: int, seconds: float) -> None: ...
+
+    def on_outcome(self, key: ModelKey, outcome: str) -> None: ...
+
+    def on_refusal(self, reason: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -57,18 +71,30 @@ class Metrics:
         self._outcomes: defaultdict[ModelKey, Counter[str]] = defaultdict(Counter)
         self._batch_ewma: dict[ModelKey, float] = {}
         self.refused: Counter[str] = Counter()
+        self.observers: list[MetricsObserver] = []
 
     def record_wait(self, key: ModelKey, seconds: float) -> None:
         self._wait[key].append(seconds)
+        for observer in self.observers:
+            observer.on_wait(key, seconds)
 
     def record_batch(self, key: ModelKey, size: int, seconds: float) -> None:
         self._run[key].append(seconds)
+        for observer in self.observers:
+            observer.on_batch(key, size, seconds)
         self._batch_sizes[key][size] += 1
         previous = self._batch_ewma.get(key)
         self._batch_ewma[key] = seconds if previous is None else 0.8 * previous + 0.2 * seconds
 
     def record_outcome(self, key: ModelKey, outcome: str) -> None:
         self._outcomes[key][outcome] += 1
+        for observer in self.observers:
+            observer.on_outcome(key, outcome)
+
+    def record_refusal(self, reason: str) -> None:
+        self.refused[reason] += 1
+        for observer in self.observers:
+            observer.on_refusal(reason)
 
     def batch_seconds(self, key: ModelKey, default: float) -> float:
         """Typical duration of one batch for this model, for wait estimates."""

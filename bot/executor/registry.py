@@ -17,7 +17,9 @@ from typing import Any
 import torch
 
 from bot.executor.backend import LoadedModelInfo
-from handlers.base import LoadSpec, Task
+from bot.executor.errors import ModelNotDownloaded, not_downloaded
+from bot.models import Requirement, State, presence
+from handlers.base import LoadSpec, Task, TaskKind
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,14 @@ class ModelRegistry:
             self._evict_until_fits(estimate, keep=key)
         log.info("loading %s model %s on %s as %s", task.name, source, self.device, self.dtype)
         started = time.monotonic()
-        model = task.load(LoadSpec(source=source, device=self.device, dtype=self.dtype))
+        try:
+            model = task.load(LoadSpec(source=source, device=self.device, dtype=self.dtype))
+        except Exception as exc:
+            if not not_downloaded(exc):
+                raise
+            wanted = Requirement(task.name, "model", source, pipeline=task.kind is TaskKind.IMAGE)
+            partly = presence(wanted).state is not State.MISSING
+            raise ModelNotDownloaded(task.name, source, partly=partly) from exc
         size = task.model_bytes(model)
         with self._lock:
             self._resident[key] = _Resident(task.name, source, model, size, time.monotonic())

@@ -110,6 +110,9 @@ class LocalBackend:
     def _execute(self, batch: BatchRun) -> list[Outcome]:
         try:
             model = self.registry.get(batch.task, batch.model)
+        except ModelLoadError as exc:  # already says what to do: no traceback needed
+            log.error("%s", exc)
+            return [exc] * len(batch)
         except Exception as exc:
             log.exception("loading %s failed", batch.model)
             return [ModelLoadError(batch.model, exc)] * len(batch)

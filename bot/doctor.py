@@ -1,0 +1,510 @@
+"""``python -m bot doctor``: is this machine ready to run the bot, and if not, what to do.
+
+Each check gives one or more rows (ok, warn, FAIL or skip) with a fix for every problem;
+the command exits 1 when any row failed, so scripts and containers can gate on it.
+Nothing here needs the network unless ``--online`` asks for a Discord login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import enum
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import sqlite3
+import struct
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import aiohttp
+import aiosqlite
+import discord
+import torch
+from huggingface_hub import constants as hub_constants
+from packaging.requirements import Requirement as PackageRequirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+
+from bot.executor.registry import resolve_device, resolve_dtype
+from bot.models import PULL_COMMAND, Requirement, human_bytes, presence, requirements
+from bot.settings import Settings
+from bot.usage import migrate, migrations
+
+DISTRIBUTION = "assistant-bot"
+KEY_PACKAGES = ("torch", "transformers", "diffusers", "discord.py", "huggingface_hub", "datasets")
+"""Packages shown one per row; the other dependencies share a row."""
+
+TOKEN_SHAPE = re.compile(r"^[\w-]{20,}\.[\w-]{4,}\.[\w-]{20,}$")
+"""A bot token: base64url user id, timestamp and signature, separated by dots."""
+
+FLOAT_WIDTHS = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+"""safetensors dtypes that loading converts to the configured dtype; others stay as stored."""
+
+GPU_HEADROOM = 0.9
+"""Share of GPU memory that weights may fill: batches need the rest for activations."""
+
+
+class Status(enum.StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "FAIL"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class Row:
+    check: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+# Python and packages
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_python() -> Row:
+    try:
+        wanted = importlib.metadata.metadata(DISTRIBUTION)["Requires-Python"] or ">=3.11"
+    except importlib.metadata.PackageNotFoundError:
+        wanted = ">=3.11"
+    running = ".".join(map(str, sys.version_info[:3]))
+    if SpecifierSet(wanted).contains(running, prereleases=True):
+        return Row("python", Status.OK, f"{running} (needs {wanted})")
+    return Row(
+        "python",
+        Status.FAIL,
+        f"{running}, but the bot needs {wanted}",
+        f"create the virtual environment with a Python {wanted.lstrip('>=')} or newer",
+    )
+
+
+def check_packages() -> list[Row]:
+    """Installed versions against the project's minimums (from its installed metadata)."""
+    try:
+        declared = importlib.metadata.requires(DISTRIBUTION) or []
+    except importlib.metadata.PackageNotFoundError:
+        return [
+            Row(
+                "packages",
+                Status.FAIL,
+                f"{DISTRIBUTION} is not installed, so its dependencies are unknown",
+                "run `pip install -e .` in the repository",
+            )
+        ]
+    minimums = {
+        canonicalize_name(r.name): r
+        for r in map(PackageRequirement, declared)
+        if r.marker is None  # extras (dev tools) are not needed to run the bot
+    }
+    rows = []
+    for name in KEY_PACKAGES:
+        requirement = minimums.pop(canonicalize_name(name), None)
+        rows.append(_package_row(name, requirement.specifier if requirement else SpecifierSet()))
+    others = [_package_row(r.name, r.specifier) for r in minimums.values()]
+    broken = [row for row in others if row.status is not Status.OK]
+    if broken:
+        rows.append(
+            Row(
+                "other packages",
+                Status.FAIL,
+                "; ".join(row.detail for row in broken),
+                "run `pip install -e .` again to install or upgrade them",
+            )
+        )
+    else:
+        rows.append(Row("other packages", Status.OK, f"{len(others)} more, all up to date"))
+    return rows
+
+
+def _package_row(name: str, wanted: SpecifierSet) -> Row:
+    version = _installed(name)
+    needs = f" (needs {wanted})" if str(wanted) else ""
+    if version is None:
+        return Row(name, Status.FAIL, f"{name} is not installed{needs}", "run `pip install -e .`")
+    if not wanted.contains(version, prereleases=True):
+        return Row(
+            name,
+            Status.FAIL,
+            f"{name} {version} is too old{needs}",
+            f"pip install '{name}{wanted}'",
+        )
+    return Row(name, Status.OK, f"{version}{needs}")
+
+
+# Accelerator
+
+
+NO_GPU_FIX = (
+    "install a CUDA build of torch (https://pytorch.org) and check that `nvidia-smi` sees the "
+    "card, or set BOT_DEVICE=cpu to run on the CPU deliberately"
+)
+
+
+def check_gpu(settings: Settings) -> tuple[Row, int | None]:
+    """The accelerator the bot will use, and its memory in bytes when it is a CUDA GPU."""
+    if settings.device == "cpu":
+        return Row("gpu", Status.OK, "none: CPU by configuration (BOT_DEVICE=cpu)"), None
+    build = (
+        f"torch {torch.__version__} with CUDA {torch.version.cuda}"
+        if torch.version.cuda
+        else f"torch {torch.__version__} is a CPU-only build"
+    )
+    device = resolve_device(settings.device)
+    if device == "cpu":
+        return Row("gpu", Status.FAIL, f"no GPU found ({build})", NO_GPU_FIX), None
+    if device == "mps":
+        if torch.backends.mps.is_available():
+            return Row("gpu", Status.OK, "Apple GPU (MPS)"), None
+        return Row("gpu", Status.FAIL, "BOT_DEVICE=mps, but MPS is not available", NO_GPU_FIX), None
+    if not device.startswith("cuda"):
+        return Row("gpu", Status.WARN, f"BOT_DEVICE={device} is not checked here"), None
+    if not torch.cuda.is_available():
+        return Row(
+            "gpu", Status.FAIL, f"BOT_DEVICE={device}, but no CUDA GPU ({build})", NO_GPU_FIX
+        ), None
+    try:
+        index = torch.device(device).index or 0
+    except RuntimeError:
+        return Row(
+            "gpu", Status.FAIL, f"BOT_DEVICE={device} is not a device name", NO_GPU_FIX
+        ), None
+    count = torch.cuda.device_count()
+    if index >= count:
+        return (
+            Row(
+                "gpu",
+                Status.FAIL,
+                f"BOT_DEVICE={device}, but torch sees {count} GPU(s)",
+                f"set BOT_DEVICE to one of cuda:0 .. cuda:{count - 1}",
+            ),
+            None,
+        )
+    properties = torch.cuda.get_device_properties(index)
+    detail = f"{properties.name}, {human_bytes(properties.total_memory)}, CUDA {torch.version.cuda}"
+    return Row("gpu", Status.OK, detail), properties.total_memory
+
+
+# Discord token
+
+
+def _discord_token(settings: Settings) -> str:
+    return settings.discord_token.get_secret_value() if settings.discord_token else ""
+
+
+def check_token(settings: Settings) -> Row:
+    """The token's presence and shape; it is never printed."""
+    token = _discord_token(settings)
+    if not token:
+        return Row(
+            "token",
+            Status.FAIL,
+            "DISCORD_TOKEN is not set",
+            "put your bot's token in .env as DISCORD_TOKEN=... (README: Discord setup)",
+        )
+    if not TOKEN_SHAPE.match(token):
+        return Row(
+            "token",
+            Status.FAIL,
+            "DISCORD_TOKEN does not look like a bot token (three dot-separated parts)",
+            "copy it again from the Bot page of your application (Reset Token)",
+        )
+    head = token.split(".", 1)[0]
+    try:  # the first part is the bot's user id, which is public
+        user_id = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)).decode("ascii")
+    except ValueError:
+        user_id = ""
+    suffix = f" for bot user {user_id}" if user_id.isdigit() else ""
+    return Row("token", Status.OK, f"set, shaped like a bot token{suffix}")
+
+
+async def check_login(settings: Settings, online: bool, timeout: float = 10.0) -> Row:
+    """Log in to Discord's REST API with the token (only with ``--online``)."""
+    token = _discord_token(settings)
+    if not online:
+        return Row("discord login", Status.SKIP, "not checked (offline); add --online to try it")
+    if not TOKEN_SHAPE.match(token):
+        return Row("discord login", Status.SKIP, "no usable token to try")
+    http = discord.http.HTTPClient(asyncio.get_running_loop())
+    try:
+        user = await asyncio.wait_for(http.static_login(token), timeout)
+    except discord.LoginFailure:
+        return Row(
+            "discord login",
+            Status.FAIL,
+            "Discord rejected the token",
+            "reset the token on the Bot page of your application and update .env",
+        )
+    except (TimeoutError, aiohttp.ClientError, OSError, discord.HTTPException) as exc:
+        return Row(
+            "discord login",
+            Status.FAIL,
+            f"cannot reach Discord: {type(exc).__name__}: {exc}".rstrip(": "),
+            "check this machine's network and firewall (HTTPS to discord.com)",
+        )
+    finally:
+        await http.close()
+    return Row("discord login", Status.OK, f"logged in as {user['username']} (id {user['id']})")
+
+
+# Usage database
+
+
+async def check_database(settings: Settings) -> Row:
+    """Open the usage database and apply pending migrations, as start-up would.
+
+    It does not go through ``UsageLog``: opening that marks running jobs interrupted, which
+    would be wrong while the bot is serving.
+    """
+    path = settings.usage_path()
+    latest = max(number for number, _, _ in migrations())
+    fix = "set BOT_USAGE__PATH (or BOT_DATA_DIR) to a file in a writable directory"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existed = path.exists()
+        for place in (path, path.parent) if existed else (path.parent,):
+            if not os.access(place, os.W_OK):
+                raise PermissionError(f"{place} is not writable")
+        async with aiosqlite.connect(path) as db:
+            await db.execute("PRAGMA busy_timeout = 5000")
+            async with db.execute("PRAGMA user_version") as cursor:
+                (before,) = await cursor.fetchone()
+            version = await migrate(db)
+    except (OSError, sqlite3.Error) as exc:
+        return Row("database", Status.FAIL, f"cannot open {path}: {exc}", fix)
+    if version > latest:
+        return Row(
+            "database",
+            Status.WARN,
+            f"{path}: schema {version}, newer than this bot's {latest}",
+            "update the bot to the version that wrote this database",
+        )
+    if not existed:
+        note = " (created)"
+    elif before < version:
+        note = f" (migrated from {before})"
+    else:
+        note = ""
+    return Row("database", Status.OK, f"{path}: schema {version} of {latest}{note}")
+
+
+# Models and memory
+
+
+def safetensors_header(path: Path) -> dict[str, dict]:
+    """A safetensors file's tensor table: name -> dtype, shape and byte offsets."""
+    with path.open("rb") as file:
+        (length,) = struct.unpack("<Q", file.read(8))
+        if length > 100 * 2**20:
+            raise ValueError(f"{path.name} has an implausible {length}-byte header")
+        header = json.loads(file.read(length))
+    header.pop("__metadata__", None)
+    return header
+
+
+def loaded_bytes(files: Sequence[Path], dtype: torch.dtype) -> int:
+    """Memory the weights take once loaded as ``dtype`` (floating tensors are converted)."""
+    total = 0
+    for file in files:
+        for entry in safetensors_header(file).values():
+            start, end = entry["data_offsets"]
+            width = FLOAT_WIDTHS.get(entry["dtype"])
+            total += end - start if width is None else (end - start) // width * dtype.itemsize
+    return total
+
+
+def _memory_group(requirement: Requirement) -> str:
+    """Parts loaded together (a model with its vocoder or safety model) share a group."""
+    if requirement.role in ("model", "vocoder", "safety model"):
+        return requirement.task
+    return requirement.label
+
+
+def check_models(settings: Settings, gpu_bytes: int | None) -> list[Row]:
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    dtype_name = str(dtype).removeprefix("torch.")
+    rows: list[Row] = []
+    groups: dict[str, int] = {}
+    for requirement in requirements(settings):
+        check = f"model {requirement.label}"
+        found = presence(requirement)
+        if not found.ready:
+            fix = (
+                f"fix {requirement.setting}"
+                if requirement.local
+                else f"run `{PULL_COMMAND} {requirement.task}`"
+            )
+            rows.append(Row(check, Status.FAIL, f"{requirement.source}: {found.detail}", fix))
+            continue
+        assert found.path is not None
+        where = f"{requirement.source}: {found.state.value}, {human_bytes(found.size)} on disk"
+        if requirement.repo_type == "dataset" or found.path.is_file():
+            rows.append(Row(check, Status.OK, where))
+            continue
+        weights = requirement.weight_files(found.path)
+        if not weights:
+            rows.append(
+                Row(
+                    check,
+                    Status.FAIL,
+                    f"{requirement.source}: no safetensors weights",
+                    f"set {requirement.setting} to a model with safetensors weights",
+                )
+            )
+            continue
+        try:
+            memory = loaded_bytes(weights, dtype)
+        except (OSError, ValueError, KeyError) as exc:
+            rows.append(
+                Row(
+                    check,
+                    Status.FAIL,
+                    f"{requirement.source}: unreadable weights ({exc})",
+                    f"delete {found.path} and run `{PULL_COMMAND} {requirement.task}`",
+                )
+            )
+            continue
+        group = _memory_group(requirement)
+        groups[group] = groups.get(group, 0) + memory
+        rows.append(Row(check, Status.OK, f"{where}, ~{human_bytes(memory)} as {dtype_name}"))
+    rows.extend(memory_rows(groups, settings.memory_budget_bytes(), gpu_bytes, dtype_name))
+    return rows
+
+
+def memory_rows(
+    groups: dict[str, int], budget: int | None, gpu_bytes: int | None, dtype_name: str
+) -> list[Row]:
+    """Weights against the budget and the GPU: the largest must fit alone, all need not."""
+    if not groups:
+        return [Row("memory", Status.SKIP, "no model to measure")]
+    total = sum(groups.values())
+    largest, largest_bytes = max(groups.items(), key=lambda item: item[1])
+    gpu_room = int(gpu_bytes * GPU_HEADROOM) if gpu_bytes else None
+    suggested = f"{gpu_room // 2**30}" if gpu_room else ""
+    rows = []
+    if gpu_room and largest_bytes > gpu_room:
+        rows.append(
+            Row(
+                "memory",
+                Status.FAIL,
+                f"{largest} alone needs ~{human_bytes(largest_bytes)} as {dtype_name}, more than "
+                f"the GPU's {human_bytes(gpu_bytes or 0)} leaves room for",
+                "pick a smaller model, or BOT_DTYPE=float16 if it is float32",
+            )
+        )
+    if budget is not None and largest_bytes > budget:
+        rows.append(
+            Row(
+                "memory",
+                Status.FAIL,
+                f"{largest} alone needs ~{human_bytes(largest_bytes)} as {dtype_name}, over the "
+                f"{human_bytes(budget)} of BOT_MEMORY_BUDGET_GB",
+                f"raise BOT_MEMORY_BUDGET_GB to at least {largest_bytes / 2**30:.1f}, or pick a "
+                "smaller model",
+            )
+        )
+    if gpu_room and budget is not None and budget > gpu_room:
+        rows.append(
+            Row(
+                "memory",
+                Status.FAIL,
+                f"BOT_MEMORY_BUDGET_GB ({human_bytes(budget)}) is more than the GPU can hold "
+                f"beside running batches ({human_bytes(gpu_room)})",
+                f"set BOT_MEMORY_BUDGET_GB={suggested}",
+            )
+        )
+    if gpu_room and budget is None and total > gpu_room:
+        rows.append(
+            Row(
+                "memory",
+                Status.FAIL,
+                f"all models need ~{human_bytes(total)} as {dtype_name} and stay loaded (no "
+                f"budget), more than the GPU's {human_bytes(gpu_bytes or 0)} can hold",
+                f"set BOT_MEMORY_BUDGET_GB={suggested} so models take turns",
+            )
+        )
+    if rows:
+        return rows
+    limits = [f"budget {human_bytes(budget)}" if budget is not None else "no budget"]
+    if gpu_bytes:
+        limits.append(f"GPU {human_bytes(gpu_bytes)}")
+    detail = f"~{human_bytes(total)} for all models as {dtype_name} ({', '.join(limits)})"
+    if budget is not None and total > budget:
+        return [
+            Row(
+                "memory",
+                Status.WARN,
+                f"{detail}: models take turns, the least recently used is unloaded",
+                "raise BOT_MEMORY_BUDGET_GB to keep every model loaded, if memory allows",
+            )
+        ]
+    return [Row("memory", Status.OK, detail)]
+
+
+def check_hub_cache() -> Row:
+    cache = Path(hub_constants.HF_HUB_CACHE)
+    existing = next((p for p in (cache, *cache.parents) if p.exists()), cache)
+    free = human_bytes(shutil.disk_usage(existing).free)
+    mode = "offline (HF_HUB_OFFLINE=1)" if hub_constants.HF_HUB_OFFLINE else "online"
+    return Row("hub cache", Status.OK, f"{cache}, {free} free, {mode}")
+
+
+# The whole report
+
+
+async def diagnose(settings: Settings, online: bool = False) -> list[Row]:
+    rows = [check_python(), *check_packages()]
+    gpu_row, gpu_bytes = check_gpu(settings)
+    rows += [gpu_row, check_token(settings), await check_login(settings, online)]
+    rows.append(await check_database(settings))
+    rows.append(check_hub_cache())
+    rows += await asyncio.to_thread(check_models, settings, gpu_bytes)
+    return rows
+
+
+COLOURS = {
+    Status.OK: "\033[32m",
+    Status.WARN: "\033[33m",
+    Status.FAIL: "\033[31m",
+    Status.SKIP: "\033[2m",
+}
+
+
+def render(rows: Sequence[Row], colour: bool) -> str:
+    """A table: status, check, detail, and under each problem its fix."""
+    width = max(len(row.check) for row in rows)
+    lines = []
+    for row in rows:
+        mark = f"{row.status.value:<4}"
+        if colour:
+            mark = f"{COLOURS[row.status]}{mark}\033[0m"
+        lines.append(f"{mark}  {row.check:<{width}}  {row.detail}")
+        if row.fix:
+            lines.append(f"{'':4}  {'':<{width}}  fix: {row.fix}")
+    failed = sum(row.status is Status.FAIL for row in rows)
+    lines.append("")
+    lines.append(f"{failed} problem(s) to fix" if failed else "ready to run")
+    return "\n".join(lines) + "\n"
+
+
+def doctor(settings: Settings, online: bool = False, out: TextIO | None = None) -> int:
+    """Print the report; 1 when anything failed, else 0."""
+    rows = asyncio.run(diagnose(settings, online))
+    out = out or sys.stdout
+    colour = out.isatty() and "NO_COLOR" not in os.environ
+    out.write(render(rows, colour))
+    return 1 if any(row.status is Status.FAIL for row in rows) else 0

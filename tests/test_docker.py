@@ -1,0 +1,155 @@
+"""The container files, checked without a Docker engine: the linter, and agreement with the
+README, the settings and each other."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bot.cli import build_parser
+from bot.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    logical, current = [], ""
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        current += line.rstrip()
+        if current.endswith("\\"):
+            current = current[:-1] + " "
+        elif current.strip():
+            logical.append(" ".join(current.split()))
+            current = ""
+    return [tuple(entry.split(" ", 1)) for entry in logical]  # type: ignore[misc]
+
+
+def arguments(name: str) -> list[str]:
+    return [args for instruction, args in instructions() if instruction == name]
+
+
+def env() -> dict[str, str]:
+    values: dict[str, str] = {}
+    for args in arguments("ENV"):
+        values.update(item.split("=", 1) for item in shlex.split(args))
+    return values
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["bot"]
+
+
+def healthcheck_command() -> list[str]:
+    (args,) = arguments("HEALTHCHECK")
+    return yaml.safe_load(args.split(" CMD ", 1)[1])
+
+
+def test_hadolint_passes() -> None:
+    installed = Path(sys.executable).with_name("hadolint")
+    hadolint = str(installed) if installed.exists() else shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (it comes with pip install -e '.[dev]')")
+    result = subprocess.run(
+        [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_image_installs_the_way_the_readme_does() -> None:
+    readme = (ROOT / "README.md").read_text()
+    run_block = re.search(r"\*\*Run the bot\*\*.*?```bash\n(.*?)\n```", readme, re.S)
+    assert run_block is not None
+    steps = [step.strip() for step in run_block.group(1).split("&&")]
+    install = [s for s in steps if s.startswith(("python3 -m venv", ". ", "pip install"))]
+    assert len(install) == 3, steps
+    # The image makes the same virtual environment and installs the project the same way,
+    # into /opt/venv, and not editable (the source stays root-owned and read-only).
+    expected = [s.replace(".venv", "/opt/venv").replace("pip install -e ", "pip install ")
+                for s in install]  # fmt: skip
+    (run,) = [a for a in arguments("RUN") if "pip install" in a]
+    run = re.sub(r"^(--\S+ )+", "", run)  # RUN's own flags (the pip cache mount)
+    assert [s.strip() for s in run.split("&&")] == expected
+    assert "Dockerfile" in readme and "pip install .`" in readme
+
+
+def test_the_image_runs_the_readme_commands_as_a_user_with_state_on_volumes() -> None:
+    (cmd,) = arguments("CMD")
+    assert yaml.safe_load(cmd) == ["python", "-m", "bot", "run"]
+    assert arguments("USER")[-1].split(":")[0] not in ("0", "root")
+    assert arguments("FROM")[0].startswith("nvidia/cuda:") and "-runtime-" in arguments("FROM")[0]
+    assert arguments("STOPSIGNAL") == []  # SIGTERM, which bot/serve.py turns into a clean stop
+    values = env()
+    (volumes,) = arguments("VOLUME")
+    assert set(yaml.safe_load(volumes)) == {values["BOT_DATA_DIR"], values["HF_HOME"]}
+    # The health check reads the file the bot writes, under the data directory.
+    heartbeat = Settings(_env_file=None, data_dir=values["BOT_DATA_DIR"]).heartbeat_path()
+    assert healthcheck_command() == ["python", "-m", "bot.health", str(heartbeat)]
+
+
+def test_compose_reserves_the_gpu_reads_env_restarts_and_checks_health() -> None:
+    bot = compose()
+    assert bot["build"] == "."
+    assert bot["env_file"] == ".env"
+    assert bot["restart"] in ("on-failure", "unless-stopped", "always")
+    (gpu,) = bot["deploy"]["resources"]["reservations"]["devices"]
+    assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"] and gpu["count"] == 1
+    assert bot["healthcheck"]["test"] == ["CMD", *healthcheck_command()]
+    # .env (a copy of .env.example) lists every setting; these must not move the state off
+    # the volumes or the metrics server off the published port.
+    values = env()
+    assert bot["environment"] == {
+        "BOT_DATA_DIR": values["BOT_DATA_DIR"],
+        "BOT_METRICS_HOST": values["BOT_METRICS_HOST"],
+    }
+    mounts = {volume.split(":")[1] for volume in bot["volumes"]}
+    assert mounts == {values["BOT_DATA_DIR"], values["HF_HOME"]}
+    assert all(port.startswith("127.0.0.1:") for port in bot["ports"])
+
+
+def test_documented_container_commands_exist(capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (ROOT / "README.md").read_text()
+    docker_section = readme.split("\n## Docker\n", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```\w*\n(.*?)```|`([^`\n]+)`", docker_section, re.S)
+    texts = [block or span for block, span in code] + [(ROOT / "compose.yaml").read_text()]
+    commands = {c for text in texts for c in re.findall(r"python -m bot ([a-z][a-z ]*[a-z])", text)}
+    assert {"models pull", "doctor", "usage stats", "health"} <= commands
+    for command in sorted(commands):
+        with pytest.raises(SystemExit) as exit:
+            build_parser().parse_args([*command.split(), "--help"])
+        assert exit.value.code == 0, f"python -m bot {command}: {capsys.readouterr().err}"
+    assert "cp .env.example .env" in readme and "docker compose up -d" in readme
+
+
+def test_env_example_copied_to_env_gives_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Docker path starts with `cp .env.example .env`: that file must load as is."""
+    shutil.copy(ROOT / ".env.example", tmp_path / ".env")
+    monkeypatch.chdir(tmp_path)
+    assert Settings() == Settings(_env_file=None)
+
+
+def test_dockerignore_keeps_secrets_and_state_out_of_the_build() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for entry in (".env", ".git", ".venv", "data", "*.sqlite3*"):
+        assert entry in ignored
+    copied = [args.split()[:-1] for args in arguments("COPY")]
+    assert {path for paths in copied for path in paths} == {
+        "pyproject.toml",
+        "README.md",
+        "LICENSE",
+        "bot",
+        "handlers",
+    }
