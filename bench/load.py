@@ -128,7 +128,7 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def build_models(directory: Path) -> Settings:
+def build_models(directory: Path, device: str = "cpu") -> Settings:
     """Tiny models for every task, and settings that point the bot at them."""
     models = ModelSettings(
         summarize=str(tinymodels.build_summarizer(directory / "summarize")),
@@ -141,7 +141,7 @@ def build_models(directory: Path) -> Settings:
     )
     return Settings(
         _env_file=None,
-        device="cpu",
+        device=device,
         data_dir=directory / "data",
         models=models,
         imagine=ImagineSettings(default_steps=4),
@@ -301,10 +301,11 @@ def main() -> int:
     parser.add_argument("--commands", type=int, default=1000)
     parser.add_argument("--batch-delay-ms", type=float, default=150, help="added to each batch")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="where the tiny models run")
     parser.add_argument("--json", type=Path, help="also write the report as JSON")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
-        settings = build_models(Path(directory))
+        settings = build_models(Path(directory), args.device)
         result = asyncio.run(
             run_load(settings, args.users, args.commands, args.batch_delay_ms / 1000, args.seed)
         )

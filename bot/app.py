@@ -97,8 +97,9 @@ async def running(
     usage = UsageLog(settings.usage_path(), retention_days=settings.usage.retention_days)
     async with usage:
         executor = await start_executor(settings, tasks)
-        server = serve_metrics(executor, settings) if metrics else None
+        server: MetricsServer | None = None
         try:
+            server = serve_metrics(executor, settings) if metrics else None
             quotas = Quotas(
                 QuotaPolicy(
                     settings.quotas,

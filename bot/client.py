@@ -76,6 +76,7 @@ class AssistantBot(commands.Bot):
         replies = [watcher.finished for watcher in self.watchers.values()]
         if replies:
             await asyncio.wait(replies, timeout=replies_timeout_s)
+        await self.usage.flush()  # before anything else can stall the way out
         await self.close()
 
     async def settings_for(self, interaction: discord.Interaction) -> GuildSettings | None:

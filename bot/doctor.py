@@ -33,7 +33,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 from bot.executor.registry import resolve_device, resolve_dtype
-from bot.models import PULL_COMMAND, Requirement, human_bytes, presence, requirements
+from bot.models import PULL_COMMAND, Requirement, State, human_bytes, presence, requirements
 from bot.settings import Settings
 from bot.usage import migrate, migrations
 
@@ -345,7 +345,7 @@ def check_models(settings: Settings, gpu_bytes: int | None) -> list[Row]:
         if not found.ready:
             fix = (
                 f"fix {requirement.setting}"
-                if requirement.local
+                if requirement.local or found.state is State.INVALID
                 else f"run `{PULL_COMMAND} {requirement.task}`"
             )
             rows.append(Row(check, Status.FAIL, f"{requirement.source}: {found.detail}", fix))

@@ -17,7 +17,11 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import snapshot_download
-from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError
+from huggingface_hub.errors import (
+    HFValidationError,
+    IncompleteSnapshotError,
+    LocalEntryNotFoundError,
+)
 from huggingface_hub.repocard import metadata_load
 
 if TYPE_CHECKING:
@@ -62,6 +66,8 @@ class State(enum.StrEnum):
     CACHED = "cached"
     MISSING = "missing"
     INCOMPLETE = "incomplete"
+    INVALID = "invalid"
+    """Neither an existing folder nor a well-formed hub id: the setting needs fixing."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,8 @@ def presence(requirement: Requirement) -> Presence:
         return Presence(State.INCOMPLETE, path, disk_size(path), "partly downloaded")
     except LocalEntryNotFoundError:
         return Presence(State.MISSING, detail="not downloaded")
+    except HFValidationError:
+        return Presence(State.INVALID, detail="neither a folder here nor a valid hub id")
     path = Path(folder)
     return Presence(State.CACHED, path, disk_size(path))
 
@@ -241,7 +249,7 @@ def _one_line(exc: BaseException) -> str:
 def fetch(requirement: Requirement, download: Download, err: TextIO) -> tuple[Presence, str]:
     """``requirement`` on disk and how it got there; raises PullFailed."""
     found = presence(requirement)
-    if requirement.local:
+    if requirement.local or found.state is State.INVALID:
         if not found.ready:
             raise PullFailed(f"{found.detail}; fix {requirement.setting}")
         how = "local, nothing to pull"

@@ -2,7 +2,7 @@
 
 A clean stop refuses new work, tells queued members why their job ended, lets running jobs
 finish and their replies go out, disconnects, and flushes every usage record. A second
-signal stops at once (still flushing the usage log on the way out).
+signal stops the running jobs at once too (each told why); the rest of the stop is the same.
 """
 
 from __future__ import annotations
@@ -31,34 +31,35 @@ async def serve(
     """Run the bot through ``connect`` (Discord, or SimCord in tests) until it returns."""
     async with running(settings, metrics=metrics) as services:
         bot = AssistantBot(services, settings)
-        async with stop_on_signals(bot.stop_gracefully):
+        async with stop_on_signals(bot.stop_gracefully, lambda: bot.executor.shutdown(now=True)):
             await connect(bot)
 
 
 @contextlib.asynccontextmanager
-async def stop_on_signals(stop: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
-    """The first signal starts ``stop``; a second cancels the serving task outright."""
+async def stop_on_signals(
+    stop: Callable[[], Awaitable[None]], hurry: Callable[[], Awaitable[None]]
+) -> AsyncIterator[None]:
+    """The first signal starts ``stop``; a second one starts ``hurry`` beside it."""
     loop = asyncio.get_running_loop()
-    serving = asyncio.current_task()
-    stopping: list[asyncio.Task[None]] = []
+    started: list[asyncio.Task[None]] = []
 
     def on_signal(received: signal.Signals) -> None:
-        if stopping:
-            log.warning("%s again: stopping now", received.name)
-            if serving is not None:
-                serving.cancel()
+        if started:
+            log.warning("%s again: stopping running jobs now", received.name)
+            started.append(loop.create_task(hurry(), name="stop-now"))
             return
         log.warning("%s: finishing running jobs, then stopping", received.name)
-        stopping.append(loop.create_task(stop(), name="graceful-stop"))
+        started.append(loop.create_task(stop(), name="graceful-stop"))
 
+    handled = []
     for received in SIGNALS:
-        loop.add_signal_handler(received, on_signal, received)
+        with contextlib.suppress(NotImplementedError):  # Windows' event loops have none
+            loop.add_signal_handler(received, on_signal, received)
+            handled.append(received)
     try:
         yield
-        if stopping:
-            await stopping[0]  # its errors surface here, not as "never retrieved"
+        for task in started:
+            await task  # their errors surface here, not as "never retrieved"
     finally:
-        for received in SIGNALS:
+        for received in handled:
             loop.remove_signal_handler(received)
-        for task in stopping:
-            task.cancel()

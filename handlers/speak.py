@@ -361,7 +361,7 @@ class SpeakTask(Task[SpeakRequest, SpeakResult]):
                 f"{self.voices} holds {table.vectors.shape[1]}-float voices; "
                 f"{spec.source} needs {config.speaker_embedding_dim}"
             )
-        processor = SpeechT5Processor.from_pretrained(spec.source)
+        processor = SpeechT5Processor.from_pretrained(spec.source, trust_remote_code=False)
         model = from_pretrained(SpeechT5ForTextToSpeech, spec).to(spec.device).eval()
         vocoder_spec = LoadSpec(self.vocoder, spec.device, spec.dtype)
         vocoder = from_pretrained(SpeechT5HifiGan, vocoder_spec).to(spec.device).eval()

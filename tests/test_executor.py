@@ -383,6 +383,22 @@ async def test_shutdown_timeout_stops_running_work_with_a_reason() -> None:
     assert await asyncio.to_thread(task.saw_stop.wait, 10)
 
 
+async def test_shutdown_now_stops_running_work_and_survives_a_cancelled_caller() -> None:
+    """A second Ctrl-C: the first caller was cancelled mid-wait, the next one hurries."""
+    task = FakeTask()
+    executor = make_executor(task)
+    await executor.start()
+    running = await hold(executor, task)
+    first = asyncio.create_task(executor.shutdown(timeout=3600))
+    await settle()
+    first.cancel()
+    await asyncio.wait_for(executor.shutdown(now=True), 10)
+    with pytest.raises(JobCancelled, match="stopped: the bot is shutting down"):
+        await running
+    assert await asyncio.to_thread(task.saw_stop.wait, 10)
+    assert executor.snapshot().loaded == []
+
+
 async def test_metrics_snapshot_reports_queues_latency_batches_and_models() -> None:
     task = FakeTask()
     async with make_executor(task) as executor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import signal
 import sqlite3
 import subprocess
@@ -270,7 +271,8 @@ def test_sigterm_during_a_burst_finishes_or_cancels_every_job_and_flushes_the_lo
     )  # fmt: skip
     try:
         assert child.stdout is not None
-        assert child.stdout.readline().strip() == "burst sent", child.stderr.read()
+        ready, _, _ = select.select([child.stdout], [], [], 120)  # a stalled child fails
+        assert ready and child.stdout.readline().strip() == "burst sent"
         child.send_signal(signal.SIGTERM)
         out, err = child.communicate(timeout=120)
     finally:

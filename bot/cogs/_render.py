@@ -164,14 +164,12 @@ class JobWatcher:
         async with self._lock:
             self.view.stop()
             try:
-                try:
-                    await self._show_outcome(via_channel=False)
-                except discord.HTTPException as exc:  # retried by discord.py, and still refused
-                    log.warning(
-                        "could not update the reply to job %d (%s); posting it instead",
-                        self.handle.id, exc,
-                    )  # fmt: skip
-                    await self._show_outcome(via_channel=True)
+                error = self.handle.error
+                if error is None:
+                    reply = self.render(self.handle.peek_result())
+                    await deliver(self.interaction, reply, self.final_view, self.ephemeral)
+                else:
+                    await show_failure(self.interaction, error, self.ephemeral)
             except Exception:
                 log.exception("could not deliver the result of job %d", self.handle.id)
                 with contextlib.suppress(discord.HTTPException):
@@ -182,14 +180,6 @@ class JobWatcher:
             finally:
                 if not self.finished.done():
                     self.finished.set_result(None)
-
-    async def _show_outcome(self, via_channel: bool) -> None:
-        error = self.handle.error
-        if error is None:
-            reply = self.render(self.handle.peek_result())
-            await deliver(self.interaction, reply, self.final_view, self.ephemeral, via_channel)
-        else:
-            await show_failure(self.interaction, error, self.ephemeral, via_channel)
 
 
 async def edit(interaction: discord.Interaction, **fields: object) -> None:
@@ -209,13 +199,13 @@ async def deliver(
     reply: Reply,
     view: discord.ui.View | None = None,
     ephemeral: bool = False,
-    via_channel: bool = False,
 ) -> None:
     """Put the result where the member will see it, within Discord's limits.
 
     Long text is split over a few messages or attached as a .txt file. After the
-    interaction token's 15 minutes, or ``via_channel`` when the reply cannot be edited,
-    the result goes to the channel with a mention.
+    interaction token's 15 minutes, or when Discord refuses the edit (discord.py has
+    retried rate limits and server errors by then), the result goes to the channel with
+    a mention.
     """
     text, files = reply.text, list(reply.files)
     limit = interaction.filesize_limit
@@ -226,18 +216,30 @@ async def deliver(
     if len(pieces) > MAX_SPLIT_MESSAGES:
         files.append(("result.txt", text.encode()))
         pieces = [clip(text, 300) + "\n*(full text attached)*"]
-    if via_channel or interaction.is_expired():
-        await _after_expiry(interaction, pieces, files, view, ephemeral)
-        return
-    await interaction.edit_original_response(
-        content=pieces[0], attachments=_files(Reply(files=files)), view=view,
-        allowed_mentions=NO_MENTIONS,
-    )  # fmt: skip
-    for piece in pieces[1:]:
-        await interaction.followup.send(piece, allowed_mentions=NO_MENTIONS, ephemeral=ephemeral)
+    if await _edit_reply(
+        interaction, content=pieces[0], attachments=_files(Reply(files=files)), view=view
+    ):
+        for piece in pieces[1:]:
+            await interaction.followup.send(
+                piece, allowed_mentions=NO_MENTIONS, ephemeral=ephemeral
+            )
+    else:
+        await _post_instead(interaction, pieces, files, view, ephemeral)
 
 
-async def _after_expiry(
+async def _edit_reply(interaction: discord.Interaction, **fields: Any) -> bool:
+    """Show the final state in the reply; False when that can't be done."""
+    if interaction.is_expired():
+        return False
+    try:
+        await interaction.edit_original_response(allowed_mentions=NO_MENTIONS, **fields)
+    except discord.HTTPException as exc:
+        log.warning("Discord refused the final edit of a reply (%s); posting it instead", exc)
+        return False
+    return True
+
+
+async def _post_instead(
     interaction: discord.Interaction,
     pieces: Sequence[str],
     files: Sequence[tuple[str, bytes]],
@@ -252,7 +254,7 @@ async def _after_expiry(
     if target is None and isinstance(interaction.channel, discord.abc.Messageable):
         target = interaction.channel
     if target is None:
-        log.warning("result for an expired interaction has nowhere to go")
+        log.warning("a result whose reply cannot be edited has nowhere to go")
         return
     first, rest = pieces[0] if pieces else "", list(pieces[1:])
     if len(header) + 1 + len(first) > MESSAGE_LIMIT:  # never cut: the piece goes on its own
@@ -268,15 +270,10 @@ async def _after_expiry(
 
 
 async def show_failure(
-    interaction: discord.Interaction,
-    error: BaseException,
-    ephemeral: bool = False,
-    via_channel: bool = False,
+    interaction: discord.Interaction, error: BaseException, ephemeral: bool = False
 ) -> None:
     """A job that ended without a result: say why in place of its progress message."""
     prefix = "🛑" if isinstance(error, JobCancelled) else "⚠️"
     text = clip(f"{prefix} {error}")
-    if via_channel or interaction.is_expired():
-        await _after_expiry(interaction, [text], [], None, ephemeral)
-        return
-    await interaction.edit_original_response(content=text, view=None, allowed_mentions=NO_MENTIONS)
+    if not await _edit_reply(interaction, content=text, view=None):
+        await _post_instead(interaction, [text], [], None, ephemeral)

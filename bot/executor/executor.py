@@ -67,7 +67,8 @@ class Executor:
         self._finishing: set[asyncio.Future[Any]] = set()
         self._stale_positions: set[ModelKey] = set()
         self._closing = False
-        self._closed = asyncio.Event()
+        self._shutdown_task: asyncio.Task[None] | None = None
+        self._hurry = asyncio.Event()
 
     async def __aenter__(self) -> Executor:
         await self.start()
@@ -328,23 +329,32 @@ class Executor:
             refused=dict(self.metrics.refused),
         )
 
-    async def shutdown(self, timeout: float | None = None) -> None:
-        """Stop admitting, cancel queued jobs, let running work finish, release the accelerator."""
-        if self._closing:
-            await self._closed.wait()
-            return
+    async def shutdown(self, timeout: float | None = None, *, now: bool = False) -> None:
+        """Stop admitting, cancel queued jobs, let running work finish, release the accelerator.
+
+        ``now`` stops running work at once, also in a shutdown already under way (a second
+        Ctrl-C). Every caller waits for the one shutdown; cancelling a caller leaves it
+        running, so a later caller never waits on a shutdown that was abandoned halfway.
+        """
         self._closing = True
-        timeout = self.config.shutdown_timeout_s if timeout is None else timeout
+        if now:
+            self._hurry.set()
+        if self._shutdown_task is None:
+            timeout = self.config.shutdown_timeout_s if timeout is None else timeout
+            self._shutdown_task = asyncio.create_task(self._shut_down(timeout), name="shutdown")
+        await asyncio.shield(self._shutdown_task)
+
+    async def _shut_down(self, timeout: float) -> None:
         deadline = self._clock() + timeout
         for queue in self._queues.values():
             for job in list(queue.in_order()):
                 queue.remove(job)
                 self._finish(job, error=JobCancelled("the bot is shutting down"))
         if self._running is not None or self._finishing:
-            waiting = [*self._finishing]
+            waiting = {*self._finishing}
             if self._running is not None:
-                waiting.extend(job.future for job in self._running.jobs)
-            _, late = await asyncio.wait(waiting, timeout=timeout)
+                waiting.update(job.future for job in self._running.jobs)
+            late = await self._wait_unless_hurried(waiting, timeout)
             if late:
                 log.warning("%d job(s) still running at shutdown; stopping them", len(late))
                 for job in self._running.jobs if self._running else []:
@@ -357,4 +367,21 @@ class Executor:
                 await self._scheduler
         await self.backend.close(max(1.0, deadline - self._clock()))
         self._cpu_pool.shutdown(wait=False, cancel_futures=True)
-        self._closed.set()
+
+    async def _wait_unless_hurried(
+        self, waiting: set[asyncio.Future[Any]], timeout: float
+    ) -> set[asyncio.Future[Any]]:
+        """What is still pending after ``timeout``, or as soon as ``now`` is asked for."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        pending = set(waiting)
+        try:
+            while pending and not hurry.done() and (left := end - loop.time()) > 0:
+                done, _ = await asyncio.wait(
+                    [*pending, hurry], timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending -= done
+        finally:
+            hurry.cancel()
+        return {f for f in waiting if not f.done()}
