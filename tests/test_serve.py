@@ -11,10 +11,11 @@ from bot.serve import stop_on_signals
 
 async def test_first_signal_stops_a_second_hurries_and_handlers_are_restored() -> None:
     calls: list[str] = []
-    stopped = asyncio.Event()
+    stopping, stopped = asyncio.Event(), asyncio.Event()
 
     async def stop() -> None:
         calls.append("stop")
+        stopping.set()
         await stopped.wait()
 
     async def hurry() -> None:
@@ -24,8 +25,7 @@ async def test_first_signal_stops_a_second_hurries_and_handlers_are_restored() -
     before = signal.getsignal(signal.SIGTERM)
     async with stop_on_signals(stop, hurry):
         os.kill(os.getpid(), signal.SIGTERM)
-        while not calls:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(stopping.wait(), 10)
         os.kill(os.getpid(), signal.SIGINT)
         await asyncio.wait_for(stopped.wait(), 10)
     assert calls == ["stop", "hurry"]
