@@ -58,7 +58,7 @@ async def serve_each_task_offline(settings: Settings) -> None:
     caller = Caller("selfhost", source="cli", enforce_quotas=False)
     async with running(settings) as services:
         for task, request in REQUESTS.items():
-            handle = await services.invoker.submit(task, request, caller)
+            handle = services.invoker.submit(task, request, caller)
             result = await handle
             print(f"  {task:10s} ok in {handle.run_s * 1000:6.1f} ms: {type(result).__name__}")
         for model in services.executor.snapshot().loaded:

@@ -94,22 +94,27 @@ async def running(
     ``metrics`` serves Prometheus metrics when ``BOT_METRICS_PORT`` is set: the long-running
     bot asks for it, one-off commands don't (they would compete for the port).
     """
-    usage = UsageLog(settings.usage_path(), retention_days=settings.usage.retention_days)
+    usage = UsageLog(
+        settings.usage_path(),
+        retention_days=settings.usage.retention_days,
+        image_requests_ttl_s=settings.imagine.reroll_hours * 3600,
+    )
     async with usage:
+        quotas = Quotas(
+            QuotaPolicy(
+                settings.quotas, settings.cooldowns, frozenset(settings.quota_exempt_users)
+            ),
+            usage,
+        )
+        await quotas.load()
+        guilds = GuildSettingsStore(usage)
+        await guilds.load()
         executor = await start_executor(settings, tasks)
         server: MetricsServer | None = None
         try:
             server = serve_metrics(executor, settings) if metrics else None
-            quotas = Quotas(
-                QuotaPolicy(
-                    settings.quotas,
-                    settings.cooldowns,
-                    frozenset(settings.quota_exempt_users),
-                ),
-                usage,
-            )
             invoker = Invoker(
-                executor, usage, quotas, GuildSettingsStore(usage), settings.log_prompts
+                executor, usage, quotas, guilds, settings.log_prompts, settings.direct_messages
             )
             yield Services(executor, usage, invoker, server)
         finally:

@@ -290,7 +290,7 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     stream = args.task == "chat" and not args.json
     caller = Caller(f"cli:{getpass.getuser()}", source="cli", enforce_quotas=False)
     async with running(settings, [args.task]) as services:
-        handle = await services.invoker.submit(args.task, request, caller, model=args.model)
+        handle = services.invoker.submit(args.task, request, caller, model=args.model)
         result = await _follow(handle, stream)
     try:
         text, data = command.render(result, args)
@@ -374,7 +374,10 @@ def _date(text: str) -> float:
 
 async def _usage(settings: Settings, args: argparse.Namespace) -> int:
     since = args.since if args.since is not None else time.time() - 30 * 86400
-    async with UsageLog(settings.usage_path(), retention_days=None) as usage:
+    reroll_s = settings.imagine.reroll_hours * 3600
+    async with UsageLog(
+        settings.usage_path(), retention_days=None, image_requests_ttl_s=reroll_s
+    ) as usage:
         if args.report == "export":
             writer = csv.writer(sys.stdout)
             writer.writerow(COLUMNS)
@@ -436,6 +439,28 @@ def _models(settings: Settings, action: str, tasks: list[str]) -> int:
     return 0
 
 
+def configure_logging(settings: Settings, serving: bool) -> None:
+    """discord.py's log setup for the bot; terminal commands stay quiet (results, progress
+    bars, one-line errors) unless BOT_LOG_LEVEL is set.
+
+    Loggers that record what members wrote stay above DEBUG: aiosqlite logs every row's
+    values, discord.py's gateway and HTTP loggers message contents and interaction tokens.
+    """
+    if serving:
+        discord.utils.setup_logging(level=logging.getLevelName(settings.log_level), root=True)
+    else:
+        explicit = "log_level" in settings.model_fields_set
+        logging.basicConfig(
+            level=settings.log_level if explicit else "WARNING",
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+    root = logging.getLogger().level
+    logging.getLogger("discord").setLevel(
+        max(root, logging.getLevelName(settings.discord_log_level))
+    )
+    logging.getLogger("aiosqlite").setLevel(max(root, logging.INFO))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -445,15 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = ".".join(str(part) for part in first["loc"])
         print(f"error: invalid setting {where}: {first['msg']}", file=sys.stderr)
         return 2
-    logging.getLogger("aiosqlite").setLevel(logging.INFO)  # DEBUG logs every row's values
-    if args.command in ("run", "sync"):
-        discord.utils.setup_logging(level=logging.getLevelName(settings.log_level), root=True)
-    else:  # terminal commands stay quiet (results, progress bars, one-line errors)
-        explicit = "log_level" in settings.model_fields_set
-        logging.basicConfig(
-            level=settings.log_level if explicit else "WARNING",
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+    configure_logging(settings, serving=args.command in ("run", "sync"))
     if args.command == "settings":
         return _show_settings(settings, args.env_example)
     if args.command == "models":

@@ -11,14 +11,15 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import Services
-from bot.cogs._render import JobWatcher
+from bot.cogs.delivery import JobWatcher, ReplyPolicy
 from bot.cogs.images import ImageRequests
+from bot.cogs.markdown import neutralize
 from bot.executor import Busy, ExecutorError
 from bot.guilds import GuildSettings, GuildSettingsStore
 from bot.invocations import CommandDisabled
 from bot.quotas import CooldownActive, QuotaExceeded
 from bot.settings import Settings
-from handlers.base import HandlerError, InvalidInput
+from handlers.base import HandlerError, InvalidInput, TaskKind
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class AssistantBot(commands.Bot):
         self.invoker = services.invoker
         self.guild_settings: GuildSettingsStore = services.invoker.guilds
         self.edit_interval = settings.edit_interval_s
-        self.image_requests = ImageRequests(services.usage)
+        self.image_requests = ImageRequests(services.usage, settings.imagine.reroll_hours * 3600)
         self.watchers: dict[int, JobWatcher] = {}
         """Jobs being followed on Discord, by job id."""
         self.tree.on_error = self.on_app_command_error
@@ -79,15 +80,47 @@ class AssistantBot(commands.Bot):
         await self.usage.flush()  # before anything else can stall the way out
         await self.close()
 
-    async def settings_for(self, interaction: discord.Interaction) -> GuildSettings | None:
-        """The guild's settings, or None in direct messages."""
-        if interaction.guild_id is None:
+    def is_private(self, interaction: discord.Interaction) -> bool:
+        """A DM, or anywhere outside the servers the bot is in: no server's rules apply
+        there, only the bot-wide direct-message policy."""
+        return interaction.guild_id is None or self.get_guild(interaction.guild_id) is None
+
+    def settings_for(self, interaction: discord.Interaction) -> GuildSettings | None:
+        """The guild's settings, or None where no guild's rules apply."""
+        if self.is_private(interaction):
             return None
-        return await self.guild_settings.get(interaction.guild_id)
+        assert interaction.guild_id is not None
+        return self.guild_settings.get(interaction.guild_id)
+
+    def reply_policy(self, interaction: discord.Interaction) -> ReplyPolicy:
+        """Private where the server asks for it; a fallback by DM where replies are private
+        or there is no server channel to post in."""
+        guild = self.settings_for(interaction)
+        ephemeral = guild is not None and guild.ephemeral
+        return ReplyPolicy(ephemeral, "channel" if guild is not None and not ephemeral else "dm")
+
+    def declare_places(self) -> None:
+        """Declare where each command can be used, so that Discord offers it only there:
+        servers (where the bot is installed), and direct messages as BOT_DIRECT_MESSAGES
+        allows. Never user installs, which would reach servers without the bot."""
+        policy = self.settings.direct_messages
+        for command in self.tree.get_commands():
+            task = self.executor.tasks.get(command.name.lower())
+            if command.guild_only or policy == "off":
+                dms = False
+            elif task is not None:
+                dms = policy == "all" or task.kind is TaskKind.TEXT
+            else:  # /queue, /stats, /usage
+                dms = True
+            command.allowed_contexts = app_commands.AppCommandContext(
+                guild=True, dm_channel=dms, private_channel=False
+            )
+            command.allowed_installs = app_commands.AppInstallationType(guild=True, user=False)
 
     async def setup_hook(self) -> None:
         for cog in COGS:
             await self.load_extension(cog)
+        self.declare_places()
         if self.settings.dev_guild is not None:
             guild = discord.Object(self.settings.dev_guild)
             self.tree.copy_global_to(guild=guild)
@@ -99,11 +132,18 @@ class AssistantBot(commands.Bot):
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
         cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
-        text = friendly(cause)
+        await self.report_error(interaction, cause)
+
+    async def report_error(self, interaction: discord.Interaction, error: BaseException) -> None:
+        """The one answer to a failed command or button: what the member can act on, or an
+        id to quote for a bug. Before the reply is deferred it is private; after, it takes
+        the deferred reply's place, as private as that is."""
+        text = friendly(error)
         if text is None:
             error_id = uuid.uuid4().hex[:8]
-            log.error("command failed (error id %s)", error_id, exc_info=cause)
+            log.error("command failed (error id %s)", error_id, exc_info=error)
             text = f"Something went wrong on our side (error id `{error_id}`)."
+        text = neutralize(text)
         try:
             if interaction.response.is_done():
                 await interaction.followup.send(text, ephemeral=True)

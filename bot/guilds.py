@@ -1,16 +1,13 @@
-"""Per-guild settings: what each community allows, read through a cache, written in one place."""
+"""Per-guild settings: what each community allows, kept in memory, written in one place."""
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bot.usage import UsageLog
-
-log = logging.getLogger(__name__)
+from bot.usage import UsageLog, UsageUnavailable
 
 
 class GuildSettings(BaseModel):
@@ -21,7 +18,8 @@ class GuildSettings(BaseModel):
     allowed_channels: list[int] | None = None
     """Channels where commands work; None allows every channel."""
     ephemeral: bool = False
-    """Reply so that only the member who asked sees the answer."""
+    """Reply so that only the member who asked sees the answer, its progress and its errors;
+    a result that outlives the reply comes by DM, never in the channel."""
     nsfw: Literal["age_restricted_only", "allow"] = "age_restricted_only"
     """Where /imagine may post: only in age-restricted channels, or anywhere."""
     quotas: dict[str, int] = Field(default_factory=dict)
@@ -33,35 +31,33 @@ class GuildSettings(BaseModel):
 
 
 class GuildSettingsStore:
+    """Every guild's settings in memory, read once at start-up, so that an interaction learns
+    its rules (and whether its reply is private) before it is acknowledged."""
+
     def __init__(self, usage: UsageLog) -> None:
         self.usage = usage
-        self._cache: dict[int, GuildSettings] = {}
+        self._settings: dict[int, GuildSettings] = {}
 
-    async def get(self, guild_id: int) -> GuildSettings:
-        """The guild's settings; defaults (uncached) while the database is unavailable."""
-        cached = self._cache.get(guild_id)
-        if cached is not None:
-            return cached
+    async def load(self) -> None:
         try:
-            rows = await self.usage.query(
-                "SELECT settings FROM guild_settings WHERE guild_id = ?", (guild_id,)
-            )
-        except sqlite3.Error as exc:
-            log.warning("guild settings unavailable (%s); using defaults for now", exc)
-            return GuildSettings()
-        settings = GuildSettings.model_validate_json(rows[0]["settings"]) if rows else None
-        self._cache[guild_id] = settings or GuildSettings()
-        return self._cache[guild_id]
+            rows = await self.usage.query("SELECT guild_id, settings FROM guild_settings")
+        except sqlite3.Error as exc:  # defaults could make a private server's replies public
+            raise UsageUnavailable(f"cannot read the servers' settings: {exc}") from exc
+        self._settings = {
+            row["guild_id"]: GuildSettings.model_validate_json(row["settings"]) for row in rows
+        }
+
+    def get(self, guild_id: int) -> GuildSettings:
+        return self._settings.get(guild_id) or GuildSettings()
 
     async def update(self, guild_id: int, **changes: Any) -> GuildSettings:
-        """The one way settings change: validated, written, then cached."""
-        current = await self.get(guild_id)
-        updated = GuildSettings.model_validate({**current.model_dump(), **changes})
+        """The one way settings change: validated, written, then kept."""
+        updated = GuildSettings.model_validate({**self.get(guild_id).model_dump(), **changes})
         await self.usage.write_now(
             "INSERT INTO guild_settings (guild_id, settings, updated_at) VALUES (?, ?, ?) "
             "ON CONFLICT (guild_id) DO UPDATE SET settings = excluded.settings, "
             "updated_at = excluded.updated_at",
             (guild_id, updated.model_dump_json(), self.usage.clock()),
         )
-        self._cache[guild_id] = updated
+        self._settings[guild_id] = updated
         return updated

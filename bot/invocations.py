@@ -1,7 +1,11 @@
-"""Admission as every front end does it: guild rules, quotas, the executor, and one usage row.
+"""Admission as every front end does it: where commands may run, guild rules, quotas, the
+executor, and one usage row.
 
-The command line and the Discord cogs call ``Invoker.submit``; it leaves exactly one usage
-row per invocation, whether the job is refused, invalid, cancelled, failed or done.
+A front end calls ``Invoker.admit`` first: every check runs in memory, so a refusal can be
+answered privately before the interaction is acknowledged. The ``Admission`` it returns
+holds a quota reservation while the front end acknowledges and reads its input, then
+``submit`` queues the job; whatever ends it, exactly one usage row is left, whether the
+job is refused, invalid, cancelled, failed or done.
 """
 
 from __future__ import annotations
@@ -11,9 +15,9 @@ import dataclasses
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from types import TracebackType
+from typing import Any, Literal
 
 from bot.executor import (
     Busy,
@@ -25,18 +29,21 @@ from bot.executor import (
     ShuttingDown,
 )
 from bot.guilds import GuildSettings, GuildSettingsStore
-from bot.quotas import CooldownActive, QuotaExceeded, Quotas
+from bot.quotas import CooldownActive, QuotaExceeded, Quotas, Reservation
 from bot.usage import UsageLog
-from handlers.base import HandlerError
+from handlers.base import HandlerError, TaskKind
 
 log = logging.getLogger(__name__)
 
 IMAGE_TASKS = frozenset({"imagine"})
 """Tasks whose output a guild may confine to age-restricted channels."""
 
+DirectMessages = Literal["off", "text-only", "all"]
+"""Which commands work where no server's rules apply (see ``Caller.private``)."""
+
 
 class CommandDisabled(Exception):
-    """The guild turned this command off, or limits it to other channels."""
+    """The guild, or the bot's direct-message policy, does not allow this command here."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,9 @@ class Caller:
     roles: tuple[int, ...] = ()
     age_restricted: bool = False
     """Whether the channel is marked age-restricted (NSFW) in Discord."""
+    private: bool = False
+    """A direct message (or any place outside the servers the bot is in): the bot-wide
+    direct-message policy applies instead of a guild's rules."""
     enforce_quotas: bool = True
     """False for the admin's own command line."""
 
@@ -56,7 +66,7 @@ def status_of(error: BaseException | None) -> str:
     match error:
         case None:
             return "ok"
-        case HandlerError():
+        case HandlerError() | CommandDisabled():
             return "invalid"
         case Busy() | ShuttingDown():
             return "refused_busy"
@@ -81,11 +91,13 @@ def size_of(value: Any) -> int:
     return 0
 
 
-def describe(request: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def describe(request: Any, admitted: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """(options, what the member wrote) of a request dataclass.
 
     A request names its free-text fields in ``USER_TEXT``; without it every string field
-    counts as free text, so nothing a member wrote reaches the log by accident.
+    counts as free text, so nothing a member wrote reaches the log by accident. Other
+    string options (a language, a voice, a size) are kept only for admitted requests,
+    which passed validation and so hold known names; a refused one keeps its numbers.
     """
     values = dataclasses.asdict(request)
     declared = getattr(type(request), "USER_TEXT", None)
@@ -94,9 +106,75 @@ def describe(request: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         if declared is not None
         else {name for name, value in values.items() if isinstance(value, str | tuple | list)}
     )
-    options = {name: value for name, value in values.items() if name not in private}
+    options = {
+        name: value
+        for name, value in values.items()
+        if name not in private and (admitted or not isinstance(value, str | tuple | list))
+    }
     text = {name: value for name, value in values.items() if name in private}
     return options, text
+
+
+class Admission:
+    """A member's invocation that passed every check and holds its quota reservation until
+    it is submitted or refused. As a context manager, leaving it unsubmitted (an exception,
+    most often) refuses it."""
+
+    def __init__(
+        self,
+        invoker: Invoker,
+        task: str,
+        caller: Caller,
+        request: Any = None,
+    ) -> None:
+        self.invoker = invoker
+        self.task = task
+        self.caller = caller
+        self.request = request
+        """What the row describes: the request once it is known."""
+        self.reservation: Reservation | None = None
+        self.row_id = uuid.uuid4().hex
+        self.settled = False
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if not self.settled:  # a front end that returns without submitting still leaves a row
+            self.refuse(error or RuntimeError("admitted, then never submitted"))
+
+    def submit(self, request: Any, model: str | None = None) -> JobHandle:
+        """Validate and queue the job, or raise (and record) why it cannot run."""
+        invoker = self.invoker
+        self.request = request
+        try:
+            handle = invoker.executor.submit(
+                self.task, request, user_id=self.caller.user_id, model=model
+            )
+        except BaseException as exc:
+            self.refuse(exc)
+            raise
+        self.settled = True
+        invoker.usage.begin(invoker._row(self, handle.model))
+        handle.add_done_callback(lambda: invoker._ended(self.row_id, handle))
+        return handle
+
+    def refuse(self, error: BaseException) -> None:
+        """The invocation ends without a job: release the reservation, record one row."""
+        if self.settled:
+            return
+        self.settled = True
+        if self.reservation is not None:
+            self.reservation.release()
+        row = self.invoker._row(self, admitted=False)
+        self.invoker.usage.record(
+            {**row, "status": status_of(error), "error_kind": type(error).__name__}
+        )
 
 
 class Invoker:
@@ -107,69 +185,50 @@ class Invoker:
         quotas: Quotas,
         guilds: GuildSettingsStore,
         log_prompts: bool = False,
+        direct_messages: DirectMessages = "text-only",
     ) -> None:
         self.executor = executor
         self.usage = usage
         self.quotas = quotas
         self.guilds = guilds
         self.log_prompts = log_prompts
+        self.direct_messages: DirectMessages = direct_messages
 
-    async def submit(
-        self,
-        task: str,
-        request: Any,
-        caller: Caller,
-        model: str | None = None,
-        acknowledge: Callable[[], Awaitable[object]] | None = None,
-    ) -> JobHandle:
-        """Admit a job or raise the reason it was refused; either way one row is logged.
+    def admit(self, task: str, caller: Caller, request: Any = None) -> Admission:
+        """Check everything that needs no I/O, in one synchronous step, and reserve the
+        member's quota; a refusal is recorded and raised.
 
-        ``acknowledge`` runs once every check has passed and before the job is queued, so a
-        front end can answer refusals privately and still acknowledge before model work.
+        ``request``, when known already, is validated too; a front end that must read its
+        input first (after acknowledging) passes it to ``Admission.submit`` only.
         """
-        options, text = describe(request)
-        row: dict[str, Any] = {
-            "id": uuid.uuid4().hex,
-            "source": caller.source,
-            "guild_id": caller.guild_id,
-            "channel_id": caller.channel_id,
-            "user_id": caller.user_id,
-            "task": task,
-            "model": model,
-            "options": json.dumps(options, default=str),
-            "prompt": json.dumps(text, ensure_ascii=False) if self.log_prompts else None,
-            "input_size": size_of(request),
-        }
-        undo: Callable[[], None] | None = None
+        admission = Admission(self, task, caller, request)
         try:
             guild = None
-            if caller.guild_id is not None:
-                guild = await self.guilds.get(caller.guild_id)
+            if caller.private:
+                self._check_private(task)
+            elif caller.guild_id is not None:
+                guild = self.guilds.get(caller.guild_id)
                 self._check_guild(guild, task, caller)
-            if caller.enforce_quotas:
-                await self.quotas.check(caller.user_id, task, guild, caller.roles)
             self.executor.check(task, request, user_id=caller.user_id)
-            undo = self.quotas.admitted(caller.user_id, task)
-            if acknowledge is not None:
-                await acknowledge()
-            handle = self.executor.submit(task, request, user_id=caller.user_id, model=model)
-        except Exception as exc:  # refused, invalid, or the front end failed to acknowledge
-            if undo is not None:
-                undo()
-            status = "invalid" if isinstance(exc, CommandDisabled) else status_of(exc)
-            self.usage.record({**row, "status": status, "error_kind": type(exc).__name__})
+            if caller.enforce_quotas:
+                admission.reservation = self.quotas.reserve(
+                    caller.user_id, task, guild, caller.roles
+                )
+        except BaseException as exc:
+            admission.refuse(exc)
             raise
-        self.usage.begin({**row, "model": handle.model})
-        handle.add_done_callback(lambda: self._ended(row["id"], handle))
-        return handle
+        return admission
+
+    def submit(
+        self, task: str, request: Any, caller: Caller, model: str | None = None
+    ) -> JobHandle:
+        """Admit and queue in one go, for front ends with nothing to do in between."""
+        with self.admit(task, caller, request) as admission:
+            return admission.submit(request, model)
 
     def record_refusal(self, task: str, caller: Caller, error: BaseException) -> None:
-        """An invocation refused before it could be submitted (its input could not be read)."""
-        self.usage.record({
-            "id": uuid.uuid4().hex, "source": caller.source, "guild_id": caller.guild_id,
-            "channel_id": caller.channel_id, "user_id": caller.user_id, "task": task,
-            "status": status_of(error), "error_kind": type(error).__name__,
-        })  # fmt: skip
+        """An invocation whose input was refused before it could be admitted."""
+        Admission(self, task, caller).refuse(error)
 
     def record_command(self, command: str, caller: Caller) -> None:
         """A command that runs no model (/queue, /stats, ...): one row, like every other."""
@@ -178,6 +237,35 @@ class Invoker:
             "channel_id": caller.channel_id, "user_id": caller.user_id, "task": command,
             "status": "ok",
         })  # fmt: skip
+
+    def _row(
+        self, admission: Admission, model: str | None = None, admitted: bool = True
+    ) -> dict[str, Any]:
+        caller, request = admission.caller, admission.request
+        row: dict[str, Any] = {
+            "id": admission.row_id,
+            "source": caller.source,
+            "guild_id": caller.guild_id,
+            "channel_id": caller.channel_id,
+            "user_id": caller.user_id,
+            "task": admission.task,
+            "model": model,
+        }
+        if request is not None:
+            options, text = describe(request, admitted)
+            row["options"] = json.dumps(options, default=str)
+            row["prompt"] = json.dumps(text, ensure_ascii=False) if self.log_prompts else None
+            row["input_size"] = size_of(request)
+        return row
+
+    def _check_private(self, task: str) -> None:
+        policy = self.direct_messages
+        if policy == "off":
+            raise CommandDisabled("this bot's commands work in servers only, not here")
+        if policy == "text-only" and self.executor.tasks[task].kind is not TaskKind.TEXT:
+            raise CommandDisabled(
+                f"/{task} works in servers only; in direct messages this bot answers text commands"
+            )
 
     @staticmethod
     def _check_guild(guild: GuildSettings, task: str, caller: Caller) -> None:

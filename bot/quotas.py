@@ -1,4 +1,10 @@
-"""Daily per-member quotas and cooldowns per task, with per-guild overrides and exemptions."""
+"""Daily per-member quotas and cooldowns per task, with per-guild overrides and exemptions.
+
+Admission checks and reserves in one synchronous step, so no burst of clicks can slip
+between a check and its count. The counts live in memory: the day's usage is read from
+the usage log once, when the bot starts, and every later admission of the day happens in
+this process (a new UTC day starts from zero).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bot.guilds import GuildSettings
-from bot.usage import UsageLog
+from bot.usage import UsageLog, UsageUnavailable
 
 log = logging.getLogger(__name__)
 DAY = 86400
@@ -49,90 +55,117 @@ class QuotaPolicy:
     exempt_users: frozenset[str] = frozenset()
 
 
-class Quotas:
-    """Counts admissions in memory, seeded from the usage log on each member's first request
-    of the day, so a check costs one query per member and day at most."""
+@dataclass
+class Reservation:
+    """One admission counted against a member's quota and cooldown until it is released.
 
+    Releasing takes back exactly what was taken, once: a second release, or one after the
+    day has turned, changes nothing.
+    """
+
+    quotas: Quotas | None
+    """None once released, or when nothing was counted (an exempt member)."""
+    key: tuple[str, str, float]
+    """(user id, task, UTC day)."""
+    stamp: float
+    """When it was admitted: the cooldown's new start."""
+    previous: float | None
+    """The cooldown's start before this admission."""
+
+    def release(self) -> None:
+        quotas, self.quotas = self.quotas, None
+        if quotas is not None:
+            quotas._take_back(self)
+
+
+class Quotas:
     def __init__(
         self, policy: QuotaPolicy, usage: UsageLog, clock: Callable[[], float] = time.time
     ) -> None:
         self.policy = policy
         self.usage = usage
         self.clock = clock
+        self._day = self._day_of(clock())
         self._counts: dict[tuple[str, str, float], int] = {}
         self._last: dict[tuple[str, str], float] = {}
+        self._loaded = False
+
+    @staticmethod
+    def _day_of(now: float) -> float:
+        return math.floor(now / DAY) * DAY
+
+    async def load(self) -> None:
+        """Seed today's counts and last admissions from the usage log, once, before the
+        first admission (a second seeding would overwrite the admissions since)."""
+        if self._loaded:
+            raise RuntimeError("quota counts are seeded once, at start-up")
+        self._loaded = True
+        self._day = self._day_of(self.clock())
+        try:
+            used = await self.usage.used_since(self._day)
+        except sqlite3.Error as exc:
+            raise UsageUnavailable(f"cannot read today's quota counts: {exc}") from exc
+        self._counts = {(user, task, self._day): n for user, task, n, _ in used}
+        self._last = {(user, task): last for user, task, _, last in used}
+
+    def _today(self, now: float) -> float:
+        """The current UTC day; when it turns, yesterday's counts are dropped."""
+        day = self._day_of(now)
+        if day != self._day:
+            self._day = day
+            self._counts.clear()
+            self._last = {k: t for k, t in self._last.items() if now - t < DAY}
+        return day
 
     def _exempt(self, user_id: str, guild: GuildSettings | None, roles: Iterable[int]) -> bool:
         return user_id in self.policy.exempt_users or (
             guild is not None and not set(guild.exempt_roles).isdisjoint(roles)
         )
 
-    async def check(
+    def reserve(
         self,
         user_id: str,
         task: str,
         guild: GuildSettings | None = None,
         roles: Iterable[int] = (),
-    ) -> None:
-        """Raise ``CooldownActive`` or ``QuotaExceeded`` if the member may not run ``task`` now."""
-        if self._exempt(user_id, guild, roles):
-            return
+    ) -> Reservation:
+        """Count an admission, or raise ``CooldownActive`` or ``QuotaExceeded`` if the member
+        may not run ``task`` now. Release the reservation if the job is not queued after all."""
         now = self.clock()
+        if self._exempt(user_id, guild, roles):
+            return Reservation(None, (user_id, task, self._today(now)), now, None)
+        day = self._today(now)
         overrides = guild or GuildSettings()
         cooldown = overrides.cooldowns.get(task, self.policy.cooldowns.get(task))
-        last = self._last.get((user_id, task))
-        if cooldown and last is not None and now - last < cooldown:
-            raise CooldownActive(task, cooldown - (now - last))
+        previous = self._last.get((user_id, task))
+        if cooldown and previous is not None and now - previous < cooldown:
+            raise CooldownActive(task, cooldown - (now - previous))
         limit = overrides.quotas.get(task, self.policy.daily.get(task))
-        if limit is None:
-            return
-        day = math.floor(now / DAY) * DAY
-        used = await self._used(user_id, task, day)
-        if used >= limit:
-            raise QuotaExceeded(task, limit, day + DAY - now)
-
-    async def _used(self, user_id: str, task: str, day: float) -> int:
         key = (user_id, task, day)
-        if key not in self._counts:
-            try:
-                self._counts[key] = await self.usage.count_today(user_id, task, day)
-            except sqlite3.Error as exc:
-                log.warning("quota count unavailable (%s); allowing the request", exc)
-                return 0
-            for stale in [k for k in self._counts if k[2] < day]:
-                del self._counts[stale]
-        return self._counts[key]
+        if limit is not None and self._counts.get(key, 0) >= limit:
+            raise QuotaExceeded(task, limit, day + DAY - now)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        self._last[(user_id, task)] = now
+        return Reservation(self, key, now, previous)
 
-    async def summary(
+    def _take_back(self, reservation: Reservation) -> None:
+        user_id, task, _ = reservation.key
+        if reservation.key in self._counts:
+            self._counts[reservation.key] -= 1
+        if self._last.get((user_id, task)) == reservation.stamp:  # not replaced by a later one
+            if reservation.previous is None:
+                del self._last[(user_id, task)]
+            else:
+                self._last[(user_id, task)] = reservation.previous
+
+    def summary(
         self, user_id: str, guild: GuildSettings | None = None
     ) -> list[tuple[str, int, int, float]]:
         """(task, used, limit, seconds until reset) for every task with a daily limit."""
         now = self.clock()
-        day = math.floor(now / DAY) * DAY
+        day = self._today(now)
         limits = {**self.policy.daily, **(guild.quotas if guild else {})}
         return [
-            (task, await self._used(user_id, task, day), limit, day + DAY - now)
+            (task, self._counts.get((user_id, task, day), 0), limit, day + DAY - now)
             for task, limit in sorted(limits.items())
         ]
-
-    def admitted(self, user_id: str, task: str) -> Callable[[], None]:
-        """Count an admission now (before any await, so a quick second request sees it);
-        returns a function that takes it back if the job is not queued after all."""
-        now = self.clock()
-        stamp = (user_id, task)
-        previous = self._last.get(stamp)
-        self._last[stamp] = now
-        key = (user_id, task, math.floor(now / DAY) * DAY)
-        counted = key in self._counts
-        if counted:
-            self._counts[key] += 1
-
-        def undo() -> None:
-            if previous is None:
-                self._last.pop(stamp, None)
-            else:
-                self._last[stamp] = previous
-            if counted and key in self._counts:
-                self._counts[key] -= 1
-
-        return undo

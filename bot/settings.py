@@ -81,6 +81,10 @@ class ImagineSettings(BaseModel):
     """Score above which the safety model withholds an image."""
     blocked_terms: list[str] = []
     """Words or phrases refused in prompts, whole-word and in any case (JSON list)."""
+    reroll_hours: float = Field(default=24, gt=0)
+    """How long the Reroll and Variations buttons of a posted image keep working. The
+    prompt they need is stored that long (whatever BOT_LOG_PROMPTS says) and deleted
+    within ten minutes after."""
 
 
 class SpeakSettings(BaseModel):
@@ -185,6 +189,12 @@ class Settings(BaseSettings):
     """Where the bot keeps its database and other state."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Logging verbosity."""
+    discord_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Verbosity of discord.py's own loggers, never above BOT_LOG_LEVEL's. Their DEBUG lines
+    carry message contents and interaction tokens: set DEBUG only to debug the connection."""
+    direct_messages: Literal["off", "text-only", "all"] = "text-only"
+    """Commands in direct messages with the bot, where no server's rules apply: off, text
+    tasks only (no images or speech), or all."""
     device: str = "auto"
     """Where models run: auto (cuda, then mps, then cpu), cuda, cuda:1, mps or cpu."""
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"

@@ -57,6 +57,8 @@ COLUMNS = (
     "output_size",
     "error_kind",
 )
+RETENTION_INTERVAL_S = 600
+"""How often old rows are deleted while the bot runs."""
 COUNTED = ("running", "ok", "timeout", "cancelled", "error", "interrupted")
 """Statuses that used the service and count toward a quota (refusals and bad input don't)."""
 
@@ -103,6 +105,8 @@ class UsageLog:
     """Most unwritten rows kept while the database is unavailable; beyond it rows are dropped
     (and counted in ``dropped``)."""
     retention_days: int | None = 90
+    image_requests_ttl_s: float = 86400.0
+    """How long the options behind an image's Reroll button (its prompt) are kept."""
     busy_timeout_ms: int = 5000
     clock: Callable[[], float] = time.time
     dropped: int = 0
@@ -136,7 +140,7 @@ class UsageLog:
                 f"cannot open the usage database at {self.path}: {exc}; "
                 "set BOT_DATA_DIR or BOT_USAGE__PATH to a writable place"
             ) from exc
-        await self._apply_retention()
+        await self.apply_retention()
         self._writer = asyncio.create_task(self._write_forever(), name="usage-writer")
 
     async def _connect(self) -> aiosqlite.Connection:
@@ -220,8 +224,8 @@ class UsageLog:
                 return
             ok = await self.flush()
             delay = self.flush_interval_s if ok else min(30.0, max(delay * 2, 1.0))
-            if ok and self.clock() - self._last_retention > 3600:
-                await self._apply_retention()
+            if ok and self.clock() - self._last_retention >= RETENTION_INTERVAL_S:
+                await self.apply_retention()
 
     async def flush(self) -> bool:
         """Write every buffered record; on failure keep them for the next try."""
@@ -291,26 +295,32 @@ class UsageLog:
                 await self._db.close()
             self._db = None
 
-    async def _apply_retention(self) -> None:
-        self._last_retention = self.clock()
-        if self.retention_days is None or self._db is None:
+    async def apply_retention(self) -> None:
+        """Delete usage rows older than ``retention_days`` and image requests older than
+        ``image_requests_ttl_s`` (what members wrote is kept no longer than that)."""
+        now = self._last_retention = self.clock()
+        if self._db is None:
             return
-        cutoff = self.clock() - self.retention_days * 86400
         try:
             async with self._lock:
-                cursor = await self._db.execute(
-                    "DELETE FROM invocations WHERE started_at < ? AND status != 'running'",
-                    (cutoff,),
+                if self.retention_days is not None:
+                    cursor = await self._db.execute(
+                        "DELETE FROM invocations WHERE started_at < ? AND status != 'running'",
+                        (now - self.retention_days * 86400,),
+                    )
+                    if cursor.rowcount:
+                        log.info(
+                            "deleted %d usage rows older than %d days",
+                            cursor.rowcount,
+                            self.retention_days,
+                        )
+                await self._db.execute(
+                    "DELETE FROM image_requests WHERE created_at < ?",
+                    (now - self.image_requests_ttl_s,),
                 )
-                await self._db.execute("DELETE FROM image_requests WHERE created_at < ?", (cutoff,))
                 await self._db.commit()
         except (sqlite3.Error, ValueError) as exc:
             log.warning("could not apply usage retention: %s", exc)
-            return
-        if cursor.rowcount:
-            log.info(
-                "deleted %d usage rows older than %d days", cursor.rowcount, self.retention_days
-            )
 
     # Reading
 
@@ -334,14 +344,15 @@ class UsageLog:
             await self._db.execute(sql, tuple(params))
             await self._db.commit()
 
-    async def count_today(self, user_id: str, task: str, day_start: float) -> int:
+    async def used_since(self, since: float) -> list[tuple[str, str, int, float]]:
+        """(user id, task, invocations, the latest start) of what counts toward quotas."""
         marks = ", ".join("?" for _ in COUNTED)
         rows = await self.query(
-            "SELECT COUNT(*) AS n FROM invocations WHERE user_id = ? AND task = ? "
-            f"AND started_at >= ? AND status IN ({marks})",
-            (user_id, task, day_start, *COUNTED),
+            "SELECT user_id, task, COUNT(*) AS n, MAX(started_at) AS last FROM invocations "
+            f"WHERE started_at >= ? AND status IN ({marks}) GROUP BY user_id, task",
+            (since, *COUNTED),
         )
-        return rows[0]["n"]
+        return [(row["user_id"], row["task"], row["n"], row["last"]) for row in rows]
 
     async def since(self, since: float, guild_id: int | None = None) -> list[sqlite3.Row]:
         """Rows from ``since`` on, of one guild when ``guild_id`` is given."""

@@ -150,7 +150,8 @@ class Stack:
 
 @pytest.fixture
 async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
-    """The bot over scripted tasks; ``indirect`` params set max_queue and edit interval."""
+    """The bot over scripted tasks; ``indirect`` params set max_queue, the edit interval and
+    a few settings (read_messages, direct_messages, log_prompts)."""
     options = getattr(request, "param", {})
     tasks = {name: ScriptedTask(REAL[name], respond) for name, respond in RESPONSES.items()}
     class_limits = limits(max_batch=4)
@@ -164,16 +165,22 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
             limits={kind: class_limits for kind in TaskKind},
         ),
     )
-    usage = UsageLog(tmp_path / "usage.sqlite3", flush_interval_s=3600)
-    await usage.open()
-    await executor.start()  # outside the bot, as main() does: the bot never awaits the GPU
-    invoker = Invoker(
-        executor, usage, Quotas(QuotaPolicy({"imagine": 5}), usage), GuildSettingsStore(usage)
-    )
     settings = Settings(
         _env_file=None,
         edit_interval_s=options.get("interval", 0.0),
         read_messages=options.get("read_messages", False),
+        direct_messages=options.get("direct_messages", "text-only"),
+        log_prompts=options.get("log_prompts", False),
+    )
+    usage = UsageLog(tmp_path / "usage.sqlite3", flush_interval_s=3600)
+    await usage.open()
+    await executor.start()  # outside the bot, as main() does: the bot never awaits the GPU
+    quotas = Quotas(QuotaPolicy({"imagine": 5}), usage)
+    await quotas.load()
+    guilds = GuildSettingsStore(usage)
+    await guilds.load()
+    invoker = Invoker(
+        executor, usage, quotas, guilds, settings.log_prompts, settings.direct_messages
     )
     bot = AssistantBot(Services(executor, usage, invoker), settings)
     yield Stack(bot, tasks, tmp_path / "usage.sqlite3")
@@ -396,10 +403,10 @@ async def test_an_unexpected_error_replies_privately_with_an_id(
 ) -> None:
     s = await scene(harness)
 
-    async def broken(*args: Any, **kwargs: Any) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("database on fire")
 
-    monkeypatch.setattr(harness.bot.invoker, "submit", broken)
+    monkeypatch.setattr(harness.bot.invoker, "admit", broken)
     result = await s.alice.slash(s.channel, "sentiment", text="hi")
     harness.expected_bugs.extend(e for e in harness.env.errors if "fire" in str(unwrap(e)))
     assert result.ephemeral
@@ -567,5 +574,5 @@ async def test_config_turns_commands_off_and_on(harness: Harness) -> None:
     typo = await carol.slash(s.channel, "config", enable="chta")
     assert typo.ephemeral and typo.response.content.startswith("**enable**:")
     await carol.slash(s.channel, "config", enable="chat")
-    settings = await harness.bot.guild_settings.get(s.guild.id)
+    settings = harness.bot.guild_settings.get(s.guild.id)
     assert settings.enabled_commands is None  # everything on again

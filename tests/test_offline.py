@@ -90,17 +90,17 @@ async def test_the_services_start_offline_from_the_cache_and_serve(
 ) -> None:
     async with running(offline_settings(tmp_path)) as services:
         assert set(services.executor.tasks) == set(Settings(_env_file=None).models.model_dump())
-        sentiment = await services.invoker.submit("sentiment", SentimentRequest("good"), CALLER)
+        sentiment = services.invoker.submit("sentiment", SentimentRequest("good"), CALLER)
         assert (await sentiment).label in {"POSITIVE", "NEGATIVE"}
         # Speech needs the model, its vocoder and the voice dataset, all from the cache.
-        speech = await services.invoker.submit("speak", SpeakRequest("Hello there."), CALLER)
+        speech = services.invoker.submit("speak", SpeakRequest("Hello there."), CALLER)
         assert (await speech).seconds > 0
 
 
 async def test_a_model_never_pulled_names_the_pull_command(cache: Path, tmp_path: Path) -> None:
     settings = offline_settings(tmp_path, models={"chat": "tiny-org/never-pulled"})
     async with running(settings) as services:
-        handle = await services.invoker.submit("chat", ChatRequest("hi", max_tokens=4), CALLER)
+        handle = services.invoker.submit("chat", ChatRequest("hi", max_tokens=4), CALLER)
         with pytest.raises(ModelNotDownloaded) as error:
             await handle
     assert str(error.value) == (
@@ -114,7 +114,7 @@ async def test_a_missing_part_of_a_pulled_model_names_the_pull_command(
 ) -> None:
     settings = offline_settings(tmp_path, speak={"vocoder": "tiny-org/never-pulled"})
     async with running(settings) as services:
-        handle = await services.invoker.submit("speak", SpeakRequest("Hello."), CALLER)
+        handle = services.invoker.submit("speak", SpeakRequest("Hello."), CALLER)
         with pytest.raises(ModelNotDownloaded) as error:
             await handle
     assert str(error.value) == (

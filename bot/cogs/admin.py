@@ -12,7 +12,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.charts import usage_chart
-from bot.cogs._render import NO_MENTIONS, clip
+from bot.cogs.delivery import NO_MENTIONS
+from bot.cogs.markdown import clip
 from bot.cogs.tasks import caller_of
 from bot.quotas import duration
 from bot.usage import render_stats
@@ -20,6 +21,8 @@ from handlers.base import InvalidInput
 
 if TYPE_CHECKING:
     from bot.client import AssistantBot
+
+    Interaction = discord.Interaction[AssistantBot]
 
 
 class NotAnAdmin(app_commands.CheckFailure):
@@ -30,10 +33,9 @@ class NotAnAdmin(app_commands.CheckFailure):
 def admin_only() -> app_commands.check:
     """Manage Server, or one of the configured owners (the Discord setting can be changed)."""
 
-    async def predicate(interaction: discord.Interaction) -> bool:
-        bot: AssistantBot = interaction.client  # type: ignore[assignment]
+    async def predicate(interaction: Interaction) -> bool:
         user = interaction.user
-        allowed = str(user.id) in bot.settings.owner_ids or (
+        allowed = str(user.id) in interaction.client.settings.owner_ids or (
             isinstance(user, discord.Member) and user.guild_permissions.manage_guild
         )
         if not allowed:
@@ -47,16 +49,22 @@ class Admin(commands.Cog):
     def __init__(self, bot: AssistantBot) -> None:
         self.bot = bot
 
-    async def _reply(self, interaction: discord.Interaction, command: str, text: str) -> None:
-        await interaction.response.send_message(
-            clip(text), ephemeral=True, allowed_mentions=NO_MENTIONS
-        )
+    async def _reply(self, interaction: Interaction, command: str, text: str) -> None:
+        """Answer privately, in place of the private deferral where there was one."""
+        if interaction.response.is_done():
+            await interaction.followup.send(
+                clip(text), ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
+        else:
+            await interaction.response.send_message(
+                clip(text), ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
         self.bot.invoker.record_command(command, caller_of(interaction))
 
     @app_commands.command(description="Jobs waiting and running, and the models in memory")
     @app_commands.default_permissions(manage_guild=True)
     @admin_only()
-    async def queue(self, interaction: discord.Interaction) -> None:
+    async def queue(self, interaction: Interaction) -> None:
         snapshot = self.bot.executor.snapshot()
         lines = [f"**{snapshot.outstanding}** jobs in progress, **{snapshot.queued}** waiting"]
         for model in snapshot.models:
@@ -74,7 +82,7 @@ class Admin(commands.Cog):
     @app_commands.default_permissions(manage_guild=True)
     @admin_only()
     async def stats(
-        self, interaction: discord.Interaction, days: app_commands.Range[int, 1, 90] = 7
+        self, interaction: Interaction, days: app_commands.Range[int, 1, 90] = 7
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         # Owners see every server; a server's managers see their own server only.
@@ -105,7 +113,7 @@ class Admin(commands.Cog):
     @admin_only()
     async def config(
         self,
-        interaction: discord.Interaction,
+        interaction: Interaction,
         ephemeral: bool | None = None,
         images: Literal["age_restricted_only", "allow"] | None = None,
         enable: str | None = None,
@@ -113,7 +121,7 @@ class Admin(commands.Cog):
     ) -> None:
         assert interaction.guild_id is not None
         store = self.bot.guild_settings
-        current = await store.get(interaction.guild_id)
+        current = store.get(interaction.guild_id)
         changes: dict[str, object] = {}
         if ephemeral is not None:
             changes["ephemeral"] = ephemeral
@@ -127,14 +135,17 @@ class Admin(commands.Cog):
             on = set(everything if current.enabled_commands is None else current.enabled_commands)
             on = (on | {enable}) - {disable} if enable else on - {disable}
             changes["enabled_commands"] = None if on >= everything else sorted(on)
-        settings = await store.update(interaction.guild_id, **changes) if changes else current
+        settings = current
+        if changes:
+            await interaction.response.defer(ephemeral=True, thinking=True)  # a disk write
+            settings = await store.update(interaction.guild_id, **changes)
         shown = settings.model_dump(exclude_defaults=True) or "defaults"
         await self._reply(interaction, "config", f"Server settings: `{shown}`")
 
     @app_commands.command(description="Your quota for today")
-    async def usage(self, interaction: discord.Interaction) -> None:
-        guild = await self.bot.settings_for(interaction)
-        rows = await self.bot.invoker.quotas.summary(str(interaction.user.id), guild)
+    async def usage(self, interaction: Interaction) -> None:
+        guild = self.bot.settings_for(interaction)
+        rows = self.bot.invoker.quotas.summary(str(interaction.user.id), guild)
         lines = [f"/{task}: {used} of {limit} used, resets in {duration(resets)}"
                  for task, used, limit, resets in rows] or ["No daily limits apply."]  # fmt: skip
         await self._reply(interaction, "usage", "\n".join(lines))

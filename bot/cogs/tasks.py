@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs._render import CancelView, JobWatcher, Reply
+from bot.cogs.delivery import CancelView, JobWatcher, Reply
 from bot.cogs.images import image_buttons
+from bot.cogs.reading import summarize_source
 from bot.invocations import Caller
 from handlers.base import HandlerError, InvalidInput
 from handlers.chat import ChatRequest, ChatResult
@@ -27,12 +28,14 @@ from handlers.translate import TranslateRequest, TranslateResult
 if TYPE_CHECKING:
     from bot.client import AssistantBot
 
+    Interaction = discord.Interaction[AssistantBot]
+
 log = logging.getLogger(__name__)
 
 Text = app_commands.Range[str, 1, 4000]
 
 
-def caller_of(interaction: discord.Interaction) -> Caller:
+def caller_of(interaction: Interaction) -> Caller:
     channel = interaction.channel
     user = interaction.user
     return Caller(
@@ -42,6 +45,7 @@ def caller_of(interaction: discord.Interaction) -> Caller:
         channel_id=interaction.channel_id,
         roles=tuple(role.id for role in user.roles) if isinstance(user, discord.Member) else (),
         age_restricted=bool(channel is not None and getattr(channel, "is_nsfw", bool)()),
+        private=interaction.client.is_private(interaction),
     )
 
 
@@ -56,90 +60,29 @@ def language_choices(current: str, detect: bool) -> list[app_commands.Choice[str
 
 
 def render(result: Any) -> Reply:
-    """How each task's result looks in Discord."""
+    """How each task's result looks in Discord: what the model wrote, and the bot's note."""
     match result:
         case SummarizeResult():
-            note = f"\n-# summarised from {result.chunks} parts" if result.chunks > 1 else ""
-            return Reply(result.summary + note)
+            note = f"-# summarised from {result.chunks} parts" if result.chunks > 1 else ""
+            return Reply(result.summary, note)
         case TranslateResult():
-            return Reply(f"{result.text}\n-# {result.source} → {result.target}")
+            return Reply(result.text, f"-# {result.source} → {result.target}")
         case ImagineResult():
             note = f"-# seed {result.seed} · {result.width}x{result.height} · {result.steps} steps"
             if result.flagged:
                 note += f" · {result.flagged} withheld by the safety filter"
             files = [(f"imagine-{result.seed + k}.png", png) for k, png in enumerate(result.images)]
-            return Reply(note, files)
+            return Reply(note=note, files=files)
         case SpeakResult():
-            return Reply(f"-# {result.seconds:.1f} s", [("speech.ogg", result.ogg)])
+            return Reply(note=f"-# {result.seconds:.1f} s", files=[("speech.ogg", result.ogg)])
         case SentimentResult():
             return Reply(f"**{result.label}** ({result.score:.0%})")
         case ClassifyResult():
             rows = zip(result.labels, result.scores, strict=True)
             return Reply("\n".join(f"`{score:6.1%}` {label}" for label, score in rows))
         case ChatResult():
-            return Reply(result.text or "*(no answer)*")
+            return Reply(result.text) if result.text else Reply(note="*(no answer)*")
     raise TypeError(f"no rendering for {type(result).__name__}")
-
-
-# Snowflakes have at most 20 digits; int() raises ValueError past 4,300 of them.
-MESSAGE_LINK = re.compile(
-    r"https://(?:\w+\.)?discord(?:app)?\.com/channels/(\d{1,20})/(\d{1,20})/(\d{1,20})"
-)
-MAX_TEXT_FILE = 2**20
-
-
-async def text_from(
-    interaction: discord.Interaction,
-    text: str | None,
-    messages: int | None,
-    link: str | None,
-    file: discord.Attachment | None,
-    can_read: bool,
-) -> str:
-    """The text to summarize, from exactly one source; errors name the option to fix."""
-    given = [name for name, value in (("text", text), ("messages", messages), ("link", link),
-             ("file", file)) if value]  # fmt: skip
-    if len(given) != 1:
-        raise InvalidInput("text", "give exactly one of text, messages, link or file")
-    if text:
-        return text
-    if file is not None:
-        if not file.filename.lower().endswith(".txt") or file.size > MAX_TEXT_FILE:
-            raise InvalidInput("file", "attach a .txt file of at most 1 MiB")
-        try:
-            return (await file.read()).decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidInput("file", "is not UTF-8 text") from None
-    if not can_read:
-        raise InvalidInput(
-            "messages" if messages else "link",
-            "reading messages is off on this bot (its admin can enable BOT_READ_MESSAGES)",
-        )
-    channel = interaction.channel
-    if link:
-        match = MESSAGE_LINK.fullmatch(link.strip())
-        if match is None or int(match[1]) != interaction.guild_id:
-            raise InvalidInput("link", "must be a link to a message in this server")
-        source = (
-            interaction.guild.get_channel_or_thread(int(match[2])) if interaction.guild else None
-        )
-        if not isinstance(source, discord.abc.GuildChannel | discord.Thread) or not isinstance(
-            interaction.user, discord.Member
-        ):
-            raise InvalidInput("link", "points to a channel I cannot see")
-        allowed = source.permissions_for(interaction.user)
-        if not (allowed.view_channel and allowed.read_message_history):
-            raise InvalidInput("link", "points to a channel you cannot read")
-        try:
-            message = await source.fetch_message(int(match[3]))
-        except discord.HTTPException:
-            raise InvalidInput("link", "points to a message I cannot read") from None
-        return message.content
-    if not isinstance(channel, discord.abc.Messageable):
-        raise InvalidInput("messages", "this channel has no history I can read")
-    lines = [f"{m.author.display_name}: {m.content}"
-             async for m in channel.history(limit=messages) if m.content]  # fmt: skip
-    return "\n".join(reversed(lines))
 
 
 class Tasks(commands.Cog):
@@ -159,46 +102,57 @@ class Tasks(commands.Cog):
         for menu in self.menus:
             self.bot.tree.remove_command(menu.name, type=menu.type)
 
-    async def summarize_message(
-        self, interaction: discord.Interaction, message: discord.Message
-    ) -> None:
+    async def summarize_message(self, interaction: Interaction, message: discord.Message) -> None:
         await self.run(interaction, "summarize", SummarizeRequest(message.content))
 
-    async def translate_message(
-        self, interaction: discord.Interaction, message: discord.Message
-    ) -> None:
+    async def translate_message(self, interaction: Interaction, message: discord.Message) -> None:
         """Into the language of the member's Discord client."""
         target = str(interaction.locale)
         await self.run(interaction, "translate", TranslateRequest(message.content, target))
 
-    async def speak_message(
-        self, interaction: discord.Interaction, message: discord.Message
-    ) -> None:
+    async def speak_message(self, interaction: Interaction, message: discord.Message) -> None:
         await self.run(interaction, "speak", SpeakRequest(message.content))
 
-    async def run(self, interaction: discord.Interaction, task: str, request: Any) -> None:
-        """Admit (refusals answer privately at once), defer, then let a watcher follow the job."""
-        guild = await self.bot.settings_for(interaction)
-        ephemeral = bool(guild and guild.ephemeral)
-        final_view = None
-        if task == "imagine":  # stored first: a button must never point at nothing
-            try:
-                key = await self.bot.image_requests.save(
-                    request, interaction.user.id, interaction.guild_id
-                )
-                final_view = image_buttons(key)
-            except sqlite3.Error as exc:  # the images still come, without buttons
-                log.warning("cannot store an image request, so no buttons: %s", exc)
-        handle = await self.bot.invoker.submit(
-            task,
-            request,
-            caller_of(interaction),
-            acknowledge=lambda: interaction.response.defer(thinking=True, ephemeral=ephemeral),
-        )
+    async def run(
+        self,
+        interaction: Interaction,
+        task: str,
+        request: Any = None,
+        read: Callable[[], Awaitable[Any]] | None = None,
+    ) -> None:
+        """Admit (a refusal answers privately at once), defer, then do what may be slow:
+        ``read`` the request if it isn't given, store an image's options for its buttons.
+        Then a watcher follows the job, replying as the reply policy says."""
+        bot = self.bot
+        policy = bot.reply_policy(interaction)
+        with bot.invoker.admit(task, caller_of(interaction), request) as admission:
+            await interaction.response.defer(thinking=True, ephemeral=policy.ephemeral)
+            if read is not None:
+                request = await read()
+            final_view = (
+                await self._image_buttons(interaction, request) if task == "imagine" else None
+            )
+            handle = admission.submit(request)
         view = CancelView(handle, interaction.user.id)
-        watcher = JobWatcher(interaction, handle, view, self.bot.edit_interval, render, final_view)
-        self.bot.watchers[handle.id] = watcher
-        watcher.finished.add_done_callback(lambda _: self.bot.watchers.pop(handle.id, None))
+        watcher = JobWatcher(
+            interaction, handle, view, bot.edit_interval, render, policy, final_view
+        )
+        bot.watchers[handle.id] = watcher
+        watcher.finished.add_done_callback(lambda _: bot.watchers.pop(handle.id, None))
+
+    async def _image_buttons(
+        self, interaction: Interaction, request: ImagineRequest
+    ) -> discord.ui.View | None:
+        """Reroll, Variations and Delete; their request is stored first, so that a button
+        never points at nothing. Without the database the images still come, buttonless."""
+        try:
+            key = await self.bot.image_requests.save(
+                request, interaction.user.id, interaction.guild_id
+            )
+        except sqlite3.Error as exc:
+            log.warning("cannot store an image request, so no buttons: %s", exc)
+            return None
+        return image_buttons(key)
 
     @app_commands.command(description="Summarize a text, a file or the channel's last messages")
     @app_commands.describe(
@@ -213,7 +167,7 @@ class Tasks(commands.Cog):
     )
     async def summarize(
         self,
-        interaction: discord.Interaction,
+        interaction: Interaction,
         text: Text | None = None,
         messages: app_commands.Range[int, 1, 100] | None = None,
         link: str | None = None,
@@ -221,31 +175,35 @@ class Tasks(commands.Cog):
         length: str = "medium",
     ) -> None:
         try:
-            source = await text_from(
+            source = summarize_source(
                 interaction, text, messages, link, file, self.bot.settings.read_messages
             )
         except InvalidInput as exc:
             self.bot.invoker.record_refusal("summarize", caller_of(interaction), exc)
             raise
-        await self.run(interaction, "summarize", SummarizeRequest(source, length))
+
+        async def read() -> SummarizeRequest:
+            return SummarizeRequest(await source(), length)
+
+        await self.run(interaction, "summarize", read=read)
 
     @app_commands.command(description="Translate a text into another language")
     @app_commands.describe(text="The text", to="Target language", source="Source (default: detect)")
     @app_commands.rename(source="from")
     async def translate(
-        self, interaction: discord.Interaction, text: Text, to: str, source: str = "auto"
+        self, interaction: Interaction, text: Text, to: str, source: str = "auto"
     ) -> None:
         await self.run(interaction, "translate", TranslateRequest(text, to, source))
 
     @translate.autocomplete("to")
     async def _targets(
-        self, interaction: discord.Interaction, current: str
+        self, interaction: Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         return language_choices(current, detect=False)
 
     @translate.autocomplete("source")
     async def _sources(
-        self, interaction: discord.Interaction, current: str
+        self, interaction: Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         return language_choices(current, detect=True)
 
@@ -261,7 +219,7 @@ class Tasks(commands.Cog):
     )
     async def imagine(
         self,
-        interaction: discord.Interaction,
+        interaction: Interaction,
         prompt: app_commands.Range[str, 1, 1000],
         negative: app_commands.Range[str, 0, 1000] = "",
         steps: app_commands.Range[int, 1, 150] | None = None,
@@ -275,7 +233,7 @@ class Tasks(commands.Cog):
 
     @imagine.autocomplete("size")
     async def _sizes(
-        self, interaction: discord.Interaction, current: str
+        self, interaction: Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         sizes = self.bot.executor.tasks["imagine"].size_choices() or []
         return [app_commands.Choice(name=s, value=s) for s in sizes if current in s][:25]
@@ -284,7 +242,7 @@ class Tasks(commands.Cog):
     @app_commands.describe(text="What to say", voice="Voice", language="Language code")
     async def speak(
         self,
-        interaction: discord.Interaction,
+        interaction: Interaction,
         text: app_commands.Range[str, 1, 2000],
         voice: str | None = None,
         language: str = "en",
@@ -293,7 +251,7 @@ class Tasks(commands.Cog):
 
     @speak.autocomplete("voice")
     async def _voices(
-        self, interaction: discord.Interaction, current: str
+        self, interaction: Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         try:
             names = self.bot.executor.tasks["speak"].voice_names()
@@ -303,14 +261,14 @@ class Tasks(commands.Cog):
 
     @speak.autocomplete("language")
     async def _speech_languages(
-        self, interaction: discord.Interaction, current: str
+        self, interaction: Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         codes = self.bot.executor.tasks["speak"].languages()
         return [app_commands.Choice(name=c, value=c) for c in codes if current in c][:25]
 
     @app_commands.command(description="Is a text positive or negative?")
     @app_commands.describe(text="The text to rate")
-    async def sentiment(self, interaction: discord.Interaction, text: Text) -> None:
+    async def sentiment(self, interaction: Interaction, text: Text) -> None:
         await self.run(interaction, "sentiment", SentimentRequest(text))
 
     @app_commands.command(description="Sort a text into your own labels")
@@ -321,7 +279,7 @@ class Tasks(commands.Cog):
     )
     async def classify(
         self,
-        interaction: discord.Interaction,
+        interaction: Interaction,
         text: Text,
         labels: app_commands.Range[str, 3, 1000],
         multi_label: bool = False,
@@ -333,7 +291,7 @@ class Tasks(commands.Cog):
     @app_commands.describe(message="What to say", temperature="0 answers the same way each time")
     async def chat(
         self,
-        interaction: discord.Interaction,
+        interaction: Interaction,
         message: Text,
         temperature: app_commands.Range[float, 0.0, 2.0] = 0.7,
     ) -> None:

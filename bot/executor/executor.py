@@ -96,12 +96,14 @@ class Executor:
 
     # Admission
 
-    def check(self, task: str, request: Any, *, user_id: str | int) -> Task[Any, Any]:
-        """Raise what ``submit`` would refuse with, without queueing anything."""
+    def check(self, task: str, request: Any = None, *, user_id: str | int) -> Task[Any, Any]:
+        """Raise what ``submit`` would refuse with, without queueing anything; without a
+        request (one still to be read), only whether the user and the queue have room."""
         if self._closing:
             raise ShuttingDown
         handler = self._task(task)
-        handler.validate(request)
+        if request is not None:
+            handler.validate(request)
         user = str(user_id)
         if self._outstanding.get(user, 0) >= self.config.max_per_user:
             self.metrics.record_refusal("user_limit")

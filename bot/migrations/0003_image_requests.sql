@@ -1,5 +1,5 @@
 -- The options behind each posted image, so its Reroll and Variations buttons keep working
--- after a restart. Deleted with the usage rows after the retention period.
+-- after a restart. Deleted after BOT_IMAGINE__REROLL_HOURS.
 CREATE TABLE image_requests (
     id         TEXT PRIMARY KEY,
     guild_id   INTEGER,

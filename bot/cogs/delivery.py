@@ -1,4 +1,4 @@
-"""What every task command shares: following a job on Discord and delivering its result."""
+"""Following a job on Discord and delivering its result, where its reply policy says."""
 
 from __future__ import annotations
 
@@ -9,18 +9,32 @@ import io
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import discord
 
+from bot.cogs.markdown import MESSAGE_LIMIT, clip, neutralize, split_text
 from bot.executor import JobCancelled, JobEvent, JobHandle, JobState
 
 log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
-MESSAGE_LIMIT = 2000
 MAX_SPLIT_MESSAGES = 3
 """Longer text than this many messages goes out as a .txt file."""
+PREVIEW_CHARS = 300
+"""How much of a text sent as a file the message itself shows."""
+
+
+@dataclass(frozen=True)
+class ReplyPolicy:
+    """Where one invocation's replies go, decided once and followed by every send:
+    progress, the result and its follow-up pieces, failures, and fallbacks."""
+
+    ephemeral: bool = False
+    """Only the member who asked sees the reply."""
+    fallback: Literal["channel", "dm"] = "channel"
+    """Where a result goes when the reply can no longer be edited (its 15-minute token is
+    gone, or Discord refuses): a private reply never goes to the channel."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +42,9 @@ class Reply:
     """A finished result as Discord should show it."""
 
     text: str = ""
+    """What a member or a model wrote: neutralized when posted, as typed in a .txt file."""
+    note: str = ""
+    """The bot's own line under it (``-# seed 7 ...``), posted as it is."""
     files: Sequence[tuple[str, bytes]] = ()
     """(file name, contents)."""
 
@@ -67,26 +84,9 @@ def describe_progress(task: str, event: JobEvent) -> str | None:
             bar = "█" * filled + "░" * (10 - filled)
             return f"🎨 /{task}: {bar} {event.step}/{event.total}"
         if isinstance(event.partial, str) and event.partial:
-            return clip(event.partial)
+            return clip(neutralize(event.partial))
         return f"⚙️ /{task}: working…"
     return None
-
-
-def clip(text: str, limit: int = MESSAGE_LIMIT) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def split_text(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
-    """Pieces under ``limit``, cut at paragraph, line or word boundaries where possible."""
-    pieces: list[str] = []
-    rest = text
-    while len(rest) > limit:
-        cut = max(rest.rfind(sep, 0, limit) for sep in ("\n\n", "\n", " "))
-        cut = cut if cut > limit // 2 else limit
-        pieces.append(rest[:cut].rstrip())
-        rest = rest[cut:].lstrip()
-    pieces.append(rest)
-    return [p for p in pieces if p]
 
 
 class JobWatcher:
@@ -104,16 +104,16 @@ class JobWatcher:
         view: CancelView,
         interval: float,
         render: Callable[[Any], Reply],
+        policy: ReplyPolicy,
         final_view: discord.ui.View | None = None,
-        ephemeral: bool = False,
     ) -> None:
         self.interaction = interaction
         self.handle = handle
         self.view = view
         self.interval = interval
         self.render = render
+        self.policy = policy
         self.final_view = final_view
-        self.ephemeral = ephemeral
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._loop = asyncio.get_running_loop()
         self._last_edit = -float("inf")
@@ -167,15 +167,15 @@ class JobWatcher:
                 error = self.handle.error
                 if error is None:
                     reply = self.render(self.handle.peek_result())
-                    await deliver(self.interaction, reply, self.final_view, self.ephemeral)
+                    await deliver(self.interaction, reply, self.policy, self.final_view)
                 else:
-                    await show_failure(self.interaction, error, self.ephemeral)
+                    await show_failure(self.interaction, error, self.policy)
             except Exception:
                 log.exception("could not deliver the result of job %d", self.handle.id)
                 with contextlib.suppress(discord.HTTPException):
                     await show_failure(
                         self.interaction, RuntimeError("the result could not be shown"),
-                        self.ephemeral,
+                        self.policy,
                     )  # fmt: skip
             finally:
                 if not self.finished.done():
@@ -197,34 +197,38 @@ def _files(reply: Reply) -> list[discord.File]:
 async def deliver(
     interaction: discord.Interaction,
     reply: Reply,
+    policy: ReplyPolicy,
     view: discord.ui.View | None = None,
-    ephemeral: bool = False,
 ) -> None:
     """Put the result where the member will see it, within Discord's limits.
 
-    Long text is split over a few messages or attached as a .txt file. After the
-    interaction token's 15 minutes, or when Discord refuses the edit (discord.py has
-    retried rate limits and server errors by then), the result goes to the channel with
-    a mention.
+    Long text is split over a few messages or attached as a .txt file. When the reply
+    can't be edited (discord.py has retried rate limits and server errors by then), the
+    result goes where the policy's fallback says.
     """
-    text, files = reply.text, list(reply.files)
+    files = list(reply.files)
     limit = interaction.filesize_limit
     if sum(len(data) for _, data in files) > limit:
-        text = f"The result is larger than this server's {limit // 2**20} MiB upload limit."
+        reply = Reply(note=f"The result is larger than this server's {limit // 2**20} MiB "
+                      "upload limit.")  # fmt: skip
         files = []
-    pieces = split_text(text) if text else [""]
+    text = neutralize(reply.text)
+    content = f"{text}\n{reply.note}" if text and reply.note else text or reply.note
+    pieces = split_text(content) if content else [""]
     if len(pieces) > MAX_SPLIT_MESSAGES:
-        files.append(("result.txt", text.encode()))
-        pieces = [clip(text, 300) + "\n*(full text attached)*"]
-    if await _edit_reply(
-        interaction, content=pieces[0], attachments=_files(Reply(files=files)), view=view
-    ):
+        files.append(("result.txt", reply.text.encode()))
+        pieces = [clip(text, PREVIEW_CHARS) + "\n*(full text attached)*"]
+    if await _edit_reply(interaction, content=pieces[0], attachments=_files(files), view=view):
         for piece in pieces[1:]:
             await interaction.followup.send(
-                piece, allowed_mentions=NO_MENTIONS, ephemeral=ephemeral
+                piece, allowed_mentions=NO_MENTIONS, ephemeral=policy.ephemeral
             )
     else:
-        await _post_instead(interaction, pieces, files, view, ephemeral)
+        await _post_instead(interaction, pieces, files, view, policy)
+
+
+def _files(files: Sequence[tuple[str, bytes]]) -> list[discord.File]:
+    return [discord.File(io.BytesIO(data), filename=name) for name, data in files]
 
 
 async def _edit_reply(interaction: discord.Interaction, **fields: Any) -> bool:
@@ -244,36 +248,44 @@ async def _post_instead(
     pieces: Sequence[str],
     files: Sequence[tuple[str, bytes]],
     view: discord.ui.View | None,
-    ephemeral: bool,
+    policy: ReplyPolicy,
 ) -> None:
-    """The reply can't be edited (its 15-minute token is gone, or Discord refuses the edit):
-    post with a mention, or by DM when replies are private."""
+    """The reply can't be edited: post in the channel with a mention, or by DM."""
     name = interaction.command.name if interaction.command else "request"
-    header = f"{interaction.user.mention} your /{name} is ready:"
-    target: discord.abc.Messageable | None = interaction.user if ephemeral else None
-    if target is None and isinstance(interaction.channel, discord.abc.Messageable):
-        target = interaction.channel
+    target: discord.abc.Messageable | None
+    if policy.fallback == "dm":
+        target, header = interaction.user, f"Your /{name} is ready:"
+    else:
+        target = (
+            interaction.channel
+            if isinstance(interaction.channel, discord.abc.Messageable)
+            else None
+        )
+        header = f"{interaction.user.mention} your /{name} is ready:"
     if target is None:
         log.warning("a result whose reply cannot be edited has nowhere to go")
         return
     first, rest = pieces[0] if pieces else "", list(pieces[1:])
     if len(header) + 1 + len(first) > MESSAGE_LIMIT:  # never cut: the piece goes on its own
         first, rest = "", [first, *rest]
-    await target.send(
-        f"{header}\n{first}".rstrip(),
-        files=_files(Reply(files=files)),
-        allowed_mentions=discord.AllowedMentions(users=[interaction.user]),
-        view=view or discord.utils.MISSING,
-    )
-    for piece in rest:
-        await target.send(piece, allowed_mentions=NO_MENTIONS)
+    try:
+        await target.send(
+            f"{header}\n{first}".rstrip(),
+            files=_files(files),
+            allowed_mentions=discord.AllowedMentions(users=[interaction.user]),
+            view=view or discord.utils.MISSING,
+        )
+        for piece in rest:
+            await target.send(piece, allowed_mentions=NO_MENTIONS)
+    except discord.Forbidden as exc:  # DMs closed, or no longer allowed in the channel
+        log.warning("could not post a result whose reply cannot be edited: %s", exc)
 
 
 async def show_failure(
-    interaction: discord.Interaction, error: BaseException, ephemeral: bool = False
+    interaction: discord.Interaction, error: BaseException, policy: ReplyPolicy
 ) -> None:
     """A job that ended without a result: say why in place of its progress message."""
     prefix = "🛑" if isinstance(error, JobCancelled) else "⚠️"
-    text = clip(f"{prefix} {error}")
+    text = clip(f"{prefix} {neutralize(str(error))}")
     if not await _edit_reply(interaction, content=text, view=None):
-        await _post_instead(interaction, [text], [], None, ephemeral)
+        await _post_instead(interaction, [text], [], None, policy)

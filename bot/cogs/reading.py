@@ -1,0 +1,116 @@
+"""Reading Discord on a member's behalf: what /summarize takes from a file, a message link
+or the channel's history. The bot may see more than the member; everything read for a
+member passes ``check_read_access`` with the member's own permissions."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+
+import discord
+
+from handlers.base import InvalidInput
+
+# Snowflakes have at most 20 digits; int() raises ValueError past 4,300 of them.
+MESSAGE_LINK = re.compile(
+    r"https://(?:\w+\.)?discord(?:app)?\.com/channels/(\d{1,20})/(\d{1,20})/(\d{1,20})"
+)
+MAX_TEXT_FILE = 2**20
+
+Readable = discord.abc.GuildChannel | discord.Thread
+
+
+async def check_read_access(interaction: discord.Interaction, place: Readable, option: str) -> None:
+    """Refuse, naming ``option``, unless the member may read ``place``'s messages: View
+    Channel and Read Message History there, and for a private thread, membership of it
+    (or Manage Threads), which discord.py's thread permissions leave out."""
+    member = interaction.user
+    if not isinstance(member, discord.Member):
+        raise InvalidInput(option, "points to a server channel; use it from that server")
+    # Where the command runs, Discord resolved the member's permissions itself.
+    here = place.id == interaction.channel_id
+    allowed = interaction.permissions if here else place.permissions_for(member)
+    if not (allowed.view_channel and allowed.read_message_history):
+        raise InvalidInput(option, "points to messages you cannot read")
+    if isinstance(place, discord.Thread) and place.is_private() and not here:
+        if allowed.manage_threads:
+            return
+        try:
+            await place.fetch_member(member.id)
+        except discord.NotFound:
+            raise InvalidInput(option, "points to messages you cannot read") from None
+
+
+def summarize_source(
+    interaction: discord.Interaction,
+    text: str | None,
+    messages: int | None,
+    link: str | None,
+    file: discord.Attachment | None,
+    can_read: bool,
+) -> Callable[[], Awaitable[str]]:
+    """Check what can be checked at once (exactly one source, its form, whether reading is
+    on) and return the reader that fetches the text after the interaction is deferred;
+    both raise ``InvalidInput`` naming the option to fix."""
+    given = [name for name, value in (("text", text), ("messages", messages), ("link", link),
+             ("file", file)) if value]  # fmt: skip
+    if len(given) != 1:
+        raise InvalidInput("text", "give exactly one of text, messages, link or file")
+    if text:
+        return _as_given(text)
+    if file is not None:
+        if not file.filename.lower().endswith(".txt") or file.size > MAX_TEXT_FILE:
+            raise InvalidInput("file", "attach a .txt file of at most 1 MiB")
+        return lambda: read_file(file)
+    option = "messages" if messages else "link"
+    if not can_read:
+        raise InvalidInput(
+            option, "reading messages is off on this bot (its admin can enable BOT_READ_MESSAGES)"
+        )
+    if link:
+        match = MESSAGE_LINK.fullmatch(link.strip())
+        if match is None or int(match[1]) != interaction.guild_id:
+            raise InvalidInput("link", "must be a link to a message in this server")
+        return lambda: read_link(interaction, int(match[2]), int(match[3]))
+    assert messages is not None
+    return lambda: read_history(interaction, messages)
+
+
+def _as_given(text: str) -> Callable[[], Awaitable[str]]:
+    async def read() -> str:
+        return text
+
+    return read
+
+
+async def read_file(file: discord.Attachment) -> str:
+    try:
+        return (await file.read()).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("file", "is not UTF-8 text") from None
+
+
+async def read_link(interaction: discord.Interaction, channel_id: int, message_id: int) -> str:
+    guild = interaction.guild
+    place = guild.get_channel_or_thread(channel_id) if guild is not None else None
+    if not isinstance(place, Readable) or not isinstance(place, discord.abc.Messageable):
+        raise InvalidInput("link", "points to a channel I cannot see")
+    await check_read_access(interaction, place, "link")
+    try:
+        message = await place.fetch_message(message_id)
+    except discord.HTTPException:
+        raise InvalidInput("link", "points to a message I cannot read") from None
+    return message.content
+
+
+async def read_history(interaction: discord.Interaction, limit: int) -> str:
+    """The ``limit`` messages before the command, oldest first, with their authors' names."""
+    channel = interaction.channel
+    if isinstance(channel, Readable):
+        await check_read_access(interaction, channel, "messages")
+    elif not isinstance(channel, discord.DMChannel):  # a DM is the member's own to read
+        raise InvalidInput("messages", "this channel has no history I can read")
+    before = discord.Object(interaction.id)  # not the reply this command just deferred
+    lines = [f"{m.author.display_name}: {m.content}"
+             async for m in channel.history(limit=limit, before=before) if m.content]  # fmt: skip
+    return "\n".join(reversed(lines))
