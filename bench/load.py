@@ -9,15 +9,17 @@ busy GPU does whatever its size: work then arrives faster than it drains, queues
 batches grow and members get busy replies, as in a real burst.
 
     python bench/load.py --users 50 --commands 1000 [--batch-delay-ms 150] [--json out.json]
+        [--worker process|thread]
 
 Exit status 1 when an interaction went unanswered, was left without exactly one usage
-row, or the event loop lagged 50 ms or more at the 99th percentile.
+row, or the event loop lagged more than 10 ms at the 99th percentile or 50 ms at most.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import random
 import sqlite3
@@ -25,10 +27,11 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import discord
 import simcord
@@ -37,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bot.app import running  # noqa: E402
+from bot import app as bot_app  # noqa: E402
+from bot.app import Worker, running  # noqa: E402
 from bot.client import AssistantBot, friendly  # noqa: E402
 from bot.settings import (  # noqa: E402
     ChatSettings,
@@ -46,9 +50,11 @@ from bot.settings import (  # noqa: E402
     Settings,
     SpeakSettings,
 )
+from handlers.base import BatchContext, LoadSpec, Task  # noqa: E402
 from tests import tinymodels  # noqa: E402
 
-LAG_LIMIT_MS = 50.0
+LAG_P99_LIMIT_MS = 10.0
+LAG_MAX_LIMIT_MS = 50.0
 SAMPLE_S = 0.005
 DEFERRED, PRIVATE_MESSAGE = "deferred", "private message"
 ADMITTED = {"ok", "error", "timeout", "cancelled"}
@@ -100,7 +106,8 @@ class LoadReport:
             and self.deferred == self.admitted
             and self.deferred + self.refused_at_once == self.commands
             and self.usage_rows == self.commands
-            and self.loop_lag_p99_ms < LAG_LIMIT_MS
+            and self.loop_lag_p99_ms <= LAG_P99_LIMIT_MS
+            and self.loop_lag_max_ms <= LAG_MAX_LIMIT_MS
         )
 
     def summary(self) -> str:
@@ -117,7 +124,8 @@ class LoadReport:
             f"{self.admitted})   refused at once: {self.refused_at_once}   "
             f"usage rows: {self.usage_rows}/{self.commands}",
             f"event loop lag ms: p50 {self.loop_lag_p50_ms:.2f}  p99 {self.loop_lag_p99_ms:.2f}"
-            f"  max {self.loop_lag_max_ms:.2f} (limit p99 < {LAG_LIMIT_MS:.0f})",
+            f"  max {self.loop_lag_max_ms:.2f} (limits: p99 {LAG_P99_LIMIT_MS:.0f}, "
+            f"max {LAG_MAX_LIMIT_MS:.0f})",
             "batch sizes: "
             + "; ".join(
                 f"{t} " + " ".join(f"{s}x{n}" for s, n in sorted(sizes.items()))
@@ -180,23 +188,88 @@ class LagProbe:
         return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def slowed(run_batch: Callable[..., list[Any]], delay_s: float) -> Callable[..., list[Any]]:
-    def run(*args: Any) -> list[Any]:
-        time.sleep(delay_s)  # on the accelerator thread, like a GPU kernel
-        return run_batch(*args)
+class Slowed(Task[Any, Any]):
+    """A task whose every batch takes ``delay_s`` longer, as one on a busy GPU does. It
+    travels to a model worker process with the task it wraps."""
 
-    return run
+    def __init__(self, inner: Task[Any, Any], delay_s: float) -> None:
+        self.inner = inner
+        self.delay_s = delay_s
+        self.name = inner.name  # type: ignore[misc]
+        self.kind = inner.kind  # type: ignore[misc]
+
+    def __getattr__(self, name: str) -> Any:  # voice_names, size_choices, languages...
+        if name == "inner":  # not set yet (while unpickling)
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def prepare(self) -> None:
+        self.inner.prepare()
+
+    def validate(self, request: Any) -> None:
+        self.inner.validate(request)
+
+    def model_for(self, request: Any, default: str) -> str:
+        return self.inner.model_for(request, default)
+
+    def batch_key(self, request: Any) -> Hashable:
+        return self.inner.batch_key(request)
+
+    def cost(self, request: Any) -> int:
+        return self.inner.cost(request)
+
+    def work(self, request: Any) -> float:
+        return self.inner.work(request)
+
+    def load(self, spec: LoadSpec) -> Any:
+        return self.inner.load(spec)
+
+    def model_bytes(self, model: Any) -> int:
+        return self.inner.model_bytes(model)
+
+    def run_batch(self, model: Any, requests: Sequence[Any], ctx: BatchContext) -> list[Any]:
+        time.sleep(self.delay_s)  # on the device's thread, like a GPU kernel
+        return self.inner.run_batch(model, requests, ctx)
+
+    def finish(self, output: Any) -> Any:
+        return self.inner.finish(output)
+
+
+def slowed_tasks(delay_s: float) -> Callable[[Settings], dict[str, Task[Any, Any]]]:
+    build = bot_app.build_tasks
+
+    def build_slowed(settings: Settings) -> dict[str, Task[Any, Any]]:
+        return {name: Slowed(task, delay_s) for name, task in build(settings).items()}
+
+    return build_slowed
 
 
 async def run_load(
-    settings: Settings, users: int, commands: int, batch_delay_s: float = 0.15, seed: int = 0
+    settings: Settings,
+    users: int,
+    commands: int,
+    batch_delay_s: float = 0.15,
+    seed: int = 0,
+    worker: Worker = "process",
 ) -> LoadReport:
     """Drive ``commands`` interactions from ``users`` members and check how each one ended."""
     rng = random.Random(seed)
     probe = LagProbe()
-    async with running(settings) as services:
-        for task in services.executor.tasks.values():
-            task.run_batch = slowed(task.run_batch, batch_delay_s)  # type: ignore[method-assign]
+    with mock.patch.object(bot_app, "build_tasks", slowed_tasks(batch_delay_s)):
+        return await _drive(settings, users, commands, rng, probe, worker)
+
+
+async def _drive(
+    settings: Settings,
+    users: int,
+    commands: int,
+    rng: random.Random,
+    probe: LagProbe,
+    worker: Worker,
+) -> LoadReport:
+    async with running(settings, worker=worker) as services:
+        for backend in services.executor.backends:  # each worker ready before the clock runs
+            await backend.start()
         bot = AssistantBot(services, settings)
         async with simcord.run(bot, check_errors=False) as env:
             guild = env.create_guild()
@@ -204,6 +277,8 @@ async def run_load(
             await bot.guild_settings.update(guild.id, nsfw="allow")
             members = [guild.add_member(env.create_user(f"member{i}")) for i in range(users)]
             plan = [(rng.choice(members), *rng.choice(COMMANDS)) for _ in range(commands)]
+            gc.collect()  # the server and its members exist now, as after the bot's start-up
+            gc.freeze()
             probe.start()
             started = time.perf_counter()
             results = []
@@ -302,12 +377,25 @@ def main() -> int:
     parser.add_argument("--batch-delay-ms", type=float, default=150, help="added to each batch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="where the tiny models run")
+    parser.add_argument(
+        "--worker",
+        choices=["process", "thread"],
+        default="process",
+        help="models in a worker process (the bot's default) or a thread",
+    )
     parser.add_argument("--json", type=Path, help="also write the report as JSON")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         settings = build_models(Path(directory), args.device)
         result = asyncio.run(
-            run_load(settings, args.users, args.commands, args.batch_delay_ms / 1000, args.seed)
+            run_load(
+                settings,
+                args.users,
+                args.commands,
+                args.batch_delay_ms / 1000,
+                args.seed,
+                args.worker,
+            )
         )
     print(result.summary())
     if args.json:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from bot.executor import Executor, LocalBackend, ModelRegistry, TaskUnavailable
+from bot.executor import Backend, Executor, ExecutorError, LocalBackend, ModelRegistry
+from bot.executor.errors import not_downloaded
+from bot.executor.process import ProcessBackend, WorkerSpec
 from bot.guilds import GuildSettingsStore
 from bot.invocations import Invoker
+from bot.models import PULL_COMMAND
 from bot.prometheus import MetricsServer
 from bot.quotas import QuotaPolicy, Quotas
 from bot.settings import Settings
@@ -26,6 +30,23 @@ from handlers.summarize import SummarizeTask
 from handlers.translate import TranslateTask
 
 log = logging.getLogger(__name__)
+
+Worker = Literal["process", "thread"]
+
+
+class TaskUnavailable(ExecutorError):
+    """A task could not get ready (e.g. its voice table or language detector failed to load)."""
+
+    def __init__(self, task: str, cause: BaseException) -> None:
+        self.task = task
+        if not_downloaded(cause):
+            super().__init__(
+                f"{task} is unavailable: files it needs are not downloaded; "
+                f"run `{PULL_COMMAND} {task}`"
+            )
+            return
+        reason = " ".join(str(cause).split())
+        super().__init__(f"{task} is unavailable: {type(cause).__name__}: {reason}")
 
 
 def build_tasks(settings: Settings) -> dict[str, Task[Any, Any]]:
@@ -64,14 +85,30 @@ def build_tasks(settings: Settings) -> dict[str, Task[Any, Any]]:
     }
 
 
-def build_executor(settings: Settings) -> Executor:
-    registry = ModelRegistry(settings.device, settings.dtype, settings.memory_budget_bytes())
-    return Executor(
-        build_tasks(settings),
-        settings.models.model_dump(),
-        LocalBackend(registry, settings.torch_threads),
-        settings.executor_config(),
-    )
+def build_executor(settings: Settings, worker: Worker | None = None) -> Executor:
+    """The executor with a backend per device: worker processes, or threads of this process
+    (``worker`` overrides ``BOT_WORKER``)."""
+    tasks = build_tasks(settings)
+    budget = settings.memory_budget_bytes()
+    backends: list[Backend]
+    if (worker or settings.worker) == "process":
+        level = logging.getLogger().getEffectiveLevel()
+        specs = [
+            WorkerSpec(device, settings.dtype, budget, settings.torch_threads,
+                       settings.cpu_workers, level)
+            for device in settings.devices()
+        ]  # fmt: skip
+        backends = [ProcessBackend(tasks, spec) for spec in specs]
+    else:
+        backends = [
+            LocalBackend(
+                ModelRegistry(device, settings.dtype, budget),
+                settings.torch_threads,
+                settings.cpu_workers,
+            )
+            for device in settings.devices()
+        ]
+    return Executor(tasks, settings.models.model_dump(), backends, settings.executor_config())
 
 
 @dataclass(frozen=True)
@@ -87,12 +124,17 @@ class Services:
 
 @asynccontextmanager
 async def running(
-    settings: Settings, tasks: Iterable[str] | None = None, *, metrics: bool = False
+    settings: Settings,
+    tasks: Iterable[str] | None = None,
+    *,
+    metrics: bool = False,
+    worker: Worker | None = None,
 ) -> AsyncIterator[Services]:
     """Open the usage log and start the executor; on exit drain jobs, then flush the log.
 
     ``metrics`` serves Prometheus metrics when ``BOT_METRICS_PORT`` is set: the long-running
-    bot asks for it, one-off commands don't (they would compete for the port).
+    bot asks for it, one-off commands don't (they would compete for the port). ``worker``
+    overrides ``BOT_WORKER`` (``ask`` runs its one job in a thread, quicker to start).
     """
     usage = UsageLog(
         settings.usage_path(),
@@ -109,13 +151,18 @@ async def running(
         await quotas.load()
         guilds = GuildSettingsStore(usage)
         await guilds.load()
-        executor = await start_executor(settings, tasks)
+        executor = await start_executor(settings, tasks, worker)
         server: MetricsServer | None = None
         try:
             server = serve_metrics(executor, settings) if metrics else None
             invoker = Invoker(
                 executor, usage, quotas, guilds, settings.log_prompts, settings.direct_messages
             )
+            # What start-up created (torch, transformers and discord.py's modules: most of a
+            # million objects) stays: the collector stops walking it, which made each full
+            # collection stall the event loop for a quarter of a second under load.
+            gc.collect()
+            gc.freeze()
             yield Services(executor, usage, invoker, server)
         finally:
             if server is not None:
@@ -142,14 +189,16 @@ def serve_metrics(executor: Executor, settings: Settings) -> MetricsServer | Non
     return server
 
 
-async def start_executor(settings: Settings, tasks: Iterable[str] | None = None) -> Executor:
+async def start_executor(
+    settings: Settings, tasks: Iterable[str] | None = None, worker: Worker | None = None
+) -> Executor:
     """A started executor with ``tasks`` prepared and the preload list loaded.
 
     Naming ``tasks`` makes their preparation a condition of starting (``ask`` needs its
     one task); without it every task is prepared and one that fails is only logged, so
     the bot still serves the others.
     """
-    executor = build_executor(settings)
+    executor = build_executor(settings, worker)
     for name in executor.tasks if tasks is None else tasks:
         try:
             await asyncio.to_thread(executor.tasks[name].prepare)

@@ -28,7 +28,7 @@ from bot.doctor import TOKEN_SHAPE, doctor
 from bot.executor import ExecutorError, JobHandle
 from bot.health import MAX_AGE_S, Heartbeat, report
 from bot.invocations import Caller
-from bot.models import pull, requirements, table
+from bot.models import explain, pull, requirements, table
 from bot.serve import serve
 from bot.settings import Settings
 from bot.usage import COLUMNS, UsageLog, UsageUnavailable, render_stats
@@ -289,7 +289,7 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     request = command.request(args)
     stream = args.task == "chat" and not args.json
     caller = Caller(f"cli:{getpass.getuser()}", source="cli", enforce_quotas=False)
-    async with running(settings, [args.task]) as services:
+    async with running(settings, [args.task], worker="thread") as services:
         handle = services.invoker.submit(args.task, request, caller, model=args.model)
         result = await _follow(handle, stream)
     try:
@@ -349,7 +349,7 @@ async def _discord(settings: Settings, sync_only: bool) -> int:
             if sync_only:
                 await bot.login(token)  # login runs setup_hook, which syncs
             else:
-                async with Heartbeat(settings.heartbeat_path(), bot.is_connected):
+                async with Heartbeat(settings.heartbeat_path(), bot.is_healthy):
                     await bot.start(token)
 
     try:
@@ -426,7 +426,7 @@ def _models(settings: Settings, action: str, tasks: list[str]) -> int:
     try:
         wanted = requirements(settings, tasks)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {explain(exc)}", file=sys.stderr)
         return 2
     if action == "list":
         print(table(wanted))
@@ -483,13 +483,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return asyncio.run(_discord(settings, sync_only=args.command == "sync"))
         except (ExecutorError, UsageUnavailable) as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {explain(exc)}", file=sys.stderr)
             return 1
     if args.command == "usage":
         try:
             return asyncio.run(_usage(settings, args))
         except UsageUnavailable as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {explain(exc)}", file=sys.stderr)
             return 1
         except BrokenPipeError:  # e.g. `usage export | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -499,5 +499,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(_ask(settings, args))
     except (HandlerError, ExecutorError, UsageUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {explain(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, HandlerError) else 1

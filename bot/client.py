@@ -17,6 +17,7 @@ from bot.cogs.markdown import neutralize
 from bot.executor import Busy, ExecutorError
 from bot.guilds import GuildSettings, GuildSettingsStore
 from bot.invocations import CommandDisabled
+from bot.models import explain
 from bot.quotas import CooldownActive, QuotaExceeded
 from bot.settings import Settings
 from handlers.base import HandlerError, InvalidInput, TaskKind
@@ -37,7 +38,7 @@ def friendly(error: BaseException) -> str | None:
         case QuotaExceeded() | CooldownActive() | CommandDisabled() | HandlerError():
             return str(error)
         case ExecutorError():
-            return str(error)
+            return explain(error)
         case app_commands.CheckFailure():
             return f"You can't use this: {error}" if str(error) else "You can't use this here."
     return None
@@ -64,11 +65,16 @@ class AssistantBot(commands.Bot):
         self.tree.on_error = self.on_app_command_error
 
     def is_connected(self) -> bool:
-        """Ready and holding an open gateway connection: what the heartbeat reports.
+        """Ready and holding an open gateway connection.
 
         ``is_ready()`` alone stays true while discord.py reconnects.
         """
         return self.is_ready() and not self.is_closed() and self.ws is not None and self.ws.open
+
+    def is_healthy(self) -> bool:
+        """Connected, and the executor's engine runs with no batch stuck on a device: what
+        the heartbeat reports."""
+        return self.is_connected() and self.executor.health().ok
 
     async def stop_gracefully(self, replies_timeout_s: float = 15.0) -> None:
         """Refuse new work, let running jobs finish (queued ones end with a reason), wait for

@@ -155,15 +155,30 @@ NO_GPU_FIX = (
 
 
 def check_gpu(settings: Settings) -> tuple[Row, int | None]:
-    """The accelerator the bot will use, and its memory in bytes when it is a CUDA GPU."""
-    if settings.device == "cpu":
+    """The accelerators the bot will use, and the smallest one's memory in bytes when they
+    are CUDA GPUs."""
+    checked = [check_device(device) for device in settings.devices()]
+    if len(checked) == 1:
+        return checked[0]
+    for row, _ in checked:
+        if row.status is not Status.OK:
+            return row, None
+    detail = "; ".join(f"{device}: {row.detail}" for device, (row, _) in
+                       zip(settings.devices(), checked, strict=True))  # fmt: skip
+    sizes = [size for _, size in checked]
+    return Row("gpu", Status.OK, detail), None if None in sizes else min(filter(None, sizes))
+
+
+def check_device(setting: str) -> tuple[Row, int | None]:
+    """One device of BOT_DEVICE, and its memory in bytes when it is a CUDA GPU."""
+    if setting == "cpu":
         return Row("gpu", Status.OK, "none: CPU by configuration (BOT_DEVICE=cpu)"), None
     build = (
         f"torch {torch.__version__} with CUDA {torch.version.cuda}"
         if torch.version.cuda
         else f"torch {torch.__version__} is a CPU-only build"
     )
-    device = resolve_device(settings.device)
+    device = resolve_device(setting)
     if device == "cpu":
         return Row("gpu", Status.FAIL, f"no GPU found ({build})", NO_GPU_FIX), None
     if device == "mps":
@@ -334,7 +349,7 @@ def _memory_group(requirement: Requirement) -> str:
 
 
 def check_models(settings: Settings, gpu_bytes: int | None) -> list[Row]:
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.devices()[0])
     dtype = resolve_dtype(settings.dtype, device)
     dtype_name = str(dtype).removeprefix("torch.")
     rows: list[Row] = []

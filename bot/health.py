@@ -2,7 +2,8 @@
 connected to Discord, and the check passes while that file is fresh.
 
 A beat proves more than a live process: the event loop got to run (a blocked loop stops
-beating) and the gateway connection is open. ``python -m bot.health FILE`` imports only
+beating), the gateway connection is open, and the inference engine runs with no batch stuck
+on a device. ``python -m bot.health FILE`` imports only
 the standard library, because Docker runs it every 30 seconds; ``python -m bot health``
 finds the file from the settings.
 """
@@ -77,7 +78,7 @@ def problem(path: Path, max_age_s: float = MAX_AGE_S) -> str | None:
     if age > max_age_s:
         return (
             f"last heartbeat {age:.0f}s ago (limit {max_age_s:.0f}s): the bot is disconnected "
-            "from Discord or its event loop is stuck"
+            "from Discord, or its event loop or inference engine is stuck"
         )
     return None
 

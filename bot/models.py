@@ -1,8 +1,8 @@
 """Every model and dataset the configured bot needs: list them, fetch them, check them.
 
 ``python -m bot models pull`` fills the Hugging Face cache so that the bot then starts with
-``HF_HUB_OFFLINE=1``; ``doctor`` and the executor ask ``presence`` whether a model is there.
-Nothing here imports the rest of the bot at import time: the executor imports this module.
+``HF_HUB_OFFLINE=1``; ``doctor`` asks ``presence`` whether a model is there, and front ends
+``explain`` a missing one with the command that fetches it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from huggingface_hub.errors import (
     LocalEntryNotFoundError,
 )
 from huggingface_hub.repocard import metadata_load
+
+from bot.executor.errors import ModelNotDownloaded
 
 if TYPE_CHECKING:
     from bot.settings import Settings
@@ -204,6 +206,17 @@ def presence(requirement: Requirement) -> Presence:
         return Presence(State.INVALID, detail="neither a folder here nor a valid hub id")
     path = Path(folder)
     return Presence(State.CACHED, path, disk_size(path))
+
+
+def explain(error: BaseException) -> str:
+    """What a member or the admin is told of ``error``: for a model that is not (fully)
+    downloaded, also the command that fetches it."""
+    if not isinstance(error, ModelNotDownloaded):
+        return str(error)
+    wanted = Requirement(error.task, "model", error.model, pipeline=error.pipeline)
+    partly = presence(wanted).state is not State.MISSING
+    what = "some files it needs are not downloaded" if partly else "it is not downloaded"
+    return f"could not load model {error.model!r}: {what}; run `{PULL_COMMAND} {error.task}`"
 
 
 def licence(requirement: Requirement, folder: Path | None) -> str:

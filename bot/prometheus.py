@@ -13,7 +13,6 @@ import threading
 from collections.abc import Iterator
 from wsgiref.simple_server import WSGIServer
 
-import torch
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -21,10 +20,10 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from bot.executor import Executor, JobState, MetricsSnapshot
+from bot.executor import EngineHealth, Executor, JobState, MetricsSnapshot
 from bot.executor.metrics import ModelKey
 
 log = logging.getLogger(__name__)
@@ -119,13 +118,45 @@ class _ExecutorState(Collector):
         self._executor = executor
         self._loop = loop
 
-    async def _snapshot(self) -> MetricsSnapshot:
-        return self._executor.snapshot()
+    async def _snapshot(
+        self,
+    ) -> tuple[MetricsSnapshot, EngineHealth, dict[str, int], dict[str, tuple[int, int]]]:
+        executor = self._executor
+        memory = {d: m for backend in executor.backends for d, m in backend.device_memory().items()}
+        return (
+            executor.snapshot(),
+            executor.health(),
+            dict(executor.metrics.callback_errors),
+            memory,
+        )
 
     def collect(self) -> Iterator[Metric]:
-        snapshot = asyncio.run_coroutine_threadsafe(self._snapshot(), self._loop).result(
-            SNAPSHOT_TIMEOUT_S
+        snapshot, health, errors, device_memory = asyncio.run_coroutine_threadsafe(
+            self._snapshot(), self._loop
+        ).result(SNAPSHOT_TIMEOUT_S)
+        yield GaugeMetricFamily(
+            "assistant_engine_up",
+            "1 while the executor's engine runs with no batch stuck past its limit and grace.",
+            value=int(health.ok),
         )
+        yield CounterMetricFamily(
+            "assistant_engine_restarts",
+            "Times the executor's engine failed unexpectedly and restarted itself.",
+            value=health.restarts,
+        )
+        yield GaugeMetricFamily(
+            "assistant_oldest_batch_seconds",
+            "How long the longest-running batch has been on its device (0 when none runs).",
+            value=health.oldest_batch_s or 0.0,
+        )
+        caught = CounterMetricFamily(
+            "assistant_callback_errors",
+            "Errors the engine caught in a callback (a job listener, a metrics observer...).",
+            labels=["where"],
+        )
+        for where, count in sorted(errors.items()):
+            caught.add_metric([where], count)
+        yield caught
         depth = GaugeMetricFamily(
             "assistant_queue_depth",
             "Jobs waiting in a model's queue, not yet running.",
@@ -147,18 +178,16 @@ class _ExecutorState(Collector):
         for info in snapshot.loaded:
             memory.add_metric([info.task, info.model, info.device], info.bytes)
         yield memory
-        # Only once the worker has initialised CUDA: these read the allocator's counters
-        # and never create a CUDA context on this (the server's) thread.
-        if torch.cuda.is_initialized():
+        # Only once a worker has used CUDA: its allocator's counters, as it last reported them.
+        if device_memory:
             gpu = GaugeMetricFamily(
                 "assistant_gpu_memory_bytes",
-                "GPU memory of this process: allocated by tensors, reserved by the allocator.",
+                "GPU memory of the model workers: allocated by tensors, reserved by the allocator.",
                 labels=["device", "kind"],
             )
-            for index in range(torch.cuda.device_count()):
-                device = f"cuda:{index}"
-                gpu.add_metric([device, "allocated"], torch.cuda.memory_allocated(index))
-                gpu.add_metric([device, "reserved"], torch.cuda.memory_reserved(index))
+            for device, (allocated, reserved) in sorted(device_memory.items()):
+                gpu.add_metric([device, "allocated"], allocated)
+                gpu.add_metric([device, "reserved"], reserved)
             yield gpu
 
 

@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.executor.config import ClassLimits, ExecutorConfig, default_limits
-from handlers.base import TaskKind
+from handlers.kinds import TaskKind
 
 
 class ModelSettings(BaseModel):
@@ -196,7 +196,13 @@ class Settings(BaseSettings):
     """Commands in direct messages with the bot, where no server's rules apply: off, text
     tasks only (no images or speech), or all."""
     device: str = "auto"
-    """Where models run: auto (cuda, then mps, then cpu), cuda, cuda:1, mps or cpu."""
+    """Where models run: auto (cuda, then mps, then cpu), cuda, cuda:1, mps or cpu. Several,
+    comma-separated (cuda:0,cuda:1), get a model worker each; a model runs on the device
+    that had the fewest models when it was first needed, and stays there."""
+    worker: Literal["process", "thread"] = "process"
+    """How models run on each device: in a worker process (the bot's event loop never waits
+    on them, and a batch that hangs is ended by killing its worker) or in a thread of the
+    bot (quicker to start: tests and one-off commands use it)."""
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     """Model precision: auto is float16 on a GPU and float32 on the CPU."""
     memory_budget_gb: float | None = Field(default=None, gt=0)
@@ -215,6 +221,9 @@ class Settings(BaseSettings):
     """Threads that encode results (PNG, audio) beside the GPU thread."""
     shutdown_timeout_s: float = Field(default=30, gt=0)
     """How long shutdown waits for running jobs before stopping them."""
+    stop_grace_s: float = Field(default=10, gt=0)
+    """How long a batch past its execution limit may take to stop before its model worker
+    is killed and replaced."""
     max_text_chars: int = Field(default=2000, ge=1)
     """Longest text /sentiment, /classify and /translate accept, and /chat's message."""
     log_prompts: bool = False
@@ -280,9 +289,21 @@ class Settings(BaseSettings):
                 TaskKind.AUDIO: self.audio.limits(),
                 TaskKind.IMAGE: self.image.limits(),
             },
-            cpu_workers=self.cpu_workers,
             shutdown_timeout_s=self.shutdown_timeout_s,
+            stop_grace_s=self.stop_grace_s,
         )
+
+    @field_validator("device")
+    @classmethod
+    def _device_list(cls, value: str) -> str:
+        devices = [d.strip() for d in value.split(",")]
+        if not all(devices) or len(set(devices)) != len(devices):
+            raise ValueError(f"give one device, or distinct ones separated by commas: {value!r}")
+        return ",".join(devices)
+
+    def devices(self) -> list[str]:
+        """Each device that gets a model worker."""
+        return self.device.split(",")
 
     def usage_path(self) -> Path:
         return self.usage.path or self.data_dir / "usage.sqlite3"

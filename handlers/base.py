@@ -8,7 +8,6 @@ methods below, so the same handler serves Discord, the command line and the test
 
 from __future__ import annotations
 
-import enum
 import re
 import unicodedata
 from abc import ABC, abstractmethod
@@ -19,19 +18,14 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 import torch
 from transformers import StoppingCriteria
 
+from handlers.kinds import TaskKind as TaskKind  # re-exported: handlers name it from here
+from handlers.portable import PortableError
+
 RequestT = TypeVar("RequestT")
 ResultT = TypeVar("ResultT")
 
 
-class TaskKind(enum.StrEnum):
-    """Task classes share batching windows, caps and deadlines (images are slow, text fast)."""
-
-    TEXT = "text"
-    IMAGE = "image"
-    AUDIO = "audio"
-
-
-class HandlerError(Exception):
+class HandlerError(PortableError):
     """An error whose message is safe and useful to show to the user who caused it."""
 
 
@@ -188,6 +182,11 @@ class Task(ABC, Generic[RequestT, ResultT]):
     def cost(self, request: RequestT) -> int:
         """Budget units (tokens, pixels) the request adds to a batch."""
         return 1
+
+    def work(self, request: RequestT) -> float:
+        """Relative compute of the request beside others of its task (tokens, pixels times
+        steps), to charge each member their share of a batch's GPU time."""
+        return float(self.cost(request))
 
     @abstractmethod
     def load(self, spec: LoadSpec) -> Any:

@@ -266,6 +266,10 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         width, height, *_ = self._settings(request, self.native_size or ASSUMED_NATIVE)
         return request.count * width * height
 
+    def work(self, request: ImagineRequest) -> float:
+        width, height, steps, *_ = self._settings(request, self.native_size or ASSUMED_NATIVE)
+        return float(request.count * width * height * steps)
+
     def load(self, spec: LoadSpec) -> ImagineModel:
         # Imported here: diffusers takes seconds to import, and only image models need it.
         from diffusers import AutoPipelineForText2Image

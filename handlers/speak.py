@@ -278,6 +278,16 @@ class SpeakTask(Task[SpeakRequest, SpeakResult]):
         self._voice_error: HandlerError | None = None
         self._voice_lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What a model worker process receives: everything but the lock."""
+        state = dict(self.__dict__)
+        del state["_voice_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._voice_lock = threading.Lock()
+
     # Options
 
     def prepare(self) -> None:

@@ -25,6 +25,18 @@ class Item:
     value: str
     key: Hashable = None
     cost: int = 1
+    seconds: float = 0.0
+    """Device time the item takes on a ``FakeClock`` (a batch takes its longest item's)."""
+
+
+class FakeClock:
+    """The executor's clock in tests that need exact device times: batches advance it."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class WorkerDeath(BaseException):
@@ -55,6 +67,7 @@ class FakeTask(Task[Item, str]):
     finish_threads: set[str] = field(default_factory=set)
     saw_stop: threading.Event = field(default_factory=threading.Event)
     encode: bool = False
+    clock: FakeClock | None = None
 
     def __post_init__(self) -> None:
         self.gate.set()
@@ -84,6 +97,8 @@ class FakeTask(Task[Item, str]):
         values = [r.value for r in requests]
         self.threads.add(threading.current_thread().name)
         self.batches.append(values)
+        if self.clock is not None:
+            self.clock.now += max(r.seconds for r in requests)
         if self.hold_values & set(values):
             self.entered.set()
             while not self.gate.wait(0.005):
@@ -132,6 +147,8 @@ def make_executor(
     max_queue: int = 64,
     max_per_user: int = 4,
     budget_bytes: int | None = None,
+    clock: FakeClock | None = None,
+    stop_grace_s: float = 10.0,
     **limit_overrides: Any,
 ) -> Executor:
     class_limits = limits(**limit_overrides)
@@ -140,6 +157,7 @@ def make_executor(
         max_per_user=max_per_user,
         limits={kind: class_limits for kind in TaskKind},
         shutdown_timeout_s=5,
+        stop_grace_s=stop_grace_s,
     )
     registry = ModelRegistry(device="cpu", budget_bytes=budget_bytes)
     return Executor(
@@ -147,4 +165,5 @@ def make_executor(
         {t.name: f"{t.name}-model" for t in tasks},
         LocalBackend(registry),
         config,
+        **({} if clock is None else {"clock": clock}),
     )

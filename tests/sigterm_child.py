@@ -12,10 +12,12 @@ import json
 import sqlite3
 from collections import Counter
 from typing import Any
+from unittest import mock
 
 import simcord
 
-from bench.load import is_final, slowed
+from bench.load import is_final, slowed_tasks
+from bot import app as bot_app
 from bot.client import AssistantBot
 from bot.serve import serve
 from bot.settings import Settings
@@ -29,8 +31,6 @@ async def main() -> None:
     results: list[Any] = []
 
     async def connect(bot: AssistantBot) -> None:
-        for task in bot.executor.tasks.values():
-            task.run_batch = slowed(task.run_batch, BATCH_DELAY_S)  # type: ignore[method-assign]
         async with simcord.run(bot, check_errors=False) as env:
             guild = env.create_guild()
             channel = guild.create_text_channel("study")
@@ -46,7 +46,8 @@ async def main() -> None:
                 await asyncio.sleep(0.05)
             await env.settle()
 
-    await serve(settings, connect, metrics=False)
+    with mock.patch.object(bot_app, "build_tasks", slowed_tasks(BATCH_DELAY_S)):
+        await serve(settings, connect, metrics=False)
     with sqlite3.connect(settings.usage_path()) as db:
         statuses = Counter(status for (status,) in db.execute("SELECT status FROM invocations"))
     print(

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.app import start_executor
-from bot.executor import TaskUnavailable
+from bot.app import TaskUnavailable, start_executor
 from bot.settings import Settings
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from bot.executor import (
     WorkerCrashed,
 )
 from handlers.base import BatchContext, InvalidInput, TaskKind
-from tests.fakes import FakeTask, Item, make_executor
+from tests.fakes import FakeClock, FakeTask, Item, WorkerDeath, make_executor
 
 
 async def wait_entered(task: FakeTask) -> None:
@@ -180,19 +180,68 @@ async def test_window_expiry_dispatches_partial_batch() -> None:
     assert task.batches[-1] == ["w"]
 
 
-async def test_model_queues_interleave_so_text_is_not_starved() -> None:
-    run_order: list[list[str]] = []
-    text = FakeTask(name="text", batches=run_order)
-    image = FakeTask(name="image", kind=TaskKind.IMAGE, batches=run_order)
-    async with make_executor(text, image, max_batch=1) as executor:
-        blocker = await hold(executor, image)
-        images = [executor.submit("image", Item(f"i{n}"), user_id=f"u{n}") for n in range(4)]
-        quick = executor.submit("text", Item("t"), user_id="t")
-        image.gate.set()
-        await blocker
-        await asyncio.gather(quick, *images)
-    # The text job waits for one image batch, not for the whole image backlog.
-    assert run_order == [["hold"], ["i0"], ["t"], ["i1"], ["i2"], ["i3"]]
+async def resubmitting(executor: Executor, task: str, user: str, item: Item) -> None:
+    """A member who sends ``item`` again as soon as each job ends, until cancelled."""
+    while True:
+        await executor.submit(task, item, user_id=user)
+
+
+def fake_time_tasks() -> tuple[FakeClock, list[list[str]], FakeTask, FakeTask]:
+    """A text and an image task whose batches take their items' seconds on a fake clock."""
+    clock = FakeClock()
+    batches: list[list[str]] = []
+    text = FakeTask(name="text", batches=batches, clock=clock)
+    image = FakeTask(name="image", kind=TaskKind.IMAGE, batches=batches, clock=clock)
+    return clock, batches, text, image
+
+
+async def test_cheap_requests_are_not_starved_by_another_members_expensive_ones() -> None:
+    """Two members of one image model: one asks for 50-step images (5 s), the other for
+    1-step ones (0.1 s). Counting jobs, they would alternate and the quick member would get
+    2% of the device; counting GPU time, the quick member's jobs run until both used as
+    much."""
+    clock, batches, _, image = fake_time_tasks()
+    async with make_executor(image, max_batch=1, max_per_user=3, clock=clock) as executor:
+        painter = [
+            asyncio.create_task(
+                resubmitting(executor, "image", "painter", Item("big", cost=50, seconds=5))
+            )
+            for _ in range(2)
+        ]
+        while not batches:
+            await asyncio.sleep(0)
+        sketcher = [
+            asyncio.create_task(
+                resubmitting(executor, "image", "sketcher", Item("small", cost=1, seconds=0.1))
+            )
+            for _ in range(3)
+        ]
+        while batches.count(["small"]) < 20:
+            await asyncio.sleep(0.001)
+        for task in painter + sketcher:
+            task.cancel()
+    # The sketcher's first 20 jobs (2 s of device time) ran beside a few big ones, not 20
+    # (a few: a big one may start in the instant no small one is waiting).
+    assert batches[: batches.index(["small"]) + 20].count(["big"]) <= 5
+
+
+async def test_an_expensive_request_is_not_starved_by_another_members_cheap_ones() -> None:
+    clock, batches, text, image = fake_time_tasks()
+    async with make_executor(text, image, max_batch=1, max_per_user=2, clock=clock) as executor:
+        flood = [
+            asyncio.create_task(resubmitting(executor, "text", "chatty", Item("t", seconds=0.01)))
+            for _ in range(2)
+        ]
+        while len(batches) < 5:
+            await asyncio.sleep(0)
+        big = executor.submit("image", Item("i", seconds=5), user_id="x")
+        await asyncio.wait_for(big, 30)
+        for task in flood:
+            task.cancel()
+    # The image waited at most while the flood used about as much device time as the image
+    # is estimated to take (0.5 s before any was measured here), not until the flood ended.
+    assert batches.index(["i"]) < 100
+    assert big.wait_s is not None and big.wait_s < 1.0
 
 
 async def test_queue_deadline_refuses_jobs_that_waited_too_long() -> None:
@@ -446,3 +495,170 @@ async def test_out_of_memory_retries_start_after_the_failed_batch_is_freed() -> 
         handles = [executor.submit("fake", Item(f"m{i}"), user_id=f"u{i}") for i in range(2)]
         assert await asyncio.wait_for(asyncio.gather(*handles), 10) == ["m0", "m1"]
     assert len(task.alive_at_retry) == 3 and not any(task.alive_at_retry[1:])
+
+
+def broken_listener(event: Any) -> None:
+    raise RuntimeError("a front end's bug")
+
+
+async def test_a_listener_that_raises_stops_neither_its_job_nor_the_others() -> None:
+    task = FakeTask(steps=2)
+    async with make_executor(task) as executor:
+        blocker = await hold(executor, task)
+        doomed = executor.submit("fake", Item("a"), user_id="a")
+        calm = executor.submit("fake", Item("b"), user_id="b")
+        seen: list[JobState] = []
+
+        doomed.watch(broken_listener)
+        doomed.watch(lambda event: seen.append(event.state))
+        calm.watch(broken_listener)
+        task.gate.set()
+        assert await asyncio.wait_for(asyncio.gather(blocker, doomed, calm), 10) == [
+            "HOLD",
+            "A",
+            "B",
+        ]
+        assert seen[-1] is JobState.DONE  # the other listener heard every event
+        assert await executor.submit("fake", Item("c"), user_id="c") == "C"
+        assert executor.metrics.callback_errors["listener"] >= 4
+        assert executor.health().ok
+
+
+async def test_positions_keep_updating_after_a_listener_error() -> None:
+    task = FakeTask()
+    async with make_executor(task) as executor:
+        blocker = await hold(executor, task)
+        first = executor.submit("fake", Item("x"), user_id="a")
+        second = executor.submit("fake", Item("y"), user_id="b")
+        third = executor.submit("fake", Item("z"), user_id="c")
+        await settle()
+
+        second.watch(broken_listener)  # raises on the next position change
+        assert [h.position for h in (first, second, third)] == [0, 1, 2]
+        first.cancel()
+        await settle()
+        assert [second.position, third.position] == [0, 1]
+        second.cancel()
+        await settle()
+        assert third.position == 0
+        task.gate.set()
+        await blocker
+        assert await third == "Z"
+
+
+async def test_the_engine_restarts_after_an_unexpected_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    task = FakeTask()
+    async with make_executor(task) as executor:
+        schedule = executor.scheduler.schedule
+        failures = iter([RuntimeError("a bug in the engine")])
+
+        def flaky(now: float) -> Any:
+            for error in failures:
+                raise error
+            return schedule(now)
+
+        monkeypatch.setattr(executor.scheduler, "schedule", flaky)
+        assert await asyncio.wait_for(executor.submit("fake", Item("a"), user_id=1), 10) == "A"
+        health = executor.health()
+        assert health.alive and health.restarts == 1 and health.ok
+
+
+def ignoring_stop(task: FakeTask) -> Callable[..., list[Any]]:
+    """A ``run_batch`` that holds until the task's gate opens, deaf to ``should_stop``."""
+
+    def run_batch(model: Any, requests: Sequence[Item], ctx: BatchContext) -> list[Any]:
+        task.entered.set()
+        task.gate.wait()
+        return [[r.value.upper()] for r in requests]
+
+    return run_batch
+
+
+async def test_a_batch_stuck_past_its_timeout_lets_other_work_start_within_the_grace() -> None:
+    """A handler that never checks ``should_stop`` (one long forward pass)."""
+    clock = FakeClock()
+    stuck = FakeTask(name="stuck", clock=clock)
+    other = FakeTask(name="other")
+    stuck.run_batch = ignoring_stop(stuck)  # type: ignore[method-assign]
+    stuck.gate.clear()
+    async with make_executor(stuck, other, exec_timeout_s=0.1, stop_grace_s=0.2) as executor:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        hung = executor.submit("stuck", Item("forever"), user_id="a")
+        await wait_entered(stuck)
+        waiting = executor.submit("other", Item("next"), user_id="b")
+        with pytest.raises(ExecutionTimeout):
+            await asyncio.wait_for(hung, 10)
+        assert await asyncio.wait_for(waiting, 10) == "NEXT"
+        assert loop.time() - started < 5  # timeout + grace, not the stuck call's end
+        assert executor.health().ok
+        stuck.gate.set()
+
+
+async def test_a_members_place_is_held_until_the_device_returns() -> None:
+    task = FakeTask()
+    task.run_batch = ignoring_stop(task)  # type: ignore[method-assign]
+    task.gate.clear()
+    async with make_executor(task, max_per_user=1) as executor:
+        running = executor.submit("fake", Item("slow"), user_id="a")
+        await wait_entered(task)
+        running.cancel()
+        with pytest.raises(JobCancelled):
+            await running
+        # The member was told at once, but the device still works on it: no second place.
+        with pytest.raises(Busy):
+            executor.submit("fake", Item("again"), user_id="a")
+        task.gate.set()
+        for _ in range(500):
+            if executor.scheduler.outstanding == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert await executor.submit("fake", Item("again"), user_id="a") == ["AGAIN"]
+
+
+async def test_a_job_cancelled_as_its_batch_is_chosen_stays_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    task = FakeTask()
+    async with make_executor(task) as executor:
+        handles: list[JobHandle] = []
+        schedule = executor.scheduler.schedule
+
+        def click_cancel_meanwhile(now: float) -> Any:
+            batch = schedule(now)
+            if batch is not None and handles:
+                asyncio.get_running_loop().call_soon(handles[0].cancel)  # before the runner
+            return batch
+
+        monkeypatch.setattr(executor.scheduler, "schedule", click_cancel_meanwhile)
+        handles.append(executor.submit("fake", Item("x"), user_id="a"))
+        events = [event async for event in handles[0].events()]
+        with pytest.raises(JobCancelled):
+            await handles[0]
+        assert handles[0].state is JobState.CANCELLED and events[-1].state is JobState.CANCELLED
+        assert all(event.state is not JobState.RUNNING for event in events)
+        assert await executor.submit("fake", Item("y"), user_id="a") == "Y"
+
+
+async def test_a_thread_given_up_on_never_restarts_a_second_worker() -> None:
+    task = FakeTask()
+
+    def stuck_then_dead(model: Any, requests: Sequence[Item], ctx: BatchContext) -> list[Any]:
+        task.entered.set()
+        task.gate.wait()
+        raise WorkerDeath  # the abandoned thread ends badly, long after it was replaced
+
+    task.run_batch = stuck_then_dead  # type: ignore[method-assign]
+    task.gate.clear()
+    async with make_executor(task, exec_timeout_s=0.1, stop_grace_s=0.1) as executor:
+        with pytest.raises(ExecutionTimeout):
+            await asyncio.wait_for(executor.submit("fake", Item("x"), user_id="a"), 10)
+        task.gate.set()
+        for _ in range(100):
+            workers = [t for t in threading.enumerate() if t.name == "inference-worker"]
+            if len(workers) == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert len([t for t in threading.enumerate() if t.name == "inference-worker"]) == 1

@@ -75,6 +75,19 @@ async def test_the_bot_counts_as_connected_only_with_an_open_gateway(
         assert bot.is_ready() and not bot.is_connected()
 
 
+async def test_the_bot_counts_as_healthy_only_while_its_engine_runs(
+    simcord_env: simcord.Env,
+) -> None:
+    bot = simcord_env.bot
+    assert isinstance(bot, AssistantBot)
+    assert bot.is_healthy() and bot.executor.health().alive
+    engine = bot.executor._engine
+    assert engine is not None
+    engine.cancel()  # as if the engine's task had ended
+    await asyncio.gather(engine, return_exceptions=True)
+    assert bot.is_connected() and not bot.is_healthy()
+
+
 def test_health_command_exit_codes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -86,6 +86,7 @@ async def test_a_scrape_shows_queue_waits_batches_outcomes_and_refusals() -> Non
             assert busy("assistant_run_seconds_count", task="fake") == 0  # still running
             assert busy("assistant_model_memory_bytes", task="fake", model="fake-model",
                         device="cpu") == 1000  # fmt: skip
+            assert busy("assistant_oldest_batch_seconds") > 0  # the held batch
 
             task.gate.set()
             await blocker
@@ -106,7 +107,12 @@ async def test_a_scrape_shows_queue_waits_batches_outcomes_and_refusals() -> Non
         "assistant_queue_depth": "gauge",
         "assistant_jobs_outstanding": "gauge",
         "assistant_model_memory_bytes": "gauge",
+        "assistant_engine_up": "gauge",
+        "assistant_engine_restarts": "counter",
+        "assistant_oldest_batch_seconds": "gauge",
+        "assistant_callback_errors": "counter",
     }
+    assert done("assistant_engine_up") == 1 and done("assistant_engine_restarts_total") == 0
     assert "assistant_gpu_memory_bytes" not in done.text  # CUDA never initialised here
     assert done("assistant_queue_depth", task="fake", model="fake-model") == 0
     assert done("assistant_jobs_outstanding") == 0

@@ -14,10 +14,10 @@ import soundfile
 from datasets import config as datasets_config
 from huggingface_hub import constants as hub_constants
 
-from bot.app import running, start_executor
-from bot.executor import ModelNotDownloaded, TaskUnavailable
+from bot.app import TaskUnavailable, running, start_executor
+from bot.executor import ModelNotDownloaded
 from bot.invocations import Caller
-from bot.models import pull, requirements
+from bot.models import explain, pull, requirements
 from bot.settings import Settings
 from handlers.chat import ChatRequest
 from handlers.sentiment import SentimentRequest
@@ -76,6 +76,7 @@ def cache(hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pat
     assert pull(wanted, download=hub, out=io.StringIO(), err=io.StringIO()) == 0
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))  # for model worker processes
     return cache
 
 
@@ -103,7 +104,7 @@ async def test_a_model_never_pulled_names_the_pull_command(cache: Path, tmp_path
         handle = services.invoker.submit("chat", ChatRequest("hi", max_tokens=4), CALLER)
         with pytest.raises(ModelNotDownloaded) as error:
             await handle
-    assert str(error.value) == (
+    assert explain(error.value) == (
         "could not load model 'tiny-org/never-pulled': it is not downloaded; "
         "run `python -m bot models pull chat`"
     )
@@ -117,7 +118,7 @@ async def test_a_missing_part_of_a_pulled_model_names_the_pull_command(
         handle = services.invoker.submit("speak", SpeakRequest("Hello."), CALLER)
         with pytest.raises(ModelNotDownloaded) as error:
             await handle
-    assert str(error.value) == (
+    assert explain(error.value) == (
         "could not load model 'microsoft/speecht5_tts': some files it needs are not downloaded; "
         "run `python -m bot models pull speak`"
     )

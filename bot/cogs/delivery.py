@@ -15,6 +15,7 @@ import discord
 
 from bot.cogs.markdown import MESSAGE_LIMIT, clip, neutralize, split_text
 from bot.executor import JobCancelled, JobEvent, JobHandle, JobState
+from bot.models import explain
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +287,6 @@ async def show_failure(
 ) -> None:
     """A job that ended without a result: say why in place of its progress message."""
     prefix = "🛑" if isinstance(error, JobCancelled) else "⚠️"
-    text = clip(f"{prefix} {neutralize(str(error))}")
+    text = clip(f"{prefix} {neutralize(explain(error))}")
     if not await _edit_reply(interaction, content=text, view=None):
         await _post_instead(interaction, [text], [], None, policy)

@@ -1,9 +1,10 @@
-"""The seam between the scheduler and whatever runs models (a local thread today, Ray later)."""
+"""The seam between the engine and whatever runs models: a thread (tests), a worker process
+per device (the default), Ray Serve later."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,6 +36,13 @@ class BatchRun:
         self.model = model
         self.jobs = list(jobs)
         self._loop = loop
+        self.on_abandon: Callable[[], None] | None = None
+        """Set by a backend that must pass cancellations on (to another process)."""
+
+    def abandoned_changed(self) -> None:
+        """A job of the batch was abandoned (on the event loop)."""
+        if self.on_abandon is not None:
+            self.on_abandon()
 
     @property
     def requests(self) -> list[Any]:
@@ -42,6 +50,9 @@ class BatchRun:
 
     def __len__(self) -> int:
         return len(self.jobs)
+
+    def abandoned(self, index: int) -> bool:
+        return self.jobs[index].abandoned
 
     def subset(self, indices: Sequence[int]) -> BatchRun:
         """A view over some of the jobs, for running part of a batch on its own."""
@@ -61,21 +72,34 @@ class BatchRun:
 
 
 Outcome = Any
-"""A raw output for one request, or the exception that ended it."""
+"""A raw output or a result for one request, or the exception that ended it."""
 
 
 class Backend(Protocol):
-    """Runs batches; the executor awaits one ``run`` at a time per backend slot."""
+    """Runs batches on one device; the engine awaits one ``run`` at a time per backend."""
 
-    async def start(self) -> None: ...
+    async def start(self) -> None:
+        """Get the worker ready (again, after it was replaced); cheap when it is."""
+        ...
 
-    async def run(self, batch: BatchRun) -> list[Outcome]:
-        """One outcome per job, in order; never raises for a single job's failure."""
+    async def run(self, batch: BatchRun) -> list[Outcome | asyncio.Future[Any]]:
+        """One outcome per job, in order, once the device is done with the batch: the
+        job's result, the error that ended it, or a future of the result while it is
+        encoded. Never raises for a single job's failure."""
+        ...
+
+    async def abort(self) -> None:
+        """Give up on the running batch, which ignored every request to stop: replace the
+        worker that runs it."""
         ...
 
     async def preload(self, task: Task[Any, Any], model: str) -> None: ...
 
     def loaded_models(self) -> list[LoadedModelInfo]: ...
+
+    def device_memory(self) -> dict[str, tuple[int, int]]:
+        """(allocated, reserved) bytes per CUDA device the backend uses."""
+        ...
 
     async def close(self, timeout: float) -> None:
         """Stop, releasing every model and the accelerator's memory."""

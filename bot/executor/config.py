@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from handlers.base import TaskKind
+from handlers.kinds import TaskKind
 
 
 @dataclass(frozen=True)
@@ -47,12 +47,15 @@ class ExecutorConfig:
     max_per_user: int = 2
     """Most outstanding jobs of one user."""
     limits: dict[TaskKind, ClassLimits] = field(default_factory=default_limits)
-    cpu_workers: int = 2
-    """Threads for CPU-side work such as PNG and audio encoding."""
     shutdown_timeout_s: float = 30.0
+    stop_grace_s: float = 10.0
+    """How long a batch past its execution limit may take to stop before its worker is
+    replaced."""
+    fair_half_life_s: float = 120.0
+    """How fast a member's GPU time is forgiven: it halves every this many seconds."""
+    starvation_s: float = 60.0
+    """A job that waited this long runs before every other (oldest first)."""
 
     def __post_init__(self) -> None:
         if self.max_queue < 1 or self.max_per_user < 1:
             raise ValueError("max_queue and max_per_user must be >= 1")
-        if self.cpu_workers < 1:
-            raise ValueError(f"cpu_workers must be >= 1, got {self.cpu_workers}")

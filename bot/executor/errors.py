@@ -6,7 +6,7 @@ import math
 
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from bot.models import PULL_COMMAND
+from handlers.portable import PortableError
 
 
 def not_downloaded(exc: BaseException) -> bool:
@@ -28,7 +28,7 @@ def not_downloaded(exc: BaseException) -> bool:
     return False
 
 
-class ExecutorError(Exception):
+class ExecutorError(PortableError):
     """Base of every error the executor raises to a caller."""
 
 
@@ -52,21 +52,6 @@ class UnknownTask(ExecutorError):
     def __init__(self, task: str, known: list[str]) -> None:
         self.task = task
         super().__init__(f"unknown task {task!r}; known tasks: {', '.join(sorted(known))}")
-
-
-class TaskUnavailable(ExecutorError):
-    """A task could not get ready (e.g. its voice table or language detector failed to load)."""
-
-    def __init__(self, task: str, cause: BaseException) -> None:
-        self.task = task
-        if not_downloaded(cause):
-            super().__init__(
-                f"{task} is unavailable: files it needs are not downloaded; "
-                f"run `{PULL_COMMAND} {task}`"
-            )
-            return
-        reason = " ".join(str(cause).split())
-        super().__init__(f"{task} is unavailable: {type(cause).__name__}: {reason}")
 
 
 class QueueTimeout(ExecutorError):
@@ -99,15 +84,17 @@ class ModelLoadError(ExecutorError):
 
 
 class ModelNotDownloaded(ModelLoadError):
-    """Offline (or the hub unreachable), and the model or a file it needs is not cached."""
+    """Offline (or the hub unreachable), and the model or a file it needs is not cached.
 
-    def __init__(self, task: str, model: str, *, partly: bool) -> None:
+    Front ends add how to fetch it (``bot.models.explain``).
+    """
+
+    def __init__(self, task: str, model: str, *, pipeline: bool = False) -> None:
         self.model = model
         self.task = task
-        what = "some files it needs are not downloaded" if partly else "it is not downloaded"
-        ExecutorError.__init__(
-            self, f"could not load model {model!r}: {what}; run `{PULL_COMMAND} {task}`"
-        )
+        self.pipeline = pipeline
+        """Whether the model is a diffusers pipeline (its files are laid out differently)."""
+        ExecutorError.__init__(self, f"could not load model {model!r}: it is not downloaded")
 
 
 class OutOfMemory(ExecutorError):
@@ -126,7 +113,9 @@ class JobFailed(ExecutorError):
 
 
 class WorkerCrashed(ExecutorError):
-    """The accelerator thread died while running this job; it has been restarted."""
+    """The worker running this job died (it crashed, or was killed); a new one serves the
+    next job."""
 
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(f"the inference worker crashed ({type(cause).__name__}); it was restarted")
+    def __init__(self, cause: BaseException | str) -> None:
+        what = cause if isinstance(cause, str) else type(cause).__name__
+        super().__init__(f"the inference worker crashed ({what}); it was restarted")

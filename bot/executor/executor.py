@@ -1,26 +1,28 @@
-"""The inference executor: admission, per-model micro-batching and fair scheduling.
+"""The inference executor: a supervised engine that drives the pure ``Scheduler``.
 
-Everything here runs on the event loop and never blocks it: model work goes to the
-backend (one accelerator thread), result encoding to a small CPU pool.
+Everything here runs on the event loop and never blocks it. The scheduler decides (who is
+admitted, which batch runs next, on which device); the engine acts: it hands batches to
+the backends (one per device), enforces deadlines, reports progress, and delivers results.
+It isolates every callback it makes, restarts its own loop after an unexpected error, and
+says how it is in ``health()``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from bot.executor.backend import Backend, BatchRun, Outcome
-from bot.executor.batcher import ModelQueue
 from bot.executor.config import ClassLimits, ExecutorConfig
 from bot.executor.errors import (
     Busy,
     ExecutionTimeout,
+    ExecutorError,
     JobCancelled,
     JobFailed,
     QueueTimeout,
@@ -30,9 +32,38 @@ from bot.executor.errors import (
 )
 from bot.executor.job import Job, JobEvent, JobHandle, JobState
 from bot.executor.metrics import Metrics, MetricsSnapshot, ModelKey
+from bot.executor.scheduler import Batch, Scheduler
 from handlers.base import Task
+from handlers.kinds import TaskKind
 
 log = logging.getLogger(__name__)
+
+RESTART_BACKOFF_S = (0.0, 0.01, 0.1, 1.0)
+"""Pauses before the engine's loop restarts after consecutive failures."""
+RECOVERED_AFTER_S = 60.0
+"""A failure this long after the previous one counts as the first again."""
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a job's error as seen: a caller may rightly never await its handle."""
+    if not future.cancelled():
+        future.exception()
+
+
+@dataclass(frozen=True)
+class EngineHealth:
+    alive: bool
+    """The engine's loop is running (or restarting after an error)."""
+    restarts: int
+    """How often the loop failed and was restarted since the start."""
+    oldest_batch_s: float | None
+    """How long the longest-running batch has been on its device."""
+    stuck: bool
+    """A batch has run past its execution limit and the grace to stop it."""
+
+    @property
+    def ok(self) -> bool:
+        return self.alive and not self.stuck
 
 
 class Executor:
@@ -42,7 +73,7 @@ class Executor:
         self,
         tasks: Mapping[str, Task[Any, Any]],
         default_models: Mapping[str, str],
-        backend: Backend,
+        backend: Backend | Sequence[Backend],
         config: ExecutorConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -51,24 +82,36 @@ class Executor:
             raise ValueError(f"no default model configured for task(s): {', '.join(missing)}")
         self.tasks = dict(tasks)
         self.default_models = dict(default_models)
-        self.backend = backend
+        self.backends: list[Backend] = list(backend) if isinstance(backend, Sequence) else [backend]
         self.config = config or ExecutorConfig()
         self.metrics = Metrics()
         self._clock = clock
-        self._queues: OrderedDict[ModelKey, ModelQueue] = OrderedDict()
-        self._outstanding: dict[str, int] = {}
-        self._outstanding_total = 0
-        self._wakeup = asyncio.Event()
-        self._cpu_pool = concurrent.futures.ThreadPoolExecutor(
-            self.config.cpu_workers, thread_name_prefix="cpu-finish"
+        self.scheduler: Scheduler[Job] = Scheduler(
+            self.config.max_queue,
+            self.config.max_per_user,
+            limits_of=lambda key: self.limits(self.tasks[key[0]]),
+            padded_of=lambda key: self.tasks[key[0]].kind is not TaskKind.IMAGE,
+            slots=len(self.backends),
+            half_life_s=self.config.fair_half_life_s,
+            starvation_s=self.config.starvation_s,
         )
-        self._scheduler: asyncio.Task[None] | None = None
-        self._running: BatchRun | None = None
+        self._wakeup = asyncio.Event()
+        self._engine: asyncio.Task[None] | None = None
+        self._runners: dict[int, asyncio.Task[None]] = {}
+        """The task following each device's running batch, by slot."""
+        self._on_device_since: dict[int, float] = {}
+        """When each device's running batch reached it (after any worker start), by slot."""
         self._finishing: set[asyncio.Future[Any]] = set()
         self._stale_positions: set[ModelKey] = set()
+        self._restarts = 0
         self._closing = False
         self._shutdown_task: asyncio.Task[None] | None = None
         self._hurry = asyncio.Event()
+
+    @property
+    def backend(self) -> Backend:
+        """The first device's backend (the only one on a one-device machine)."""
+        return self.backends[0]
 
     async def __aenter__(self) -> Executor:
         await self.start()
@@ -78,12 +121,16 @@ class Executor:
         await self.shutdown()
 
     async def start(self) -> None:
-        await self.backend.start()
-        self._scheduler = asyncio.create_task(self._schedule(), name="executor-scheduler")
+        for backend in self.backends:
+            await backend.start()
+        self._engine = asyncio.create_task(self._supervise(), name="executor-engine")
 
     async def preload(self, task: str, model: str | None = None) -> None:
-        """Load a model before its first request (the admin's warm-up list)."""
-        await self.backend.preload(self._task(task), model or self.default_models[task])
+        """Load a model before its first request (the admin's warm-up list), on the device
+        its requests will run on."""
+        model = model or self.default_models[task]
+        slot = self.scheduler.place((task, model))
+        await self.backends[slot].preload(self._task(task), model)
 
     def _task(self, name: str) -> Task[Any, Any]:
         try:
@@ -104,13 +151,13 @@ class Executor:
         handler = self._task(task)
         if request is not None:
             handler.validate(request)
-        user = str(user_id)
-        if self._outstanding.get(user, 0) >= self.config.max_per_user:
-            self.metrics.record_refusal("user_limit")
-            raise Busy("you already have jobs in progress", self._user_retry_after(user))
-        if self._outstanding_total >= self.config.max_queue:
-            self.metrics.record_refusal("queue_full")
-            raise Busy("the bot is busy", self._queue_retry_after())
+        try:
+            self.scheduler.check(str(user_id), self._clock())
+        except Busy as busy:
+            self.metrics.record_refusal(
+                "user_limit" if "in progress" in busy.reason else "queue_full"
+            )
+            raise
         return handler
 
     def submit(
@@ -118,66 +165,28 @@ class Executor:
     ) -> JobHandle:
         """Queue a job, or raise at once: ``InvalidInput``, ``Busy``, ``ShuttingDown``."""
         handler = self.check(task, request, user_id=user_id)
-        user = str(user_id)
         model = model or handler.model_for(request, self.default_models[task])
-        key = (task, model)
-        queue = self._queues.get(key)
-        if queue is None:
-            queue = self._queues[key] = ModelQueue(self.limits(handler))
-
         loop = asyncio.get_running_loop()
         now = self._clock()
         job = Job(
             task=handler,
             model=model,
-            user_id=user,
+            user_id=str(user_id),
             request=request,
             key=handler.batch_key(request),
             cost=handler.cost(request),
+            work=handler.work(request),
             enqueued_at=now,
             future=loop.create_future(),
+            report=self._listener_failed,
         )
-        self._outstanding[user] = self._outstanding.get(user, 0) + 1
-        self._outstanding_total += 1
-        queue.push(job, now)
-        queue.active += 1
-        job.future.add_done_callback(lambda _: self._release(job, queue))
-        job.deadline = loop.call_later(queue.limits.queue_deadline_s, self._expire, job, queue)
-        self._positions_changed(key)
+        self.scheduler.add(job, now)
+        job.future.add_done_callback(_retrieved)
+        limit = self.limits(handler).queue_deadline_s
+        job.deadline = loop.call_later(limit, self._expire, job)
+        self._positions_changed(job.queue_key)
         self._wakeup.set()
         return JobHandle(job, self._cancel)
-
-    def _release(self, job: Job, queue: ModelQueue) -> None:
-        if not job.future.cancelled():
-            job.future.exception()  # mark retrieved: a caller may legitimately never await
-        count = self._outstanding[job.user_id] - 1
-        if count:
-            self._outstanding[job.user_id] = count
-        else:
-            del self._outstanding[job.user_id]
-        self._outstanding_total -= 1
-        queue.active -= 1
-
-    def _eta(self, key: ModelKey, queue: ModelQueue, position: int) -> float:
-        batch_s = self.metrics.batch_seconds(key, queue.limits.default_batch_s)
-        return (position // queue.limits.max_batch + 1) * batch_s
-
-    def _user_retry_after(self, user: str) -> float:
-        etas = [
-            self._eta(key, queue, job.position or 0)
-            for key, queue in self._queues.items()
-            for job in queue.in_order()
-            if job.user_id == user
-        ]
-        return max(1.0, min(etas, default=self._queue_retry_after()))
-
-    def _queue_retry_after(self) -> float:
-        waits = [
-            self.metrics.batch_seconds(key, q.limits.default_batch_s)
-            for key, q in self._queues.items()
-            if q.active
-        ]
-        return max(1.0, min(waits, default=1.0))
 
     # Job endings
 
@@ -186,7 +195,6 @@ class Executor:
             return
         if job.deadline is not None:
             job.deadline.cancel()
-        job.abandoned = error is not None
         job.error = error
         job.finished_at = self._clock()
         if error is None:
@@ -195,25 +203,27 @@ class Executor:
         else:
             job.state = JobState.CANCELLED if isinstance(error, JobCancelled) else JobState.FAILED
             job.future.set_exception(error)
+            job.abandon()
         self.metrics.record_outcome(job.queue_key, job.state.value)
         job.emit(JobEvent(job.state, error=error))
 
-    def _expire(self, job: Job, queue: ModelQueue) -> None:
-        if job.state is JobState.QUEUED and queue.remove(job):
+    def _expire(self, job: Job) -> None:
+        if job.state is JobState.QUEUED and self.scheduler.remove(job):
             self._finish(job, error=QueueTimeout(self._clock() - job.enqueued_at))
             self._positions_changed(job.queue_key)
 
     def _cancel(self, job: Job, reason: str) -> bool:
         if job.future.done():
             return False
-        if job.state is JobState.QUEUED:
-            queue = self._queues[job.queue_key]
-            queue.remove(job)
-            self._finish(job, error=JobCancelled(reason))
+        if job.state is JobState.QUEUED and self.scheduler.remove(job):
             self._positions_changed(job.queue_key)
-        else:
-            self._finish(job, error=JobCancelled(reason))  # the batch stops once all are abandoned
+        # A running job's place stays taken until its batch leaves the device.
+        self._finish(job, error=JobCancelled(reason))
         return True
+
+    def _listener_failed(self, job: Job, error: BaseException) -> None:
+        self.metrics.record_callback_error("listener")
+        log.error("a listener of job %d (%s) failed", job.id, job.task.name, exc_info=error)
 
     def _positions_changed(self, key: ModelKey) -> None:
         """Recompute positions once per loop turn, however many jobs a burst adds."""
@@ -222,112 +232,203 @@ class Executor:
         self._stale_positions.add(key)
 
     def _refresh_positions(self) -> None:
-        for key in self._stale_positions:
-            queue = self._queues[key]
-            for position, job in enumerate(queue.in_order()):
-                if job.position != position:
-                    job.position = position
-                    job.eta_s = self._eta(key, queue, position)
-                    if job.listening:
-                        job.emit(JobEvent(JobState.QUEUED, position, job.eta_s))
-        self._stale_positions.clear()
-
-    # Scheduling
-
-    def _next_ready(self) -> tuple[ModelKey, ModelQueue] | None:
+        keys, self._stale_positions = self._stale_positions, set()
         now = self._clock()
-        for key, queue in self._queues.items():
-            if queue.is_ready(now):
-                self._queues.move_to_end(key)  # interleave models: this one goes last
-                return key, queue
-        return None
+        for key in keys:
+            try:
+                for position, job in enumerate(self.scheduler.order(key, now)):
+                    if job.position != position:
+                        job.position = position
+                        job.eta_s = self.scheduler.eta(key, position)
+                        if job.listening:
+                            job.emit(JobEvent(JobState.QUEUED, position, job.eta_s))
+            except Exception:  # a bug here must not freeze every later position
+                self.metrics.record_callback_error("positions")
+                log.exception("could not update the queue positions of %s", key[0])
 
-    def _seconds_to_next_ready(self) -> float | None:
-        waiting = [q.ready_at for q in self._queues.values() if len(q)]
-        return max(0.0, min(waiting) - self._clock()) if waiting else None
+    # The engine
 
-    async def _schedule(self) -> None:
+    async def _supervise(self) -> None:
+        """Run the engine's loop; after an unexpected error, answer what it left hanging and
+        run it again (pausing longer while it keeps failing)."""
+        failures, last_failure = 0, -float("inf")
         while True:
-            picked = self._next_ready()
-            if picked is None:
+            try:
+                await self._dispatch_forever()
+            except Exception:
+                self._restarts += 1
+                self.metrics.record_callback_error("engine")
+                log.exception("the executor's engine failed; restarting it")
+                self._recover()
+                now = self._clock()
+                failures = failures + 1 if now - last_failure < RECOVERED_AFTER_S else 0
+                last_failure = now
+                await asyncio.sleep(RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)])
+            else:
+                return
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            now = self._clock()
+            batch = self.scheduler.schedule(now)
+            if batch is None:
                 self._wakeup.clear()
-                timeout = self._seconds_to_next_ready()
+                timeout = self.scheduler.next_ready_in(now)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout)
                 continue
-            key, queue = picked
-            jobs = queue.take_batch(self._clock())
-            self._positions_changed(key)
-            await self._run_batch(key, queue, jobs)
+            self._runners[batch.slot] = asyncio.create_task(
+                self._follow_batch(batch), name=f"batch-{batch.queue_key[0]}"
+            )
 
-    async def _run_batch(self, key: ModelKey, queue: ModelQueue, jobs: list[Job]) -> None:
-        loop = asyncio.get_running_loop()
+    def _recover(self) -> None:
+        """A batch the scheduler counts as running with no task following it would hold its
+        device and its members' places for good: fail its jobs and free them."""
+        for batch in self.scheduler.running():
+            runner = self._runners.get(batch.slot)
+            if runner is None or runner.done():
+                for job in batch.jobs:
+                    self._finish(job, error=JobFailed(RuntimeError("the engine restarted")))
+                self.scheduler.finish(batch, self._clock())
+        self._wakeup.set()
+
+    async def _follow_batch(self, batch: Batch[Job]) -> None:
+        """Run one batch to its end; whatever happens, every job is answered and the device
+        and the members' places are freed."""
+        try:
+            await self._run_batch(batch)
+        except asyncio.CancelledError:  # a shutdown that could not wait any longer
+            for job in batch.jobs:
+                self._finish(job, error=JobCancelled("stopped: the bot is shutting down"))
+            raise
+        except Exception as exc:
+            self.metrics.record_callback_error("batch")
+            log.exception("the executor failed while running a %s batch", batch.queue_key[0])
+            for job in batch.jobs:
+                self._finish(job, error=JobFailed(exc))
+        finally:
+            if batch in self.scheduler.running():
+                self.scheduler.finish(batch, self._clock())
+            if self._runners.get(batch.slot) is asyncio.current_task():
+                del self._runners[batch.slot]
+            self._wakeup.set()
+
+    async def _run_batch(self, batch: Batch[Job]) -> None:
+        key = batch.queue_key
+        task = self.tasks[key[0]]
         started = self._clock()
-        for job in jobs:
+        run = BatchRun(task, key[1], batch.jobs, asyncio.get_running_loop())
+        for job in batch.jobs:
+            job.batch = run
+            if job.future.done():  # cancelled since the batch was chosen: the device skips it
+                continue
             if job.deadline is not None:
                 job.deadline.cancel()
             job.state = JobState.RUNNING
             job.started_at = started
-            job.batch_size = len(jobs)
+            job.batch_size = len(batch.jobs)
             job.position = job.eta_s = None
             self.metrics.record_wait(key, started - job.enqueued_at)
             job.emit(JobEvent(JobState.RUNNING))
-        batch = BatchRun(jobs[0].task, key[1], jobs, loop)
-        self._running = batch
-        limit = queue.limits.exec_timeout_s
-        timer = loop.call_later(limit, self._timeout_batch, batch, limit)
-        try:
-            outcomes = await self.backend.run(batch)
-        except Exception as exc:  # the backend itself failed (e.g. the worker crashed)
-            log.error("backend failed on a %s batch: %s", key[0], exc)
-            outcomes = [exc if isinstance(exc, WorkerCrashed) else JobFailed(exc)] * len(jobs)
-        finally:
-            timer.cancel()
-            self._running = None
-        self.metrics.record_batch(key, len(jobs), self._clock() - started)
-        plain = type(batch.task).finish is Task.finish
-        for job, outcome in zip(jobs, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
+        self._positions_changed(key)
+        outcomes = await self._on_device(batch.slot, run, self.limits(task).exec_timeout_s)
+        seconds = self._clock() - started
+        self.scheduler.finish(batch, self._clock())  # the device is free; encoding follows
+        self._wakeup.set()
+        self.metrics.record_batch(key, len(batch.jobs), seconds)
+        for job, outcome in zip(batch.jobs, outcomes, strict=True):
+            if isinstance(outcome, asyncio.Future):
+                self._finish_when_encoded(job, outcome)
+            elif isinstance(outcome, BaseException):
                 self._finish(job, error=outcome)
-            elif plain:
+            else:
                 self._finish(job, outcome)
-            elif not job.future.done():
-                self._finish_in_pool(job, outcome)
 
-    def _finish_in_pool(self, job: Job, outcome: Outcome) -> None:
-        loop = asyncio.get_running_loop()
-        pending = loop.run_in_executor(self._cpu_pool, job.task.finish, outcome)
-        self._finishing.add(pending)
+    async def _on_device(
+        self, slot: int, run: BatchRun, limit: float
+    ) -> list[Outcome | asyncio.Future[Any]]:
+        """The backend's outcomes; past ``limit`` the jobs fail and the batch is asked to stop,
+        and past the grace after it the worker is replaced."""
+        backend = self.backends[slot]
+        try:
+            await backend.start()  # a worker being replaced starts before the batch's clock
+        except Exception as exc:
+            log.error("no worker for a %s batch: %s", run.task.name, exc)
+            return [WorkerCrashed(f"no worker could start: {exc}")] * len(run)
+        self._on_device_since[slot] = self._clock()
+        try:
+            return await self._run_on(backend, run, limit)
+        finally:
+            del self._on_device_since[slot]
+
+    async def _run_on(
+        self, backend: Backend, run: BatchRun, limit: float
+    ) -> list[Outcome | asyncio.Future[Any]]:
+        work = asyncio.ensure_future(backend.run(run))
+        try:
+            done, _ = await asyncio.wait({work}, timeout=limit)
+            if not done:
+                log.warning(
+                    "a %s batch ran past its %.0fs limit; stopping it", run.task.name, limit
+                )
+                for job in run.jobs:
+                    self._finish(job, error=ExecutionTimeout(limit))
+                done, _ = await asyncio.wait({work}, timeout=self.config.stop_grace_s)
+            if not done:
+                log.error(
+                    "a %s batch did not stop within %.0fs of its limit; replacing its worker",
+                    run.task.name,
+                    self.config.stop_grace_s,
+                )
+                work.cancel()
+                await backend.abort()
+                return [ExecutionTimeout(limit)] * len(run)
+            return work.result()
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        except Exception as exc:  # the backend itself failed (e.g. its worker died)
+            log.error("backend failed on a %s batch: %s", run.task.name, exc)
+            return [exc if isinstance(exc, WorkerCrashed) else JobFailed(exc)] * len(run)
+
+    def _finish_when_encoded(self, job: Job, encoding: asyncio.Future[Any]) -> None:
+        self._finishing.add(encoding)
 
         def done(future: asyncio.Future[Any]) -> None:
             self._finishing.discard(future)
             if future.cancelled():
                 self._finish(job, error=JobCancelled("the bot is shutting down"))
             elif (exc := future.exception()) is not None:
-                log.error("%s failed to encode its result", job.task.name, exc_info=exc)
-                self._finish(job, error=JobFailed(exc))
+                self._finish(job, error=exc if isinstance(exc, ExecutorError) else JobFailed(exc))
             else:
                 self._finish(job, future.result())
 
-        pending.add_done_callback(done)
-
-    def _timeout_batch(self, batch: BatchRun, limit: float) -> None:
-        log.warning("a %s batch ran past its %.0fs limit; stopping it", batch.task.name, limit)
-        for job in batch.jobs:
-            self._finish(job, error=ExecutionTimeout(limit))
+        encoding.add_done_callback(done)
 
     # Introspection and shutdown
 
+    def health(self) -> EngineHealth:
+        now = self._clock()
+        running = self.scheduler.running()
+        oldest = max((now - batch.started_at for batch in running), default=None)
+        stuck = any(
+            now - self._on_device_since[batch.slot]
+            > self.limits(self.tasks[batch.queue_key[0]]).exec_timeout_s
+            + self.config.stop_grace_s
+            + 5.0  # killing a worker takes a moment
+            for batch in running
+            if batch.slot in self._on_device_since
+        )
+        alive = self._engine is not None and not self._engine.done()
+        return EngineHealth(alive, self._restarts, oldest, stuck)
+
     def snapshot(self) -> MetricsSnapshot:
-        keys = list(dict.fromkeys([*self._queues, *self.metrics.known_keys()]))
+        keys = list(dict.fromkeys([*self.scheduler.models(), *self.metrics.known_keys()]))
         return MetricsSnapshot(
-            outstanding=self._outstanding_total,
-            queued=sum(len(q) for q in self._queues.values()),
-            models=[
-                self.metrics.model_stats(k, len(self._queues[k]) if k in self._queues else 0)
-                for k in keys
-            ],
-            loaded=self.backend.loaded_models(),
+            outstanding=self.scheduler.outstanding,
+            queued=self.scheduler.queued,
+            models=[self.metrics.model_stats(k, self.scheduler.waiting(k)) for k in keys],
+            loaded=[info for backend in self.backends for info in backend.loaded_models()],
             refused=dict(self.metrics.refused),
         )
 
@@ -348,27 +449,30 @@ class Executor:
 
     async def _shut_down(self, timeout: float) -> None:
         deadline = self._clock() + timeout
-        for queue in self._queues.values():
-            for job in list(queue.in_order()):
-                queue.remove(job)
+        for key in self.scheduler.models():
+            for job in self.scheduler.order(key, self._clock()):
+                self.scheduler.remove(job)
                 self._finish(job, error=JobCancelled("the bot is shutting down"))
-        if self._running is not None or self._finishing:
-            waiting = {*self._finishing}
-            if self._running is not None:
-                waiting.update(job.future for job in self._running.jobs)
+        running = [job for batch in self.scheduler.running() for job in batch.jobs]
+        if running or self._finishing:
+            waiting = {*self._finishing, *(job.future for job in running)}
             late = await self._wait_unless_hurried(waiting, timeout)
             if late:
                 log.warning("%d job(s) still running at shutdown; stopping them", len(late))
-                for job in self._running.jobs if self._running else []:
+                for job in running:
                     self._finish(job, error=JobCancelled("stopped: the bot is shutting down"))
                 for future in self._finishing:
                     future.cancel()
-        if self._scheduler is not None:
-            self._scheduler.cancel()
+        if self._engine is not None:
+            self._engine.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._scheduler
-        await self.backend.close(max(1.0, deadline - self._clock()))
-        self._cpu_pool.shutdown(wait=False, cancel_futures=True)
+                await self._engine
+        if self._runners:  # batches still on a device: they stop between steps, or are cut
+            await asyncio.wait(self._runners.values(), timeout=max(0.0, deadline - self._clock()))
+            for runner in self._runners.values():
+                runner.cancel()
+        for backend in self.backends:
+            await backend.close(max(1.0, deadline - self._clock()))
 
     async def _wait_unless_hurried(
         self, waiting: set[asyncio.Future[Any]], timeout: float

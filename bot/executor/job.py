@@ -5,11 +5,17 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
+import logging
 from collections.abc import AsyncIterator, Callable, Generator, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from handlers.base import Task, TaskKind
+
+if TYPE_CHECKING:
+    from bot.executor.backend import BatchRun
+
+log = logging.getLogger(__name__)
 
 
 class JobState(enum.StrEnum):
@@ -52,6 +58,10 @@ class Job:
     cost: int
     enqueued_at: float
     future: asyncio.Future[Any]
+    work: float = 1.0
+    """Relative compute, to split its batch's GPU time between the jobs in it."""
+    report: Callable[[Job, BaseException], None] | None = None
+    """Told when one of the job's listeners raises; the others still hear the event."""
     id: int = field(default_factory=lambda: next(_job_ids))
     state: JobState = JobState.QUEUED
     position: int | None = None
@@ -63,6 +73,8 @@ class Job:
     batch_size: int | None = None
     abandoned: bool = False
     """Set when nobody awaits the result any more (cancelled, timed out); read by the worker."""
+    batch: BatchRun | None = None
+    """The batch it runs in, once it runs."""
     deadline: asyncio.TimerHandle | None = None
     _listeners: list[Callable[[JobEvent], None]] = field(default_factory=list)
 
@@ -78,15 +90,31 @@ class Job:
     def listening(self) -> bool:
         return bool(self._listeners)
 
+    def abandon(self) -> None:
+        """Nobody wants the result any more: a batch stops once all its jobs are abandoned."""
+        self.abandoned = True
+        if self.batch is not None:
+            self.batch.abandoned_changed()
+
     def emit(self, event: JobEvent) -> None:
-        for listener in self._listeners:
-            listener(event)
+        """Tell every listener; one that raises is reported, never stops the others."""
+        for listener in list(self._listeners):
+            self._tell(listener, event)
         if event.state.final:
             self._listeners.clear()
 
+    def _tell(self, listener: Callable[[JobEvent], None], event: JobEvent) -> None:
+        try:
+            listener(event)
+        except Exception as exc:
+            if self.report is None:
+                log.exception("a listener of job %d failed", self.id)
+            else:
+                self.report(self, exc)
+
     def watch(self, callback: Callable[[JobEvent], None]) -> None:
         """Call ``callback`` with the current state now and with every later event."""
-        callback(JobEvent(self.state, self.position, self.eta_s, error=self.error))
+        self._tell(callback, JobEvent(self.state, self.position, self.eta_s, error=self.error))
         if not self.state.final:
             self._listeners.append(callback)
 

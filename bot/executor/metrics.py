@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from bot.executor.backend import LoadedModelInfo
+
+log = logging.getLogger(__name__)
 
 ModelKey = tuple[str, str]
 
@@ -69,36 +73,38 @@ class Metrics:
         self._run: defaultdict[ModelKey, deque[float]] = defaultdict(lambda: deque(maxlen=samples))
         self._batch_sizes: defaultdict[ModelKey, Counter[int]] = defaultdict(Counter)
         self._outcomes: defaultdict[ModelKey, Counter[str]] = defaultdict(Counter)
-        self._batch_ewma: dict[ModelKey, float] = {}
         self.refused: Counter[str] = Counter()
+        self.callback_errors: Counter[str] = Counter()
+        """Errors the engine caught in its callbacks, by where: listener, observer, ..."""
         self.observers: list[MetricsObserver] = []
+
+    def _tell(self, call: Callable[[MetricsObserver], None]) -> None:
+        for observer in self.observers:
+            try:
+                call(observer)
+            except Exception:  # an exporter's bug must not stop the engine
+                self.callback_errors["observer"] += 1
+                log.exception("a metrics observer failed")
+
+    def record_callback_error(self, where: str) -> None:
+        self.callback_errors[where] += 1
 
     def record_wait(self, key: ModelKey, seconds: float) -> None:
         self._wait[key].append(seconds)
-        for observer in self.observers:
-            observer.on_wait(key, seconds)
+        self._tell(lambda observer: observer.on_wait(key, seconds))
 
     def record_batch(self, key: ModelKey, size: int, seconds: float) -> None:
         self._run[key].append(seconds)
-        for observer in self.observers:
-            observer.on_batch(key, size, seconds)
+        self._tell(lambda observer: observer.on_batch(key, size, seconds))
         self._batch_sizes[key][size] += 1
-        previous = self._batch_ewma.get(key)
-        self._batch_ewma[key] = seconds if previous is None else 0.8 * previous + 0.2 * seconds
 
     def record_outcome(self, key: ModelKey, outcome: str) -> None:
         self._outcomes[key][outcome] += 1
-        for observer in self.observers:
-            observer.on_outcome(key, outcome)
+        self._tell(lambda observer: observer.on_outcome(key, outcome))
 
     def record_refusal(self, reason: str) -> None:
         self.refused[reason] += 1
-        for observer in self.observers:
-            observer.on_refusal(reason)
-
-    def batch_seconds(self, key: ModelKey, default: float) -> float:
-        """Typical duration of one batch for this model, for wait estimates."""
-        return self._batch_ewma.get(key, default)
+        self._tell(lambda observer: observer.on_refusal(reason))
 
     def model_stats(self, key: ModelKey, queued: int) -> ModelStats:
         return ModelStats(

@@ -18,7 +18,6 @@ import torch
 
 from bot.executor.backend import LoadedModelInfo
 from bot.executor.errors import ModelNotDownloaded, not_downloaded
-from bot.models import Requirement, State, presence
 from handlers.base import LoadSpec, Task, TaskKind
 
 log = logging.getLogger(__name__)
@@ -101,9 +100,8 @@ class ModelRegistry:
         except Exception as exc:
             if not not_downloaded(exc):
                 raise
-            wanted = Requirement(task.name, "model", source, pipeline=task.kind is TaskKind.IMAGE)
-            partly = presence(wanted).state is not State.MISSING
-            raise ModelNotDownloaded(task.name, source, partly=partly) from exc
+            pipeline = task.kind is TaskKind.IMAGE
+            raise ModelNotDownloaded(task.name, source, pipeline=pipeline) from exc
         size = task.model_bytes(model)
         with self._lock:
             self._resident[key] = _Resident(task.name, source, model, size, time.monotonic())
