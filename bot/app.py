@@ -144,7 +144,10 @@ async def running(
     async with usage:
         quotas = Quotas(
             QuotaPolicy(
-                settings.quotas, settings.cooldowns, frozenset(settings.quota_exempt_users)
+                settings.quotas,
+                settings.cooldowns,
+                frozenset(settings.quota_exempt_users),
+                settings.gpu_seconds_per_day,
             ),
             usage,
         )

@@ -353,7 +353,10 @@ async def _discord(settings: Settings, sync_only: bool) -> int:
                     await bot.start(token)
 
     try:
-        await serve(settings, connect, metrics=not sync_only)
+        # Registering commands runs no model: a thread is enough, and starts at once.
+        await serve(
+            settings, connect, metrics=not sync_only, worker="thread" if sync_only else None
+        )
     except discord.LoginFailure:
         print("error: Discord rejected DISCORD_TOKEN; reset it on the Bot page of "
               "your application and update .env", file=sys.stderr)  # fmt: skip

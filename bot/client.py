@@ -18,7 +18,7 @@ from bot.executor import Busy, ExecutorError
 from bot.guilds import GuildSettings, GuildSettingsStore
 from bot.invocations import CommandDisabled
 from bot.models import explain
-from bot.quotas import CooldownActive, QuotaExceeded
+from bot.quotas import CooldownActive, GpuBudgetExceeded, QuotaExceeded
 from bot.settings import Settings
 from handlers.base import HandlerError, InvalidInput, TaskKind
 
@@ -35,7 +35,13 @@ def friendly(error: BaseException) -> str | None:
         case Busy():
             text = str(error)
             return f"{text[:1].upper()}{text[1:]}. Nothing was queued."
-        case QuotaExceeded() | CooldownActive() | CommandDisabled() | HandlerError():
+        case (
+            QuotaExceeded()
+            | CooldownActive()
+            | GpuBudgetExceeded()
+            | CommandDisabled()
+            | HandlerError()
+        ):
             return str(error)
         case ExecutorError():
             return explain(error)

@@ -29,7 +29,7 @@ from bot.executor import (
     ShuttingDown,
 )
 from bot.guilds import GuildSettings, GuildSettingsStore
-from bot.quotas import CooldownActive, QuotaExceeded, Quotas, Reservation
+from bot.quotas import CooldownActive, GpuBudgetExceeded, QuotaExceeded, Quotas, Reservation
 from bot.usage import UsageLog
 from handlers.base import HandlerError, TaskKind
 
@@ -70,7 +70,7 @@ def status_of(error: BaseException | None) -> str:
             return "invalid"
         case Busy() | ShuttingDown():
             return "refused_busy"
-        case QuotaExceeded() | CooldownActive():
+        case QuotaExceeded() | CooldownActive() | GpuBudgetExceeded():
             return "refused_quota"
         case QueueTimeout() | ExecutionTimeout():
             return "timeout"
@@ -293,12 +293,15 @@ class Invoker:
             handle.batch_size,
             "" if error is None else f" error={type(error).__name__}",
         )
+        if handle.gpu_s is not None:
+            self.quotas.charge_gpu(handle.user_id, handle.gpu_s)
         self.usage.end(
             row_id,
             status_of(error),
             wait_ms=None if handle.wait_s is None else 1000 * handle.wait_s,
             run_ms=None if handle.run_s is None else 1000 * handle.run_s,
             batch_size=handle.batch_size,
+            gpu_ms=None if handle.gpu_s is None else 1000 * handle.gpu_s,
             output_size=None if error is not None else size_of(handle.peek_result()),
             error_kind=None if error is None else type(error).__name__,
         )

@@ -39,6 +39,16 @@ class QuotaExceeded(Exception):
         )
 
 
+class GpuBudgetExceeded(Exception):
+    def __init__(self, budget_s: float, resets_in: float) -> None:
+        self.budget_s = budget_s
+        self.resets_in = resets_in
+        super().__init__(
+            f"you have used your {budget_s:g} seconds of GPU time for today; "
+            f"it resets in {duration(resets_in)} (00:00 UTC)"
+        )
+
+
 class CooldownActive(Exception):
     def __init__(self, task: str, retry_after: float) -> None:
         self.task = task
@@ -53,6 +63,9 @@ class QuotaPolicy:
     cooldowns: Mapping[str, float] = field(default_factory=dict)
     """Task -> seconds between a member's requests."""
     exempt_users: frozenset[str] = frozenset()
+    gpu_seconds_per_day: float | None = None
+    """Device seconds a member's jobs may use per UTC day, whatever the tasks; None: no
+    such limit."""
 
 
 @dataclass
@@ -88,6 +101,8 @@ class Quotas:
         self._day = self._day_of(clock())
         self._counts: dict[tuple[str, str, float], int] = {}
         self._last: dict[tuple[str, str], float] = {}
+        self._gpu: dict[str, float] = {}
+        """Member -> device seconds used today."""
         self._loaded = False
 
     @staticmethod
@@ -103,6 +118,7 @@ class Quotas:
         self._day = self._day_of(self.clock())
         try:
             used = await self.usage.used_since(self._day)
+            self._gpu = await self.usage.gpu_seconds_since(self._day)
         except sqlite3.Error as exc:
             raise UsageUnavailable(f"cannot read today's quota counts: {exc}") from exc
         self._counts = {(user, task, self._day): n for user, task, n, _ in used}
@@ -114,6 +130,7 @@ class Quotas:
         if day != self._day:
             self._day = day
             self._counts.clear()
+            self._gpu.clear()
             self._last = {k: t for k, t in self._last.items() if now - t < DAY}
         return day
 
@@ -140,6 +157,9 @@ class Quotas:
         previous = self._last.get((user_id, task))
         if cooldown and previous is not None and now - previous < cooldown:
             raise CooldownActive(task, cooldown - (now - previous))
+        budget = self.policy.gpu_seconds_per_day
+        if budget is not None and self._gpu.get(user_id, 0.0) >= budget:
+            raise GpuBudgetExceeded(budget, day + DAY - now)
         limit = overrides.quotas.get(task, self.policy.daily.get(task))
         key = (user_id, task, day)
         if limit is not None and self._counts.get(key, 0) >= limit:
@@ -147,6 +167,15 @@ class Quotas:
         self._counts[key] = self._counts.get(key, 0) + 1
         self._last[(user_id, task)] = now
         return Reservation(self, key, now, previous)
+
+    def charge_gpu(self, user_id: str, seconds: float) -> None:
+        """A member's job used ``seconds`` of device time (exempt members too: it shows)."""
+        self._today(self.clock())
+        self._gpu[user_id] = self._gpu.get(user_id, 0.0) + seconds
+
+    def gpu_used(self, user_id: str) -> float:
+        self._today(self.clock())
+        return self._gpu.get(user_id, 0.0)
 
     def _take_back(self, reservation: Reservation) -> None:
         user_id, task, _ = reservation.key

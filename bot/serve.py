@@ -13,7 +13,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from bot.app import running
+from bot.app import Worker, running
 from bot.client import AssistantBot
 from bot.settings import Settings
 
@@ -27,9 +27,11 @@ async def serve(
     connect: Callable[[AssistantBot], Awaitable[None]],
     *,
     metrics: bool = True,
+    worker: Worker | None = None,
 ) -> None:
-    """Run the bot through ``connect`` (Discord, or SimCord in tests) until it returns."""
-    async with running(settings, metrics=metrics) as services:
+    """Run the bot through ``connect`` (Discord, or SimCord in tests) until it returns;
+    ``worker`` overrides ``BOT_WORKER``."""
+    async with running(settings, metrics=metrics, worker=worker) as services:
         bot = AssistantBot(services, settings)
         async with stop_on_signals(bot.stop_gracefully, lambda: bot.executor.shutdown(now=True)):
             await connect(bot)

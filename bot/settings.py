@@ -242,6 +242,9 @@ class Settings(BaseSettings):
     """Seconds a member waits between requests, by task, as JSON: {"imagine": 10}."""
     quota_exempt_users: list[str] = []
     """User ids free of quotas and cooldowns (JSON list), e.g. the bot's owners."""
+    gpu_seconds_per_day: float | None = Field(default=None, gt=0)
+    """Seconds of device time a member's jobs may use per UTC day, across all tasks (each
+    job is charged its share of its batch); unset: no such limit."""
     models: ModelSettings = ModelSettings()
     """Per-task models (BOT_MODELS__<TASK>)."""
     summarize: SummarizeSettings = SummarizeSettings()

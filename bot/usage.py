@@ -53,6 +53,7 @@ COLUMNS = (
     "wait_ms",
     "run_ms",
     "batch_size",
+    "gpu_ms",
     "input_size",
     "output_size",
     "error_kind",
@@ -343,6 +344,15 @@ class UsageLog:
                 self._db = await self._connect()
             await self._db.execute(sql, tuple(params))
             await self._db.commit()
+
+    async def gpu_seconds_since(self, since: float) -> dict[str, float]:
+        """Member -> device seconds their jobs used from ``since`` on."""
+        rows = await self.query(
+            "SELECT user_id, SUM(gpu_ms) AS ms FROM invocations "
+            "WHERE started_at >= ? AND gpu_ms IS NOT NULL GROUP BY user_id",
+            (since,),
+        )
+        return {row["user_id"]: row["ms"] / 1000 for row in rows}
 
     async def used_since(self, since: float) -> list[tuple[str, str, int, float]]:
         """(user id, task, invocations, the latest start) of what counts toward quotas."""

@@ -20,7 +20,14 @@ from bot.cli import main
 from bot.executor import Busy
 from bot.guilds import GuildSettings, GuildSettingsStore
 from bot.invocations import Caller, CommandDisabled, Invoker
-from bot.quotas import DAY, CooldownActive, QuotaExceeded, QuotaPolicy, Quotas
+from bot.quotas import (
+    DAY,
+    CooldownActive,
+    GpuBudgetExceeded,
+    QuotaExceeded,
+    QuotaPolicy,
+    Quotas,
+)
 from bot.usage import UsageLog, UsageUnavailable, migrate, migrations
 from handlers.base import InvalidInput
 from tests.fakes import FakeTask, Item, make_executor
@@ -388,3 +395,45 @@ async def test_each_job_ends_with_one_log_line_and_no_text(
     (line,) = [r.getMessage() for r in caplog.records if r.name == "bot.invocations"]
     assert f"job {handle.id} fake user=u7 status=ok" in line and "batch=1" in line
     assert "private" not in line
+
+
+async def test_a_daily_gpu_time_budget_counts_each_jobs_share_and_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    clock = Clock(7 * DAY + 60)
+    path = tmp_path / "u.sqlite3"
+    async with UsageLog(path, clock=clock) as usage:
+        quotas = Quotas(
+            QuotaPolicy(gpu_seconds_per_day=10.0, exempt_users=frozenset({"o"})), usage, clock
+        )
+        await quotas.load()
+        quotas.reserve("u", "imagine")
+        quotas.charge_gpu("u", 6.0)
+        quotas.reserve("u", "chat")  # 6 of 10 used: still in
+        quotas.charge_gpu("u", 4.5)
+        with pytest.raises(GpuBudgetExceeded, match="used your 10 seconds of GPU time"):
+            quotas.reserve("u", "sentiment")
+        quotas.charge_gpu("o", 100.0)
+        quotas.reserve("o", "imagine")  # exempt
+        usage.record({"id": "j", "source": "discord", "user_id": "u", "task": "imagine",
+                      "status": "ok", "gpu_ms": 10_500.0})  # fmt: skip
+    async with UsageLog(path, clock=clock) as usage:
+        quotas = Quotas(QuotaPolicy(gpu_seconds_per_day=10.0), usage, clock)
+        await quotas.load()  # today's GPU time comes back from the log
+        with pytest.raises(GpuBudgetExceeded):
+            quotas.reserve("u", "chat")
+        clock.now += DAY
+        quotas.reserve("u", "chat")
+
+
+async def test_each_finished_job_records_and_charges_its_share_of_the_device(
+    tmp_path: Path,
+) -> None:
+    inv = await invoker(tmp_path)
+    inv.quotas.policy = QuotaPolicy(gpu_seconds_per_day=3600.0)
+    handles = [inv.submit("fake", Item(v), Caller(f"u{v}")) for v in "ab"]
+    await asyncio.gather(*handles)
+    await close(inv)
+    shares = {r["user_id"]: r["gpu_ms"] for r in rows(tmp_path / "u.sqlite3")}
+    assert set(shares) == {"ua", "ub"} and all(ms is not None and ms >= 0 for ms in shares.values())
+    assert inv.quotas.gpu_used("ua") == pytest.approx(shares["ua"] / 1000)

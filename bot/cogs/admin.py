@@ -145,9 +145,15 @@ class Admin(commands.Cog):
     @app_commands.command(description="Your quota for today")
     async def usage(self, interaction: Interaction) -> None:
         guild = self.bot.settings_for(interaction)
-        rows = self.bot.invoker.quotas.summary(str(interaction.user.id), guild)
+        quotas = self.bot.invoker.quotas
+        rows = quotas.summary(str(interaction.user.id), guild)
         lines = [f"/{task}: {used} of {limit} used, resets in {duration(resets)}"
-                 for task, used, limit, resets in rows] or ["No daily limits apply."]  # fmt: skip
+                 for task, used, limit, resets in rows]  # fmt: skip
+        budget = quotas.policy.gpu_seconds_per_day
+        if budget is not None:
+            used_s = quotas.gpu_used(str(interaction.user.id))
+            lines.append(f"GPU time: {used_s:.0f} of {budget:g} seconds used today")
+        lines = lines or ["No daily limits apply."]
         await self._reply(interaction, "usage", "\n".join(lines))
 
 

@@ -333,7 +333,9 @@ class Executor:
         self._positions_changed(key)
         outcomes = await self._on_device(batch.slot, run, self.limits(task).exec_timeout_s)
         seconds = self._clock() - started
-        self.scheduler.finish(batch, self._clock())  # the device is free; encoding follows
+        shares = self.scheduler.finish(batch, self._clock())  # the device is free
+        for job, share in zip(batch.jobs, shares, strict=True):
+            job.gpu_s = share
         self._wakeup.set()
         self.metrics.record_batch(key, len(batch.jobs), seconds)
         for job, outcome in zip(batch.jobs, outcomes, strict=True):

@@ -71,6 +71,8 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     batch_size: int | None = None
+    gpu_s: float | None = None
+    """Its share of its batch's device time, once the batch is done."""
     abandoned: bool = False
     """Set when nobody awaits the result any more (cancelled, timed out); read by the worker."""
     batch: BatchRun | None = None
@@ -177,6 +179,11 @@ class JobHandle:
     @property
     def batch_size(self) -> int | None:
         return self._job.batch_size
+
+    @property
+    def gpu_s(self) -> float | None:
+        """Its share of its batch's device time (None if it never reached the device)."""
+        return self._job.gpu_s
 
     @property
     def error(self) -> BaseException | None:

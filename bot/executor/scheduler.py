@@ -272,14 +272,15 @@ class Scheduler(Generic[J]):
 
     # Finishing
 
-    def finish(self, batch: Batch[J], now: float) -> None:
+    def finish(self, batch: Batch[J], now: float) -> list[float]:
         """The batch's device work returned: charge its GPU time, free its members' places
-        and its device."""
+        and its device. Returns each job's share of the device time, in seconds."""
         seconds = max(0.0, now - batch.started_at)
         total_work = sum(job.work for job in batch.jobs) or float(len(batch.jobs))
-        for job in batch.jobs:
-            share = max(MIN_CHARGE_S, seconds * (job.work or 1.0) / total_work)
-            self._usage[job.user_id] = (self.usage(job.user_id, now) + share, now)
+        shares = [seconds * (job.work or 1.0) / total_work for job in batch.jobs]
+        for job, share in zip(batch.jobs, shares, strict=True):
+            charged = max(MIN_CHARGE_S, share)
+            self._usage[job.user_id] = (self.usage(job.user_id, now) + charged, now)
             self._release(job.user_id)
         queue = self._queues[batch.queue_key]
         queue.active -= len(batch.jobs)
@@ -292,6 +293,7 @@ class Scheduler(Generic[J]):
         if self._running.get(batch.slot) is batch:
             del self._running[batch.slot]
         self._forget_idle(now)
+        return shares
 
     def _estimate(self, job: J) -> float:
         """The GPU-seconds ``job`` should take, from its model's recent batches."""
