@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -79,8 +78,7 @@ async def test_a_worker_killed_mid_batch_fails_that_batch_and_the_next_request_s
 async def test_a_hung_batch_is_ended_by_replacing_its_worker() -> None:
     hung, other = RemoteTask(), RemoteTask("other")
     async with executor(hung, other, exec_timeout_s=0.5, stop_grace_s=0.5) as engine:
-        await engine.submit("other", Order("warm"), user_id="w")  # the worker has started
-        started = time.monotonic()
+        warm = await engine.submit("other", Order("warm"), user_id="w")  # a worker runs
         stuck = engine.submit("remote", Order("hang"), user_id="a")
         while stuck.state is not JobState.RUNNING:
             await asyncio.sleep(0.01)
@@ -88,11 +86,11 @@ async def test_a_hung_batch_is_ended_by_replacing_its_worker() -> None:
         with pytest.raises(ExecutionTimeout):
             await asyncio.wait_for(stuck, 60)
         done = await asyncio.wait_for(waiting, 120)
-        # The other task's job went to the device at limit + grace, then waited only for a
-        # new worker to start: not for the hour the stuck call would have taken.
-        assert waiting.wait_s is not None and 0.5 + 0.5 <= waiting.wait_s < 0.5 + 0.5 + 1.0
-        assert time.monotonic() - started < 60 and done.value == "NEXT"
-        print(f"waited {waiting.wait_s:.2f} s, ran in {waiting.run_s:.2f} s")
+        # The other task's job reached the device once the limit and the grace had passed
+        # (never before), and not after the hour the stuck call takes: its worker was
+        # replaced. (How soon after is a figure for RELIABILITY.md, not an assertion.)
+        assert waiting.wait_s is not None and 0.5 + 0.5 <= waiting.wait_s < 600
+        assert done.value == "NEXT" and done.model_pid != warm.model_pid
 
 
 async def test_a_cancelled_batch_stops_inside_the_worker(tmp_path: Path) -> None:
@@ -143,7 +141,9 @@ async def test_a_result_that_cannot_be_sent_fails_only_its_job() -> None:
 async def test_closing_while_a_worker_starts_leaves_no_process_behind() -> None:
     backend = ProcessBackend({"remote": RemoteTask()}, WorkerSpec("cpu"))
     starting = asyncio.ensure_future(backend.start())
-    await asyncio.sleep(0.05)  # the interpreter is starting
+    while not multiprocessing.active_children():  # until the worker's interpreter exists
+        await asyncio.sleep(0.01)
+    assert not starting.done()  # and has not said it is ready (that takes an import of torch)
     await backend.close(5)
     with pytest.raises((asyncio.CancelledError, RuntimeError)):  # cancelled, or closed meanwhile
         await starting

@@ -35,9 +35,11 @@ class ExecutorError(PortableError):
 class Busy(ExecutorError):
     """Admission refused: the queue or the user's share of it is full."""
 
-    def __init__(self, reason: str, retry_after: float) -> None:
+    def __init__(self, reason: str, retry_after: float, kind: str = "queue_full") -> None:
         self.reason = reason
         self.retry_after = retry_after
+        self.kind = kind
+        """Which cap refused it: user_limit or queue_full (a metrics label)."""
         super().__init__(f"{reason}; try again in ~{math.ceil(retry_after)}s")
 
 

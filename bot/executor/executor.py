@@ -154,9 +154,7 @@ class Executor:
         try:
             self.scheduler.check(str(user_id), self._clock())
         except Busy as busy:
-            self.metrics.record_refusal(
-                "user_limit" if "in progress" in busy.reason else "queue_full"
-            )
+            self.metrics.record_refusal(busy.kind)
             raise
         return handler
 

@@ -30,7 +30,7 @@ import torch
 from bot.executor.backend import BatchRun, LoadedModelInfo, Outcome
 from bot.executor.errors import JobFailed, WorkerCrashed
 from bot.executor.registry import ModelRegistry
-from bot.executor.running import execute, finish
+from bot.executor.running import cuda_memory, execute, finish
 from bot.executor.worker import default_torch_threads
 from handlers.base import Task
 
@@ -443,14 +443,6 @@ def serve(conn: Connection, tasks: Mapping[str, Task[Any, Any]], spec: WorkerSpe
     work: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
     batches: dict[int, RemoteBatch] = {}
 
-    def memory() -> Memory:
-        if not torch.cuda.is_initialized():
-            return {}
-        return {
-            f"cuda:{i}": (torch.cuda.memory_allocated(i), torch.cuda.memory_reserved(i))
-            for i in range(torch.cuda.device_count())
-        }
-
     def encode(batch_id: int, index: int, task: Task[Any, Any], output: Any) -> None:
         with dies_on_error():
             result = finish(task, output)
@@ -472,11 +464,11 @@ def serve(conn: Connection, tasks: Mapping[str, Task[Any, Any]], spec: WorkerSpe
         ]  # fmt: skip
         batches.pop(batch.batch_id, None)
         try:
-            outbox.send(("ran", batch.batch_id, wire, registry.snapshot(), memory()))
+            outbox.send(("ran", batch.batch_id, wire, registry.snapshot(), cuda_memory()))
         except Exception as exc:  # a result that cannot be pickled fails its job alone
             log.warning("a result cannot be sent back (%s); failing its job", exc)
             wire = [sendable(entry) for entry in wire]
-            outbox.send(("ran", batch.batch_id, wire, registry.snapshot(), memory()))
+            outbox.send(("ran", batch.batch_id, wire, registry.snapshot(), cuda_memory()))
         for index, (kind, output) in enumerate(zip((w[0] for w in wire), outcomes, strict=True)):
             if kind == "encoding":
                 encoders.submit(encode, batch.batch_id, index, batch.task, output)
@@ -488,9 +480,11 @@ def serve(conn: Connection, tasks: Mapping[str, Task[Any, Any]], spec: WorkerSpe
             else:
                 raise ValueError(f"unknown call {action!r}")
         except Exception as exc:
-            outbox.send(("reply", call_id, False, portable(exc), registry.snapshot(), memory()))
+            outbox.send(
+                ("reply", call_id, False, portable(exc), registry.snapshot(), cuda_memory())
+            )
         else:
-            outbox.send(("reply", call_id, True, None, registry.snapshot(), memory()))
+            outbox.send(("reply", call_id, True, None, registry.snapshot(), cuda_memory()))
 
     def device() -> None:
         while (item := work.get()) is not None:

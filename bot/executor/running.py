@@ -100,6 +100,17 @@ def _run_split(
     return [outcomes[i] for i in indices]
 
 
+def cuda_memory() -> dict[str, tuple[int, int]]:
+    """(allocated, reserved) bytes per CUDA device of this process, once it uses CUDA (it
+    never creates a CUDA context just to answer)."""
+    if not torch.cuda.is_initialized():
+        return {}
+    return {
+        f"cuda:{index}": (torch.cuda.memory_allocated(index), torch.cuda.memory_reserved(index))
+        for index in range(torch.cuda.device_count())
+    }
+
+
 def finish(task: Task[Any, Any], outcome: Outcome) -> Outcome:
     """The job's result from its raw output (its error stays as it is)."""
     if isinstance(outcome, BaseException):

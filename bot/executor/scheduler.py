@@ -130,7 +130,8 @@ class Scheduler(Generic[J]):
     def check(self, user_id: str, now: float) -> None:
         """Raise ``Busy`` when the member or the whole queue has no room for one more job."""
         if self._outstanding[user_id] >= self.max_per_user:
-            raise Busy("you already have jobs in progress", self._user_retry_after(user_id, now))
+            retry_after = self._user_retry_after(user_id, now)
+            raise Busy("you already have jobs in progress", retry_after, "user_limit")
         if self.outstanding >= self.max_queue:
             raise Busy("the bot is busy", self._queue_retry_after())
 

@@ -21,7 +21,7 @@ import torch
 from bot.executor.backend import BatchRun, LoadedModelInfo, Outcome
 from bot.executor.errors import WorkerCrashed
 from bot.executor.registry import ModelRegistry
-from bot.executor.running import execute, finish
+from bot.executor.running import cuda_memory, execute, finish
 from handlers.base import Task
 
 log = logging.getLogger(__name__)
@@ -123,13 +123,7 @@ class LocalBackend:
         return self.registry.snapshot()
 
     def device_memory(self) -> dict[str, tuple[int, int]]:
-        """(allocated, reserved) bytes per CUDA device, once CUDA is in use here."""
-        if not torch.cuda.is_initialized():
-            return {}
-        return {
-            f"cuda:{index}": (torch.cuda.memory_allocated(index), torch.cuda.memory_reserved(index))
-            for index in range(torch.cuda.device_count())
-        }
+        return cuda_memory()
 
     async def close(self, timeout: float) -> None:
         if self._closed:
