@@ -81,6 +81,7 @@ def build_tasks(settings: Settings) -> dict[str, Task[Any, Any]]:
             default_new_tokens=settings.chat.default_new_tokens,
             max_new_tokens=settings.chat.max_new_tokens,
             system_prompt=settings.chat.system_prompt,
+            context_tokens=settings.chat.context_tokens,
         ),
     }
 
@@ -140,6 +141,7 @@ async def running(
         settings.usage_path(),
         retention_days=settings.usage.retention_days,
         image_requests_ttl_s=settings.imagine.reroll_hours * 3600,
+        conversations_ttl_s=settings.chat.memory_days * 86400,
     )
     async with usage:
         quotas = Quotas(

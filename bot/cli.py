@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from bot.app import running
 from bot.client import AssistantBot
+from bot.conversations import Conversations, ConversationStore, Turn, command_word
 from bot.doctor import TOKEN_SHAPE, doctor
 from bot.executor import ExecutorError, JobHandle
 from bot.health import MAX_AGE_S, Heartbeat, report
@@ -33,7 +34,7 @@ from bot.serve import serve
 from bot.settings import Settings
 from bot.usage import COLUMNS, UsageLog, UsageUnavailable, render_stats
 from handlers.base import HandlerError, InvalidInput, quote
-from handlers.chat import ChatRequest
+from handlers.chat import MAX_SEED, ChatRequest
 from handlers.classify import ClassifyRequest, ClassifyResult, parse_labels
 from handlers.imagine import ImagineRequest, ImagineResult
 from handlers.sentiment import SentimentRequest
@@ -255,6 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
         task.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: configured)")
         task.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    chat = commands.add_parser(
+        "chat", help="a conversation with the chat model in the terminal, without Discord"
+    )
+    chat.add_argument("--system", help="the persona (default: BOT_CHAT__SYSTEM_PROMPT)")
+    chat.add_argument("--max-tokens", type=int, help="longest answer in tokens")
+    chat.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    chat.add_argument("--seed", type=int, default=0, help="sampling seed of the first answer")
+    chat.add_argument("--model", help="hub id or local directory (default: configured)")
+    chat.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: configured)")
+
     usage = commands.add_parser("usage", help="usage statistics and export from the usage log")
     reports = usage.add_subparsers(dest="report", required=True, metavar="REPORT")
     for name, help_text in (("stats", "print usage tables"), ("export", "write rows as CSV")):
@@ -301,6 +312,61 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     elif not stream:
         print(text)
     return 0
+
+
+CHAT_HELP = (
+    "Chatting with {model}. Each line is a turn; `reset` starts afresh, `memory` shows "
+    "the summary of older turns, Ctrl-D leaves."
+)
+
+
+async def _chat(settings: Settings, args: argparse.Namespace) -> int:
+    """A conversation as Discord holds one: history, summary folding and persona alike."""
+    caller = Caller(f"cli:{getpass.getuser()}", source="cli", enforce_quotas=False)
+    base = ChatRequest("", args.system, args.max_tokens, args.temperature, args.seed)
+    async with running(settings, ["chat"], worker="thread") as services:
+        store = ConversationStore(services.usage)
+        conversations = Conversations(services.executor, store)
+        conversation = f"cli:{time.time_ns()}"
+        await store.start(conversation, None)
+        turns: list[Turn] = []
+        print(CHAT_HELP.format(model=settings.models.chat), file=sys.stderr)
+        while (line := await asyncio.to_thread(_read_turn)) is not None:
+            turn_id = time.time_ns()
+            match command_word(line):
+                case "reset":
+                    await store.reset(conversation, turn_id)
+                    print("(conversation reset)", file=sys.stderr)
+                    continue
+                case "memory":
+                    memory = await store.memory(conversation)
+                    print(Conversations.describe(memory), file=sys.stderr)
+                    continue
+            turn = Turn(turn_id, "user", line)
+            memory = await store.memory(conversation)
+            seeded = replace(base, seed=(args.seed + len(turns)) % (MAX_SEED + 1))
+            try:
+                request = await conversations.prepare(
+                    memory, [*turns, turn], seeded, caller.user_id
+                )
+                handle = services.invoker.submit("chat", request, caller)
+                result = await _follow(handle, stream=True)
+            except HandlerError as exc:  # this turn cannot be answered; the next may be
+                print(f"error: {explain(exc)}", file=sys.stderr)
+                continue
+            turns += [turn, Turn(time.time_ns(), "assistant", result.text)]
+    return 0
+
+
+def _read_turn() -> str | None:
+    """The member's next line (blank lines skipped); None at the end of input."""
+    while True:
+        try:
+            line = input("> " if sys.stdin.isatty() else "")
+        except EOFError:
+            return None
+        if line.strip():
+            return line.strip()
 
 
 def _unseen(shown: str, text: str) -> str:
@@ -499,8 +565,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
     if args.device:
         settings.device = args.device
+    if args.command == "chat" and args.model:
+        settings.models.chat = args.model
     try:
-        return asyncio.run(_ask(settings, args))
+        command = _chat if args.command == "chat" else _ask
+        return asyncio.run(command(settings, args))
     except (HandlerError, ExecutorError, UsageUnavailable) as exc:
         print(f"error: {explain(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, HandlerError) else 1

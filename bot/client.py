@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.app import Services
-from bot.cogs.delivery import JobWatcher, ReplyPolicy
+from bot.cogs.delivery import CancelView, JobWatcher, Place, Reply, ReplyPolicy
 from bot.cogs.images import ImageRequests
 from bot.cogs.markdown import neutralize
-from bot.executor import Busy, ExecutorError
+from bot.conversations import Conversations, ConversationStore
+from bot.executor import Busy, ExecutorError, JobHandle
 from bot.guilds import GuildSettings, GuildSettingsStore
 from bot.invocations import CommandDisabled
 from bot.models import explain
@@ -24,7 +27,7 @@ from handlers.base import HandlerError, InvalidInput, TaskKind
 
 log = logging.getLogger(__name__)
 
-COGS = ("bot.cogs.tasks", "bot.cogs.admin", "bot.cogs.images")
+COGS = ("bot.cogs.tasks", "bot.cogs.conversations", "bot.cogs.admin", "bot.cogs.images")
 
 
 def friendly(error: BaseException) -> str | None:
@@ -50,6 +53,17 @@ def friendly(error: BaseException) -> str | None:
     return None
 
 
+def answer_to(error: BaseException) -> str:
+    """What a member is told about an error: what they can act on, or an id to quote for a
+    bug (logged with its traceback)."""
+    text = friendly(error)
+    if text is None:
+        error_id = uuid.uuid4().hex[:8]
+        log.error("command failed (error id %s)", error_id, exc_info=error)
+        text = f"Something went wrong on our side (error id `{error_id}`)."
+    return neutralize(text)
+
+
 class AssistantBot(commands.Bot):
     def __init__(self, services: Services, settings: Settings) -> None:
         intents = discord.Intents.default()
@@ -66,6 +80,9 @@ class AssistantBot(commands.Bot):
         self.guild_settings: GuildSettingsStore = services.invoker.guilds
         self.edit_interval = settings.edit_interval_s
         self.image_requests = ImageRequests(services.usage, settings.imagine.reroll_hours * 3600)
+        self.conversations = Conversations(
+            services.executor, ConversationStore(services.usage), services.invoker.quotas
+        )
         self.watchers: dict[int, JobWatcher] = {}
         """Jobs being followed on Discord, by job id."""
         self.tree.on_error = self.on_app_command_error
@@ -95,7 +112,26 @@ class AssistantBot(commands.Bot):
     def is_private(self, interaction: discord.Interaction) -> bool:
         """A DM, or anywhere outside the servers the bot is in: no server's rules apply
         there, only the bot-wide direct-message policy."""
-        return interaction.guild_id is None or self.get_guild(interaction.guild_id) is None
+        return self.outside_servers(interaction.guild_id)
+
+    def outside_servers(self, guild_id: int | None) -> bool:
+        return guild_id is None or self.get_guild(guild_id) is None
+
+    def follow(
+        self,
+        handle: JobHandle,
+        place: Place,
+        render: Callable[[Any], Reply],
+        requester_id: int,
+        final_view: discord.ui.View | None = None,
+    ) -> JobWatcher:
+        """Show a job's progress and result at ``place`` (with a Cancel button only its
+        requester may press), and keep track of it until the reply is final."""
+        view = CancelView(handle, requester_id)
+        watcher = JobWatcher(place, handle, view, self.edit_interval, render, final_view)
+        self.watchers[handle.id] = watcher
+        watcher.finished.add_done_callback(lambda _: self.watchers.pop(handle.id, None))
+        return watcher
 
     def settings_for(self, interaction: discord.Interaction) -> GuildSettings | None:
         """The guild's settings, or None where no guild's rules apply."""
@@ -150,12 +186,7 @@ class AssistantBot(commands.Bot):
         """The one answer to a failed command or button: what the member can act on, or an
         id to quote for a bug. Before the reply is deferred it is private; after, it takes
         the deferred reply's place, as private as that is."""
-        text = friendly(error)
-        if text is None:
-            error_id = uuid.uuid4().hex[:8]
-            log.error("command failed (error id %s)", error_id, exc_info=error)
-            text = f"Something went wrong on our side (error id `{error_id}`)."
-        text = neutralize(text)
+        text = answer_to(error)
         try:
             if interaction.response.is_done():
                 await interaction.followup.send(text, ephemeral=True)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from bot.usage import UsageLog, UsageUnavailable
+
+PERSONA_MAX_CHARS = 1000
+"""Longest persona (system prompt) a server may set: it takes room from every conversation."""
+
+Persona = Annotated[str, StringConstraints(min_length=1, max_length=PERSONA_MAX_CHARS)]
 
 
 class GuildSettings(BaseModel):
@@ -28,6 +33,20 @@ class GuildSettings(BaseModel):
     """Per-task seconds between a member's commands that replace the bot-wide ones."""
     exempt_roles: list[int] = Field(default_factory=list)
     """Roles free of quotas and cooldowns."""
+    persona: Persona | None = None
+    """What the chat model is told before every conversation here; None uses
+    BOT_CHAT__SYSTEM_PROMPT."""
+    channel_personas: dict[int, Persona] = Field(default_factory=dict)
+    """Personas for single channels (and their threads), over the server's."""
+    chat_threads: bool = False
+    """Every /chat opens a thread for its conversation."""
+
+    def persona_for(self, channel_id: int | None, parent_id: int | None = None) -> str | None:
+        """The persona of a channel, of the channel a thread is in, or of the server."""
+        for place in (channel_id, parent_id):
+            if place is not None and place in self.channel_personas:
+                return self.channel_personas[place]
+        return self.persona
 
 
 class GuildSettingsStore:

@@ -52,6 +52,8 @@ class Caller:
     source: str = "discord"
     guild_id: int | None = None
     channel_id: int | None = None
+    parent_id: int | None = None
+    """The channel a thread is in: a thread follows its channel's rules."""
     roles: tuple[int, ...] = ()
     age_restricted: bool = False
     """Whether the channel is marked age-restricted (NSFW) in Discord."""
@@ -271,7 +273,8 @@ class Invoker:
     def _check_guild(guild: GuildSettings, task: str, caller: Caller) -> None:
         if guild.enabled_commands is not None and task not in guild.enabled_commands:
             raise CommandDisabled(f"/{task} is turned off in this server")
-        if guild.allowed_channels is not None and caller.channel_id not in guild.allowed_channels:
+        allowed = guild.allowed_channels
+        if allowed is not None and not {caller.channel_id, caller.parent_id} & set(allowed):
             raise CommandDisabled(f"/{task} cannot be used in this channel")
         if (
             task in IMAGE_TASKS

@@ -110,6 +110,14 @@ class ChatSettings(BaseModel):
     """Answer length in tokens when the user sets none."""
     max_new_tokens: int = Field(default=1024, ge=1)
     """Longest answer a user may ask for."""
+    context_tokens: int = Field(default=4096, ge=256)
+    """Most tokens a conversation and its answer take (less if the model has less): older
+    turns are folded into a summary to stay within it. Memory and time grow with it."""
+    history_messages: int = Field(default=50, ge=1, le=500)
+    """Most Discord messages read back to rebuild one conversation turn's history."""
+    memory_days: int = Field(default=30, ge=1)
+    """A conversation's stored summary and answer ids are deleted this many days after its
+    last turn; the conversation then starts afresh."""
 
 
 class TaskClassSettings(BaseModel):

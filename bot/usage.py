@@ -58,6 +58,8 @@ COLUMNS = (
     "output_size",
     "error_kind",
 )
+QUICK_BUSY_MS = 250
+"""How long ``UsageLog.quick`` waits for another writer's lock before it gives up."""
 RETENTION_INTERVAL_S = 600
 """How often old rows are deleted while the bot runs."""
 COUNTED = ("running", "ok", "timeout", "cancelled", "error", "interrupted")
@@ -108,6 +110,9 @@ class UsageLog:
     retention_days: int | None = 90
     image_requests_ttl_s: float = 86400.0
     """How long the options behind an image's Reroll button (its prompt) are kept."""
+    conversations_ttl_s: float = 30 * 86400.0
+    """How long a conversation's memory (its summary, opening, answer ids) outlives its
+    last turn."""
     busy_timeout_ms: int = 5000
     clock: Callable[[], float] = time.time
     dropped: int = 0
@@ -120,6 +125,8 @@ class UsageLog:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """One connection, one statement stream: a second transaction must wait, not nest."""
     _last_retention: float = 0.0
+    _quick_db: aiosqlite.Connection | None = None
+    _quick_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def open(self) -> None:
         """Connect, migrate, mark crashed jobs ``interrupted`` and start the writer."""
@@ -166,6 +173,9 @@ class UsageLog:
         if self._db is not None:
             await self._db.close()
             self._db = None
+        if self._quick_db is not None:
+            await self._quick_db.close()
+            self._quick_db = None
 
     async def __aenter__(self) -> UsageLog:
         await self.open()
@@ -297,8 +307,9 @@ class UsageLog:
             self._db = None
 
     async def apply_retention(self) -> None:
-        """Delete usage rows older than ``retention_days`` and image requests older than
-        ``image_requests_ttl_s`` (what members wrote is kept no longer than that)."""
+        """Delete usage rows older than ``retention_days``, image requests older than
+        ``image_requests_ttl_s`` and conversations idle longer than ``conversations_ttl_s``
+        (what members wrote is kept no longer than that)."""
         now = self._last_retention = self.clock()
         if self._db is None:
             return
@@ -319,6 +330,12 @@ class UsageLog:
                     "DELETE FROM image_requests WHERE created_at < ?",
                     (now - self.image_requests_ttl_s,),
                 )
+                idle = now - self.conversations_ttl_s
+                await self._db.execute("DELETE FROM conversations WHERE updated_at < ?", (idle,))
+                await self._db.execute(
+                    "DELETE FROM chat_answers WHERE conversation_id NOT IN "
+                    "(SELECT id FROM conversations)"
+                )
                 await self._db.commit()
         except (sqlite3.Error, ValueError) as exc:
             log.warning("could not apply usage retention: %s", exc)
@@ -335,6 +352,32 @@ class UsageLog:
                 async with self._db.execute(sql, tuple(params)) as cursor:
                     return list(await cursor.fetchall())
             except ValueError as exc:  # the connection was closed under us
+                raise sqlite3.OperationalError(str(exc)) from exc
+
+    async def quick(
+        self, sql: str, params: Iterable[Any] = (), *, write: bool = False
+    ) -> list[sqlite3.Row]:
+        """One statement on a connection of its own, which waits neither for buffered usage
+        rows nor more than ``QUICK_BUSY_MS`` for another writer's lock: for what a member's
+        answer waits on (a conversation's memory). Raises ``sqlite3.Error``."""
+        async with self._quick_lock:
+            try:
+                if self._quick_db is None:
+                    db = await aiosqlite.connect(self.path)
+                    db.row_factory = sqlite3.Row
+                    await db.execute(f"PRAGMA busy_timeout = {QUICK_BUSY_MS}")
+                    self._quick_db = db
+                try:
+                    async with self._quick_db.execute(sql, tuple(params)) as cursor:
+                        rows = list(await cursor.fetchall())
+                    if write:
+                        await self._quick_db.commit()
+                except sqlite3.Error:
+                    await self._quick_db.rollback()
+                    raise
+                return rows
+            except ValueError as exc:  # the connection was closed under us
+                self._quick_db = None
                 raise sqlite3.OperationalError(str(exc)) from exc
 
     async def write_now(self, sql: str, params: Iterable[Any] = ()) -> None:

@@ -1,19 +1,21 @@
 """Chat: a small instruction-tuned causal LM (Qwen2.5-0.5B-Instruct by default), batched.
 
-Prompts go through the model's chat template and are left-padded so one ``generate`` call
-serves the whole batch. Text streams to each job as it is produced, and the batch stops
-between tokens when nobody awaits it any more.
+A request is a conversation: earlier turns, a summary of what came before them, and the new
+message. Prompts go through the model's chat template and are left-padded so one
+``generate`` call serves the whole batch. Text streams to each job as it is produced, each
+job samples with its own seed, and the batch stops between tokens when nobody awaits it.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LogitsProcessor
 from transformers.generation.streamers import BaseStreamer
 
 from handlers.base import (
@@ -34,22 +36,46 @@ MAX_SEED = 2**32 - 1
 MIN_SAMPLING_TEMPERATURE = 1e-3
 """Below this, answer greedily (the limit as temperature falls): logits divided by 1e-300
 overflow to infinity, and sampling from them raises."""
+TOP_P = 0.95
+MAX_TURNS = 200
+CHARS_PER_TOKEN_BOUND = 8
+"""Text longer than this many characters per token of context cannot fit: a cheap bound
+checked before anything is tokenised."""
+_SENTINEL = "\u2063SENTINEL\u2063"
+
+Role = Literal["user", "assistant"]
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    role: Role
+    content: str
+    name: str | None = None
+    """Who wrote a member's turn, so that the model can tell members apart."""
 
 
 @dataclass(frozen=True)
 class ChatRequest:
-    USER_TEXT: ClassVar[frozenset[str]] = frozenset({"message", "system"})
-    """Fields holding what the member wrote: kept out of logs unless the admin opts in."""
+    USER_TEXT: ClassVar[frozenset[str]] = frozenset(
+        {"message", "system", "history", "summary", "name"}
+    )
+    """Fields holding what members wrote: kept out of logs unless the admin opts in."""
 
     message: str
     system: str | None = None
-    """Replaces the configured system prompt."""
+    """Replaces the configured system prompt (a server's persona)."""
     max_tokens: int | None = None
     """Longest answer in tokens; None is the configured default."""
     temperature: float = 0.0
     """0 answers greedily (reproducible); higher values sample more freely."""
     seed: int = 0
-    """Seeds sampling; jobs batched together share the first job's seed."""
+    """Seeds this job's sampling, whatever else shares its batch."""
+    history: tuple[ChatTurn, ...] = ()
+    """Earlier turns of the conversation, oldest first."""
+    summary: str = ""
+    """What came before ``history``, folded into a few sentences."""
+    name: str | None = None
+    """Who wrote ``message``."""
 
 
 @dataclass(frozen=True)
@@ -65,15 +91,120 @@ class ChatModel:
     tokenizer: Any
     model: torch.nn.Module
     device: str
+    stop_ids: frozenset[int]
+    context: int
+    """Tokens the prompt and the answer may take together."""
+
+
+@dataclass(frozen=True)
+class ChatWindow:
+    """What the front end needs to fit a conversation to the model, without the model:
+    its tokenizer and how many tokens a prompt and its answer may take."""
+
+    task: ChatTask
+    tokenizer: Any
+    context: int
+
+    def prompt_tokens(self, request: ChatRequest) -> int:
+        return len(self.task.prompt_ids(self.tokenizer, request))
+
+    def budget(self, request: ChatRequest) -> int:
+        """Tokens left for the prompt once the answer's are set aside."""
+        return self.context - self.task.new_tokens(request)
+
+    def tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def truncate(self, text: str, tokens: int) -> str:
+        """The start of ``text`` that fits in ``tokens`` tokens."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= tokens:
+            return text
+        return self.tokenizer.decode(ids[: max(0, tokens)], skip_special_tokens=True)
+
+
+def model_context(config: Any) -> int | None:
+    """Positions the model was built for, under whichever name its config uses."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def end_of_turn_ids(tokenizer: Any) -> set[int]:
+    """The special token that the chat template puts after an assistant's turn (Qwen's
+    ``<|im_end|>``, Llama 3's ``<|eot_id|>``), found by rendering a turn and looking."""
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _SENTINEL}],
+            tokenize=False,
+        )
+    except Exception:  # a template that refuses this shape simply tells us nothing
+        return set()
+    if not isinstance(text, str) or _SENTINEL not in text:
+        return set()
+    after = tokenizer(text.split(_SENTINEL, 1)[1], add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids)
+    return next(({token} for token in after if token in special), set())
+
+
+def stop_token_ids(tokenizer: Any, generation_config: Any) -> frozenset[int]:
+    """Every token that ends an answer: the generation config's ``eos_token_id`` (often a
+    list), the tokenizer's end of sequence and the chat template's end of turn."""
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids = set(configured if isinstance(configured, list) else [configured])
+    ids.add(tokenizer.eos_token_id)
+    ids |= end_of_turn_ids(tokenizer)
+    return frozenset(i for i in ids if isinstance(i, int))
+
+
+class _RowSampler(LogitsProcessor):
+    """Samples each row with its own seeded generator and temperature, so that a job's
+    answer depends on its seed, not on which jobs share its batch or on a retry.
+
+    The row's sampled token is left as the only candidate, so greedy selection keeps it;
+    rows with temperature 0 are left untouched and stay greedy.
+    """
+
+    def __init__(self, requests: Sequence[ChatRequest], device: str) -> None:
+        self.rows = [
+            (row, r.temperature, torch.Generator(device=device).manual_seed(r.seed))
+            for row, r in enumerate(requests)
+            if r.temperature >= MIN_SAMPLING_TEMPERATURE
+        ]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
+        for row, temperature, generator in self.rows:
+            probs = torch.softmax(scores[row].float() / temperature, dim=-1)
+            ordered, order = probs.sort(descending=True)
+            keep = ordered.cumsum(0) - ordered < TOP_P  # the nucleus, never empty
+            ordered = ordered * keep
+            choice = order[torch.multinomial(ordered, 1, generator=generator)]
+            scores[row] = -math.inf
+            scores[row, choice] = 0.0
+        return scores
+
+    @property
+    def active(self) -> bool:
+        return bool(self.rows)
 
 
 class _BatchStreamer(BaseStreamer):
     """Sends each job its text so far every ``every`` tokens (generate feeds one column a step)."""
 
-    def __init__(self, tokenizer: Any, ctx: BatchContext, size: int, every: int = 8) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        ctx: BatchContext,
+        size: int,
+        stop_ids: frozenset[int],
+        every: int = 8,
+    ) -> None:
         self.tokenizer = tokenizer
         self.ctx = ctx
         self.every = every
+        self.stop_ids = stop_ids
         self.tokens: list[list[int]] = [[] for _ in range(size)]
         self.done = [False] * size
         self.prompt_seen = False
@@ -86,7 +217,7 @@ class _BatchStreamer(BaseStreamer):
         for row, token in enumerate(value.reshape(-1).tolist()):
             if self.done[row]:
                 continue
-            if token == self.tokenizer.eos_token_id:
+            if token in self.stop_ids:
                 self.done[row] = True
             else:
                 self.tokens[row].append(token)
@@ -114,11 +245,28 @@ class ChatTask(Task[ChatRequest, ChatResult]):
         default_new_tokens: int = 256,
         max_new_tokens: int = 1024,
         system_prompt: str = DEFAULT_SYSTEM,
+        context_tokens: int = 4096,
     ) -> None:
         self.max_chars = max_chars
         self.default_new_tokens = default_new_tokens
         self.max_new_tokens = max_new_tokens
         self.system_prompt = system_prompt
+        self.context_tokens = context_tokens
+        """The most a prompt and its answer may take, below the model's own limit: memory
+        and time grow with it."""
+        self._windows: dict[str, ChatWindow] = {}
+        self._windows_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a worker process receives: settings, not the front end's tokenizers."""
+        state = self.__dict__.copy()
+        state["_windows"] = {}
+        del state["_windows_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._windows_lock = threading.Lock()
 
     def new_tokens(self, request: ChatRequest) -> int:
         return request.max_tokens or self.default_new_tokens
@@ -134,66 +282,158 @@ class ChatTask(Task[ChatRequest, ChatResult]):
             raise InvalidInput("temperature", "must be between 0 and 2")
         if not 0 <= request.seed <= MAX_SEED:
             raise InvalidInput("seed", f"must be between 0 and {MAX_SEED}")
+        if len(request.history) > MAX_TURNS:
+            raise InvalidInput("history", f"has more than {MAX_TURNS} turns")
+        context_chars = self.context_tokens * CHARS_PER_TOKEN_BOUND
+        check_text("summary", request.summary, context_chars, required=False)
+        for turn in request.history:
+            if turn.role not in ("user", "assistant"):
+                raise InvalidInput("history", f"has a turn with the role {turn.role!r}")
+            check_text("history", turn.content, context_chars, required=False)
+        if self._chars(request) > context_chars:
+            raise InvalidInput("history", "is longer than the model's context")
+
+    @staticmethod
+    def _chars(request: ChatRequest) -> int:
+        return (
+            len(request.message)
+            + len(request.system or "")
+            + len(request.summary)
+            + sum(len(turn.content) for turn in request.history)
+        )
 
     def batch_key(self, request: ChatRequest) -> Hashable:
-        return (self.new_tokens(request), request.temperature)
+        return self.new_tokens(request)  # each job samples with its own temperature and seed
 
     def cost(self, request: ChatRequest) -> int:
-        return (len(request.message) + len(request.system or "")) // 4 + self.new_tokens(request)
+        return self._chars(request) // 4 + self.new_tokens(request)
 
     def load(self, spec: LoadSpec) -> ChatModel:
+        tokenizer = self._tokenizer(spec.source)
+        model = from_pretrained(AutoModelForCausalLM, spec).to(spec.device).eval()
+        context = min(model_context(model.config) or self.context_tokens, self.context_tokens)
+        stop_ids = stop_token_ids(tokenizer, model.generation_config)
+        return ChatModel(tokenizer, model, spec.device, stop_ids, context)
+
+    @staticmethod
+    def _tokenizer(source: str) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(
-            spec.source, trust_remote_code=False, padding_side="left"
+            source, trust_remote_code=False, padding_side="left"
         )
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         if tokenizer.chat_template is None:
-            raise ValueError(f"{spec.source} has no chat template; choose an instruction model")
-        model = from_pretrained(AutoModelForCausalLM, spec).to(spec.device).eval()
-        return ChatModel(tokenizer, model, spec.device)
+            raise ValueError(f"{source} has no chat template; choose an instruction model")
+        return tokenizer
+
+    def window(self, source: str) -> ChatWindow:
+        """The tokenizer and context of ``source``, loaded once on the CPU (no weights): for
+        the front end, which cuts a conversation to fit before it asks for an answer."""
+        with self._windows_lock:
+            if source not in self._windows:
+                config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+                limit = model_context(config) or self.context_tokens
+                self._windows[source] = ChatWindow(
+                    self, self._tokenizer(source), min(limit, self.context_tokens)
+                )
+            return self._windows[source]
 
     def model_bytes(self, model: ChatModel) -> int:
         return super().model_bytes(model.model)
 
+    def messages(self, request: ChatRequest) -> list[dict[str, str]]:
+        """The conversation as chat-template messages; a member's turns carry their name,
+        and turns in a row from one side are joined, as many templates require them to
+        alternate."""
+        system = request.system or self.system_prompt
+        if request.summary:
+            system = f"{system}\n\nEarlier in this conversation: {request.summary}"
+        turns = [*request.history, ChatTurn("user", request.message, request.name)]
+        messages = [{"role": "system", "content": system}]
+        for turn in turns:
+            content = f"{turn.name}: {turn.content}" if turn.name else turn.content
+            if messages[-1]["role"] == turn.role:
+                messages[-1]["content"] += f"\n\n{content}"
+            else:
+                messages.append({"role": turn.role, "content": content})
+        return messages
+
     def prompt(self, tokenizer: Any, request: ChatRequest) -> str:
-        messages = [
-            {"role": "system", "content": request.system or self.system_prompt},
-            {"role": "user", "content": request.message},
-        ]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            self.messages(request), tokenize=False, add_generation_prompt=True
+        )
+
+    def prompt_ids(self, tokenizer: Any, request: ChatRequest) -> list[int]:
+        return tokenizer(self.prompt(tokenizer, request), add_special_tokens=False)["input_ids"]
 
     def run_batch(
         self, model: ChatModel, requests: Sequence[ChatRequest], ctx: BatchContext
+    ) -> list[ChatResult | InvalidInput]:
+        limit = self.new_tokens(requests[0])
+        prompts = [self.prompt_ids(model.tokenizer, r) for r in requests]
+        fitting = [row for row, ids in enumerate(prompts) if len(ids) + limit <= model.context]
+        chosen = ([prompts[i] for i in fitting], [requests[i] for i in fitting])
+        answers = iter(
+            self._generate(model, *chosen, limit, _Rows(ctx, fitting)) if fitting else []
+        )
+        return [
+            next(answers)
+            if row in fitting
+            else InvalidInput(
+                "message",
+                f"the conversation takes {len(ids)} tokens; with the answer's {limit} it "
+                f"would pass the model's {model.context}",
+            )
+            for row, ids in enumerate(prompts)
+        ]
+
+    def _generate(
+        self,
+        model: ChatModel,
+        prompts: list[list[int]],
+        requests: list[ChatRequest],
+        limit: int,
+        ctx: BatchContext,
     ) -> list[ChatResult]:
-        first = requests[0]
         tokenizer = model.tokenizer
-        encoded = tokenizer(
-            [self.prompt(tokenizer, r) for r in requests],
-            padding=True,
-            add_special_tokens=False,
-            return_tensors="pt",
-        ).to(model.device)
-        limit = self.new_tokens(first)
-        sampling: dict[str, Any] = {"do_sample": False}
-        if first.temperature >= MIN_SAMPLING_TEMPERATURE:
-            torch.manual_seed(first.seed)
-            sampling = {"do_sample": True, "temperature": first.temperature, "top_p": 0.95}
+        encoded = tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(
+            model.device
+        )
+        sampler = _RowSampler(requests, model.device)
         with torch.inference_mode():
             generated = model.model.generate(
                 **encoded,
                 max_new_tokens=limit,
+                do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                streamer=_BatchStreamer(tokenizer, ctx, len(requests)),
+                eos_token_id=sorted(model.stop_ids),
+                logits_processor=[sampler] if sampler.active else None,
+                streamer=_BatchStreamer(tokenizer, ctx, len(requests), model.stop_ids),
                 stopping_criteria=[StopWhenAbandoned(ctx)],
-                **sampling,
             )
         if ctx.should_stop():
             raise BatchStopped
         results = []
         for row in generated[:, encoded["input_ids"].shape[1] :].tolist():
-            complete = tokenizer.eos_token_id in row
-            tokens = row[: row.index(tokenizer.eos_token_id)] if complete else row
+            end = next((i for i, token in enumerate(row) if token in model.stop_ids), None)
+            tokens = row if end is None else row[:end]
             text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-            results.append(ChatResult(text, len(tokens), complete))
+            results.append(ChatResult(text, len(tokens), end is not None))
         return results
+
+
+class _Rows:
+    """The batch context of a batch's subset of rows, renumbered from 0."""
+
+    def __init__(self, ctx: BatchContext, rows: list[int]) -> None:
+        self.ctx = ctx
+        self.rows = rows
+
+    def should_stop(self) -> bool:
+        return self.ctx.should_stop()
+
+    def progress(self, step: int, total: int) -> None:
+        self.ctx.progress(step, total)
+
+    def partial(self, index: int, data: Any) -> None:
+        self.ctx.partial(self.rows[index], data)

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import math
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import GenerationConfig
 
 from bot.executor import Executor, ExecutorConfig, JobState, LocalBackend, ModelRegistry
 from handlers.base import BatchStopped, InvalidInput
-from handlers.chat import ChatModel, ChatRequest, ChatTask
+from handlers.chat import ChatModel, ChatRequest, ChatResult, ChatTask, ChatTurn, end_of_turn_ids
 from tests.handlers_support import RecordingContext, load, one_at_a_time
 from tests.tinymodels import build_chat, build_classifier
 
@@ -54,7 +58,7 @@ def test_text_streams_to_each_job(model: ChatModel) -> None:
 def test_generation_stops_between_tokens_when_abandoned(model: ChatModel) -> None:
     ctx = RecordingContext(stop_after_checks=3)
     with pytest.raises(BatchStopped):
-        TASK.run_batch(model, [ChatRequest("hello", max_tokens=200)], ctx)
+        TASK.run_batch(model, [ChatRequest("hello", max_tokens=150)], ctx)
     assert ctx.checks < 20
 
 
@@ -103,3 +107,100 @@ def test_bad_requests_name_the_option(request_: ChatRequest, option: str) -> Non
 
 def test_jobs_with_different_limits_do_not_share_a_batch() -> None:
     assert TASK.batch_key(ChatRequest("a", max_tokens=5)) != TASK.batch_key(ChatRequest("a"))
+
+
+def test_a_conversation_reaches_the_template_in_order_with_roles_and_names(
+    model: ChatModel,
+) -> None:
+    request = ChatRequest(
+        "and diffusion",
+        system="be brief",
+        history=(
+            ChatTurn("user", "what is osmosis", "alice"),
+            ChatTurn("assistant", "water moving"),
+            ChatTurn("user", "thanks", "alice"),
+        ),
+        summary="they study biology",
+        name="bob",
+    )
+    assert TASK.prompt(model.tokenizer, request) == (
+        "<|system|> be brief\n\nEarlier in this conversation: they study biology <|end|> "
+        "<|user|> alice: what is osmosis <|end|> <|assistant|> water moving <|end|> "
+        # two members' turns in a row become one, as templates expect turns to alternate
+        "<|user|> alice: thanks\n\nbob: and diffusion <|end|> <|assistant|>"
+    )
+
+
+def test_the_templates_end_of_turn_is_found(model: ChatModel) -> None:
+    assert end_of_turn_ids(model.tokenizer) == {model.tokenizer.convert_tokens_to_ids("<|end|>")}
+
+
+def test_the_stop_tokens_of_the_generation_config_end_generation(
+    chat_dir: Path, tmp_path: Path
+) -> None:
+    """A model whose generation config lists a second end token (as Qwen's and Llama 3's
+    do): generation ends there, and the token is not part of the answer."""
+    plain = load(TASK, chat_dir)
+    (free,) = TASK.run_batch(plain, [ChatRequest("hello", max_tokens=8)], RecordingContext())
+    assert not free.complete and free.tokens == 8  # the tiny model never ends on its own
+    prompt = TASK.prompt_ids(plain.tokenizer, ChatRequest("hello"))
+    with torch.inference_mode():
+        ids = plain.model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)[
+            0, len(prompt) :
+        ].tolist()
+    third = ids[2]
+    assert third not in ids[:2]  # the tiny model's greedy answer: three different tokens
+    shutil.copytree(chat_dir, tmp_path / "chat")
+    config = GenerationConfig.from_pretrained(tmp_path / "chat")
+    config.eos_token_id = [plain.tokenizer.eos_token_id, third]
+    config.save_pretrained(tmp_path / "chat")
+    stopping = load(TASK, tmp_path / "chat")
+    assert third in stopping.stop_ids
+    ctx = RecordingContext()
+    (result,) = TASK.run_batch(stopping, [ChatRequest("hello", max_tokens=8)], ctx)
+    assert result.complete and result.tokens == 2
+    assert result.text == plain.tokenizer.decode(ids[:2], skip_special_tokens=True).strip()
+    assert ctx.partials[0][-1] == result.text
+
+
+def test_each_job_samples_with_its_own_seed_whatever_shares_its_batch(model: ChatModel) -> None:
+    mine = ChatRequest("hello", max_tokens=12, temperature=1.0, seed=7)
+    others = [
+        ChatRequest("the river", max_tokens=12, temperature=1.5, seed=1),
+        ChatRequest("coffee", max_tokens=12),  # greedy, beside sampled rows
+    ]
+    (alone,) = TASK.run_batch(model, [mine], RecordingContext())
+    together = TASK.run_batch(model, [*others, mine], RecordingContext())
+    assert together[2] == alone
+    assert together[1] == TASK.run_batch(model, [others[1]], RecordingContext())[0]
+    reseeded = TASK.run_batch(model, [replace(mine, seed=8)], RecordingContext())[0]
+    assert reseeded != alone
+
+
+def test_a_conversation_longer_than_the_context_is_refused_alone(model: ChatModel) -> None:
+    history = tuple(ChatTurn("user", "the study group meets every week " * 3) for _ in range(12))
+    results = TASK.run_batch(
+        model,
+        [ChatRequest("hello", max_tokens=10, history=history), ChatRequest("hi", max_tokens=10)],
+        RecordingContext(),
+    )
+    refused, answered = results
+    assert isinstance(refused, InvalidInput) and "model's 256" in refused.message
+    assert isinstance(answered, ChatResult) and answered.text
+
+
+def test_history_turns_are_checked() -> None:
+    with pytest.raises(InvalidInput) as err:
+        TASK.validate(ChatRequest("x", history=(ChatTurn("system", "obey"),)))  # type: ignore[arg-type]
+    assert err.value.option == "history"
+    with pytest.raises(InvalidInput) as err:
+        TASK.validate(ChatRequest("x", history=(ChatTurn("user", "y" * 40_000),)))
+    assert err.value.option == "history"
+
+
+def test_the_window_counts_what_the_model_would_see(chat_dir: Path) -> None:
+    window = ChatTask(context_tokens=100, default_new_tokens=30).window(str(chat_dir))
+    request = ChatRequest("hello", history=(ChatTurn("assistant", "water moving"),))
+    model = load(TASK, chat_dir)
+    assert window.prompt_tokens(request) == len(TASK.prompt_ids(model.tokenizer, request))
+    assert (window.context, window.budget(request)) == (100, 70)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -89,6 +91,41 @@ def test_chat_streams_the_answer(
     streamed = capsys.readouterr().out
     assert ask("chat", built("chat"), "hello", "--max-tokens", "20", "--json") == 0
     assert streamed.strip() == json.loads(capsys.readouterr().out)["text"]
+
+
+def test_chat_in_the_terminal_remembers_and_folds(
+    built: Callable[[str], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``python -m bot chat``: each line a turn, the earlier ones reaching the model until
+    they no longer fit its window (256 tokens here, 20 of them for the answer); then they
+    are folded into a summary by the summarize model."""
+    monkeypatch.setenv("BOT_MODELS__SUMMARIZE", str(built("summarize")))
+    monkeypatch.setenv("BOT_LOG_PROMPTS", "true")  # to see what reached the model
+    lines = [f"we read about the river and the old city, part {n}" for n in range(8)]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join([*lines, "memory", ""])))
+    args = ["chat", "--model", str(built("chat")), "--device", "cpu", "--max-tokens", "20",
+            "--system", "be brief"]  # fmt: skip
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert len([line for line in out.splitlines() if line.strip()]) == len(lines), err
+    assert "Summary of the earlier conversation: " in err
+    with sqlite3.connect(tmp_path / "data" / "usage.sqlite3") as db:
+        prompts = [json.loads(p) for (p,) in db.execute(
+            "SELECT prompt FROM invocations WHERE task = 'chat' ORDER BY started_at"
+        )]  # fmt: skip
+        summary, through = db.execute(
+            "SELECT summary, summary_through FROM conversations"
+        ).fetchone()
+    assert [p["message"] for p in prompts] == lines
+    assert {p["system"] for p in prompts} == {"be brief"}
+    second = prompts[1]["history"]
+    assert (second[0]["role"], second[0]["content"]) == ("user", lines[0])
+    assert second[1]["role"] == "assistant"
+    assert summary and through and prompts[-1]["summary"]
+    assert all(t["content"] != lines[0] for t in prompts[-1]["history"])
 
 
 def test_translate_names_languages(

@@ -98,6 +98,10 @@ class ScriptedTask(Task[Any, Any]):
     def batch_key(self, request: Any) -> Any:
         return self.real.batch_key(request)
 
+    def window(self, source: str) -> Any:
+        """The chat task's real tokenizer and context, which conversations are fitted to."""
+        return self.real.window(source)  # type: ignore[attr-defined]
+
     def load(self, spec: LoadSpec) -> str:
         return "scripted"
 
@@ -149,15 +153,25 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
-    """The bot over scripted tasks; ``indirect`` params set max_queue, the edit interval and
-    a few settings (read_messages, direct_messages, log_prompts)."""
+async def stack(
+    tmp_path: Path, request: pytest.FixtureRequest, tiny_chat: Path
+) -> AsyncIterator[Stack]:
+    """The bot over scripted tasks; ``indirect`` params set max_queue, the edit interval, a
+    few settings (read_messages, direct_messages, log_prompts), quotas, and the chat
+    window (``chat_context`` tokens, ``chat_answer`` of them for the answer)."""
     options = getattr(request, "param", {})
-    tasks = {name: ScriptedTask(REAL[name], respond) for name, respond in RESPONSES.items()}
+    real = {
+        **REAL,
+        "chat": ChatTask(
+            context_tokens=options.get("chat_context", 4096),
+            default_new_tokens=options.get("chat_answer", 32),
+        ),
+    }
+    tasks = {name: ScriptedTask(real[name], respond) for name, respond in RESPONSES.items()}
     class_limits = limits(max_batch=4)
     executor = Executor(
         tasks,
-        {name: f"{name}-model" for name in tasks},
+        {name: str(tiny_chat) if name == "chat" else f"{name}-model" for name in tasks},
         LocalBackend(ModelRegistry("cpu")),
         ExecutorConfig(
             max_queue=options.get("max_queue", 8),
@@ -175,7 +189,7 @@ async def stack(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
     usage = UsageLog(tmp_path / "usage.sqlite3", flush_interval_s=3600)
     await usage.open()
     await executor.start()  # outside the bot, as main() does: the bot never awaits the GPU
-    quotas = Quotas(QuotaPolicy({"imagine": 5}), usage)
+    quotas = Quotas(QuotaPolicy(options.get("quotas", {"imagine": 5})), usage)
     await quotas.load()
     guilds = GuildSettingsStore(usage)
     await guilds.load()

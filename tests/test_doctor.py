@@ -133,7 +133,7 @@ def test_a_healthy_configuration_passes(
     assert status(output, "gpu") == ("ok", "none: CPU by configuration (BOT_DEVICE=cpu)")
     assert status(output, "database") == (
         "ok",
-        f"{tmp_path / 'data' / 'usage.sqlite3'}: schema 4 of 4 (created)",
+        f"{tmp_path / 'data' / 'usage.sqlite3'}: schema 5 of 5 (created)",
     )
     sentiment = status(output, "model sentiment")
     assert sentiment[0] == "ok" and sentiment[1].endswith(", ~2.0 KiB as float16")
@@ -144,7 +144,7 @@ def test_a_healthy_configuration_passes(
 
     # A second run finds the database as the first left it.
     assert main(["doctor"]) == 0
-    assert status(capsys.readouterr().out, "database")[1].endswith("schema 4 of 4")
+    assert status(capsys.readouterr().out, "database")[1].endswith("schema 5 of 5")
 
 
 def test_a_model_over_the_memory_budget_is_red(

@@ -660,3 +660,30 @@ async def test_a_thread_given_up_on_never_restarts_a_second_worker() -> None:
                 break
             await asyncio.sleep(0.01)
         assert len([t for t in threading.enumerate() if t.name == "inference-worker"]) == 1
+
+
+@dataclass
+class Streaming(FakeTask):
+    """Streams each value letter by letter before the batch's fate is known."""
+
+    def run_batch(self, model: Any, requests: Sequence[Item], ctx: BatchContext) -> list[Any]:
+        for index, request in enumerate(requests):
+            for end in range(1, len(request.value) + 1):
+                ctx.partial(index, request.value[:end])
+        return super().run_batch(model, requests, ctx)
+
+
+async def test_a_retried_batch_does_not_stream_again_what_was_shown() -> None:
+    task = Streaming(oom_above=1)  # the pair runs out of memory; each runs again alone
+    async with make_executor(task) as executor:
+        blocker = await hold(executor, task)
+        first = executor.submit("fake", Item("abc"), user_id="a")
+        second = executor.submit("fake", Item("xyz"), user_id="b")
+        streams: dict[str, list[str]] = {"abc": [], "xyz": []}
+        for name, handle in (("abc", first), ("xyz", second)):
+            handle.watch(lambda e, name=name: e.partial and streams[name].append(e.partial))
+        task.gate.set()
+        await blocker
+        assert await asyncio.gather(first, second) == ["ABC", "XYZ"]
+    assert task.batches[1:] == [["abc", "xyz"], ["abc"], ["xyz"]]
+    assert streams == {"abc": ["a", "ab", "abc"], "xyz": ["x", "xy", "xyz"]}

@@ -123,10 +123,10 @@ def test_handlers_never_allow_remote_code_or_pickles() -> None:
                 ), f"{path.name}:{node.lineno}: from_pretrained without trust_remote_code=False"
 
 
-SQL_CALLS = {"execute", "executemany", "query", "write_now"}
+SQL_CALLS = {"execute", "executemany", "query", "write_now", "quick", "_read", "_write"}
 SQL_FRAGMENTS = {
     "names", "marks", "changes", "sets", "where", "', '.join(COLUMNS)",
-    "int(self.busy_timeout_ms)",
+    "int(self.busy_timeout_ms)", "QUICK_BUSY_MS",
 }  # fmt: skip
 """What an f-string statement may interpolate: each is built from the fixed COLUMNS list,
 known column names or constant text, never from a value (reviewed in bot/usage.py)."""

@@ -15,6 +15,7 @@ from bot.charts import usage_chart
 from bot.cogs.delivery import NO_MENTIONS
 from bot.cogs.markdown import clip
 from bot.cogs.tasks import caller_of
+from bot.guilds import PERSONA_MAX_CHARS
 from bot.quotas import duration
 from bot.usage import render_stats
 from handlers.base import InvalidInput
@@ -107,6 +108,10 @@ class Admin(commands.Cog):
         images="Where /imagine may post",
         enable="A command to turn on",
         disable="A command to turn off",
+        persona="What the chat model is told before every conversation (a system prompt)",
+        persona_channel="Set or clear the persona of this channel only (default: the server's)",
+        clear_persona="Go back to the bot's default persona (for persona_channel if given)",
+        chat_threads="Open a thread for every /chat conversation",
     )
     @app_commands.default_permissions(manage_guild=True)
     @app_commands.guild_only()
@@ -118,6 +123,10 @@ class Admin(commands.Cog):
         images: Literal["age_restricted_only", "allow"] | None = None,
         enable: str | None = None,
         disable: str | None = None,
+        persona: app_commands.Range[str, 1, PERSONA_MAX_CHARS] | None = None,
+        persona_channel: discord.TextChannel | None = None,
+        clear_persona: bool = False,
+        chat_threads: bool | None = None,
     ) -> None:
         assert interaction.guild_id is not None
         store = self.bot.guild_settings
@@ -127,6 +136,21 @@ class Admin(commands.Cog):
             changes["ephemeral"] = ephemeral
         if images is not None:
             changes["nsfw"] = images
+        if chat_threads is not None:
+            changes["chat_threads"] = chat_threads
+        if persona is not None and clear_persona:
+            raise InvalidInput("clear_persona", "give a persona or clear it, not both")
+        if persona is not None or clear_persona:
+            if persona_channel is None:
+                changes["persona"] = persona
+            else:
+                personas = dict(current.channel_personas)
+                personas.pop(persona_channel.id, None)
+                if persona is not None:
+                    personas[persona_channel.id] = persona
+                changes["channel_personas"] = personas
+        elif persona_channel is not None:
+            raise InvalidInput("persona_channel", "give it with persona or clear_persona")
         everything = set(self.bot.executor.tasks)
         for option, name in (("enable", enable), ("disable", disable)):
             if name and name not in everything:

@@ -7,6 +7,7 @@ import contextlib
 import contextvars
 import io
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -90,32 +91,231 @@ def describe_progress(task: str, event: JobEvent) -> str | None:
     return None
 
 
+class Place(ABC):
+    """Where one job's replies go, decided once: the progress message, the result and its
+    follow-up pieces, and where the result goes when the reply cannot take it."""
+
+    policy: ReplyPolicy
+
+    @property
+    @abstractmethod
+    def filesize_limit(self) -> int:
+        """Largest upload, in bytes, the reply may carry."""
+
+    @abstractmethod
+    async def show(self, content: str, view: discord.ui.View) -> None:
+        """Put progress in the reply; a failure is logged, never fatal."""
+
+    @abstractmethod
+    async def final(self, **fields: Any) -> discord.Message | None:
+        """Show the final state in the reply; None when that cannot be done."""
+
+    @abstractmethod
+    async def more(self, piece: str) -> discord.Message:
+        """Send a further piece of a long result after the reply."""
+
+    @abstractmethod
+    async def post_instead(
+        self,
+        pieces: Sequence[str],
+        files: Sequence[tuple[str, bytes]],
+        view: discord.ui.View | None,
+    ) -> list[discord.Message]:
+        """The reply cannot take the result: post it where the policy's fallback says."""
+
+
+class InteractionPlace(Place):
+    """The reply to a slash command, a menu or a button: the deferred response."""
+
+    def __init__(self, interaction: discord.Interaction, policy: ReplyPolicy) -> None:
+        self.interaction = interaction
+        self.policy = policy
+
+    @property
+    def filesize_limit(self) -> int:
+        return self.interaction.filesize_limit
+
+    async def show(self, content: str, view: discord.ui.View) -> None:
+        if not self.interaction.is_expired():
+            await edit(self.interaction, content=content, view=view)
+
+    async def final(self, **fields: Any) -> discord.Message | None:
+        if self.interaction.is_expired():
+            return None
+        try:
+            return await self.interaction.edit_original_response(
+                allowed_mentions=NO_MENTIONS, **fields
+            )
+        except discord.HTTPException as exc:
+            log.warning("Discord refused the final edit of a reply (%s); posting it instead", exc)
+            return None
+
+    async def more(self, piece: str) -> discord.Message:
+        return await self.interaction.followup.send(
+            piece, allowed_mentions=NO_MENTIONS, ephemeral=self.policy.ephemeral, wait=True
+        )
+
+    async def post_instead(
+        self,
+        pieces: Sequence[str],
+        files: Sequence[tuple[str, bytes]],
+        view: discord.ui.View | None,
+    ) -> list[discord.Message]:
+        """Post in the channel with a mention, or by DM."""
+        interaction = self.interaction
+        name = interaction.command.name if interaction.command else "request"
+        target: discord.abc.Messageable | None
+        if self.policy.fallback == "dm":
+            target, header = interaction.user, f"Your /{name} is ready:"
+        else:
+            target = (
+                interaction.channel
+                if isinstance(interaction.channel, discord.abc.Messageable)
+                else None
+            )
+            header = f"{interaction.user.mention} your /{name} is ready:"
+        if target is None:
+            log.warning("a result whose reply cannot be edited has nowhere to go")
+            return []
+        return await _post(target, header, interaction.user, pieces, files, view)
+
+
+class MessagePlace(Place):
+    """A message in a channel, replying to a member's message where there is one (a
+    mention, a reply, a DM) or opening a thread's conversation: posted on the first
+    progress, then edited. Pieces of a long answer reply to the piece before, so a reply to
+    any of them continues the chain."""
+
+    policy = ReplyPolicy()
+
+    def __init__(
+        self,
+        channel: discord.abc.Messageable,
+        requester: discord.abc.User,
+        reply_to: discord.Message | None = None,
+    ) -> None:
+        self.channel = channel
+        self.requester = requester
+        self.reply_to = reply_to
+        self.reply: discord.Message | None = None
+
+    @property
+    def filesize_limit(self) -> int:
+        guild = getattr(self.channel, "guild", None)
+        if isinstance(guild, discord.Guild):
+            return guild.filesize_limit
+        return discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+
+    async def _send(self, content: str, **fields: Any) -> discord.Message:
+        if self.reply_to is not None:
+            return await self.reply_to.reply(
+                content, mention_author=False, allowed_mentions=NO_MENTIONS, **fields
+            )
+        return await self.channel.send(content, allowed_mentions=NO_MENTIONS, **fields)
+
+    async def show(self, content: str, view: discord.ui.View) -> None:
+        try:
+            if self.reply is None:
+                self.reply = await self._send(content, view=view)
+            else:
+                await self.reply.edit(content=content, view=view, allowed_mentions=NO_MENTIONS)
+        except discord.HTTPException as exc:
+            log.warning("could not show progress in a reply: %s", exc)
+
+    async def final(self, **fields: Any) -> discord.Message | None:
+        content, view = fields.get("content", ""), fields.get("view")
+        files = fields.get("attachments", [])
+        try:
+            if self.reply is None:
+                self.reply = await self._send(
+                    content, files=files, view=view or discord.utils.MISSING
+                )
+            else:
+                self.reply = await self.reply.edit(
+                    content=content, attachments=files, view=view, allowed_mentions=NO_MENTIONS
+                )
+        except discord.HTTPException as exc:
+            log.warning("could not reply with a result (%s); posting it instead", exc)
+            return None
+        return self.reply
+
+    async def more(self, piece: str) -> discord.Message:
+        previous = self.reply
+        if previous is None:
+            self.reply = await self._send(piece)
+        else:
+            self.reply = await previous.reply(
+                piece, mention_author=False, allowed_mentions=NO_MENTIONS
+            )
+        return self.reply
+
+    async def post_instead(
+        self,
+        pieces: Sequence[str],
+        files: Sequence[tuple[str, bytes]],
+        view: discord.ui.View | None,
+    ) -> list[discord.Message]:
+        """The member's message is gone (or the reply refused): post in the channel."""
+        header = f"{self.requester.mention} here is my answer:"
+        return await _post(self.channel, header, self.requester, pieces, files, view)
+
+
+async def _post(
+    target: discord.abc.Messageable,
+    header: str,
+    user: discord.abc.User,
+    pieces: Sequence[str],
+    files: Sequence[tuple[str, bytes]],
+    view: discord.ui.View | None,
+) -> list[discord.Message]:
+    """Post a result with a header that mentions ``user`` (and nobody else)."""
+    first, rest = pieces[0] if pieces else "", list(pieces[1:])
+    if len(header) + 1 + len(first) > MESSAGE_LIMIT:  # never cut: the piece goes on its own
+        first, rest = "", [first, *rest]
+    try:
+        sent = [
+            await target.send(
+                f"{header}\n{first}".rstrip(),
+                files=_files(files),
+                allowed_mentions=discord.AllowedMentions(users=[user]),
+                view=view or discord.utils.MISSING,
+            )
+        ]
+        for piece in rest:
+            sent.append(await target.send(piece, allowed_mentions=NO_MENTIONS))
+    except discord.Forbidden as exc:  # DMs closed, or no longer allowed in the channel
+        log.warning("could not post a result whose reply cannot be edited: %s", exc)
+        return []
+    return sent
+
+
 class JobWatcher:
     """Shows a job's queue position and progress in its reply, then delivers the result.
 
     It reacts to job events instead of awaiting the job, so no coroutine sits waiting on
     the accelerator. Progress edits are at most one per ``interval``; the last state is
-    shown when the interval ends. ``finished`` resolves once the reply is final.
+    shown when the interval ends. ``finished`` resolves once the reply is final, with the
+    messages that show the result (none when it failed).
     """
 
     def __init__(
         self,
-        interaction: discord.Interaction,
+        place: Place,
         handle: JobHandle,
         view: CancelView,
         interval: float,
         render: Callable[[Any], Reply],
-        policy: ReplyPolicy,
         final_view: discord.ui.View | None = None,
     ) -> None:
-        self.interaction = interaction
+        self.place = place
         self.handle = handle
         self.view = view
         self.interval = interval
         self.render = render
-        self.policy = policy
         self.final_view = final_view
-        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.finished: asyncio.Future[list[discord.Message]] = (
+            asyncio.get_running_loop().create_future()
+        )
         self._loop = asyncio.get_running_loop()
         self._last_edit = -float("inf")
         self._shown: str | None = None
@@ -158,29 +358,27 @@ class JobWatcher:
 
     async def _edit_progress(self, text: str) -> None:
         async with self._lock:
-            if not self.finished.done() and not self.interaction.is_expired():
-                await edit(self.interaction, content=text, view=self.view)
+            if not self.finished.done():
+                await self.place.show(text, self.view)
 
     async def _finish(self) -> None:
         async with self._lock:
             self.view.stop()
+            shown: list[discord.Message] = []
             try:
                 error = self.handle.error
                 if error is None:
                     reply = self.render(self.handle.peek_result())
-                    await deliver(self.interaction, reply, self.policy, self.final_view)
+                    shown = await deliver(self.place, reply, self.final_view)
                 else:
-                    await show_failure(self.interaction, error, self.policy)
+                    await show_failure(self.place, error)
             except Exception:
                 log.exception("could not deliver the result of job %d", self.handle.id)
                 with contextlib.suppress(discord.HTTPException):
-                    await show_failure(
-                        self.interaction, RuntimeError("the result could not be shown"),
-                        self.policy,
-                    )  # fmt: skip
+                    await show_failure(self.place, RuntimeError("the result could not be shown"))
             finally:
                 if not self.finished.done():
-                    self.finished.set_result(None)
+                    self.finished.set_result(shown)
 
 
 async def edit(interaction: discord.Interaction, **fields: object) -> None:
@@ -191,24 +389,18 @@ async def edit(interaction: discord.Interaction, **fields: object) -> None:
         log.warning("could not edit an interaction response: %s", exc)
 
 
-def _files(reply: Reply) -> list[discord.File]:
-    return [discord.File(io.BytesIO(data), filename=name) for name, data in reply.files]
-
-
 async def deliver(
-    interaction: discord.Interaction,
-    reply: Reply,
-    policy: ReplyPolicy,
-    view: discord.ui.View | None = None,
-) -> None:
-    """Put the result where the member will see it, within Discord's limits.
+    place: Place, reply: Reply, view: discord.ui.View | None = None
+) -> list[discord.Message]:
+    """Put the result where the member will see it, within Discord's limits; returns the
+    messages that show it.
 
     Long text is split over a few messages or attached as a .txt file. When the reply
-    can't be edited (discord.py has retried rate limits and server errors by then), the
-    result goes where the policy's fallback says.
+    can't take it (discord.py has retried rate limits and server errors by then), the
+    result goes where the place's fallback says.
     """
     files = list(reply.files)
-    limit = interaction.filesize_limit
+    limit = place.filesize_limit
     if sum(len(data) for _, data in files) > limit:
         reply = Reply(note=f"The result is larger than this server's {limit // 2**20} MiB "
                       "upload limit.")  # fmt: skip
@@ -219,74 +411,19 @@ async def deliver(
     if len(pieces) > MAX_SPLIT_MESSAGES:
         files.append(("result.txt", reply.text.encode()))
         pieces = [clip(text, PREVIEW_CHARS) + "\n*(full text attached)*"]
-    if await _edit_reply(interaction, content=pieces[0], attachments=_files(files), view=view):
-        for piece in pieces[1:]:
-            await interaction.followup.send(
-                piece, allowed_mentions=NO_MENTIONS, ephemeral=policy.ephemeral
-            )
-    else:
-        await _post_instead(interaction, pieces, files, view, policy)
+    first = await place.final(content=pieces[0], attachments=_files(files), view=view)
+    if first is None:
+        return await place.post_instead(pieces, files, view)
+    return [first, *[await place.more(piece) for piece in pieces[1:]]]
 
 
 def _files(files: Sequence[tuple[str, bytes]]) -> list[discord.File]:
     return [discord.File(io.BytesIO(data), filename=name) for name, data in files]
 
 
-async def _edit_reply(interaction: discord.Interaction, **fields: Any) -> bool:
-    """Show the final state in the reply; False when that can't be done."""
-    if interaction.is_expired():
-        return False
-    try:
-        await interaction.edit_original_response(allowed_mentions=NO_MENTIONS, **fields)
-    except discord.HTTPException as exc:
-        log.warning("Discord refused the final edit of a reply (%s); posting it instead", exc)
-        return False
-    return True
-
-
-async def _post_instead(
-    interaction: discord.Interaction,
-    pieces: Sequence[str],
-    files: Sequence[tuple[str, bytes]],
-    view: discord.ui.View | None,
-    policy: ReplyPolicy,
-) -> None:
-    """The reply can't be edited: post in the channel with a mention, or by DM."""
-    name = interaction.command.name if interaction.command else "request"
-    target: discord.abc.Messageable | None
-    if policy.fallback == "dm":
-        target, header = interaction.user, f"Your /{name} is ready:"
-    else:
-        target = (
-            interaction.channel
-            if isinstance(interaction.channel, discord.abc.Messageable)
-            else None
-        )
-        header = f"{interaction.user.mention} your /{name} is ready:"
-    if target is None:
-        log.warning("a result whose reply cannot be edited has nowhere to go")
-        return
-    first, rest = pieces[0] if pieces else "", list(pieces[1:])
-    if len(header) + 1 + len(first) > MESSAGE_LIMIT:  # never cut: the piece goes on its own
-        first, rest = "", [first, *rest]
-    try:
-        await target.send(
-            f"{header}\n{first}".rstrip(),
-            files=_files(files),
-            allowed_mentions=discord.AllowedMentions(users=[interaction.user]),
-            view=view or discord.utils.MISSING,
-        )
-        for piece in rest:
-            await target.send(piece, allowed_mentions=NO_MENTIONS)
-    except discord.Forbidden as exc:  # DMs closed, or no longer allowed in the channel
-        log.warning("could not post a result whose reply cannot be edited: %s", exc)
-
-
-async def show_failure(
-    interaction: discord.Interaction, error: BaseException, policy: ReplyPolicy
-) -> None:
+async def show_failure(place: Place, error: BaseException) -> None:
     """A job that ended without a result: say why in place of its progress message."""
     prefix = "🛑" if isinstance(error, JobCancelled) else "⚠️"
     text = clip(f"{prefix} {neutralize(explain(error))}")
-    if not await _edit_reply(interaction, content=text, view=None):
-        await _post_instead(interaction, [text], [], None, policy)
+    if await place.final(content=text, view=None) is None:
+        await place.post_instead([text], [], None)

@@ -11,12 +11,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.delivery import CancelView, JobWatcher, Reply
+from bot.cogs.delivery import InteractionPlace, Reply
 from bot.cogs.images import image_buttons
 from bot.cogs.reading import summarize_source
 from bot.invocations import Caller
 from handlers.base import HandlerError, InvalidInput
-from handlers.chat import ChatRequest, ChatResult
+from handlers.chat import ChatResult
 from handlers.classify import ClassifyRequest, ClassifyResult, parse_labels
 from handlers.imagine import ImagineRequest, ImagineResult
 from handlers.languages import search_languages
@@ -36,16 +36,29 @@ Text = app_commands.Range[str, 1, 4000]
 
 
 def caller_of(interaction: Interaction) -> Caller:
-    channel = interaction.channel
-    user = interaction.user
+    return place_caller(
+        interaction.user, interaction.channel, interaction.channel_id, interaction.guild_id,
+        interaction.client.is_private(interaction),
+    )  # fmt: skip
+
+
+def place_caller(
+    user: discord.User | discord.Member,
+    channel: Any,
+    channel_id: int | None,
+    guild_id: int | None,
+    private: bool,
+) -> Caller:
+    """Who asks and where, as admission sees it, for a command or a message alike."""
     return Caller(
         user_id=str(user.id),
         source="discord",
-        guild_id=interaction.guild_id,
-        channel_id=interaction.channel_id,
+        guild_id=guild_id,
+        channel_id=channel_id,
+        parent_id=getattr(channel, "parent_id", None),
         roles=tuple(role.id for role in user.roles) if isinstance(user, discord.Member) else (),
         age_restricted=bool(channel is not None and getattr(channel, "is_nsfw", bool)()),
-        private=interaction.client.is_private(interaction),
+        private=private,
     )
 
 
@@ -133,12 +146,8 @@ class Tasks(commands.Cog):
                 await self._image_buttons(interaction, request) if task == "imagine" else None
             )
             handle = admission.submit(request)
-        view = CancelView(handle, interaction.user.id)
-        watcher = JobWatcher(
-            interaction, handle, view, bot.edit_interval, render, policy, final_view
-        )
-        bot.watchers[handle.id] = watcher
-        watcher.finished.add_done_callback(lambda _: bot.watchers.pop(handle.id, None))
+        place = InteractionPlace(interaction, policy)
+        bot.follow(handle, place, render, interaction.user.id, final_view)
 
     async def _image_buttons(
         self, interaction: Interaction, request: ImagineRequest
@@ -286,17 +295,6 @@ class Tasks(commands.Cog):
     ) -> None:
         request = ClassifyRequest(text, parse_labels(labels), multi_label)
         await self.run(interaction, "classify", request)
-
-    @app_commands.command(description="Talk to the chat model")
-    @app_commands.describe(message="What to say", temperature="0 answers the same way each time")
-    async def chat(
-        self,
-        interaction: Interaction,
-        message: Text,
-        temperature: app_commands.Range[float, 0.0, 2.0] = 0.7,
-    ) -> None:
-        request = ChatRequest(message, temperature=temperature, seed=interaction.id % 2**31)
-        await self.run(interaction, "chat", request)
 
 
 async def setup(bot: AssistantBot) -> None:

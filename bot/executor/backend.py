@@ -67,8 +67,7 @@ class BatchRun:
             self._loop.call_soon_threadsafe(job.emit, event)
 
     def partial(self, index: int, data: Any) -> None:
-        event = JobEvent(JobState.RUNNING, partial=data)
-        self._loop.call_soon_threadsafe(self.jobs[index].emit, event)
+        self._loop.call_soon_threadsafe(self.jobs[index].stream, data)
 
 
 Outcome = Any

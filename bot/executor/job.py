@@ -78,6 +78,8 @@ class Job:
     batch: BatchRun | None = None
     """The batch it runs in, once it runs."""
     deadline: asyncio.TimerHandle | None = None
+    streamed: Any = None
+    """The last partial output its listeners were sent."""
     _listeners: list[Callable[[JobEvent], None]] = field(default_factory=list)
 
     @property
@@ -104,6 +106,15 @@ class Job:
             self._tell(listener, event)
         if event.state.final:
             self._listeners.clear()
+
+    def stream(self, partial: Any) -> None:
+        """Send a partial output on; text a retried batch produces again, which the member
+        has already seen, is not sent twice."""
+        seen = self.streamed
+        if isinstance(partial, str) and isinstance(seen, str) and seen.startswith(partial):
+            return
+        self.streamed = partial
+        self.emit(JobEvent(JobState.RUNNING, partial=partial))
 
     def _tell(self, listener: Callable[[JobEvent], None], event: JobEvent) -> None:
         try:

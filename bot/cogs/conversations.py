@@ -1,0 +1,453 @@
+"""Talking to the chat model: /chat, a mention, a reply to an answer, a thread the bot opened,
+and direct messages. Discord holds the conversation; this cog reads it back as turns.
+
+Without the Message Content intent Discord still gives the bot the content of messages that
+mention it, of direct messages and of its own messages, so mentions, replies that keep their
+@mention (the default) and DMs work without it; messages in a thread that do not mention
+the bot reach it empty unless the intent is on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.client import answer_to
+from bot.cogs.delivery import NO_MENTIONS, InteractionPlace, MessagePlace, Place
+from bot.cogs.markdown import clip, neutralize
+from bot.cogs.reading import MAX_TEXT_FILE, read_file
+from bot.cogs.tasks import Text, caller_of, place_caller, render
+from bot.conversations import Answer, Conversations, Memory, Turn, command_word
+from bot.executor import JobHandle
+from bot.guilds import GuildSettings
+from bot.invocations import Caller, CommandDisabled
+from handlers.base import InvalidInput
+from handlers.chat import ChatRequest
+
+if TYPE_CHECKING:
+    from bot.client import AssistantBot
+
+    Interaction = discord.Interaction[AssistantBot]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPERATURE = 0.7
+THREAD_NAME_CHARS = 90
+"""Discord allows 100; the rest is for the ellipsis."""
+SPOKEN_TO = (discord.MessageType.default, discord.MessageType.reply)
+"""Messages a member wrote (not joins, pins or boosts)."""
+
+
+def seed_of(snowflake: int) -> int:
+    return snowflake % 2**31
+
+
+def thread_name(question: str) -> str:
+    name = " ".join(question.split())
+    return name if len(name) <= THREAD_NAME_CHARS else name[: THREAD_NAME_CHARS - 1] + "…"
+
+
+class ConversationsCog(commands.Cog, name="Conversations"):
+    conversation = app_commands.Group(
+        name="conversation", description="The chat conversation in this thread or DM"
+    )
+
+    def __init__(self, bot: AssistantBot) -> None:
+        self.bot = bot
+        self._pending: set[asyncio.Task[None]] = set()
+
+    @property
+    def conversations(self) -> Conversations:
+        return self.bot.conversations
+
+    # Slash commands
+
+    @app_commands.command(description="Talk to the chat model; reply to its answer to go on")
+    @app_commands.describe(
+        message="What to say",
+        temperature="0 answers the same way each time",
+        thread="Open a thread for this conversation (the server may always do so)",
+    )
+    async def chat(
+        self,
+        interaction: Interaction,
+        message: Text,
+        temperature: app_commands.Range[float, 0.0, 2.0] = DEFAULT_TEMPERATURE,
+        thread: bool | None = None,
+    ) -> None:
+        bot = self.bot
+        caller = caller_of(interaction)
+        policy = bot.reply_policy(interaction)
+        try:
+            opens_thread = self._opens_thread(interaction, thread)
+        except InvalidInput as exc:
+            bot.invoker.record_refusal("chat", caller, exc)
+            raise
+        opening = Turn(interaction.id, "user", message, interaction.user.display_name)
+        base = self._base_request(message, caller, temperature, interaction.id)
+        with bot.invoker.admit("chat", caller) as admission:
+            await interaction.response.defer(thinking=True, ephemeral=policy.ephemeral)
+            if opens_thread:
+                room = await self._open_thread(interaction, message)
+                conversation = f"thread:{room.id}"
+                place: InteractionPlace | MessagePlace = MessagePlace(room, interaction.user)
+            else:
+                conversation = f"slash:{interaction.id}"
+                place = InteractionPlace(interaction, policy)
+            request = await self._prepare(conversation, interaction.guild_id, base, caller, opening)
+            handle = admission.submit(request)
+        self._follow(conversation, handle, place, interaction.user.id)
+
+    def _opens_thread(self, interaction: Interaction, asked: bool | None) -> bool:
+        """Whether this /chat opens a thread: asked for, or the server's default where a
+        thread can be opened; asked for where none can be is refused, naming why."""
+        guild = self.bot.settings_for(interaction)
+        channel = interaction.channel
+        possible = (
+            guild is not None
+            and not guild.ephemeral
+            and isinstance(channel, discord.TextChannel)
+            and interaction.app_permissions.create_public_threads
+            and interaction.app_permissions.send_messages_in_threads
+            and interaction.permissions.send_messages_in_threads
+        )
+        if asked is None:
+            return bool(possible and guild is not None and guild.chat_threads)
+        if asked and not possible:
+            raise InvalidInput("thread", self._why_no_thread(interaction))
+        return asked
+
+    def _why_no_thread(self, interaction: Interaction) -> str:
+        guild = self.bot.settings_for(interaction)
+        if guild is None:
+            return "threads can only be opened in a server"
+        if guild.ephemeral:
+            return "answers are private in this server, and threads are public"
+        if not isinstance(interaction.channel, discord.TextChannel):
+            return "threads can only be opened in a text channel"
+        if not interaction.permissions.send_messages_in_threads:
+            return "you cannot send messages in threads here"
+        return "I need the Create Public Threads and Send Messages in Threads permissions here"
+
+    async def _open_thread(self, interaction: Interaction, question: str) -> discord.Thread:
+        channel = interaction.channel
+        assert isinstance(channel, discord.TextChannel)
+        room = await channel.create_thread(
+            name=thread_name(question), type=discord.ChannelType.public_thread
+        )
+        asker = neutralize(interaction.user.display_name)
+        await room.send(
+            f"**{asker}** asked: {clip(neutralize(question), 1800)}", allowed_mentions=NO_MENTIONS
+        )
+        with contextlib.suppress(discord.HTTPException):
+            await room.add_user(interaction.user)
+        await interaction.edit_original_response(
+            content=f"🧵 Let's talk in {room.mention}: every message there continues the "
+            "conversation.",
+            allowed_mentions=NO_MENTIONS,
+        )
+        return room
+
+    @conversation.command(name="memory", description="What I remember of this conversation")
+    async def show_memory(self, interaction: Interaction) -> None:
+        conversation = self._place_conversation(interaction)
+        memory = await self.conversations.store.memory(conversation)
+        await interaction.response.send_message(
+            clip(neutralize(Conversations.describe(memory))),
+            ephemeral=True,
+            allowed_mentions=NO_MENTIONS,
+        )
+        self.bot.invoker.record_command("chat-memory", caller_of(interaction))
+
+    @conversation.command(name="reset", description="Start this conversation afresh")
+    async def reset(self, interaction: Interaction) -> None:
+        conversation = self._place_conversation(interaction)
+        await interaction.response.defer(thinking=True)
+        store = self.conversations.store
+        await store.start(conversation, interaction.guild_id)
+        await store.reset(conversation, interaction.id)
+        sent = await interaction.followup.send(
+            "🧹 Conversation reset: I have forgotten what came before.", wait=True
+        )
+        await store.record_answers(conversation, [sent.id], is_turn=False)
+        self.bot.invoker.record_command("chat-reset", caller_of(interaction))
+
+    def _place_conversation(self, interaction: Interaction) -> str:
+        channel = interaction.channel
+        if isinstance(channel, discord.DMChannel):
+            return f"dm:{channel.id}"
+        me = self.bot.user
+        if isinstance(channel, discord.Thread) and me is not None and channel.owner_id == me.id:
+            return f"thread:{channel.id}"
+        raise InvalidInput(
+            "conversation",
+            "use this in a thread I opened or in our DM; in a reply chain, reply "
+            "`memory` or `reset` to my answer",
+        )
+
+    # Messages
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        if message.author.bot or message.webhook_id is not None or message.type not in SPOKEN_TO:
+            return
+        conversation = await self._conversation_of(message)
+        if conversation is None:
+            return
+        try:
+            await self._converse(message, conversation)
+        except Exception as exc:
+            await self._report(message, exc)
+
+    async def _conversation_of(self, message: discord.Message) -> str | None:
+        """The conversation a member's message continues or starts; None if not for me."""
+        me = self.bot.user
+        if me is None:
+            return None
+        channel = message.channel
+        if isinstance(channel, discord.DMChannel):
+            return f"dm:{channel.id}"
+        if isinstance(channel, discord.Thread) and channel.owner_id == me.id:
+            return f"thread:{channel.id}"
+        reference = message.reference
+        if reference is not None and reference.message_id is not None and _is_reply(message):
+            answers = await self.conversations.store.answers_among([reference.message_id])
+            if reference.message_id in answers:
+                return answers[reference.message_id].conversation_id
+        if me.id in message.raw_mentions:
+            return f"reply:{message.id}"
+        return None
+
+    async def _converse(self, message: discord.Message, conversation: str) -> None:
+        bot = self.bot
+        text = self._own_text(message)
+        if not text and not _text_files(message):
+            if bot.user is not None and bot.user.id in message.raw_mentions:
+                await self._say(message, "👋 Ask me something after the mention, or use /chat.")
+            return  # without the Message Content intent, other messages arrive empty
+        caller = self._caller(message)
+        store = self.conversations.store
+        word = command_word(text)
+        if word is not None:
+            await store.start(conversation, caller.guild_id)
+            if word == "reset":
+                await store.reset(conversation, message.id)
+                answer = "🧹 Conversation reset: I have forgotten what came before."
+            else:
+                answer = Conversations.describe(await store.memory(conversation))
+            sent = await self._say(message, clip(neutralize(answer)))
+            await store.record_answers(conversation, [sent.id], is_turn=False)
+            bot.invoker.record_command(f"chat-{word}", caller)
+            return
+        guild = self._guild(caller)
+        if guild is not None and guild.ephemeral:
+            error = CommandDisabled(
+                "answers are private in this server, so I answer /chat only, not mentions"
+            )
+            bot.invoker.record_refusal("chat", caller, error)
+            raise error
+        base = self._base_request(text, caller, DEFAULT_TEMPERATURE, message.id)
+        with bot.invoker.admit("chat", caller) as admission:
+            async with message.channel.typing():
+                request = await self._prepare(conversation, caller.guild_id, base, caller, message)
+            handle = admission.submit(request)
+        place = MessagePlace(message.channel, message.author, message)
+        self._follow(conversation, handle, place, message.author.id)
+
+    def _guild(self, caller: Caller) -> GuildSettings | None:
+        """The server's rules, or None where no server's rules apply (a DM)."""
+        if caller.private or caller.guild_id is None:
+            return None
+        return self.bot.guild_settings.get(caller.guild_id)
+
+    def _base_request(
+        self, text: str, caller: Caller, temperature: float, snowflake: int
+    ) -> ChatRequest:
+        """A turn's options: the persona of where it is said, and a seed of its own."""
+        guild = self._guild(caller)
+        persona = guild.persona_for(caller.channel_id, caller.parent_id) if guild else None
+        return ChatRequest(text, system=persona, temperature=temperature, seed=seed_of(snowflake))
+
+    def _caller(self, message: discord.Message) -> Caller:
+        guild_id = message.guild.id if message.guild is not None else None
+        return place_caller(
+            message.author, message.channel, message.channel.id, guild_id,
+            self.bot.outside_servers(guild_id),
+        )  # fmt: skip
+
+    async def _prepare(
+        self,
+        conversation: str,
+        guild_id: int | None,
+        base: ChatRequest,
+        caller: Caller,
+        newest: discord.Message | Turn,
+    ) -> ChatRequest:
+        """Read the conversation up to ``newest`` (the member's message, or the question
+        /chat opens a conversation with), fit it to the model and fold what does not fit;
+        one turn at a time per conversation."""
+        conversations = self.conversations
+        store = conversations.store
+        async with conversations.lock(conversation):
+            opening = newest if isinstance(newest, Turn) else None
+            await store.start(conversation, guild_id, opening)
+            memory = await store.memory(conversation)
+            if isinstance(newest, Turn):
+                turns = [newest]
+            else:
+                turns = await self._turns(conversation, newest, memory)
+            return await conversations.prepare(memory, turns, base, caller.user_id)
+
+    def _follow(
+        self, conversation: str, handle: JobHandle, place: Place, requester_id: int
+    ) -> None:
+        """Show the answer, then remember which messages hold it, so a reply continues."""
+        watcher = self.bot.follow(handle, place, render, requester_id)
+
+        def delivered(finished: asyncio.Future[list[discord.Message]]) -> None:
+            if finished.cancelled() or not finished.result():
+                return
+            ids = [message.id for message in finished.result()]
+            task = asyncio.create_task(self.conversations.store.record_answers(conversation, ids))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+        watcher.finished.add_done_callback(delivered)
+
+    # Reading a conversation back from Discord
+
+    async def _turns(
+        self, conversation: str, newest: discord.Message, memory: Memory
+    ) -> list[Turn]:
+        """The conversation's turns after what the memory already holds, oldest first."""
+        limit = self.bot.settings.chat.history_messages
+        if conversation.startswith(("thread:", "dm:")):
+            after = discord.Object(memory.cutoff) if memory.cutoff else None
+            earlier = [
+                m
+                async for m in newest.channel.history(
+                    limit=limit - 1, before=newest, after=after, oldest_first=False
+                )
+            ]
+            chain = [*reversed(earlier), newest]
+        else:
+            chain = await self._reply_chain(newest, limit, memory.cutoff)
+        me = self.bot.user
+        assert me is not None
+        store = self.conversations.store
+        answers = await store.answers_among([m.id for m in chain if m.author.id == me.id])
+        openings = await store.openings(
+            {answer.conversation_id for answer in answers.values()} - {conversation}
+        )
+        turns: dict[int, Turn] = {
+            turn.id: turn for turn in openings.values() if turn.id > memory.cutoff
+        }
+        for message in chain:
+            turn = await self._turn(message, answers, is_newest=message is newest)
+            if turn is not None:
+                turns[turn.id] = turn
+        return sorted(turns.values(), key=lambda turn: turn.id)
+
+    async def _reply_chain(
+        self, newest: discord.Message, limit: int, cutoff: int
+    ) -> list[discord.Message]:
+        """The messages the newest one replies to, up the chain, oldest first; a deleted
+        message, one in another channel or one already summarised ends it."""
+        chain = [newest]
+        current = newest
+        while len(chain) < limit and _is_reply(current):
+            reference = current.reference
+            assert reference is not None and reference.message_id is not None
+            if reference.message_id <= cutoff or reference.channel_id != newest.channel.id:
+                break
+            parent = reference.resolved if isinstance(reference.resolved, discord.Message) else None
+            if parent is None:
+                try:
+                    parent = await newest.channel.fetch_message(reference.message_id)
+                except discord.HTTPException:
+                    break
+            chain.append(parent)
+            current = parent
+        return list(reversed(chain))
+
+    async def _turn(
+        self, message: discord.Message, answers: dict[int, Answer], is_newest: bool
+    ) -> Turn | None:
+        me = self.bot.user
+        assert me is not None
+        if message.author.id == me.id:
+            answer = answers.get(message.id)
+            if answer is None or not answer.is_turn:
+                return None  # progress, a refusal, a hint: not part of the conversation
+            files = await _read_text_files(message, strict=False)
+            text = files[0][1] if files else message.content  # a long answer's full text
+            return Turn(message.id, "assistant", text) if text else None
+        if message.author.bot or message.webhook_id is not None or message.type not in SPOKEN_TO:
+            return None
+        text = self._own_text(message)
+        if command_word(text) is not None:
+            return None
+        for name, content in await _read_text_files(message, strict=is_newest):
+            text = f"{text}\n\n[file {name}]\n{content}".strip()
+        if not text:
+            return None
+        return Turn(message.id, "user", text, message.author.display_name)
+
+    def _own_text(self, message: discord.Message) -> str:
+        """What a member wrote, without the mention that called the bot."""
+        me = self.bot.user
+        if me is None:
+            return message.content.strip()
+        return re.sub(rf"<@!?{me.id}>", "", message.content).strip()
+
+    async def _say(self, message: discord.Message, text: str) -> discord.Message:
+        return await message.reply(text, mention_author=False, allowed_mentions=NO_MENTIONS)
+
+    async def _report(self, message: discord.Message, error: BaseException) -> None:
+        """A failed turn is answered in a reply, as a failed command is."""
+        try:
+            await self._say(message, answer_to(error))
+        except discord.HTTPException as exc:
+            log.warning("could not report an error to a member: %s", exc)
+
+
+def _is_reply(message: discord.Message) -> bool:
+    reference = message.reference
+    return (
+        reference is not None
+        and reference.message_id is not None
+        and reference.type is discord.MessageReferenceType.default
+    )
+
+
+def _text_files(message: discord.Message) -> list[discord.Attachment]:
+    return [a for a in message.attachments if a.filename.lower().endswith(".txt")]
+
+
+async def _read_text_files(message: discord.Message, strict: bool) -> list[tuple[str, str]]:
+    """(name, text) of the message's .txt files, within /summarize's limits. ``strict``
+    refuses one that is too large or not UTF-8 (the member's newest message); otherwise it
+    is left out."""
+    read = []
+    for attachment in _text_files(message):
+        try:
+            if attachment.size > MAX_TEXT_FILE:
+                raise InvalidInput("file", "attach a .txt file of at most 1 MiB")
+            read.append((attachment.filename, await read_file(attachment)))
+        except InvalidInput:
+            if strict:
+                raise
+        except discord.HTTPException as exc:
+            log.warning("could not read an attachment of a conversation: %s", exc)
+    return read
+
+
+async def setup(bot: AssistantBot) -> None:
+    await bot.add_cog(ConversationsCog(bot))
