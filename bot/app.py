@@ -77,7 +77,6 @@ def build_tasks(settings: Settings) -> dict[str, Task[Any, Any]]:
         "sentiment": SentimentTask(max_chars=settings.max_text_chars),
         "classify": ClassifyTask(max_chars=settings.max_text_chars),
         "chat": ChatTask(
-            max_chars=settings.max_text_chars,
             default_new_tokens=settings.chat.default_new_tokens,
             max_new_tokens=settings.chat.max_new_tokens,
             system_prompt=settings.chat.system_prompt,

@@ -22,7 +22,7 @@ import discord
 from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
-from bot.app import running
+from bot.app import Services, running
 from bot.client import AssistantBot
 from bot.conversations import Conversations, ConversationStore, Turn, command_word
 from bot.doctor import TOKEN_SHAPE, doctor
@@ -322,40 +322,50 @@ CHAT_HELP = (
 
 async def _chat(settings: Settings, args: argparse.Namespace) -> int:
     """A conversation as Discord holds one: history, summary folding and persona alike."""
-    caller = Caller(f"cli:{getpass.getuser()}", source="cli", enforce_quotas=False)
     base = ChatRequest("", args.system, args.max_tokens, args.temperature, args.seed)
     async with running(settings, ["chat"], worker="thread") as services:
-        store = ConversationStore(services.usage)
-        conversations = Conversations(services.executor, store)
-        conversation = f"cli:{time.time_ns()}"
-        await store.start(conversation, None)
-        turns: list[Turn] = []
+        chat = TerminalChat(services, base)
+        await chat.conversations.store.start(chat.id, None)
         print(CHAT_HELP.format(model=settings.models.chat), file=sys.stderr)
         while (line := await asyncio.to_thread(_read_turn)) is not None:
-            turn_id = time.time_ns()
-            match command_word(line):
-                case "reset":
-                    await store.reset(conversation, turn_id)
-                    print("(conversation reset)", file=sys.stderr)
-                    continue
-                case "memory":
-                    memory = await store.memory(conversation)
-                    print(Conversations.describe(memory), file=sys.stderr)
-                    continue
-            turn = Turn(turn_id, "user", line)
-            memory = await store.memory(conversation)
-            seeded = replace(base, seed=(args.seed + len(turns)) % (MAX_SEED + 1))
             try:
-                request = await conversations.prepare(
-                    memory, [*turns, turn], seeded, caller.user_id
-                )
-                handle = services.invoker.submit("chat", request, caller)
-                result = await _follow(handle, stream=True)
-            except HandlerError as exc:  # this turn cannot be answered; the next may be
+                await chat.say(line)
+            except (HandlerError, ExecutorError) as exc:  # this turn failed; the next may not
                 print(f"error: {explain(exc)}", file=sys.stderr)
-                continue
-            turns += [turn, Turn(time.time_ns(), "assistant", result.text)]
     return 0
+
+
+class TerminalChat:
+    """The terminal's conversation: the turns so far, kept here as Discord keeps them."""
+
+    def __init__(self, services: Services, base: ChatRequest) -> None:
+        self.services = services
+        self.base = base
+        self.caller = Caller(f"cli:{getpass.getuser()}", source="cli", enforce_quotas=False)
+        self.conversations = Conversations(services.executor, ConversationStore(services.usage))
+        self.id = f"cli:{time.time_ns()}"
+        self.turns: list[Turn] = []
+
+    async def say(self, line: str) -> None:
+        """Answer a line (streamed to stdout), or carry out ``reset`` or ``memory``."""
+        store = self.conversations.store
+        turn = Turn(time.time_ns(), "user", line)
+        match command_word(line):
+            case "reset":
+                await store.reset(self.id, turn.id)
+                print("(conversation reset)", file=sys.stderr)
+                return
+            case "memory":
+                print(Conversations.describe(await store.memory(self.id)), file=sys.stderr)
+                return
+        seed = (self.base.seed + len(self.turns)) % (MAX_SEED + 1)  # each answer its own
+        memory = await store.memory(self.id)
+        request = await self.conversations.prepare(
+            memory, [*self.turns, turn], replace(self.base, seed=seed), self.caller.user_id
+        )
+        handle = self.services.invoker.submit("chat", request, self.caller)
+        result = await _follow(handle, stream=True)
+        self.turns += [turn, Turn(time.time_ns(), "assistant", result.text)]
 
 
 def _read_turn() -> str | None:

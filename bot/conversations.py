@@ -25,7 +25,7 @@ from bot.executor import Executor, ExecutorError
 from bot.quotas import Quotas
 from bot.usage import UsageLog
 from handlers.base import HandlerError
-from handlers.chat import ChatRequest, ChatTurn, ChatWindow, Role
+from handlers.chat import MAX_TURNS, ChatRequest, ChatTurn, ChatWindow, Role
 from handlers.summarize import SummarizeRequest
 
 log = logging.getLogger(__name__)
@@ -146,30 +146,61 @@ class ConversationStore:
             ),
         )
 
-    async def fold(self, conversation_id: str, summary: str, through: int) -> None:
+    async def fork(
+        self, source: Memory, conversation_id: str, at: int, guild_id: int | None
+    ) -> None:
+        """A new conversation branching off ``source`` at message ``at`` (a reply to one of
+        its earlier answers): it keeps what ``source`` remembers of the turns before ``at``,
+        and nothing of the branch it left."""
+        kept = source.summary_through <= at
+        opening = source.opening if source.opening and source.opening.id < at else None
         await self._write(
-            "UPDATE conversations SET summary = ?, summary_through = ?, updated_at = ? "
-            "WHERE id = ?",
-            (summary, through, self.usage.clock(), conversation_id),
+            "INSERT INTO conversations (id, guild_id, summary, summary_through, reset_after, "
+            "opening, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            (
+                conversation_id,
+                guild_id,
+                source.summary if kept else "",
+                source.summary_through if kept else 0,
+                source.reset_after if source.reset_after <= at else 0,
+                None if opening is None else json.dumps(dataclasses.asdict(opening)),
+                self.usage.clock(),
+            ),
         )
 
-    async def reset(self, conversation_id: str, after: int) -> None:
+    async def fold(self, memory: Memory, summary: str, through: int) -> None:
+        """Store a new summary, unless the conversation changed since ``memory`` was read
+        (a reset, another fold): a summary of forgotten turns must not come back."""
+        await self._write(
+            "UPDATE conversations SET summary = ?, summary_through = ?, updated_at = ? "
+            "WHERE id = ? AND summary_through = ? AND reset_after = ?",
+            (summary, through, self.usage.clock(), memory.id, memory.summary_through,
+             memory.reset_after),
+        )  # fmt: skip
+
+    async def reset(self, conversation_id: str, after: int, guild_id: int | None = None) -> None:
         """Forget every turn up to ``after`` and the summary."""
         try:
-            await self._reset(conversation_id, after)
+            await self.usage.quick(
+                "INSERT INTO conversations (id, guild_id, reset_after, updated_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET summary = '', "
+                "summary_through = 0, reset_after = excluded.reset_after, opening = NULL, "
+                "updated_at = excluded.updated_at",
+                (conversation_id, guild_id, after, self.usage.clock()),
+                write=True,
+            )
         except sqlite3.Error as exc:
             log.warning("could not reset %s: %s", conversation_id, exc)
             raise MemoryUnavailable(
                 "I cannot reach my memory right now, so nothing was reset; try again soon"
             ) from None
 
-    async def _reset(self, conversation_id: str, after: int) -> None:
-        await self.usage.quick(
-            "UPDATE conversations SET summary = '', summary_through = 0, reset_after = ?, "
-            "opening = NULL, updated_at = ? WHERE id = ?",
-            (after, self.usage.clock(), conversation_id),
-            write=True,
+    async def latest_answer(self, conversation_id: str) -> int | None:
+        rows = await self._read(
+            "SELECT MAX(message_id) AS latest FROM chat_answers WHERE conversation_id = ?",
+            (conversation_id,),
         )
+        return rows[0]["latest"] if rows else None
 
     async def record_answers(
         self, conversation_id: str, message_ids: Iterable[int], is_turn: bool = True
@@ -248,20 +279,23 @@ def fit(
             excess = window.prompt_tokens(request) - budget
         return request, len(history)  # if the persona alone is too long, the model says so
     turns = [turn.as_chat() for turn in history]
+    # Kept history starts with a member's turn, as chat templates expect; fewer turns fit
+    # more easily, so the first start that fits is found by bisection.
+    starts = [i for i, turn in enumerate(turns) if turn.role == "user"] + [len(turns)]
 
-    def fits(count: int) -> bool:
-        kept = tuple(turns[len(turns) - count :]) if count else ()
+    def fits(start: int) -> bool:
+        kept = tuple(turns[start:])
         return window.prompt_tokens(dataclasses.replace(request, history=kept)) <= budget
 
-    low, high = 0, len(turns)  # fits(low) holds; find the largest count that fits
+    low, high = 0, len(starts) - 1  # fits(starts[high]) holds: nothing kept
     while low < high:
-        middle = (low + high + 1) // 2
-        if fits(middle):
-            low = middle
+        middle = (low + high) // 2
+        if fits(starts[middle]):
+            high = middle
         else:
-            high = middle - 1
-    kept = tuple(turns[len(turns) - low :]) if low else ()
-    return dataclasses.replace(request, history=kept), len(turns) - low
+            low = middle + 1
+    start = starts[low]
+    return dataclasses.replace(request, history=tuple(turns[start:])), start
 
 
 class Conversations:
@@ -298,13 +332,21 @@ class Conversations:
         return lock
 
     async def prepare(
-        self, memory: Memory, turns: Sequence[Turn], base: ChatRequest, user_id: str
+        self,
+        memory: Memory,
+        turns: Sequence[Turn],
+        base: ChatRequest,
+        user_id: str,
+        complete: bool = True,
     ) -> ChatRequest:
         """The request for the newest of ``turns`` (oldest first), with the earlier ones as
         its history and the summary of what came before.
 
         ``base`` carries the options (persona, temperature, seed); its message is replaced.
-        Turns already in the summary or before a reset are left out.
+        Turns already in the summary or before a reset are left out. ``complete`` is False
+        when the front end could not read back every turn since the summary (it reads a
+        bounded number of messages): the older half of what it read is then folded even if
+        it fits, so that no turn ever slips past unsummarised.
         """
         live = [turn for turn in turns if turn.id > memory.cutoff]
         if memory.opening is not None and memory.opening.id > memory.cutoff:
@@ -317,6 +359,8 @@ class Conversations:
         )
         window = await self._window()
         fitted, overflow = await asyncio.to_thread(fit, window, request, history)
+        forced = max(len(history) - MAX_TURNS, 0 if complete else len(history) // 2)
+        overflow = max(overflow, forced)
         if not overflow:
             return fitted
         summary = await self._fold(memory, history[:overflow], user_id)
@@ -348,7 +392,7 @@ class Conversations:
             return None
         if self.quotas is not None and handle.gpu_s is not None:
             self.quotas.charge_gpu(user_id, handle.gpu_s)
-        await self.store.fold(memory.id, result.summary, turns[-1].id)
+        await self.store.fold(memory, result.summary, turns[-1].id)
         return result.summary
 
     @staticmethod

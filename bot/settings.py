@@ -113,8 +113,9 @@ class ChatSettings(BaseModel):
     context_tokens: int = Field(default=4096, ge=256)
     """Most tokens a conversation and its answer take (less if the model has less): older
     turns are folded into a summary to stay within it. Memory and time grow with it."""
-    history_messages: int = Field(default=50, ge=1, le=500)
-    """Most Discord messages read back to rebuild one conversation turn's history."""
+    history_messages: int = Field(default=50, ge=2, le=200)
+    """Most Discord messages read back to rebuild one conversation turn's history; older
+    ones are folded into the summary before they fall out of reach."""
     memory_days: int = Field(default=30, ge=1)
     """A conversation's stored summary and answer ids are deleted this many days after its
     last turn; the conversation then starts afresh."""

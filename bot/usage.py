@@ -126,10 +126,12 @@ class UsageLog:
     """One connection, one statement stream: a second transaction must wait, not nest."""
     _last_retention: float = 0.0
     _quick_db: aiosqlite.Connection | None = None
+    _closed: bool = False
     _quick_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def open(self) -> None:
         """Connect, migrate, mark crashed jobs ``interrupted`` and start the writer."""
+        self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = await self._connect()
@@ -173,6 +175,7 @@ class UsageLog:
         if self._db is not None:
             await self._db.close()
             self._db = None
+        self._closed = True  # a late ``quick`` must not open a connection nobody closes
         if self._quick_db is not None:
             await self._quick_db.close()
             self._quick_db = None
@@ -361,6 +364,8 @@ class UsageLog:
         rows nor more than ``QUICK_BUSY_MS`` for another writer's lock: for what a member's
         answer waits on (a conversation's memory). Raises ``sqlite3.Error``."""
         async with self._quick_lock:
+            if self._closed:
+                raise sqlite3.OperationalError("the usage log is closed")
             try:
                 if self._quick_db is None:
                     db = await aiosqlite.connect(self.path)

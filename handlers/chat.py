@@ -41,6 +41,9 @@ MAX_TURNS = 200
 CHARS_PER_TOKEN_BOUND = 8
 """Text longer than this many characters per token of context cannot fit: a cheap bound
 checked before anything is tokenised."""
+CONTINUING = "(continuing our conversation)"
+"""Stands for the member's turn that a history cut after; chat templates expect the
+conversation to open with one."""
 _SENTINEL = "\u2063SENTINEL\u2063"
 
 Role = Literal["user", "assistant"]
@@ -116,11 +119,17 @@ class ChatWindow:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def truncate(self, text: str, tokens: int) -> str:
-        """The start of ``text`` that fits in ``tokens`` tokens."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) <= tokens:
+        """The start of ``text`` that fits in ``tokens`` tokens, cut in the text itself
+        where the tokenizer says where tokens begin (decoding would change it)."""
+        if not self.tokenizer.is_fast:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            return self.tokenizer.decode(ids[: max(0, tokens)], skip_special_tokens=True)
+        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
+            "offset_mapping"
+        ]
+        if len(offsets) <= tokens:
             return text
-        return self.tokenizer.decode(ids[: max(0, tokens)], skip_special_tokens=True)
+        return text[: offsets[tokens][0]] if tokens > 0 else ""
 
 
 def model_context(config: Any) -> int | None:
@@ -241,13 +250,11 @@ class ChatTask(Task[ChatRequest, ChatResult]):
 
     def __init__(
         self,
-        max_chars: int = 4000,
         default_new_tokens: int = 256,
         max_new_tokens: int = 1024,
         system_prompt: str = DEFAULT_SYSTEM,
         context_tokens: int = 4096,
     ) -> None:
-        self.max_chars = max_chars
         self.default_new_tokens = default_new_tokens
         self.max_new_tokens = max_new_tokens
         self.system_prompt = system_prompt
@@ -272,10 +279,12 @@ class ChatTask(Task[ChatRequest, ChatResult]):
         return request.max_tokens or self.default_new_tokens
 
     def validate(self, request: ChatRequest) -> None:
-        check_text("message", request.message, self.max_chars)
-        check_text("system", request.system or "", self.max_chars, required=False)
-        if len(request.message) + len(request.system or "") > self.max_chars:
-            raise InvalidInput("message", f"is longer than the {self.max_chars}-character limit")
+        """Cheap bounds only: what fits the model's window is decided on tokens, by the
+        front end (which folds or cuts) and by ``run_batch`` (which refuses)."""
+        context_chars = self.context_tokens * CHARS_PER_TOKEN_BOUND
+        check_text("message", request.message, context_chars)
+        check_text("system", request.system or "", context_chars, required=False)
+        check_text("summary", request.summary, context_chars, required=False)
         if request.max_tokens is not None and not 1 <= request.max_tokens <= self.max_new_tokens:
             raise InvalidInput("max_tokens", f"must be between 1 and {self.max_new_tokens}")
         if not math.isfinite(request.temperature) or not 0 <= request.temperature <= 2:
@@ -284,8 +293,6 @@ class ChatTask(Task[ChatRequest, ChatResult]):
             raise InvalidInput("seed", f"must be between 0 and {MAX_SEED}")
         if len(request.history) > MAX_TURNS:
             raise InvalidInput("history", f"has more than {MAX_TURNS} turns")
-        context_chars = self.context_tokens * CHARS_PER_TOKEN_BOUND
-        check_text("summary", request.summary, context_chars, required=False)
         for turn in request.history:
             if turn.role not in ("user", "assistant"):
                 raise InvalidInput("history", f"has a turn with the role {turn.role!r}")
@@ -349,6 +356,8 @@ class ChatTask(Task[ChatRequest, ChatResult]):
         if request.summary:
             system = f"{system}\n\nEarlier in this conversation: {request.summary}"
         turns = [*request.history, ChatTurn("user", request.message, request.name)]
+        if turns[0].role == "assistant":  # cut after a member's turn: templates want one first
+            turns.insert(0, ChatTurn("user", CONTINUING))
         messages = [{"role": "system", "content": system}]
         for turn in turns:
             content = f"{turn.name}: {turn.content}" if turn.name else turn.content

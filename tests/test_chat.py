@@ -92,7 +92,7 @@ def test_a_model_without_chat_template_is_refused(tmp_path: Path) -> None:
     ("request_", "option"),
     [
         (ChatRequest(" "), "message"),
-        (ChatRequest("x" * 5000), "message"),
+        (ChatRequest("x" * 40_000), "message"),
         (ChatRequest("x", max_tokens=0), "max_tokens"),
         (ChatRequest("x", max_tokens=10_000), "max_tokens"),
         (ChatRequest("x", temperature=math.nan), "temperature"),
@@ -204,3 +204,11 @@ def test_the_window_counts_what_the_model_would_see(chat_dir: Path) -> None:
     model = load(TASK, chat_dir)
     assert window.prompt_tokens(request) == len(TASK.prompt_ids(model.tokenizer, request))
     assert (window.context, window.budget(request)) == (100, 70)
+
+
+def test_a_history_that_starts_with_an_answer_still_opens_with_a_members_turn(
+    model: ChatModel,
+) -> None:
+    request = ChatRequest("and then?", history=(ChatTurn("assistant", "water moving"),))
+    roles = [m["role"] for m in TASK.messages(request)]
+    assert roles == ["system", "user", "assistant", "user"]

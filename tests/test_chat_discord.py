@@ -17,6 +17,7 @@ from typing import Any
 import discord
 import pytest
 
+from bot.conversations import TRUNCATED
 from handlers.chat import ChatRequest, ChatTurn
 from tests.test_discord import (  # noqa: F401 - harness, simcord_bot, stack: fixtures
     Harness,
@@ -196,7 +197,7 @@ async def test_bots_and_webhooks_are_ignored(harness: Harness) -> None:
     assert answers(harness, s.channel) == [] and requests(harness) == []
 
 
-@pytest.mark.parametrize("stack", [{"chat_context": 220, "chat_answer": 30}], indirect=True)
+@pytest.mark.parametrize("stack", [{"chat_context": 256, "chat_answer": 16}], indirect=True)
 async def test_a_long_chain_reaches_the_model_as_summary_and_recent_turns(
     harness: Harness,
 ) -> None:
@@ -278,10 +279,47 @@ async def test_a_busy_member_is_told_and_nothing_is_queued(harness: Harness) -> 
 
 async def test_a_text_file_in_the_conversation_is_read(harness: Harness) -> None:
     s = await scene(harness)
-    notes = ("notes.txt", b"Mitochondria make energy.")
+    text = "Mitochondria make energy. " * 120  # longer than a message may be
+    notes = ("notes.txt", text.encode())
     await ask(harness, s.alice, s.channel, mention(harness, "explain"), attachments=[notes])
     (request,) = requests(harness)
-    assert request.message == "explain\n\n[file notes.txt]\nMitochondria make energy."
+    assert request.message.startswith("explain\n\n[file notes.txt]\nMitochondria make energy.")
+    window = harness.tasks["chat"].window(harness.bot.executor.default_models["chat"])
+    assert window.prompt_tokens(request) <= window.budget(request)  # cut to fit, saying so
+    assert request.message.endswith(TRUNCATED)
+
+
+async def test_a_reply_to_an_earlier_answer_starts_a_branch(harness: Harness) -> None:
+    """Reply chains are trees: a branch keeps its own memory, so a reset (or a summary) in
+    one branch does not reach another."""
+    s = await scene(harness)
+    first = await ask(harness, s.alice, s.channel, mention(harness, "what is osmosis?"))
+    second = await ask(harness, s.alice, s.channel, "and diffusion?", reply_to=first)
+    reset = await ask(harness, s.alice, s.channel, "reset", reply_to=second)
+    await ask(harness, s.bob, s.channel, "what about plants?", reply_to=first)
+    assert requests(harness)[-1].history == (
+        ChatTurn("user", "what is osmosis?", "alice"),
+        ChatTurn("assistant", "echo: what is osmosis?"),
+    )
+    await ask(harness, s.alice, s.channel, "new topic: stars", reply_to=reset)
+    assert requests(harness)[-1].history == ()
+
+
+async def test_a_reply_to_an_answer_still_being_written_continues(harness: Harness) -> None:
+    s = await scene(harness)
+    task = harness.tasks["chat"]
+    task.hold = True
+    await s.alice.send(s.channel, mention(harness, "a long essay please"))
+    await asyncio.to_thread(task.entered.wait, 10)
+    (streaming,) = answers(harness, s.channel)
+    await s.bob.send(s.channel, "quick question meanwhile", reply_to=streaming)
+    task.gate.set()
+    await harness.finish()
+    assert [r.message for r in requests(harness)] == [
+        "a long essay please",
+        "quick question meanwhile",
+    ]
+    assert requests(harness)[-1].history == (ChatTurn("user", "a long essay please", "alice"),)
 
 
 async def test_a_bare_mention_gets_a_hint(harness: Harness) -> None:

@@ -68,7 +68,7 @@ class Setup:
 
 @pytest.fixture
 async def setup(tmp_path: Path, tiny_chat: Path) -> AsyncIterator[Setup]:
-    chat = ChatTask(context_tokens=160, default_new_tokens=32)
+    chat = ChatTask(context_tokens=200, default_new_tokens=32)
     summaries = RecordingSummaries()
     executor = Executor(
         {"chat": chat, "summarize": summaries},
@@ -103,10 +103,9 @@ def test_fit_keeps_the_most_recent_turns_that_fit(setup: Setup) -> None:
     assert window.prompt_tokens(fitted) <= budget
     assert 0 < dropped < len(history)
     assert fitted.history == tuple(turn.as_chat() for turn in history[dropped:])
-    one_more = dataclasses.replace(
-        fitted, history=(history[dropped - 1].as_chat(), *fitted.history)
-    )
-    assert window.prompt_tokens(one_more) > budget
+    assert fitted.history[0].role == "user"  # chat templates expect a member's turn first
+    earlier = tuple(turn.as_chat() for turn in history[dropped - 2 :])  # the previous start
+    assert window.prompt_tokens(dataclasses.replace(fitted, history=earlier)) > budget
 
 
 def test_a_message_too_long_for_the_window_is_cut_saying_so(setup: Setup) -> None:
@@ -212,3 +211,49 @@ async def test_a_chat_model_that_cannot_be_read_is_reported_as_unavailable(
             await conversations.prepare(
                 Memory("c"), [Turn(1, "user", "hi")], ChatRequest(""), "alice"
             )
+
+
+async def test_a_fold_computed_before_a_reset_is_not_stored(setup: Setup) -> None:
+    store = setup.store
+    await store.start("c", None)
+    before = await store.memory("c")
+    await store.reset("c", after=30)
+    await store.fold(before, "what came before the reset", through=20)
+    after = await store.memory("c")
+    assert (after.summary, after.summary_through, after.reset_after) == ("", 0, 30)
+
+
+async def test_turns_the_front_end_could_not_all_read_are_folded_early(
+    setup: Setup, tiny_chat: Path
+) -> None:
+    """A front end reads a bounded number of messages back: when it could not read them
+    all, the older half of what it read is folded even though it fits, so that nothing
+    falls out of reach unsummarised."""
+    roomy = ChatTask(context_tokens=256, default_new_tokens=8).window(str(tiny_chat))
+
+    async def window() -> ChatWindow:
+        return roomy
+
+    conversations = Conversations(setup.conversations.executor, setup.store, window=window)
+    await setup.store.start("c", None)
+    turns = chain(5)
+    request = await conversations.prepare(
+        await setup.store.memory("c"), turns, ChatRequest(""), "alice", complete=False
+    )
+    (transcript,) = setup.summaries.seen
+    assert transcript.splitlines() == [turn.line() for turn in turns[:2]]
+    assert request.history == tuple(turn.as_chat() for turn in turns[2:4])
+    assert (await setup.store.memory("c")).summary_through == 2
+
+
+async def test_a_branch_keeps_only_what_its_own_chain_remembers(setup: Setup) -> None:
+    store = setup.store
+    await store.start("main", None, Turn(1, "user", "hi", "alice"))
+    await store.fold(await store.memory("main"), "turns up to 10", through=10)
+    main = await store.memory("main")
+    await store.fork(main, "late", at=12, guild_id=None)  # after the summarised turns
+    await store.fork(main, "early", at=5, guild_id=None)  # inside them: nothing carries over
+    late, early = await store.memory("late"), await store.memory("early")
+    assert (late.summary, late.summary_through) == ("turns up to 10", 10)
+    assert (early.summary, early.summary_through) == ("", 0)
+    assert early.opening == Turn(1, "user", "hi", "alice")

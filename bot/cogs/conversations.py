@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import logging
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -43,6 +45,18 @@ THREAD_NAME_CHARS = 90
 """Discord allows 100; the rest is for the ellipsis."""
 SPOKEN_TO = (discord.MessageType.default, discord.MessageType.reply)
 """Messages a member wrote (not joins, pins or boosts)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a member's message belongs."""
+
+    conversation: str
+    branch_of: str | None = None
+    """The conversation it branches off: it replies to one of that conversation's earlier
+    answers, not its latest."""
+    at: int = 0
+    """The answer it branches off at."""
 
 
 def seed_of(snowflake: int) -> int:
@@ -101,7 +115,8 @@ class ConversationsCog(commands.Cog, name="Conversations"):
             else:
                 conversation = f"slash:{interaction.id}"
                 place = InteractionPlace(interaction, policy)
-            request = await self._prepare(conversation, interaction.guild_id, base, caller, opening)
+            route = Route(conversation)
+            request = await self._prepare(route, interaction.guild_id, base, caller, opening)
             handle = admission.submit(request)
         self._follow(conversation, handle, place, interaction.user.id)
 
@@ -171,8 +186,8 @@ class ConversationsCog(commands.Cog, name="Conversations"):
         conversation = self._place_conversation(interaction)
         await interaction.response.defer(thinking=True)
         store = self.conversations.store
-        await store.start(conversation, interaction.guild_id)
-        await store.reset(conversation, interaction.id)
+        async with self.conversations.lock(conversation):  # not in the middle of a fold
+            await store.reset(conversation, interaction.id, interaction.guild_id)
         sent = await interaction.followup.send(
             "🧹 Conversation reset: I have forgotten what came before.", wait=True
         )
@@ -198,34 +213,40 @@ class ConversationsCog(commands.Cog, name="Conversations"):
     async def on_message(self, message: discord.Message) -> None:
         if message.author.bot or message.webhook_id is not None or message.type not in SPOKEN_TO:
             return
-        conversation = await self._conversation_of(message)
-        if conversation is None:
+        route = await self._route(message)
+        if route is None:
             return
         try:
-            await self._converse(message, conversation)
+            await self._converse(message, route)
         except Exception as exc:
             await self._report(message, exc)
 
-    async def _conversation_of(self, message: discord.Message) -> str | None:
+    async def _route(self, message: discord.Message) -> Route | None:
         """The conversation a member's message continues or starts; None if not for me."""
         me = self.bot.user
         if me is None:
             return None
         channel = message.channel
         if isinstance(channel, discord.DMChannel):
-            return f"dm:{channel.id}"
+            return Route(f"dm:{channel.id}")
         if isinstance(channel, discord.Thread) and channel.owner_id == me.id:
-            return f"thread:{channel.id}"
+            return Route(f"thread:{channel.id}")
         reference = message.reference
         if reference is not None and reference.message_id is not None and _is_reply(message):
-            answers = await self.conversations.store.answers_among([reference.message_id])
+            store = self.conversations.store
+            answers = await store.answers_among([reference.message_id])
             if reference.message_id in answers:
-                return answers[reference.message_id].conversation_id
+                source = answers[reference.message_id].conversation_id
+                latest = await store.latest_answer(source)
+                if latest is None or reference.message_id >= latest:
+                    return Route(source)
+                # A reply to an earlier answer starts a branch: its own memory from there on.
+                return Route(f"reply:{message.id}", source, reference.message_id)
         if me.id in message.raw_mentions:
-            return f"reply:{message.id}"
+            return Route(f"reply:{message.id}")
         return None
 
-    async def _converse(self, message: discord.Message, conversation: str) -> None:
+    async def _converse(self, message: discord.Message, route: Route) -> None:
         bot = self.bot
         text = self._own_text(message)
         if not text and not _text_files(message):
@@ -233,15 +254,17 @@ class ConversationsCog(commands.Cog, name="Conversations"):
                 await self._say(message, "👋 Ask me something after the mention, or use /chat.")
             return  # without the Message Content intent, other messages arrive empty
         caller = self._caller(message)
+        conversation = route.conversation
         store = self.conversations.store
         word = command_word(text)
         if word is not None:
-            await store.start(conversation, caller.guild_id)
-            if word == "reset":
-                await store.reset(conversation, message.id)
-                answer = "🧹 Conversation reset: I have forgotten what came before."
-            else:
-                answer = Conversations.describe(await store.memory(conversation))
+            async with self.conversations.lock(conversation):  # not in the middle of a fold
+                await self._begin(route, caller.guild_id)
+                if word == "reset":
+                    await store.reset(conversation, message.id, caller.guild_id)
+                    answer = "🧹 Conversation reset: I have forgotten what came before."
+                else:
+                    answer = Conversations.describe(await store.memory(conversation))
             sent = await self._say(message, clip(neutralize(answer)))
             await store.record_answers(conversation, [sent.id], is_turn=False)
             bot.invoker.record_command(f"chat-{word}", caller)
@@ -256,10 +279,21 @@ class ConversationsCog(commands.Cog, name="Conversations"):
         base = self._base_request(text, caller, DEFAULT_TEMPERATURE, message.id)
         with bot.invoker.admit("chat", caller) as admission:
             async with message.channel.typing():
-                request = await self._prepare(conversation, caller.guild_id, base, caller, message)
+                request = await self._prepare(route, caller.guild_id, base, caller, message)
             handle = admission.submit(request)
-        place = MessagePlace(message.channel, message.author, message)
+        place = MessagePlace(
+            message.channel, message.author, message, posted=self._answering(conversation)
+        )
         self._follow(conversation, handle, place, message.author.id)
+
+    async def _begin(self, route: Route, guild_id: int | None, opening: Turn | None = None) -> None:
+        """Make sure the conversation is stored: a branch with what it keeps of the
+        conversation it leaves."""
+        store = self.conversations.store
+        if route.branch_of is not None:
+            source = await store.memory(route.branch_of)
+            await store.fork(source, route.conversation, route.at, guild_id)
+        await store.start(route.conversation, guild_id, opening)
 
     def _guild(self, caller: Caller) -> GuildSettings | None:
         """The server's rules, or None where no server's rules apply (a DM)."""
@@ -284,7 +318,7 @@ class ConversationsCog(commands.Cog, name="Conversations"):
 
     async def _prepare(
         self,
-        conversation: str,
+        route: Route,
         guild_id: int | None,
         base: ChatRequest,
         caller: Caller,
@@ -294,16 +328,31 @@ class ConversationsCog(commands.Cog, name="Conversations"):
         /chat opens a conversation with), fit it to the model and fold what does not fit;
         one turn at a time per conversation."""
         conversations = self.conversations
-        store = conversations.store
+        conversation = route.conversation
         async with conversations.lock(conversation):
             opening = newest if isinstance(newest, Turn) else None
-            await store.start(conversation, guild_id, opening)
-            memory = await store.memory(conversation)
+            await self._begin(route, guild_id, opening)
+            memory = await conversations.store.memory(conversation)
             if isinstance(newest, Turn):
-                turns = [newest]
+                turns, complete = [newest], True
             else:
-                turns = await self._turns(conversation, newest, memory)
-            return await conversations.prepare(memory, turns, base, caller.user_id)
+                turns, complete = await self._turns(conversation, newest, memory)
+            return await conversations.prepare(memory, turns, base, caller.user_id, complete)
+
+    def _answering(self, conversation: str) -> Callable[[discord.Message], None]:
+        """Records each message the answer is posted in as soon as it is, so a reply to an
+        answer still being written continues the conversation; it becomes a turn once the
+        answer is complete."""
+
+        def posted(message: discord.Message) -> None:
+            self._spawn(self.conversations.store.record_answers(conversation, [message.id], False))
+
+        return posted
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     def _follow(
         self, conversation: str, handle: JobHandle, place: Place, requester_id: int
@@ -315,9 +364,7 @@ class ConversationsCog(commands.Cog, name="Conversations"):
             if finished.cancelled() or not finished.result():
                 return
             ids = [message.id for message in finished.result()]
-            task = asyncio.create_task(self.conversations.store.record_answers(conversation, ids))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            self._spawn(self.conversations.store.record_answers(conversation, ids))
 
         watcher.finished.add_done_callback(delivered)
 
@@ -325,8 +372,9 @@ class ConversationsCog(commands.Cog, name="Conversations"):
 
     async def _turns(
         self, conversation: str, newest: discord.Message, memory: Memory
-    ) -> list[Turn]:
-        """The conversation's turns after what the memory already holds, oldest first."""
+    ) -> tuple[list[Turn], bool]:
+        """The conversation's turns after what the memory already holds, oldest first, and
+        whether that is all of them (not cut at ``BOT_CHAT__HISTORY_MESSAGES``)."""
         limit = self.bot.settings.chat.history_messages
         if conversation.startswith(("thread:", "dm:")):
             after = discord.Object(memory.cutoff) if memory.cutoff else None
@@ -336,9 +384,9 @@ class ConversationsCog(commands.Cog, name="Conversations"):
                     limit=limit - 1, before=newest, after=after, oldest_first=False
                 )
             ]
-            chain = [*reversed(earlier), newest]
+            chain, complete = [*reversed(earlier), newest], len(earlier) < limit - 1
         else:
-            chain = await self._reply_chain(newest, limit, memory.cutoff)
+            chain, complete = await self._reply_chain(newest, limit, memory.cutoff)
         me = self.bot.user
         assert me is not None
         store = self.conversations.store
@@ -353,21 +401,25 @@ class ConversationsCog(commands.Cog, name="Conversations"):
             turn = await self._turn(message, answers, is_newest=message is newest)
             if turn is not None:
                 turns[turn.id] = turn
-        return sorted(turns.values(), key=lambda turn: turn.id)
+        return sorted(turns.values(), key=lambda turn: turn.id), complete
 
     async def _reply_chain(
         self, newest: discord.Message, limit: int, cutoff: int
-    ) -> list[discord.Message]:
-        """The messages the newest one replies to, up the chain, oldest first; a deleted
-        message, one in another channel or one already summarised ends it."""
+    ) -> tuple[list[discord.Message], bool]:
+        """The messages the newest one replies to, up the chain, oldest first, and whether
+        the chain was read to its end: its first message, a deleted one, one in another
+        channel or one already summarised."""
         chain = [newest]
         current = newest
-        while len(chain) < limit and _is_reply(current):
+        while _is_reply(current):
+            if len(chain) >= limit:
+                return list(reversed(chain)), False
             reference = current.reference
             assert reference is not None and reference.message_id is not None
             if reference.message_id <= cutoff or reference.channel_id != newest.channel.id:
                 break
             parent = reference.resolved if isinstance(reference.resolved, discord.Message) else None
+            parent = parent or reference.cached_message
             if parent is None:
                 try:
                     parent = await newest.channel.fetch_message(reference.message_id)
@@ -375,7 +427,7 @@ class ConversationsCog(commands.Cog, name="Conversations"):
                     break
             chain.append(parent)
             current = parent
-        return list(reversed(chain))
+        return list(reversed(chain)), True
 
     async def _turn(
         self, message: discord.Message, answers: dict[int, Answer], is_newest: bool

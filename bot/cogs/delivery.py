@@ -193,10 +193,13 @@ class MessagePlace(Place):
         channel: discord.abc.Messageable,
         requester: discord.abc.User,
         reply_to: discord.Message | None = None,
+        posted: Callable[[discord.Message], None] | None = None,
     ) -> None:
         self.channel = channel
         self.requester = requester
         self.reply_to = reply_to
+        self.posted = posted
+        """Told of each message posted, as soon as it is (before the answer is complete)."""
         self.reply: discord.Message | None = None
 
     @property
@@ -207,11 +210,17 @@ class MessagePlace(Place):
         return discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
 
     async def _send(self, content: str, **fields: Any) -> discord.Message:
-        if self.reply_to is not None:
-            return await self.reply_to.reply(
+        """A new message: replying to the previous piece, or else to the member's message."""
+        previous = self.reply or self.reply_to
+        if previous is not None:
+            sent = await previous.reply(
                 content, mention_author=False, allowed_mentions=NO_MENTIONS, **fields
             )
-        return await self.channel.send(content, allowed_mentions=NO_MENTIONS, **fields)
+        else:
+            sent = await self.channel.send(content, allowed_mentions=NO_MENTIONS, **fields)
+        if self.posted is not None:
+            self.posted(sent)
+        return sent
 
     async def show(self, content: str, view: discord.ui.View) -> None:
         try:
@@ -240,13 +249,7 @@ class MessagePlace(Place):
         return self.reply
 
     async def more(self, piece: str) -> discord.Message:
-        previous = self.reply
-        if previous is None:
-            self.reply = await self._send(piece)
-        else:
-            self.reply = await previous.reply(
-                piece, mention_author=False, allowed_mentions=NO_MENTIONS
-            )
+        self.reply = await self._send(piece)
         return self.reply
 
     async def post_instead(
