@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 SPAWN = multiprocessing.get_context("spawn")
 """A fresh interpreter: CUDA cannot be used in a forked child of a process that touched it."""
+EXIT_WAIT_S = 5.0
+"""How long a worker told to exit waits for its device thread to leave torch code."""
 
 Memory = dict[str, tuple[int, int]]
 
@@ -494,7 +496,8 @@ def serve(conn: Connection, tasks: Mapping[str, Task[Any, Any]], spec: WorkerSpe
                 else:
                     call(*item[1:])
 
-    threading.Thread(target=device, name="device", daemon=True).start()
+    device_thread = threading.Thread(target=device, name="device", daemon=True)
+    device_thread.start()
     outbox.send(("ready",))
     while True:
         try:
@@ -516,3 +519,7 @@ def serve(conn: Connection, tasks: Mapping[str, Task[Any, Any]], spec: WorkerSpe
         elif kind == "exit":
             break
     work.put(None)  # the process ends with this function, its models and memory with it
+    # Ending while the device thread is still in torch code aborts the process ("terminate
+    # called without an active exception"); a batch still running is cut short by the exit.
+    device_thread.join(timeout=EXIT_WAIT_S)
+    encoders.shutdown(wait=False, cancel_futures=True)
