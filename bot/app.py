@@ -15,7 +15,7 @@ from bot.executor.errors import not_downloaded
 from bot.executor.process import ProcessBackend, WorkerSpec
 from bot.guilds import GuildSettingsStore
 from bot.invocations import Invoker
-from bot.models import PULL_COMMAND
+from bot.models import PULL_COMMAND, offline_unless_reachable
 from bot.prometheus import MetricsServer
 from bot.quotas import QuotaPolicy, Quotas
 from bot.settings import Settings
@@ -203,7 +203,10 @@ async def start_executor(
     the bot still serves the others.
     """
     executor = build_executor(settings, worker)
-    for name in executor.tasks if tasks is None else tasks:
+    wanted = list(executor.tasks if tasks is None else tasks)
+    sources = [executor.default_models[name] for name in wanted]
+    await asyncio.to_thread(offline_unless_reachable, sources)
+    for name in wanted:
         try:
             await asyncio.to_thread(executor.tasks[name].prepare)
         except Exception as exc:

@@ -15,32 +15,33 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import aiohttp
-import discord
+from huggingface_hub import utils as hub_utils
 from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
-from bot.app import Services, running
-from bot.client import AssistantBot
-from bot.conversations import Conversations, ConversationStore, Turn, command_word
-from bot.doctor import TOKEN_SHAPE, doctor
-from bot.executor import ExecutorError, JobHandle
+from bot.executor.errors import ExecutorError
 from bot.health import MAX_AGE_S, Heartbeat, report
 from bot.invocations import Caller
-from bot.models import explain, pull, requirements, table
-from bot.serve import serve
+from bot.models import explain, offline_unless_reachable, pull, requirements, table
 from bot.settings import Settings
 from bot.usage import COLUMNS, UsageLog, UsageUnavailable, render_stats
-from handlers.base import HandlerError, InvalidInput, quote
-from handlers.chat import MAX_SEED, ChatRequest
-from handlers.classify import ClassifyRequest, ClassifyResult, parse_labels
-from handlers.imagine import ImagineRequest, ImagineResult
-from handlers.sentiment import SentimentRequest
-from handlers.speak import SpeakRequest, SpeakResult
-from handlers.summarize import LENGTHS, SummarizeRequest
-from handlers.translate import TranslateRequest
+from handlers.errors import HandlerError, InvalidInput, quote
+from handlers.presets import LENGTHS
+
+if TYPE_CHECKING:
+    # Imported where they are used: torch, transformers and discord.py take seconds to
+    # load, which `--help`, `settings`, `usage` and every usage error never need.
+    from bot.app import Services
+    from bot.client import AssistantBot
+    from bot.conversations import Turn
+    from bot.executor import JobHandle
+    from handlers.chat import ChatRequest
+    from handlers.classify import ClassifyResult
+    from handlers.imagine import ImagineRequest, ImagineResult
+    from handlers.speak import SpeakRequest, SpeakResult
+    from handlers.summarize import SummarizeRequest
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ MAX_FILE_BYTES = 16 * 2**20
 
 
 def _summarize_request(args: argparse.Namespace) -> SummarizeRequest:
+    from handlers.summarize import SummarizeRequest
+
     if args.file is not None:
         try:
             with args.file.open("rb") as file:
@@ -111,6 +114,8 @@ def _check_folder(out: Path | None) -> None:
 
 
 def _imagine_request(args: argparse.Namespace) -> ImagineRequest:
+    from handlers.imagine import ImagineRequest
+
     if args.out is not None and args.out.suffix.lower() != ".png":
         raise InvalidInput("out", "must end in .png")
     _check_folder(args.out)
@@ -153,6 +158,8 @@ def _speak_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _speak_request(args: argparse.Namespace) -> SpeakRequest:
+    from handlers.speak import SpeakRequest
+
     if args.out is not None and args.out.suffix.lower() not in (".ogg", ".wav"):
         raise InvalidInput("out", "must end in .ogg or .wav")
     _check_folder(args.out)
@@ -186,6 +193,30 @@ def _chat_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
 
 
+def _translate_request(args: argparse.Namespace) -> Any:
+    from handlers.translate import TranslateRequest
+
+    return TranslateRequest(args.text, args.target, args.source)
+
+
+def _sentiment_request(args: argparse.Namespace) -> Any:
+    from handlers.sentiment import SentimentRequest
+
+    return SentimentRequest(args.text)
+
+
+def _classify_request(args: argparse.Namespace) -> Any:
+    from handlers.classify import ClassifyRequest, parse_labels
+
+    return ClassifyRequest(args.text, parse_labels(args.labels), args.multi_label)
+
+
+def _chat_request(args: argparse.Namespace) -> ChatRequest:
+    from handlers.chat import ChatRequest
+
+    return ChatRequest(args.message, args.system, args.max_tokens, args.temperature, args.seed)
+
+
 ASK_COMMANDS: dict[str, AskCommand] = {
     "summarize": AskCommand(
         "summarize a text, however long",
@@ -196,7 +227,7 @@ ASK_COMMANDS: dict[str, AskCommand] = {
     "translate": AskCommand(
         "translate a text",
         _translate_arguments,
-        lambda a: TranslateRequest(a.text, a.target, a.source),
+        _translate_request,
         lambda r, a: (r.text, asdict(r)),
     ),
     "imagine": AskCommand(
@@ -206,20 +237,17 @@ ASK_COMMANDS: dict[str, AskCommand] = {
     "sentiment": AskCommand(
         "rate a text as positive or negative",
         _text_arguments,
-        lambda a: SentimentRequest(a.text),
+        _sentiment_request,
         lambda r, a: (f"{r.label} ({r.score:.3f})", asdict(r)),
     ),
     "classify": AskCommand(
         "sort a text into your own labels (zero-shot)",
         _classify_arguments,
-        lambda a: ClassifyRequest(a.text, parse_labels(a.labels), a.multi_label),
+        _classify_request,
         _render_classify,
     ),
     "chat": AskCommand(
-        "talk to the chat model",
-        _chat_arguments,
-        lambda a: ChatRequest(a.message, a.system, a.max_tokens, a.temperature, a.seed),
-        lambda r, a: (r.text, asdict(r)),
+        "talk to the chat model", _chat_arguments, _chat_request, lambda r, a: (r.text, asdict(r))
     ),
 }
 
@@ -296,8 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _ask(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.app import running
+
     command = ASK_COMMANDS[args.task]
     request = command.request(args)
+    if args.model:
+        await asyncio.to_thread(offline_unless_reachable, [args.model])
     stream = args.task == "chat" and not args.json
     caller = Caller(f"cli:{getpass.getuser()}", source="cli", enforce_quotas=False)
     async with running(settings, [args.task], worker="thread") as services:
@@ -322,6 +354,9 @@ CHAT_HELP = (
 
 async def _chat(settings: Settings, args: argparse.Namespace) -> int:
     """A conversation as Discord holds one: history, summary folding and persona alike."""
+    from bot.app import running
+    from handlers.chat import ChatRequest
+
     base = ChatRequest("", args.system, args.max_tokens, args.temperature, args.seed)
     async with running(settings, ["chat"], worker="thread") as services:
         chat = TerminalChat(services, base)
@@ -339,6 +374,8 @@ class TerminalChat:
     """The terminal's conversation: the turns so far, kept here as Discord keeps them."""
 
     def __init__(self, services: Services, base: ChatRequest) -> None:
+        from bot.conversations import Conversations, ConversationStore
+
         self.services = services
         self.base = base
         self.caller = Caller(f"cli:{getpass.getuser()}", source="cli", enforce_quotas=False)
@@ -348,6 +385,9 @@ class TerminalChat:
 
     async def say(self, line: str) -> None:
         """Answer a line (streamed to stdout), or carry out ``reset`` or ``memory``."""
+        from bot.conversations import Conversations, Turn, command_word
+        from handlers.chat import MAX_SEED
+
         store = self.conversations.store
         turn = Turn(time.time_ns(), "user", line)
         match command_word(line):
@@ -366,6 +406,21 @@ class TerminalChat:
         handle = self.services.invoker.submit("chat", request, self.caller)
         result = await _follow(handle, stream=True)
         self.turns += [turn, Turn(time.time_ns(), "assistant", result.text)]
+
+
+def _check_model_path(model: str | None) -> None:
+    """A ``--model`` that is meant as a folder and is not one is refused at once, not
+    looked up on the hub: it starts like a path (``/``, ``.``, ``~``), or its first part
+    is a folder here (``tiny/sentimnt`` beside ``tiny/``)."""
+    if model is None:
+        return
+    path = Path(model).expanduser()
+    first = Path(model).parts[0] if Path(model).parts else ""
+    meant_as_path = model.startswith(("/", ".", "~")) or (
+        len(Path(model).parts) > 1 and Path(first).is_dir()
+    )
+    if meant_as_path and not path.is_dir():
+        raise InvalidInput("model", f"{quote(model)} is not a folder here")
 
 
 def _read_turn() -> str | None:
@@ -408,6 +463,12 @@ async def _follow(handle: JobHandle, stream: bool) -> Any:
 
 async def _discord(settings: Settings, sync_only: bool) -> int:
     """Run the bot (or only sync its commands); token problems are one line and exit 2."""
+    import aiohttp
+    import discord
+
+    from bot.doctor import TOKEN_SHAPE
+    from bot.serve import serve
+
     token = settings.discord_token.get_secret_value() if settings.discord_token else ""
     if not token:
         print(
@@ -461,10 +522,21 @@ async def _usage(settings: Settings, args: argparse.Namespace) -> int:
             writer = csv.writer(sys.stdout)
             writer.writerow(COLUMNS)
             for row in await usage.since(since):
-                writer.writerow(tuple(row))
+                writer.writerow([_iso(row[c]) if c in TIMES else row[c] for c in COLUMNS])
         else:
             print(render_stats(await usage.stats(since)))
     return 0
+
+
+TIMES = ("started_at", "ended_at")
+"""Columns stored as Unix seconds, exported as ISO 8601 (UTC) for spreadsheets and people."""
+
+
+def _iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds")
 
 
 def _settings_rows(model: type[BaseModel], value: BaseModel, prefix: str) -> list[tuple]:
@@ -526,6 +598,8 @@ def configure_logging(settings: Settings, serving: bool) -> None:
     values, discord.py's gateway and HTTP loggers message contents and interaction tokens.
     """
     if serving:
+        import discord
+
         discord.utils.setup_logging(level=logging.getLevelName(settings.log_level), root=True)
     else:
         explicit = "log_level" in settings.model_fields_set
@@ -533,11 +607,30 @@ def configure_logging(settings: Settings, serving: bool) -> None:
             level=settings.log_level if explicit else "WARNING",
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+    # A terminal command prints a failed job's error itself: once, not also in the log.
+    quiet = not serving and "log_level" not in settings.model_fields_set
+    logging.getLogger("bot.executor").setLevel(logging.CRITICAL if quiet else logging.NOTSET)
     root = logging.getLogger().level
     logging.getLogger("discord").setLevel(
         max(root, logging.getLevelName(settings.discord_log_level))
     )
     logging.getLogger("aiosqlite").setLevel(max(root, logging.INFO))
+
+
+QUIET = {
+    "TRANSFORMERS_VERBOSITY": "error",  # "requires torchvision; falling back..."
+    "DIFFUSERS_VERBOSITY": "error",  # "install accelerate for faster loading"
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # "Loading weights" bars for every model
+}
+"""What libraries print that a terminal user cannot act on; BOT_LOG_LEVEL shows it again."""
+
+
+def quiet_libraries() -> None:
+    """For ``ask`` and ``chat``: set before the libraries load, and inherited by a worker."""
+    for name, value in QUIET.items():
+        os.environ.setdefault(name, value)
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":  # read when the hub was imported
+        hub_utils.disable_progress_bars()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -555,6 +648,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "models":
         return _models(settings, args.action, args.tasks)
     if args.command == "doctor":
+        from bot.doctor import doctor
+
         return doctor(settings, args.online)
     if args.command == "health":
         return report(settings.heartbeat_path(), args.max_age)
@@ -575,9 +670,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
     if args.device:
         settings.device = args.device
+    if "log_level" not in settings.model_fields_set:
+        quiet_libraries()
     if args.command == "chat" and args.model:
         settings.models.chat = args.model
     try:
+        _check_model_path(args.model)
         command = _chat if args.command == "chat" else _ask
         return asyncio.run(command(settings, args))
     except (HandlerError, ExecutorError, UsageUnavailable) as exc:

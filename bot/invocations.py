@@ -17,21 +17,23 @@ import logging
 import uuid
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from bot.executor import (
+from bot.executor.errors import (
     Busy,
     ExecutionTimeout,
-    Executor,
     JobCancelled,
-    JobHandle,
     QueueTimeout,
     ShuttingDown,
 )
 from bot.guilds import GuildSettings, GuildSettingsStore
 from bot.quotas import CooldownActive, GpuBudgetExceeded, QuotaExceeded, Quotas, Reservation
 from bot.usage import UsageLog
-from handlers.base import HandlerError, TaskKind
+from handlers.errors import HandlerError
+from handlers.kinds import TaskKind
+
+if TYPE_CHECKING:  # the executor brings torch; a terminal command may not need it
+    from bot.executor import Executor, JobHandle
 
 log = logging.getLogger(__name__)
 

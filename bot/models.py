@@ -8,7 +8,12 @@
 from __future__ import annotations
 
 import enum
+import logging
+import os
+import socket
 import sys
+import threading
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -28,6 +33,8 @@ from bot.executor.errors import ModelNotDownloaded
 
 if TYPE_CHECKING:
     from bot.settings import Settings
+
+log = logging.getLogger(__name__)
 
 PULL_COMMAND = "python -m bot models pull"
 
@@ -206,6 +213,46 @@ def presence(requirement: Requirement) -> Presence:
         return Presence(State.INVALID, detail="neither a folder here nor a valid hub id")
     path = Path(folder)
     return Presence(State.CACHED, path, disk_size(path))
+
+
+HUB_PROBE_TIMEOUT_S = 3.0
+"""How long the hub may take to accept a connection before the bot works offline."""
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face Hub accepts a connection (name lookup included) in time."""
+    url = urllib.parse.urlsplit(hub_constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    found: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+            found.append(True)
+        except OSError:
+            found.append(False)
+
+    probe = threading.Thread(target=connect, daemon=True)  # a name lookup has no timeout
+    probe.start()
+    probe.join(timeout)
+    return bool(found and found[0])
+
+
+def offline_unless_reachable(sources: Iterable[str]) -> bool:
+    """Work from the downloaded models alone (HF_HUB_OFFLINE, for this process and its
+    model workers) when one of ``sources`` is a hub id and the hub cannot be reached:
+    a missing model then fails at once, not after a minute of retries. True if offline."""
+    if hub_constants.HF_HUB_OFFLINE:
+        return True
+    if all(Path(source).expanduser().is_dir() for source in sources) or hub_reachable():
+        return False
+    log.info(
+        "the Hugging Face Hub (%s) cannot be reached: using downloaded models only",
+        hub_constants.ENDPOINT,
+    )
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hub_constants.HF_HUB_OFFLINE = True
+    return True
 
 
 def explain(error: BaseException) -> str:

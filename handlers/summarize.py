@@ -26,9 +26,7 @@ from handlers.base import (
     from_pretrained,
     raise_if_stopped,
 )
-
-LENGTHS: dict[str, tuple[int, int]] = {"short": (10, 60), "medium": (30, 142), "long": (60, 256)}
-"""Presets as (min, max) new tokens."""
+from handlers.presets import LENGTHS as LENGTHS  # re-exported: where summaries are defined
 
 # Western end marks before a space; CJK full-width end marks need none.
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[\u3002\uff01\uff1f])\s*|\n+")

@@ -245,3 +245,13 @@ def test_a_hub_id_loads_from_the_cache_offline(
     )  # fmt: skip
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines()[-1].startswith("error: could not load model")
+
+
+@pytest.mark.parametrize("model", ["tiny/sentimnt", "./sentiment", "/no/such/model"])
+def test_a_model_folder_that_is_not_there_is_one_line_at_once(
+    model: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not looked up on the hub (which would advise `models pull` after a minute offline)."""
+    (tmp_path / "tiny").mkdir()
+    assert main(["ask", "sentiment", "hi", "--model", model, "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == f"error: model: {model!r} is not a folder here\n"

@@ -477,6 +477,14 @@ async def test_message_context_menus(harness: Harness) -> None:
     assert [a.filename for a in spoken.response.attachments] == ["speech.ogg"]
 
 
+async def test_translate_defaults_to_the_members_language(harness: Harness) -> None:
+    s = await scene(harness)
+    await s.alice.slash(s.channel, "translate", text="Bonjour à tous")
+    await harness.finish()
+    (request,) = harness.tasks["translate"].runs[-1]
+    assert request.target == "en-US"  # SimCord members use Discord's default locale
+
+
 async def test_summarize_a_text_file(harness: Harness) -> None:
     s = await scene(harness)
     notes = b"Photosynthesis makes sugar from light."

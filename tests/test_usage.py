@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import datetime
 import io
 import os
 import signal
@@ -352,6 +353,10 @@ async def test_usage_stats_and_export_commands(
     assert await asyncio.to_thread(main, ["usage", "export", "--since", "2000-01-01"]) == 0
     exported = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(exported) == 2 and {r["status"] for r in exported} == {"ok"}
+    for row in exported:  # ISO 8601 in UTC, as spreadsheets read it
+        started = datetime.datetime.fromisoformat(row["started_at"])
+        assert started.tzinfo == datetime.UTC and row["started_at"].endswith("+00:00")
+        assert abs(started.timestamp() - time.time()) < 3600
 
 
 def test_usage_chart_draws_days_and_an_empty_period() -> None:

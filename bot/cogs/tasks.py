@@ -197,12 +197,17 @@ class Tasks(commands.Cog):
         await self.run(interaction, "summarize", read=read)
 
     @app_commands.command(description="Translate a text into another language")
-    @app_commands.describe(text="The text", to="Target language", source="Source (default: detect)")
+    @app_commands.describe(
+        text="The text",
+        to="Target language (default: your Discord language)",
+        source="Source (default: detect)",
+    )
     @app_commands.rename(source="from")
     async def translate(
-        self, interaction: Interaction, text: Text, to: str, source: str = "auto"
+        self, interaction: Interaction, text: Text, to: str | None = None, source: str = "auto"
     ) -> None:
-        await self.run(interaction, "translate", TranslateRequest(text, to, source))
+        target = to or str(interaction.locale)
+        await self.run(interaction, "translate", TranslateRequest(text, target, source))
 
     @translate.autocomplete("to")
     async def _targets(
