@@ -13,6 +13,7 @@ from typing import Any, Literal
 from bot.executor import Backend, Executor, ExecutorError, LocalBackend, ModelRegistry
 from bot.executor.errors import not_downloaded
 from bot.executor.process import ProcessBackend, WorkerSpec
+from bot.executor.registry import check_device, resolve_device
 from bot.guilds import GuildSettingsStore
 from bot.invocations import Invoker
 from bot.models import PULL_COMMAND, offline_unless_reachable
@@ -23,7 +24,7 @@ from bot.usage import UsageLog
 from handlers.base import Task
 from handlers.chat import ChatTask
 from handlers.classify import ClassifyTask
-from handlers.imagine import ImagineTask
+from handlers.imagine import ImagineTask, configured_native_size
 from handlers.sentiment import SentimentTask
 from handlers.speak import SpeakTask
 from handlers.summarize import SummarizeTask
@@ -67,6 +68,9 @@ def build_tasks(settings: Settings) -> dict[str, Task[Any, Any]]:
             safety_model=imagine.safety_model,
             safety_threshold=imagine.safety_threshold,
             blocked_terms=imagine.blocked_terms,
+            # Known from the config files when they are on disk: sizes are then offered and
+            # checked before the model loads.
+            native_size=configured_native_size(settings.models.imagine),
         ),
         "speak": SpeakTask(
             max_chars=settings.speak.max_chars,
@@ -202,6 +206,8 @@ async def start_executor(
     one task); without it every task is prepared and one that fails is only logged, so
     the bot still serves the others.
     """
+    for device in settings.devices():
+        check_device(resolve_device(device))
     executor = build_executor(settings, worker)
     wanted = list(executor.tasks if tasks is None else tasks)
     sources = [executor.default_models[name] for name in wanted]

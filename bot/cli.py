@@ -21,11 +21,11 @@ from huggingface_hub import utils as hub_utils
 from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
-from bot.executor.errors import ExecutorError
+from bot.executor.errors import DeviceUnavailable, ExecutorError
 from bot.health import MAX_AGE_S, Heartbeat, report
 from bot.invocations import Caller
 from bot.models import explain, offline_unless_reachable, pull, requirements, table
-from bot.settings import Settings
+from bot.settings import TOKEN_SHAPE, Settings
 from bot.usage import COLUMNS, UsageLog, UsageUnavailable, render_stats
 from handlers.errors import HandlerError, InvalidInput, quote
 from handlers.presets import LENGTHS
@@ -463,12 +463,6 @@ async def _follow(handle: JobHandle, stream: bool) -> Any:
 
 async def _discord(settings: Settings, sync_only: bool) -> int:
     """Run the bot (or only sync its commands); token problems are one line and exit 2."""
-    import aiohttp
-    import discord
-
-    from bot.doctor import TOKEN_SHAPE
-    from bot.serve import serve
-
     token = settings.discord_token.get_secret_value() if settings.discord_token else ""
     if not token:
         print(
@@ -480,6 +474,10 @@ async def _discord(settings: Settings, sync_only: bool) -> int:
         print("error: DISCORD_TOKEN does not look like a bot token; copy it again from the "
               "Bot page of your application", file=sys.stderr)  # fmt: skip
         return 2
+    import aiohttp  # the token is checked before discord.py and the models load
+    import discord
+
+    from bot.serve import serve
 
     async def connect(bot: AssistantBot) -> None:
         async with bot:
@@ -672,12 +670,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.device = args.device
     if "log_level" not in settings.model_fields_set:
         quiet_libraries()
-    if args.command == "chat" and args.model:
-        settings.models.chat = args.model
+    if args.model and (args.command == "chat" or args.task == "imagine"):
+        # chat fits conversations to this model; /imagine checks sizes by its config
+        setattr(settings.models, "chat" if args.command == "chat" else "imagine", args.model)
     try:
         _check_model_path(args.model)
         command = _chat if args.command == "chat" else _ask
         return asyncio.run(command(settings, args))
     except (HandlerError, ExecutorError, UsageUnavailable) as exc:
         print(f"error: {explain(exc)}", file=sys.stderr)
-        return 2 if isinstance(exc, HandlerError) else 1
+        return 2 if isinstance(exc, HandlerError | DeviceUnavailable) else 1

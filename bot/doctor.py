@@ -13,7 +13,6 @@ import enum
 import importlib.metadata
 import json
 import os
-import re
 import shutil
 import sqlite3
 import struct
@@ -34,15 +33,12 @@ from packaging.utils import canonicalize_name
 
 from bot.executor.registry import resolve_device, resolve_dtype
 from bot.models import PULL_COMMAND, Requirement, State, human_bytes, presence, requirements
-from bot.settings import Settings
+from bot.settings import TOKEN_SHAPE, Settings
 from bot.usage import migrate, migrations
 
 DISTRIBUTION = "assistant-bot"
 KEY_PACKAGES = ("torch", "transformers", "diffusers", "discord.py", "huggingface_hub", "datasets")
 """Packages shown one per row; the other dependencies share a row."""
-
-TOKEN_SHAPE = re.compile(r"^[\w-]{20,}\.[\w-]{4,}\.[\w-]{20,}$")
-"""A bot token: base64url user id, timestamp and signature, separated by dots."""
 
 FLOAT_WIDTHS = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 """safetensors dtypes that loading converts to the configured dtype; others stay as stored."""

@@ -7,6 +7,7 @@ Env names are ``BOT_<FIELD>``, nested with ``__`` (``BOT_MODELS__SENTIMENT``,
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +24,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.executor.config import ClassLimits, ExecutorConfig, default_limits
 from handlers.kinds import TaskKind
+
+TOKEN_SHAPE = re.compile(r"^[\w-]{20,}\.[\w-]{4,}\.[\w-]{20,}$")
+"""A bot token: base64url user id, timestamp and signature, separated by dots."""
 
 
 class ModelSettings(BaseModel):

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import math
 import random
 import re
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from huggingface_hub import try_to_load_from_cache
 from PIL import Image, ImageDraw, ImageFont
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
@@ -145,6 +148,34 @@ def format_sizes(native: int) -> list[str]:
 
 def size_error(native: int) -> InvalidInput:
     return InvalidInput("size", f"must be one of {', '.join(format_sizes(native))}")
+
+
+def configured_native_size(source: str) -> int | None:
+    """The native size a pipeline's config files give (its denoiser's ``sample_size`` times
+    the VAE's scale), read from a local folder or the download cache without loading any
+    weights; None when they are not on disk or do not say."""
+
+    def read(name: str) -> Any:
+        folder = Path(source).expanduser()
+        if folder.is_dir():
+            path = folder / name
+            return json.loads(path.read_text()) if path.is_file() else None
+        cached = try_to_load_from_cache(source, name)
+        return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+
+    try:
+        denoiser = read("unet/config.json") or read("transformer/config.json")
+        vae = read("vae/config.json")
+    except (OSError, ValueError):  # unreadable or not JSON: the loaded model will tell
+        return None
+    sample = (denoiser or {}).get("sample_size")
+    if isinstance(sample, list):
+        sample = max(sample)
+    blocks = (vae or {}).get("block_out_channels")
+    if not isinstance(sample, int) or not isinstance(blocks, list) or not blocks:
+        return None
+    native = sample * 2 ** (len(blocks) - 1)
+    return native if MIN_SIDE <= native <= MAX_SIDE else None
 
 
 def native_size(pipe: Any) -> int:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import soundfile
@@ -255,3 +256,54 @@ def test_a_model_folder_that_is_not_there_is_one_line_at_once(
     (tmp_path / "tiny").mkdir()
     assert main(["ask", "sentiment", "hi", "--model", model, "--device", "cpu"]) == 2
     assert capsys.readouterr().err == f"error: model: {model!r} is not a folder here\n"
+
+
+def test_a_device_this_machine_cannot_use_is_one_line_before_any_model(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import torch
+
+    device = "cuda" if torch.version.cuda is None else "cuda:99"
+    assert main(["ask", "sentiment", "hi", "--device", device]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    if torch.version.cuda is None:
+        assert line.startswith("error: device 'cuda': this PyTorch is a CPU-only build")
+    else:
+        assert "is not available: this machine shows" in line
+    assert main(["ask", "sentiment", "hi", "--device", "tpu"]) == 2
+    assert capsys.readouterr().err == "error: device 'tpu': use auto, cpu, cuda, cuda:N or mps\n"
+
+
+def test_a_size_the_model_does_not_offer_is_refused_before_it_loads(
+    built: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The sizes come from the pipeline's config files, read without loading its weights."""
+    from handlers.imagine import ImagineTask, configured_native_size, format_sizes
+
+    model = built("imagine")
+    native = configured_native_size(str(model))
+    assert native is not None
+    capsys.readouterr()  # building the model printed its own progress
+
+    def never(self: ImagineTask, spec: Any) -> Any:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(ImagineTask, "load", never)
+    assert ask("imagine", model, "a red cat", "--size", "1024x1024") == 2
+    sizes = ", ".join(format_sizes(native))
+    assert capsys.readouterr().err == f"error: size: must be one of {sizes}\n"
+
+
+def test_the_native_size_from_config_files_is_the_loaded_pipelines(
+    built: Callable[[str], Path],
+) -> None:
+    import torch
+
+    from handlers.base import LoadSpec
+    from handlers.imagine import ImagineTask, configured_native_size, native_size
+
+    model = built("imagine")
+    pipe = ImagineTask().load(LoadSpec(str(model), "cpu", torch.float32))
+    assert configured_native_size(str(model)) == native_size(pipe.pipe)

@@ -16,6 +16,7 @@ _EXPORTS = {
     "ClassLimits": "config",
     "ExecutorConfig": "config",
     "Busy": "errors",
+    "DeviceUnavailable": "errors",
     "ExecutionTimeout": "errors",
     "ExecutorError": "errors",
     "JobCancelled": "errors",
@@ -42,6 +43,7 @@ __all__ = [
     "BatchRun",
     "Busy",
     "ClassLimits",
+    "DeviceUnavailable",
     "EngineHealth",
     "ExecutionTimeout",
     "Executor",
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
     from bot.executor.config import ClassLimits, ExecutorConfig
     from bot.executor.errors import (
         Busy,
+        DeviceUnavailable,
         ExecutionTimeout,
         ExecutorError,
         JobCancelled,

@@ -76,6 +76,10 @@ class JobCancelled(ExecutorError):
         super().__init__(reason)
 
 
+class DeviceUnavailable(ExecutorError):
+    """The configured device cannot be used on this machine or with this PyTorch build."""
+
+
 class ModelLoadError(ExecutorError):
     """The model could not be loaded; the next request tries again."""
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from bot.executor.backend import LoadedModelInfo
-from bot.executor.errors import ModelNotDownloaded, not_downloaded
+from bot.executor.errors import DeviceUnavailable, ModelNotDownloaded, not_downloaded
 from handlers.base import LoadSpec, Task, TaskKind
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,29 @@ def resolve_device(device: str) -> str:
     if torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def check_device(device: str) -> None:
+    """Refuse, saying how to fix it, a device this machine or this PyTorch cannot use:
+    before any model loads, not as a traceback from the first one."""
+    kind, _, index = device.partition(":")
+    if index and not index.isdigit():
+        raise DeviceUnavailable(f"device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda":
+        if torch.version.cuda is None:
+            raise DeviceUnavailable(
+                f"device {device!r}: this PyTorch is a CPU-only build; install its CUDA build "
+                "(`pip install --force-reinstall torch`) or use the cpu"
+            )
+        count = torch.cuda.device_count()
+        if count == 0 or (index and int(index) >= count):
+            raise DeviceUnavailable(
+                f"device {device!r} is not available: this machine shows {count} CUDA GPU(s)"
+            )
+    elif kind == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailable(f"device {device!r} is not available on this machine")
+    elif kind not in ("cpu", "cuda", "mps"):
+        raise DeviceUnavailable(f"device {device!r}: use auto, cpu, cuda, cuda:N or mps")
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
