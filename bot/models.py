@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -220,8 +221,14 @@ HUB_PROBE_TIMEOUT_S = 3.0
 
 
 def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
-    """Whether the Hugging Face Hub accepts a connection (name lookup included) in time."""
+    """Whether the Hugging Face Hub accepts a connection (name lookup included) in time.
+    Behind a proxy a direct connection says nothing, so the hub counts as reachable."""
     url = urllib.parse.urlsplit(hub_constants.ENDPOINT)
+    proxies = urllib.request.getproxies()
+    if (proxies.get(url.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(
+        url.hostname or ""
+    ):
+        return True
     port = url.port or (443 if url.scheme == "https" else 80)
     found: list[bool] = []
 

@@ -12,6 +12,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "diffusers", "discord")
+PROXIES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture(autouse=True)
+def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub probe trusts a configured proxy; these tests probe directly."""
+    for name in list(os.environ):
+        if name.lower() in PROXIES:
+            monkeypatch.delenv(name)
+
 
 PROBE = """
 import sys
@@ -114,3 +124,13 @@ def test_ask_prints_its_result_and_nothing_else(tmp_path: Path) -> None:
     assert done.returncode == 0 and done.stderr == ""
     label, score = done.stdout.split()
     assert label in {"POSITIVE", "NEGATIVE"} and score.startswith("(0.")
+
+
+def test_behind_a_proxy_the_hub_counts_as_reachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants as hub_constants
+
+    from bot.models import hub_reachable
+
+    monkeypatch.setattr(hub_constants, "ENDPOINT", "https://127.0.0.1:9")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert hub_reachable()  # the hub client goes through the proxy; no direct probe
