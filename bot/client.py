@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -17,9 +18,10 @@ from bot.cogs.delivery import CancelView, JobWatcher, Place, Reply, ReplyPolicy
 from bot.cogs.images import ImageRequests
 from bot.cogs.markdown import neutralize
 from bot.conversations import Conversations, ConversationStore
-from bot.executor import Busy, ExecutorError, JobHandle
+from bot.executor import Busy, ExecutorError, JobHandle, ShuttingDown
 from bot.guilds import GuildSettings, GuildSettingsStore
 from bot.invocations import CommandDisabled
+from bot.localization import NAME, Catalogs, catalogs, name_in, tr
 from bot.models import explain
 from bot.quotas import CooldownActive, GpuBudgetExceeded, QuotaExceeded
 from bot.settings import Settings
@@ -27,41 +29,81 @@ from handlers.base import HandlerError, InvalidInput, TaskKind
 
 log = logging.getLogger(__name__)
 
-COGS = ("bot.cogs.tasks", "bot.cogs.conversations", "bot.cogs.admin", "bot.cogs.images")
+COGS = (
+    "bot.cogs.tasks", "bot.cogs.conversations", "bot.cogs.admin", "bot.cogs.config",
+    "bot.cogs.images",
+)  # fmt: skip
 
 
-def friendly(error: BaseException) -> str | None:
-    """The reply for an error a member can act on; None for a bug."""
+def friendly(error: BaseException, locale: str | None = None) -> str | None:
+    """The reply for an error a member can act on, in their language where it is the bot's
+    own words (a handler's explanation stays English); None for a bug."""
     match error:
         case InvalidInput():
-            return f"**{error.option}**: {error.message}"
+            return f"**{name_in(error.option, locale)}**: {error.message}"
+        case Busy(kind="user_limit"):
+            return tr(
+                "You already have jobs in progress; try again in ~{seconds}s. Nothing was queued.",
+                locale, seconds=math.ceil(error.retry_after),
+            )  # fmt: skip
         case Busy():
-            text = str(error)
-            return f"{text[:1].upper()}{text[1:]}. Nothing was queued."
-        case (
-            QuotaExceeded()
-            | CooldownActive()
-            | GpuBudgetExceeded()
-            | CommandDisabled()
-            | HandlerError()
-        ):
+            return tr(
+                "The bot is busy; try again in ~{seconds}s. Nothing was queued.",
+                locale, seconds=math.ceil(error.retry_after),
+            )  # fmt: skip
+        case ShuttingDown():
+            return tr("the bot is shutting down; try again in a minute", locale)
+        case QuotaExceeded() | CooldownActive() | GpuBudgetExceeded():
+            return error.message(locale)
+        case CommandDisabled() | HandlerError():
             return str(error)
         case ExecutorError():
             return explain(error)
         case app_commands.CheckFailure():
-            return f"You can't use this: {error}" if str(error) else "You can't use this here."
+            if not str(error):
+                return tr("You can't use this here.", locale)
+            # The reasons the bot gives itself (``NotAnAdmin``) are in the catalogs.
+            reason = catalogs().translate(str(error), locale) if locale else str(error)
+            return tr("You can't use this: {reason}", locale, reason=reason)
     return None
 
 
-def answer_to(error: BaseException) -> str:
+def answer_to(error: BaseException, locale: str | None = None) -> str:
     """What a member is told about an error: what they can act on, or an id to quote for a
     bug (logged with its traceback)."""
-    text = friendly(error)
+    text = friendly(error, locale)
     if text is None:
         error_id = uuid.uuid4().hex[:8]
         log.error("command failed (error id %s)", error_id, exc_info=error)
-        text = f"Something went wrong on our side (error id `{error_id}`)."
+        text = tr("Something went wrong on our side (error id `{error_id}`).", locale,
+                  error_id=error_id)  # fmt: skip
     return neutralize(text)
+
+
+class CommandTranslator(app_commands.Translator):
+    """Command, option and choice names and descriptions from the catalogs, for every
+    Discord locale that has one (of its language, at least)."""
+
+    NAMES = frozenset({
+        app_commands.TranslationContextLocation.command_name,
+        app_commands.TranslationContextLocation.group_name,
+        app_commands.TranslationContextLocation.parameter_name,
+    })  # fmt: skip
+    """Where Discord's name rules apply (not to a context menu's name, which is free text)."""
+
+    def __init__(self, catalogs: Catalogs) -> None:
+        self.catalogs = catalogs
+
+    async def translate(
+        self,
+        string: app_commands.locale_str,
+        locale: discord.Locale,
+        context: app_commands.TranslationContextTypes,
+    ) -> str | None:
+        is_name = context.location in self.NAMES and not isinstance(
+            context.data, app_commands.ContextMenu
+        )
+        return self.catalogs.lookup(string.message, locale.value, NAME if is_name else None)
 
 
 class AssistantBot(commands.Bot):
@@ -126,8 +168,9 @@ class AssistantBot(commands.Bot):
         final_view: discord.ui.View | None = None,
     ) -> JobWatcher:
         """Show a job's progress and result at ``place`` (with a Cancel button only its
-        requester may press), and keep track of it until the reply is final."""
-        view = CancelView(handle, requester_id)
+        requester may press), and keep track of it until the reply is final; both in the
+        place's language."""
+        view = CancelView(handle, requester_id, place.locale)
         watcher = JobWatcher(place, handle, view, self.edit_interval, render, final_view)
         self.watchers[handle.id] = watcher
         watcher.finished.add_done_callback(lambda _: self.watchers.pop(handle.id, None))
@@ -169,6 +212,7 @@ class AssistantBot(commands.Bot):
         for cog in COGS:
             await self.load_extension(cog)
         self.declare_places()
+        await self.tree.set_translator(CommandTranslator(catalogs()))
         if self.settings.dev_guild is not None:
             guild = discord.Object(self.settings.dev_guild)
             self.tree.copy_global_to(guild=guild)
@@ -185,8 +229,8 @@ class AssistantBot(commands.Bot):
     async def report_error(self, interaction: discord.Interaction, error: BaseException) -> None:
         """The one answer to a failed command or button: what the member can act on, or an
         id to quote for a bug. Before the reply is deferred it is private; after, it takes
-        the deferred reply's place, as private as that is."""
-        text = answer_to(error)
+        the deferred reply's place, as private as that is; in the member's language."""
+        text = answer_to(error, interaction.locale.value)
         try:
             if interaction.response.is_done():
                 await interaction.followup.send(text, ephemeral=True)

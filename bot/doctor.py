@@ -2,7 +2,9 @@
 
 Each check gives one or more rows (ok, warn, FAIL or skip) with a fix for every problem;
 the command exits 1 when any row failed, so scripts and containers can gate on it.
-Nothing here needs the network unless ``--online`` asks for a Discord login.
+Nothing here needs the network unless ``--online`` asks for a Discord login. Rows are
+printed as they come, the quick ones first: only the GPU and model rows import torch
+(seconds on a small machine).
 """
 
 from __future__ import annotations
@@ -17,24 +19,25 @@ import shutil
 import sqlite3
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import aiohttp
 import aiosqlite
 import discord
-import torch
 from huggingface_hub import constants as hub_constants
 from packaging.requirements import Requirement as PackageRequirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-from bot.executor.registry import resolve_device, resolve_dtype
 from bot.models import PULL_COMMAND, Requirement, State, human_bytes, presence, requirements
 from bot.settings import TOKEN_SHAPE, Settings
 from bot.usage import migrate, migrations
+
+if TYPE_CHECKING:
+    import torch
 
 DISTRIBUTION = "assistant-bot"
 KEY_PACKAGES = ("torch", "transformers", "diffusers", "discord.py", "huggingface_hub", "datasets")
@@ -169,6 +172,10 @@ def check_device(setting: str) -> tuple[Row, int | None]:
     """One device of BOT_DEVICE, and its memory in bytes when it is a CUDA GPU."""
     if setting == "cpu":
         return Row("gpu", Status.OK, "none: CPU by configuration (BOT_DEVICE=cpu)"), None
+    import torch
+
+    from bot.executor.registry import resolve_device
+
     build = (
         f"torch {torch.__version__} with CUDA {torch.version.cuda}"
         if torch.version.cuda
@@ -345,6 +352,8 @@ def _memory_group(requirement: Requirement) -> str:
 
 
 def check_models(settings: Settings, gpu_bytes: int | None) -> list[Row]:
+    from bot.executor.registry import resolve_device, resolve_dtype
+
     device = resolve_device(settings.devices()[0])
     dtype = resolve_dtype(settings.dtype, device)
     dtype_name = str(dtype).removeprefix("torch.")
@@ -477,14 +486,19 @@ def check_hub_cache() -> Row:
 # The whole report
 
 
-async def diagnose(settings: Settings, online: bool = False) -> list[Row]:
-    rows = [check_python(), *check_packages()]
-    gpu_row, gpu_bytes = check_gpu(settings)
-    rows += [gpu_row, check_token(settings), await check_login(settings, online)]
-    rows.append(await check_database(settings))
-    rows.append(check_hub_cache())
-    rows += await asyncio.to_thread(check_models, settings, gpu_bytes)
-    return rows
+async def diagnose(settings: Settings, online: bool = False) -> AsyncIterator[Row]:
+    """Each row as soon as it is known; the ones that need torch come last."""
+    yield check_python()
+    for row in check_packages():
+        yield row
+    yield check_token(settings)
+    yield await check_login(settings, online)
+    yield await check_database(settings)
+    yield check_hub_cache()
+    gpu_row, gpu_bytes = await asyncio.to_thread(check_gpu, settings)
+    yield gpu_row
+    for row in await asyncio.to_thread(check_models, settings, gpu_bytes):
+        yield row
 
 
 COLOURS = {
@@ -495,27 +509,43 @@ COLOURS = {
 }
 
 
-def render(rows: Sequence[Row], colour: bool) -> str:
-    """A table: status, check, detail, and under each problem its fix."""
-    width = max(len(row.check) for row in rows)
-    lines = []
-    for row in rows:
-        mark = f"{row.status.value:<4}"
-        if colour:
-            mark = f"{COLOURS[row.status]}{mark}\033[0m"
-        lines.append(f"{mark}  {row.check:<{width}}  {row.detail}")
-        if row.fix:
-            lines.append(f"{'':4}  {'':<{width}}  fix: {row.fix}")
+CHECK_WIDTH = 19
+"""Width of the check column when rows are printed as they come: "model speak vocoder"."""
+
+
+def render_row(row: Row, width: int, colour: bool) -> str:
+    """Status, check and detail, and under a problem its fix."""
+    mark = f"{row.status.value:<4}"
+    if colour:
+        mark = f"{COLOURS[row.status]}{mark}\033[0m"
+    line = f"{mark}  {row.check:<{width}}  {row.detail}\n"
+    return line + (f"{'':4}  {'':<{width}}  fix: {row.fix}\n" if row.fix else "")
+
+
+def verdict(rows: Sequence[Row]) -> str:
     failed = sum(row.status is Status.FAIL for row in rows)
-    lines.append("")
-    lines.append(f"{failed} problem(s) to fix" if failed else "ready to run")
-    return "\n".join(lines) + "\n"
+    return "\n" + (f"{failed} problem(s) to fix" if failed else "ready to run") + "\n"
+
+
+def render(rows: Sequence[Row], colour: bool) -> str:
+    """The whole table at once, its check column as wide as the longest name."""
+    width = max(len(row.check) for row in rows)
+    return "".join(render_row(row, width, colour) for row in rows) + verdict(rows)
 
 
 def doctor(settings: Settings, online: bool = False, out: TextIO | None = None) -> int:
-    """Print the report; 1 when anything failed, else 0."""
-    rows = asyncio.run(diagnose(settings, online))
+    """Print the report row by row; 1 when anything failed, else 0."""
     out = out or sys.stdout
     colour = out.isatty() and "NO_COLOR" not in os.environ
-    out.write(render(rows, colour))
+
+    async def report() -> list[Row]:
+        rows = []
+        async for row in diagnose(settings, online):
+            rows.append(row)
+            out.write(render_row(row, CHECK_WIDTH, colour))
+            out.flush()
+        return rows
+
+    rows = asyncio.run(report())
+    out.write(verdict(rows))
     return 1 if any(row.status is Status.FAIL for row in rows) else 0

@@ -14,6 +14,25 @@ PERSONA_MAX_CHARS = 1000
 
 Persona = Annotated[str, StringConstraints(min_length=1, max_length=PERSONA_MAX_CHARS)]
 
+NEGATIVE_PROMPT_MAX_CHARS = 300
+"""Longest negative prompt a server adds to every /imagine: it shares the member's room."""
+
+BLOCKED_TERM_MAX_CHARS = 50
+BLOCKED_TERMS_MAX = 100
+
+CLASSROOM_NEGATIVE_PROMPT = "nsfw, nudity, sexual content, gore, blood, violence, weapons, drugs"
+"""What a classroom-safe server asks every image to avoid, beside its own negative prompt."""
+
+CLASSROOM_BLOCKED_TERMS = (
+    "nsfw", "nude", "nudes", "naked", "nudity", "porn", "porno", "pornographic", "sex",
+    "sexual", "sexy", "erotic", "hentai", "lingerie", "topless", "gore", "gory",
+)  # fmt: skip
+"""Words a classroom-safe server refuses in /imagine prompts, beside its own list."""
+
+BlockedTerm = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=BLOCKED_TERM_MAX_CHARS)
+]
+
 
 class GuildSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
@@ -40,6 +59,31 @@ class GuildSettings(BaseModel):
     """Personas for single channels (and their threads), over the server's."""
     chat_threads: bool = False
     """Every /chat opens a thread for its conversation."""
+    blocked_terms: list[BlockedTerm] = Field(default_factory=list, max_length=BLOCKED_TERMS_MAX)
+    """Words or phrases refused in /imagine prompts here, beside BOT_IMAGINE__BLOCKED_TERMS."""
+    negative_prompt: (
+        Annotated[str, StringConstraints(min_length=1, max_length=NEGATIVE_PROMPT_MAX_CHARS)] | None
+    ) = None
+    """Added to every /imagine's negative prompt here."""
+    classroom_safe: bool = False
+    """One switch for a school's server: images only in age-restricted channels, each one
+    screened by the safety classifier, a default negative prompt and a list of refused
+    words, over whatever the other settings say."""
+
+    @property
+    def images_where(self) -> Literal["age_restricted_only", "allow"]:
+        return "age_restricted_only" if self.classroom_safe else self.nsfw
+
+    def refused_terms(self) -> list[str]:
+        """The words /imagine refuses here: the server's own, and the classroom list."""
+        return [*self.blocked_terms, *(CLASSROOM_BLOCKED_TERMS if self.classroom_safe else ())]
+
+    def negative_prompt_with(self, member_negative: str) -> str:
+        """A member's negative prompt with what the server asks every image to avoid."""
+        parts = [member_negative.strip(), self.negative_prompt or ""]
+        if self.classroom_safe:
+            parts.append(CLASSROOM_NEGATIVE_PROMPT)
+        return ", ".join(p for p in parts if p)
 
     def persona_for(self, channel_id: int | None, parent_id: int | None = None) -> str | None:
         """The persona of a channel, of the channel a thread is in, or of the server."""

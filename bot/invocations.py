@@ -29,7 +29,7 @@ from bot.executor.errors import (
 from bot.guilds import GuildSettings, GuildSettingsStore
 from bot.quotas import CooldownActive, GpuBudgetExceeded, QuotaExceeded, Quotas, Reservation
 from bot.usage import UsageLog
-from handlers.errors import HandlerError
+from handlers.errors import HandlerError, InvalidInput, terms_pattern
 from handlers.kinds import TaskKind
 
 if TYPE_CHECKING:  # the executor brings torch; a terminal command may not need it
@@ -137,6 +137,8 @@ class Admission:
         self.request = request
         """What the row describes: the request once it is known."""
         self.reservation: Reservation | None = None
+        self.guild: GuildSettings | None = None
+        """The server's rules, which may change the request before it is queued."""
         self.row_id = uuid.uuid4().hex
         self.settled = False
 
@@ -157,6 +159,8 @@ class Admission:
         invoker = self.invoker
         self.request = request
         try:
+            if self.guild is not None:
+                request = invoker.apply_guild_rules(self.guild, self.task, request)
             handle = invoker.executor.submit(
                 self.task, request, user_id=self.caller.user_id, model=model
             )
@@ -211,8 +215,10 @@ class Invoker:
             if caller.private:
                 self._check_private(task)
             elif caller.guild_id is not None:
-                guild = self.guilds.get(caller.guild_id)
+                guild = admission.guild = self.guilds.get(caller.guild_id)
                 self._check_guild(guild, task, caller)
+                if request is not None:
+                    request = self.apply_guild_rules(guild, task, request)
             self.executor.check(task, request, user_id=caller.user_id)
             if caller.enforce_quotas:
                 admission.reservation = self.quotas.reserve(
@@ -280,10 +286,34 @@ class Invoker:
             raise CommandDisabled(f"/{task} cannot be used in this channel")
         if (
             task in IMAGE_TASKS
-            and guild.nsfw == "age_restricted_only"
+            and guild.images_where == "age_restricted_only"
             and not caller.age_restricted
         ):
             raise CommandDisabled(f"/{task} works only in age-restricted channels in this server")
+
+    def apply_guild_rules(self, guild: GuildSettings, task: str, request: Any) -> Any:
+        """What a server adds to a request: its refused words and negative prompt for
+        images, and, when classroom-safe, a safety filter that must be there."""
+        if task not in IMAGE_TASKS:
+            return request
+        handler = self.executor.tasks[task]
+        if guild.classroom_safe and getattr(handler, "safety_model", None) is None:
+            raise CommandDisabled(
+                f"/{task} is off in this classroom-safe server until the bot's owner sets an "
+                "image safety filter (BOT_IMAGINE__SAFETY_MODEL)"
+            )
+        refused = terms_pattern(guild.refused_terms())
+        if refused is not None and refused.search(request.prompt):
+            raise InvalidInput("prompt", "contains a term this server does not draw")
+        negative = guild.negative_prompt_with(request.negative_prompt)
+        room = handler.max_prompt_chars
+        if len(negative) > room:
+            added = len(negative) - len(request.negative_prompt.strip())
+            raise InvalidInput(
+                "negative",
+                f"this server adds {added} characters of its own; keep yours under {room - added}",
+            )
+        return dataclasses.replace(request, negative_prompt=negative)
 
     def _ended(self, row_id: str, handle: JobHandle) -> None:
         error = handle.error

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bot.guilds import GuildSettings
+from bot.localization import name_in, tr
 from bot.usage import UsageLog, UsageUnavailable
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,17 @@ class QuotaExceeded(Exception):
         self.task = task
         self.limit = limit
         self.resets_in = resets_in
-        super().__init__(
-            f"you have used all {limit} {task} requests for today; "
-            f"the quota resets in {duration(resets_in)} (00:00 UTC)"
+        super().__init__(self.message(None))
+
+    def message(self, locale: str | None) -> str:
+        """What the member is told, in their language (English for logs and the terminal)."""
+        return tr(
+            "you have used all {limit} {task} requests for today; "
+            "the quota resets in {duration} (00:00 UTC)",
+            locale,
+            limit=self.limit,
+            task=name_in(self.task, locale),
+            duration=duration(self.resets_in),
         )
 
 
@@ -43,9 +52,16 @@ class GpuBudgetExceeded(Exception):
     def __init__(self, budget_s: float, resets_in: float) -> None:
         self.budget_s = budget_s
         self.resets_in = resets_in
-        super().__init__(
-            f"you have used your {budget_s:g} seconds of GPU time for today; "
-            f"it resets in {duration(resets_in)} (00:00 UTC)"
+        super().__init__(self.message(None))
+
+    def message(self, locale: str | None) -> str:
+        """What the member is told, in their language (English for logs and the terminal)."""
+        return tr(
+            "you have used your {seconds} seconds of GPU time for today; "
+            "it resets in {duration} (00:00 UTC)",
+            locale,
+            seconds=format(self.budget_s, "g"),
+            duration=duration(self.resets_in),
         )
 
 
@@ -53,7 +69,16 @@ class CooldownActive(Exception):
     def __init__(self, task: str, retry_after: float) -> None:
         self.task = task
         self.retry_after = retry_after
-        super().__init__(f"{task} is cooling down; try again in {math.ceil(retry_after)}s")
+        super().__init__(self.message(None))
+
+    def message(self, locale: str | None) -> str:
+        """What the member is told, in their language (English for logs and the terminal)."""
+        return tr(
+            "{task} is cooling down; try again in {seconds}s",
+            locale,
+            task=name_in(self.task, locale),
+            seconds=math.ceil(self.retry_after),
+        )
 
 
 @dataclass(frozen=True)

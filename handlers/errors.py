@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 
 from handlers.portable import PortableError
 
@@ -51,3 +52,11 @@ def check_text(option: str, text: str, limit: int, *, required: bool = True) -> 
 def quote(value: str, limit: int = 40) -> str:
     """User input as an error message may show it: short, quoted, controls escaped."""
     return repr(value if len(value) <= limit else value[:limit] + "…")
+
+
+def terms_pattern(terms: Iterable[str]) -> re.Pattern[str] | None:
+    """Whole words or phrases, in any letter case; None when there are none to look for."""
+    words = sorted({t.strip() for t in terms if t.strip()}, key=len, reverse=True)
+    if not words:
+        return None
+    return re.compile(r"\b(?:" + "|".join(map(re.escape, words)) + r")\b", re.IGNORECASE)

@@ -40,6 +40,7 @@ from handlers.base import (
     quote,
     raise_if_stopped,
 )
+from handlers.errors import terms_pattern
 
 MAX_SEED = 2**32 - 1
 """Seeds are 32-bit, as in most Stable Diffusion front ends, so users can share them."""
@@ -247,12 +248,7 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         self.safety_model = safety_model
         self.safety_threshold = safety_threshold
         self.native_size = native_size
-        terms = [t.strip() for t in blocked_terms if t.strip()]
-        self.blocked = (
-            re.compile(r"\b(?:" + "|".join(map(re.escape, terms)) + r")\b", re.IGNORECASE)
-            if terms
-            else None
-        )
+        self.blocked = terms_pattern(blocked_terms)
         """Whole words or phrases an admin refuses in prompts, in any letter case."""
 
     def size_choices(self) -> list[str] | None:

@@ -1,8 +1,9 @@
 """Translation: M2M100 (100 languages, one model) or Marian opus-mt models for chosen pairs.
 
 Languages arrive as names, codes or locale tags and are resolved to M2M100 codes. A source of
-``auto`` is detected with py3langid from the text alone. Detection is deterministic and takes
-about 0.1 ms, so ``validate``, ``model_for``, ``batch_key`` and ``run_batch`` each resolve the
+``auto`` is detected from the text alone with fastText's lid.176 model, which gets greetings of
+two or three words right. Detection is deterministic and takes about 0.1 ms (0.4 ms for 2,000
+characters), so ``validate``, ``model_for``, ``batch_key`` and ``run_batch`` each resolve the
 pair again and always agree: the request stays a plain frozen value, and every batch holds one
 language pair by construction. A text already in the target language is refused in
 ``validate`` (naming the detected language), so echoing it never costs a model load.

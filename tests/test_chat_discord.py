@@ -233,9 +233,9 @@ async def test_the_persona_set_by_config_reaches_the_prompt(harness: Harness) ->
     s = await scene(harness)
     mods = s.guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
     carol = s.guild.add_member(harness.env.create_user("carol"), roles=[mods])
-    await carol.slash(s.channel, "config", persona="You are a patient chemistry tutor.")
+    await carol.slash(s.channel, "config persona", text="You are a patient chemistry tutor.")
     other = s.guild.create_text_channel("french")
-    await carol.slash(s.channel, "config", persona="Réponds en français.", persona_channel=other)
+    await carol.slash(s.channel, "config persona", text="Réponds en français.", channel=other)
     await ask(harness, s.alice, s.channel, mention(harness, "what is a mole?"))
     await ask(harness, s.alice, other, mention(harness, "bonjour"))
     await s.alice.slash(s.channel, "chat", message="and an ion?")
@@ -245,7 +245,7 @@ async def test_the_persona_set_by_config_reaches_the_prompt(harness: Harness) ->
         "Réponds en français.",
         "You are a patient chemistry tutor.",
     ]
-    await carol.slash(s.channel, "config", clear_persona=True)
+    await carol.slash(s.channel, "config persona", clear=True)
     await ask(harness, s.alice, s.channel, mention(harness, "and now?"))
     assert requests(harness)[-1].system is None  # the bot's default persona
 

@@ -92,6 +92,10 @@ class ScriptedTask(Task[Any, Any]):
         self.name = self.real.name
         self.kind = self.real.kind
 
+    def __getattr__(self, name: str) -> Any:
+        """The real handler's settings (limits, sizes, the safety model) for the bot to read."""
+        return getattr(self.real, name)
+
     def validate(self, request: Any) -> None:
         self.real.validate(request)
 
@@ -391,7 +395,7 @@ async def test_members_cannot_run_admin_commands(harness: Harness) -> None:
     s = await scene(harness)
     mods = s.guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
     carol = s.guild.add_member(harness.env.create_user("carol"), roles=[mods])
-    for command in ("queue", "stats", "config"):
+    for command in ("queue", "stats", "config show"):
         assert command not in s.alice.available_commands(s.channel)
         assert command in carol.available_commands(s.channel)
     result = await carol.slash(s.channel, "queue")
@@ -590,11 +594,11 @@ async def test_config_turns_commands_off_and_on(harness: Harness) -> None:
     s = await scene(harness)
     mods = s.guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
     carol = s.guild.add_member(harness.env.create_user("carol"), roles=[mods])
-    await carol.slash(s.channel, "config", disable="chat")
+    await carol.slash(s.channel, "config command", name="chat", enabled=False)
     refused = await s.alice.slash(s.channel, "chat", message="hi")
     assert refused.ephemeral and "turned off" in refused.response.content
-    typo = await carol.slash(s.channel, "config", enable="chta")
-    assert typo.ephemeral and typo.response.content.startswith("**enable**:")
-    await carol.slash(s.channel, "config", enable="chat")
+    typo = await carol.slash(s.channel, "config command", name="chta", enabled=True)
+    assert typo.ephemeral and typo.response.content.startswith("**name**:")
+    await carol.slash(s.channel, "config command", name="chat", enabled=True)
     settings = harness.bot.guild_settings.get(s.guild.id)
     assert settings.enabled_commands is None  # everything on again

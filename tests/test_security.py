@@ -205,13 +205,16 @@ async def test_admin_commands_check_the_permission_when_run(harness: Harness) ->
     """Discord hides them from members (test_discord.test_members_cannot_run_admin_commands),
     but a server can change that setting: the command checks again when it runs."""
     from bot.cogs.admin import Admin, NotAnAdmin
+    from bot.cogs.config import ServerConfig
 
     commands = {c.name: c for c in Admin.__cog_app_commands__}
     member = SimpleNamespace(id=42, guild_permissions=discord.Permissions.none())
     owner = SimpleNamespace(id=7, guild_permissions=discord.Permissions.none())
     harness.bot.settings.owner_ids = ["7"]
-    for name in ("queue", "stats", "config"):
-        (check,) = commands[name].checks
+    config = harness.bot.get_cog("ServerConfig")
+    assert isinstance(config, ServerConfig)
+    checks = [commands["queue"].checks[0], commands["stats"].checks[0], config.interaction_check]
+    for check in checks:
         with pytest.raises(NotAnAdmin):
             await check(SimpleNamespace(client=harness.bot, user=member))
         assert await check(SimpleNamespace(client=harness.bot, user=owner))

@@ -134,3 +134,34 @@ def test_behind_a_proxy_the_hub_counts_as_reachable(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(hub_constants, "ENDPOINT", "https://127.0.0.1:9")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     assert hub_reachable()  # the hub client goes through the proxy; no direct probe
+
+
+DOCTOR_PROBE = """
+import sys
+from bot import doctor
+from bot.settings import Settings
+
+quick = []
+async def until_the_gpu_row():
+    async for row in doctor.diagnose(Settings()):
+        if row.check == "gpu":
+            return
+        quick.append(row.check)
+        assert "torch" not in sys.modules and "transformers" not in sys.modules, row
+
+import asyncio
+asyncio.run(until_the_gpu_row())
+print("quick rows:", quick)
+"""
+
+
+def test_doctor_prints_its_quick_rows_before_loading_torch(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
+    env |= {"BOT_DATA_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", DOCTOR_PROBE], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for check in ("python", "torch", "token", "discord login", "database", "hub cache"):
+        assert f"'{check}'" in done.stdout

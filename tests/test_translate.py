@@ -180,6 +180,45 @@ def test_auto_detection_picks_the_pair_and_batch_key_groups_by_it() -> None:
     assert detect_language("<@123> https://example.com 12345 :)") is None
 
 
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("Guten Morgen", "de"),
+        ("Vielen Dank", "de"),
+        ("Pas de problème", "fr"),
+        ("Hasta luego", "es"),
+        ("Boa noite", "pt"),
+        ("Non lo so", "it"),
+        ("Доброе утро", "ru"),
+        ("Как дела?", "ru"),
+        ("Welkom terug", "nl"),
+        ("Do jutra", "pl"),
+        ("おはようございます", "ja"),
+        ("GUTEN MORGEN", "de"),
+    ],
+)
+def test_two_or_three_words_are_enough_to_detect_a_common_language(text: str, code: str) -> None:
+    # py3langid, the previous detector, left all but the Japanese undecided or wrong.
+    assert detect_language(text) == code
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hallo",  # fastText knows no word of it: its fallback scores never decide
+        "asdf qwer",
+        "Mi estas studento kaj mi loĝas en Parizo.",  # Esperanto: M2M100 does not offer it
+    ],
+)
+def test_unknown_words_and_unserved_languages_stay_undecided(text: str) -> None:
+    assert detect_language(text) is None
+
+
+def test_lone_surrogates_do_not_break_detection() -> None:
+    # fastText only takes valid UTF-8; validation refuses such text, but callers may not.
+    assert detect_language("\ud800 Guten Morgen \udfff") == "de"
+
+
 def test_pair_models_route_a_known_pair_to_its_model() -> None:
     task = TranslateTask(pair_models={"en-de": "opus-en-de", "French-English": "opus-fr-en"})
     assert task.model_for(TranslateRequest(ENGLISH, "de"), "m2m") == "opus-en-de"

@@ -250,7 +250,7 @@ async def test_direct_messages_offer_text_commands_only_by_default(harness: Harn
     dan = harness.env.create_user("dan")
     offered = dan.available_commands()
     assert {"chat", "summarize", "translate", "sentiment", "classify", "usage"} <= set(offered)
-    assert not {"imagine", "speak", "config"} & set(offered)
+    assert not {"imagine", "speak", "config show"} & set(offered)
     answer = await dan.slash("chat", message="hi")
     await harness.finish()
     assert answer.response.content == "echo: hi"
@@ -389,7 +389,7 @@ async def test_nothing_slow_happens_before_the_acknowledgement(
         (s.alice, "imagine", {"prompt": "a red fox"}),
         (s.alice, "summarize", {"file": ("notes.txt", b"Photosynthesis makes sugar.")}),
         (s.alice, "summarize", {"messages": 5}),
-        (carol, "config", {"ephemeral": True}),
+        (carol, "config replies", {"visibility": "private"}),
     ):
         since = len(harness.env.http_requests)
         result = await member.slash(s.channel, command, **options)

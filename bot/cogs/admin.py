@@ -1,11 +1,11 @@
-"""Admin and member commands about the bot itself: /queue, /stats, /config, /usage."""
+"""Admin and member commands about the bot itself: /queue, /stats, /usage."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -15,10 +15,8 @@ from bot.charts import usage_chart
 from bot.cogs.delivery import NO_MENTIONS
 from bot.cogs.markdown import clip
 from bot.cogs.tasks import caller_of
-from bot.guilds import PERSONA_MAX_CHARS
 from bot.quotas import duration
 from bot.usage import render_stats
-from handlers.base import InvalidInput
 
 if TYPE_CHECKING:
     from bot.client import AssistantBot
@@ -31,15 +29,17 @@ class NotAnAdmin(app_commands.CheckFailure):
         super().__init__("this command is for server managers and the bot's owners")
 
 
-def admin_only() -> app_commands.check:
+def is_admin(interaction: Interaction) -> bool:
     """Manage Server, or one of the configured owners (the Discord setting can be changed)."""
+    user = interaction.user
+    return str(user.id) in interaction.client.settings.owner_ids or (
+        isinstance(user, discord.Member) and user.guild_permissions.manage_guild
+    )
 
+
+def admin_only() -> app_commands.check:
     async def predicate(interaction: Interaction) -> bool:
-        user = interaction.user
-        allowed = str(user.id) in interaction.client.settings.owner_ids or (
-            isinstance(user, discord.Member) and user.guild_permissions.manage_guild
-        )
-        if not allowed:
+        if not is_admin(interaction):
             raise NotAnAdmin
         return True
 
@@ -101,70 +101,6 @@ class Admin(commands.Cog):
             ephemeral=True,
         )
         self.bot.invoker.record_command("stats", caller_of(interaction))
-
-    @app_commands.command(description="Show or change this server's settings")
-    @app_commands.describe(
-        ephemeral="Answers only the asker sees",
-        images="Where /imagine may post",
-        enable="A command to turn on",
-        disable="A command to turn off",
-        persona="What the chat model is told before every conversation (a system prompt)",
-        persona_channel="Set or clear the persona of this channel only (default: the server's)",
-        clear_persona="Go back to the bot's default persona (for persona_channel if given)",
-        chat_threads="Open a thread for every /chat conversation",
-    )
-    @app_commands.default_permissions(manage_guild=True)
-    @app_commands.guild_only()
-    @admin_only()
-    async def config(
-        self,
-        interaction: Interaction,
-        ephemeral: bool | None = None,
-        images: Literal["age_restricted_only", "allow"] | None = None,
-        enable: str | None = None,
-        disable: str | None = None,
-        persona: app_commands.Range[str, 1, PERSONA_MAX_CHARS] | None = None,
-        persona_channel: discord.TextChannel | None = None,
-        clear_persona: bool = False,
-        chat_threads: bool | None = None,
-    ) -> None:
-        assert interaction.guild_id is not None
-        store = self.bot.guild_settings
-        current = store.get(interaction.guild_id)
-        changes: dict[str, object] = {}
-        if ephemeral is not None:
-            changes["ephemeral"] = ephemeral
-        if images is not None:
-            changes["nsfw"] = images
-        if chat_threads is not None:
-            changes["chat_threads"] = chat_threads
-        if persona is not None and clear_persona:
-            raise InvalidInput("clear_persona", "give a persona or clear it, not both")
-        if persona is not None or clear_persona:
-            if persona_channel is None:
-                changes["persona"] = persona
-            else:
-                personas = dict(current.channel_personas)
-                personas.pop(persona_channel.id, None)
-                if persona is not None:
-                    personas[persona_channel.id] = persona
-                changes["channel_personas"] = personas
-        elif persona_channel is not None:
-            raise InvalidInput("persona_channel", "give it with persona or clear_persona")
-        everything = set(self.bot.executor.tasks)
-        for option, name in (("enable", enable), ("disable", disable)):
-            if name and name not in everything:
-                raise InvalidInput(option, f"choose one of {', '.join(sorted(everything))}")
-        if enable or disable:
-            on = set(everything if current.enabled_commands is None else current.enabled_commands)
-            on = (on | {enable}) - {disable} if enable else on - {disable}
-            changes["enabled_commands"] = None if on >= everything else sorted(on)
-        settings = current
-        if changes:
-            await interaction.response.defer(ephemeral=True, thinking=True)  # a disk write
-            settings = await store.update(interaction.guild_id, **changes)
-        shown = settings.model_dump(exclude_defaults=True) or "defaults"
-        await self._reply(interaction, "config", f"Server settings: `{shown}`")
 
     @app_commands.command(description="Your quota for today")
     async def usage(self, interaction: Interaction) -> None:

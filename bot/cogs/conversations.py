@@ -30,6 +30,7 @@ from bot.conversations import Answer, Conversations, Memory, Turn, command_word
 from bot.executor import JobHandle
 from bot.guilds import GuildSettings
 from bot.invocations import Caller, CommandDisabled
+from bot.localization import tr
 from handlers.base import InvalidInput
 from handlers.chat import ChatRequest
 
@@ -111,7 +112,9 @@ class ConversationsCog(commands.Cog, name="Conversations"):
             if opens_thread:
                 room = await self._open_thread(interaction, message)
                 conversation = f"thread:{room.id}"
-                place: InteractionPlace | MessagePlace = MessagePlace(room, interaction.user)
+                place: InteractionPlace | MessagePlace = MessagePlace(
+                    room, interaction.user, locale=interaction.locale.value
+                )
             else:
                 conversation = f"slash:{interaction.id}"
                 place = InteractionPlace(interaction, policy)
@@ -188,9 +191,7 @@ class ConversationsCog(commands.Cog, name="Conversations"):
         store = self.conversations.store
         async with self.conversations.lock(conversation):  # not in the middle of a fold
             await store.reset(conversation, interaction.id, interaction.guild_id)
-        sent = await interaction.followup.send(
-            "🧹 Conversation reset: I have forgotten what came before.", wait=True
-        )
+        sent = await interaction.followup.send(reset_notice(interaction.locale.value), wait=True)
         await store.record_answers(conversation, [sent.id], is_turn=False)
         self.bot.invoker.record_command("chat-reset", caller_of(interaction))
 
@@ -251,7 +252,10 @@ class ConversationsCog(commands.Cog, name="Conversations"):
         text = self._own_text(message)
         if not text and not _text_files(message):
             if bot.user is not None and bot.user.id in message.raw_mentions:
-                await self._say(message, "👋 Ask me something after the mention, or use /chat.")
+                await self._say(
+                    message,
+                    tr("👋 Ask me something after the mention, or use /chat.", locale_of(message)),
+                )
             return  # without the Message Content intent, other messages arrive empty
         caller = self._caller(message)
         conversation = route.conversation
@@ -262,7 +266,7 @@ class ConversationsCog(commands.Cog, name="Conversations"):
                 await self._begin(route, caller.guild_id)
                 if word == "reset":
                     await store.reset(conversation, message.id, caller.guild_id)
-                    answer = "🧹 Conversation reset: I have forgotten what came before."
+                    answer = reset_notice(locale_of(message))
                 else:
                     answer = Conversations.describe(await store.memory(conversation))
             sent = await self._say(message, clip(neutralize(answer)))
@@ -282,7 +286,11 @@ class ConversationsCog(commands.Cog, name="Conversations"):
                 request = await self._prepare(route, caller.guild_id, base, caller, message)
             handle = admission.submit(request)
         place = MessagePlace(
-            message.channel, message.author, message, posted=self._answering(conversation)
+            message.channel,
+            message.author,
+            message,
+            posted=self._answering(conversation),
+            locale=locale_of(message),
         )
         self._follow(conversation, handle, place, message.author.id)
 
@@ -465,9 +473,21 @@ class ConversationsCog(commands.Cog, name="Conversations"):
     async def _report(self, message: discord.Message, error: BaseException) -> None:
         """A failed turn is answered in a reply, as a failed command is."""
         try:
-            await self._say(message, answer_to(error))
+            await self._say(message, answer_to(error, locale_of(message)))
         except discord.HTTPException as exc:
             log.warning("could not report an error to a member: %s", exc)
+
+
+def reset_notice(locale: str | None) -> str:
+    """What a reset answers, by command or by a reply that says ``reset``."""
+    return tr("🧹 Conversation reset: I have forgotten what came before.", locale)
+
+
+def locale_of(message: discord.Message) -> str | None:
+    """The language to answer a message in: a message carries no member's locale (an
+    interaction does), so the server's preferred one, set in its Community settings;
+    English in a DM."""
+    return message.guild.preferred_locale.value if message.guild is not None else None
 
 
 def _is_reply(message: discord.Message) -> bool:

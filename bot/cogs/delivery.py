@@ -16,6 +16,7 @@ import discord
 
 from bot.cogs.markdown import MESSAGE_LIMIT, clip, neutralize, split_text
 from bot.executor import JobCancelled, JobEvent, JobHandle, JobState
+from bot.localization import name_in, tr
 from bot.models import explain
 
 log = logging.getLogger(__name__)
@@ -52,42 +53,60 @@ class Reply:
 
 
 class CancelView(discord.ui.View):
-    """A Cancel button only the requester may press; it works while the job lives."""
+    """A Cancel button only the requester may press, labelled in the requester's language;
+    it works while the job lives. Whoever presses it is answered in their own."""
 
-    def __init__(self, handle: JobHandle, requester_id: int) -> None:
+    def __init__(self, handle: JobHandle, requester_id: int, locale: str | None = None) -> None:
         super().__init__(timeout=None)
         self.handle = handle
         self.requester_id = requester_id
         button: discord.ui.Button[CancelView] = discord.ui.Button(
-            label="Cancel", style=discord.ButtonStyle.danger, custom_id=f"cancel:{handle.id}"
+            label=tr("Cancel", locale),
+            style=discord.ButtonStyle.danger,
+            custom_id=f"cancel:{handle.id}",
         )
         button.callback = self._pressed
         self.add_item(button)
 
     async def _pressed(self, interaction: discord.Interaction) -> None:
+        locale = interaction.locale.value
         if interaction.user.id != self.requester_id:
             await interaction.response.send_message(
-                "Only the member who asked can cancel this.", ephemeral=True
+                tr("Only the member who asked can cancel this.", locale), ephemeral=True
             )
             return
         cancelled = self.handle.cancel("cancelled by the requester")
-        await interaction.response.send_message(
-            "Cancelled." if cancelled else "This request has already finished.", ephemeral=True
+        text = (
+            tr("Cancelled.", locale)
+            if cancelled
+            else tr("This request has already finished.", locale)
         )
+        await interaction.response.send_message(text, ephemeral=True)
 
 
-def describe_progress(task: str, event: JobEvent) -> str | None:
+def describe_progress(task: str, event: JobEvent, locale: str | None = None) -> str | None:
+    """The progress line of a job, in the requester's language (what a model writes stays
+    as written)."""
+    command = name_in(task, locale)
     if event.state is JobState.QUEUED and event.position is not None:
-        eta = f", about {max(1, round(event.eta_s or 0))}s" if event.eta_s else ""
-        return f"⏳ /{task}: number {event.position + 1} in the queue{eta}"
+        position = event.position + 1
+        if event.eta_s:
+            return tr(
+                "⏳ /{command}: number {position} in the queue, about {seconds}s", locale,
+                command=command, position=position, seconds=max(1, round(event.eta_s)),
+            )  # fmt: skip
+        return tr(
+            "⏳ /{command}: number {position} in the queue", locale,
+            command=command, position=position,
+        )  # fmt: skip
     if event.state is JobState.RUNNING:
         if event.step is not None and event.total:
             filled = round(10 * event.step / event.total)
             bar = "█" * filled + "░" * (10 - filled)
-            return f"🎨 /{task}: {bar} {event.step}/{event.total}"
+            return f"🎨 /{command}: {bar} {event.step}/{event.total}"
         if isinstance(event.partial, str) and event.partial:
             return clip(neutralize(event.partial))
-        return f"⚙️ /{task}: working…"
+        return tr("⚙️ /{command}: working…", locale, command=command)
     return None
 
 
@@ -96,6 +115,8 @@ class Place(ABC):
     follow-up pieces, and where the result goes when the reply cannot take it."""
 
     policy: ReplyPolicy
+    locale: str | None
+    """The language of the bot's own words here (Discord's locale; None: English)."""
 
     @property
     @abstractmethod
@@ -130,6 +151,8 @@ class InteractionPlace(Place):
     def __init__(self, interaction: discord.Interaction, policy: ReplyPolicy) -> None:
         self.interaction = interaction
         self.policy = policy
+        self.locale = interaction.locale.value
+        """The member's Discord client's language."""
 
     @property
     def filesize_limit(self) -> int:
@@ -164,16 +187,19 @@ class InteractionPlace(Place):
         """Post in the channel with a mention, or by DM."""
         interaction = self.interaction
         name = interaction.command.name if interaction.command else "request"
+        command = name_in(name, self.locale)
         target: discord.abc.Messageable | None
         if self.policy.fallback == "dm":
-            target, header = interaction.user, f"Your /{name} is ready:"
+            target = interaction.user
+            header = tr("Your /{command} is ready:", self.locale, command=command)
         else:
             target = (
                 interaction.channel
                 if isinstance(interaction.channel, discord.abc.Messageable)
                 else None
             )
-            header = f"{interaction.user.mention} your /{name} is ready:"
+            header = tr("{mention} your /{command} is ready:", self.locale,
+                        mention=interaction.user.mention, command=command)  # fmt: skip
         if target is None:
             log.warning("a result whose reply cannot be edited has nowhere to go")
             return []
@@ -194,10 +220,12 @@ class MessagePlace(Place):
         requester: discord.abc.User,
         reply_to: discord.Message | None = None,
         posted: Callable[[discord.Message], None] | None = None,
+        locale: str | None = None,
     ) -> None:
         self.channel = channel
         self.requester = requester
         self.reply_to = reply_to
+        self.locale = locale
         self.posted = posted
         """Told of each message posted, as soon as it is (before the answer is complete)."""
         self.reply: discord.Message | None = None
@@ -259,7 +287,7 @@ class MessagePlace(Place):
         view: discord.ui.View | None,
     ) -> list[discord.Message]:
         """The member's message is gone (or the reply refused): post in the channel."""
-        header = f"{self.requester.mention} here is my answer:"
+        header = tr("{mention} here is my answer:", self.locale, mention=self.requester.mention)
         return await _post(self.channel, header, self.requester, pieces, files, view)
 
 
@@ -341,7 +369,7 @@ class JobWatcher:
                 self._timer.cancel()
             self._spawn(self._finish())
             return
-        text = describe_progress(self.handle.task, event)
+        text = describe_progress(self.handle.task, event, self.place.locale)
         if text is None or text == self._shown:
             return
         self._pending = text
@@ -405,15 +433,15 @@ async def deliver(
     files = list(reply.files)
     limit = place.filesize_limit
     if sum(len(data) for _, data in files) > limit:
-        reply = Reply(note=f"The result is larger than this server's {limit // 2**20} MiB "
-                      "upload limit.")  # fmt: skip
-        files = []
+        note = tr("The result is larger than this server's {mebibytes} MiB upload limit.",
+                  place.locale, mebibytes=limit // 2**20)  # fmt: skip
+        reply, files = Reply(note=note), []
     text = neutralize(reply.text)
     content = f"{text}\n{reply.note}" if text and reply.note else text or reply.note
     pieces = split_text(content) if content else [""]
     if len(pieces) > MAX_SPLIT_MESSAGES:
         files.append(("result.txt", reply.text.encode()))
-        pieces = [clip(text, PREVIEW_CHARS) + "\n*(full text attached)*"]
+        pieces = [clip(text, PREVIEW_CHARS) + "\n" + tr("*(full text attached)*", place.locale)]
     first = await place.final(content=pieces[0], attachments=_files(files), view=view)
     if first is None:
         return await place.post_instead(pieces, files, view)

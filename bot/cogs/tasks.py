@@ -15,6 +15,7 @@ from bot.cogs.delivery import InteractionPlace, Reply
 from bot.cogs.images import image_buttons
 from bot.cogs.reading import summarize_source
 from bot.invocations import Caller
+from bot.localization import tr
 from handlers.base import HandlerError, InvalidInput
 from handlers.chat import ChatResult
 from handlers.classify import ClassifyRequest, ClassifyResult, parse_labels
@@ -62,13 +63,21 @@ def place_caller(
     )
 
 
-def language_choices(current: str, detect: bool) -> list[app_commands.Choice[str]]:
+def language_choices(
+    current: str, detect: bool, locale: str | None = None
+) -> list[app_commands.Choice[str]]:
+    """Languages matching what the member typed; "detect" offered in their language (or
+    English, which they may have typed too)."""
     choices = [
         app_commands.Choice(name=f"{language.name} ({language.code})", value=language.code)
         for language in search_languages(current)
     ]
-    if detect and "detect automatically".startswith(current.casefold()):
-        choices.insert(0, app_commands.Choice(name="Detect automatically", value="auto"))
+    detect_name = tr("Detect automatically", locale)
+    typed = current.casefold()
+    if detect and any(
+        n.casefold().startswith(typed) for n in (detect_name, "detect automatically")
+    ):
+        choices.insert(0, app_commands.Choice(name=detect_name, value="auto"))
     return choices[:25]
 
 
@@ -219,7 +228,7 @@ class Tasks(commands.Cog):
     async def _sources(
         self, interaction: Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        return language_choices(current, detect=True)
+        return language_choices(current, detect=True, locale=interaction.locale.value)
 
     @app_commands.command(description="Generate images from a prompt")
     @app_commands.describe(
