@@ -24,7 +24,7 @@ from bot.app import TaskUnavailable
 from bot.executor import Executor, ExecutorError
 from bot.quotas import Quotas
 from bot.usage import UsageLog
-from handlers.base import HandlerError
+from handlers.base import HandlerError, InvalidInput
 from handlers.chat import MAX_TURNS, ChatRequest, ChatTurn, ChatWindow, Role
 from handlers.summarize import SummarizeRequest
 
@@ -274,6 +274,13 @@ def fit(
             if excess <= 0 or not text:
                 continue
             keep = window.tokens(text) - excess - window.tokens(TRUNCATED)
+            if keep <= 0 and field == "message":  # nothing of it would be left to answer
+                raise InvalidInput(
+                    "max_tokens",
+                    f"an answer of {window.task.new_tokens(request)} tokens leaves no room "
+                    f"for the conversation in the model's {window.context}; ask for a "
+                    "shorter answer (or lower BOT_CHAT__DEFAULT_NEW_TOKENS)",
+                )
             cut = window.truncate(text, keep) + TRUNCATED if keep > 0 else ""
             request = dataclasses.replace(request, **{field: cut})
             excess = window.prompt_tokens(request) - budget

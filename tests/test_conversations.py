@@ -24,7 +24,7 @@ from bot.conversations import (
 )
 from bot.executor import Executor, ExecutorConfig, LocalBackend, ModelRegistry
 from bot.usage import UsageLog
-from handlers.base import BatchContext, HandlerError, LoadSpec, Task, TaskKind
+from handlers.base import BatchContext, HandlerError, InvalidInput, LoadSpec, Task, TaskKind
 from handlers.chat import ChatRequest, ChatTask, ChatWindow
 from handlers.summarize import SummarizeRequest, SummarizeResult
 
@@ -257,3 +257,12 @@ async def test_a_branch_keeps_only_what_its_own_chain_remembers(setup: Setup) ->
     assert (late.summary, late.summary_through) == ("turns up to 10", 10)
     assert (early.summary, early.summary_through) == ("", 0)
     assert early.opening == Turn(1, "user", "hi", "alice")
+
+
+def test_an_answer_that_fills_the_window_is_refused_naming_its_length(setup: Setup) -> None:
+    window = setup.window
+    whole = ChatRequest("what is osmosis?", max_tokens=window.context)
+    with pytest.raises(InvalidInput) as refused:
+        fit(window, whole, [])
+    assert refused.value.option == "max_tokens"
+    assert f"an answer of {window.context} tokens leaves no room" in refused.value.message
