@@ -83,6 +83,8 @@ class RateResult:
     wall_s: float = 0.0
     device_s: float = 0.0
     waits: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    answers: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    """Seconds from arrival to the whole result, per task."""
 
     def p95(self) -> float:
         every = [w for waits in self.waits.values() for w in waits]
@@ -101,7 +103,12 @@ class RateResult:
             "wait_p50_s": percentile([w for ws in self.waits.values() for w in ws], 0.5),
             "wait_p95_s": self.p95(),
             "per_task": {
-                task: {"n": len(ws), "p50_s": percentile(ws, 0.5), "p95_s": percentile(ws, 0.95)}
+                task: {
+                    "n": len(ws),
+                    "p50_s": percentile(ws, 0.5),
+                    "p95_s": percentile(ws, 0.95),
+                    "answer_p95_s": percentile(self.answers[task], 0.95),
+                }
                 for task, ws in sorted(self.waits.items())
             },
             "sustained": self.sustained(),
@@ -159,6 +166,7 @@ async def at_rate(
             result.failed += 1
             continue
         result.waits[task].append(handle.wait_s or 0.0)
+        result.answers[task].append((handle.wait_s or 0.0) + (handle.run_s or 0.0))
         result.device_s += handle.gpu_s or 0.0
     result.wall_s = loop.time() - start
     return result
@@ -169,6 +177,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         settings = build_models(Path(directory), args.device)
         settings.max_queue = args.max_queue
         settings.max_per_user = 2
+        settings.chat.continuous = args.chat
         executor = await start_executor(settings, worker=args.worker)
         try:
             for task in executor.tasks:  # load every model before the clock starts
@@ -209,6 +218,12 @@ def main() -> int:
     parser.add_argument("--max-queue", type=int, default=64)
     parser.add_argument("--worker", choices=("process", "thread"), default="process")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--chat",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="continuous batching for chat (BOT_CHAT__CONTINUOUS); auto uses it on CUDA",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     args.rates = [float(rate) for rate in args.rates.split(",")]

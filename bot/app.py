@@ -85,6 +85,8 @@ def build_tasks(settings: Settings) -> dict[str, Task[Any, Any]]:
             max_new_tokens=settings.chat.max_new_tokens,
             system_prompt=settings.chat.system_prompt,
             context_tokens=settings.chat.context_tokens,
+            continuous=settings.chat.continuous,
+            max_running=settings.chat.max_running,
         ),
     }
 

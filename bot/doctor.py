@@ -398,11 +398,41 @@ def check_models(settings: Settings, gpu_bytes: int | None) -> list[Row]:
                 )
             )
             continue
+        detail = f"{where}, ~{human_bytes(memory)} as {dtype_name}"
+        if requirement.label == "chat":
+            batching, cache = chat_batching(settings, device, found.path, dtype)
+            memory += cache
+            detail += f"; {batching}"
         group = _memory_group(requirement)
         groups[group] = groups.get(group, 0) + memory
-        rows.append(Row(check, Status.OK, f"{where}, ~{human_bytes(memory)} as {dtype_name}"))
+        rows.append(Row(check, Status.OK, detail))
     rows.extend(memory_rows(groups, settings.memory_budget_bytes(), gpu_bytes, dtype_name))
     return rows
+
+
+def chat_batching(
+    settings: Settings, device: str, path: Path, dtype: torch.dtype
+) -> tuple[str, int]:
+    """How chat will batch on ``device``, and the KV cache continuous batching reserves."""
+    from transformers import AutoConfig
+
+    from handlers.chat import continuous_on, model_context
+    from handlers.continuous import cache_bytes
+
+    chat = settings.chat
+    if not continuous_on(chat.continuous, device):
+        why = "off" if chat.continuous == "off" else f"auto, which is for CUDA GPUs ({device})"
+        return f"static batching (BOT_CHAT__CONTINUOUS={why})", 0
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        context = min(model_context(config) or chat.context_tokens, chat.context_tokens)
+        cache = cache_bytes(config, dtype, chat.max_running, context)
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"continuous batching (KV cache size unknown: {exc})", 0
+    return (
+        f"continuous batching, {chat.max_running} conversations at once, "
+        f"+{human_bytes(cache)} KV cache"
+    ), cache
 
 
 def memory_rows(

@@ -123,6 +123,14 @@ class ChatSettings(BaseModel):
     memory_days: int = Field(default=30, ge=1)
     """A conversation's stored summary and answer ids are deleted this many days after its
     last turn; the conversation then starts afresh."""
+    continuous: Literal["auto", "on", "off"] = "auto"
+    """Continuous batching: each conversation joins the running batch at the next token and
+    leaves when its answer ends, so short answers never wait for long ones. auto: on CUDA
+    GPUs (on a CPU its per-step overhead outweighs the gain); on: wherever the model
+    supports it; off: static batches."""
+    max_running: int = Field(default=32, ge=1, le=512)
+    """Conversations generating at once with continuous batching; the KV cache is reserved
+    for this many full contexts when the chat model loads."""
 
 
 class TaskClassSettings(BaseModel):

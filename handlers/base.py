@@ -49,6 +49,9 @@ class BatchContext(Protocol):
     def partial(self, index: int, data: Any) -> None:
         """Send an intermediate output (streamed text) to the job at ``index``."""
 
+    def abandoned(self, index: int) -> bool:
+        """Nobody waits for the result of the job at ``index`` any more."""
+
 
 def raise_if_stopped(ctx: BatchContext) -> None:
     """Call between steps: stops the batch cooperatively when nobody awaits it."""
@@ -151,6 +154,21 @@ class Task(ABC, Generic[RequestT, ResultT]):
     @abstractmethod
     def load(self, spec: LoadSpec) -> Any:
         """Load the model (and its tokenizer or processor) ready for ``run_batch``."""
+
+    def running_cap(self) -> int | None:
+        """How many requests may run at once when each joins the running batch at the next
+        step and leaves when done (continuous batching): ``run_batch`` then returns futures
+        that resolve as rows finish. None: a batch runs from start to end together."""
+        return None
+
+    def unload(self, model: Any) -> None:
+        """Stop what ``load`` started beside the weights (threads, caches) before the model
+        is dropped."""
+
+    def busy(self, model: Any) -> bool:
+        """Whether requests are still running on the model after their batch returned
+        (continuous batching): it is then not unloaded to make room for another."""
+        return False
 
     def model_bytes(self, model: Any) -> int:
         """Accelerator memory the loaded model holds, for the registry's budget."""

@@ -1,13 +1,23 @@
 """Chat: a small instruction-tuned causal LM (Qwen2.5-0.5B-Instruct by default), batched.
 
 A request is a conversation: earlier turns, a summary of what came before them, and the new
-message. Prompts go through the model's chat template and are left-padded so one
-``generate`` call serves the whole batch. Text streams to each job as it is produced, each
-job samples with its own seed, and the batch stops between tokens when nobody awaits it.
+message. Prompts go through the model's chat template.
+
+Two ways to batch, chosen per model when it loads (``continuous``):
+
+- continuous batching (``handlers.continuous``): each conversation joins the running batch
+  at the next step and leaves when its answer ends, so a short answer never waits for a
+  long one. On a GPU by default; a seed does not make a sampled answer repeatable there.
+- static batching: prompts are left-padded so one ``generate`` call serves the batch; each
+  job samples with its own seed, and the batch stops between tokens when nobody awaits it.
+
+Either way text streams to each job as it is produced.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import logging
 import math
 import threading
 from collections.abc import Hashable, Sequence
@@ -29,6 +39,7 @@ from handlers.base import (
     check_text,
     from_pretrained,
 )
+from handlers.continuous import ContinuousGenerator, Generated
 
 DEFAULT_SYSTEM = "You are a helpful, concise assistant in a Discord community."
 MAX_SEED = 2**32 - 1
@@ -47,6 +58,15 @@ conversation to open with one."""
 _SENTINEL = "\u2063SENTINEL\u2063"
 
 Role = Literal["user", "assistant"]
+Continuous = Literal["auto", "on", "off"]
+"""Continuous batching: ``auto`` on CUDA only (on a CPU its per-step overhead outweighs
+what it saves), ``on`` wherever the model supports it, ``off`` never."""
+
+log = logging.getLogger(__name__)
+
+
+def continuous_on(mode: Continuous, device: str) -> bool:
+    return mode == "on" or (mode == "auto" and device.startswith("cuda"))
 
 
 @dataclass(frozen=True)
@@ -97,6 +117,8 @@ class ChatModel:
     stop_ids: frozenset[int]
     context: int
     """Tokens the prompt and the answer may take together."""
+    continuous: ContinuousGenerator | None = None
+    """Set when requests join a running batch; None batches statically."""
 
 
 @dataclass(frozen=True)
@@ -254,7 +276,15 @@ class ChatTask(Task[ChatRequest, ChatResult]):
         max_new_tokens: int = 1024,
         system_prompt: str = DEFAULT_SYSTEM,
         context_tokens: int = 4096,
+        continuous: Continuous = "auto",
+        max_running: int = 32,
     ) -> None:
+        if max_running < 1:
+            raise ValueError(f"max_running must be positive, got {max_running}")
+        self.continuous = continuous
+        self.max_running = max_running
+        """Conversations generating at once with continuous batching: the KV cache is
+        sized for this many full contexts."""
         self.default_new_tokens = default_new_tokens
         self.max_new_tokens = max_new_tokens
         self.system_prompt = system_prompt
@@ -315,12 +345,45 @@ class ChatTask(Task[ChatRequest, ChatResult]):
     def cost(self, request: ChatRequest) -> int:
         return self._chars(request) // 4 + self.new_tokens(request)
 
+    def running_cap(self) -> int | None:
+        return None if self.continuous == "off" else self.max_running
+
+    def uses_continuous(self, device: str) -> bool:
+        """Whether a model loaded on ``device`` is tried with continuous batching."""
+        return continuous_on(self.continuous, device)
+
     def load(self, spec: LoadSpec) -> ChatModel:
         tokenizer = self._tokenizer(spec.source)
         model = from_pretrained(AutoModelForCausalLM, spec).to(spec.device).eval()
         context = min(model_context(model.config) or self.context_tokens, self.context_tokens)
         stop_ids = stop_token_ids(tokenizer, model.generation_config)
-        return ChatModel(tokenizer, model, spec.device, stop_ids, context)
+        loaded = ChatModel(tokenizer, model, spec.device, stop_ids, context)
+        if self.uses_continuous(spec.device):
+            try:
+                loaded.continuous = ContinuousGenerator(
+                    model, tokenizer, stop_ids, self.max_running, context
+                )
+            except Exception as exc:  # an architecture or attention it cannot page
+                log.warning(
+                    "%s: continuous batching is not available (%s); batching statically",
+                    spec.source,
+                    exc,
+                )
+            else:
+                log.info(
+                    "%s: continuous batching, up to %d conversations at once, %.0f MiB of KV cache",
+                    spec.source,
+                    self.max_running,
+                    loaded.continuous.cache_bytes / 2**20,
+                )
+        return loaded
+
+    def unload(self, model: ChatModel) -> None:
+        if model.continuous is not None:
+            model.continuous.close()
+
+    def busy(self, model: ChatModel) -> bool:
+        return model.continuous is not None and model.continuous.running > 0
 
     @staticmethod
     def _tokenizer(source: str) -> Any:
@@ -346,7 +409,8 @@ class ChatTask(Task[ChatRequest, ChatResult]):
             return self._windows[source]
 
     def model_bytes(self, model: ChatModel) -> int:
-        return super().model_bytes(model.model)
+        cache = model.continuous.cache_bytes if model.continuous is not None else 0
+        return super().model_bytes(model.model) + cache
 
     def messages(self, request: ChatRequest) -> list[dict[str, str]]:
         """The conversation as chat-template messages; a member's turns carry their name,
@@ -377,14 +441,22 @@ class ChatTask(Task[ChatRequest, ChatResult]):
 
     def run_batch(
         self, model: ChatModel, requests: Sequence[ChatRequest], ctx: BatchContext
-    ) -> list[ChatResult | InvalidInput]:
+    ) -> list[ChatResult | InvalidInput | concurrent.futures.Future[ChatResult]]:
+        """Answers, or with continuous batching futures of them: the rows have joined the
+        running batch and this returns at once."""
         limit = self.new_tokens(requests[0])
         prompts = [self.prompt_ids(model.tokenizer, r) for r in requests]
         fitting = [row for row, ids in enumerate(prompts) if len(ids) + limit <= model.context]
-        chosen = ([prompts[i] for i in fitting], [requests[i] for i in fitting])
-        answers = iter(
-            self._generate(model, *chosen, limit, _Rows(ctx, fitting)) if fitting else []
-        )
+        if model.continuous is not None:
+            answers = iter([
+                self._join(model.continuous, prompts[row], requests[row], limit, ctx, row)
+                for row in fitting
+            ])  # fmt: skip
+        else:
+            chosen = ([prompts[i] for i in fitting], [requests[i] for i in fitting])
+            answers = iter(
+                self._generate(model, *chosen, limit, _Rows(ctx, fitting)) if fitting else []
+            )
         return [
             next(answers)
             if row in fitting
@@ -395,6 +467,29 @@ class ChatTask(Task[ChatRequest, ChatResult]):
             )
             for row, ids in enumerate(prompts)
         ]
+
+    def _join(
+        self,
+        generator: ContinuousGenerator,
+        prompt: list[int],
+        request: ChatRequest,
+        limit: int,
+        ctx: BatchContext,
+        row: int,
+    ) -> concurrent.futures.Future[ChatResult]:
+        generated = generator.submit(prompt, limit, request.temperature, ctx, row)
+        answer: concurrent.futures.Future[ChatResult] = concurrent.futures.Future()
+
+        def done(future: concurrent.futures.Future[Generated]) -> None:
+            if (error := future.exception()) is not None:
+                answer.set_exception(error)
+                return
+            tokens, stopped = future.result().tokens, future.result().stopped
+            text = generator.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            answer.set_result(ChatResult(text, len(tokens), stopped))
+
+        generated.add_done_callback(done)
+        return answer
 
     def _generate(
         self,
@@ -446,3 +541,6 @@ class _Rows:
 
     def partial(self, index: int, data: Any) -> None:
         self.ctx.partial(self.rows[index], data)
+
+    def abandoned(self, index: int) -> bool:
+        return self.ctx.abandoned(self.rows[index])

@@ -139,12 +139,30 @@ def test_a_healthy_configuration_passes(
     assert sentiment[0] == "ok" and sentiment[1].endswith(", ~2.0 KiB as float16")
     assert status(output, "model imagine")[1].endswith(", ~2.0 KiB as float16")
     assert status(output, "model speak voices")[0] == "ok"
+    assert status(output, "model chat")[1].endswith(
+        "; static batching (BOT_CHAT__CONTINUOUS=auto, which is for CUDA GPUs (cpu))"
+    )
     assert status(output, "memory") == ("ok", "~16.0 KiB for all models as float16 (no budget)")
     assert output.rstrip().endswith("ready to run")
 
     # A second run finds the database as the first left it.
     assert main(["doctor"]) == 0
     assert status(capsys.readouterr().out, "database")[1].endswith("schema 5 of 5")
+
+
+def test_continuous_batching_shows_its_kv_cache_beside_the_chat_weights(
+    tiny_chat: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BOT_DEVICE", "cpu")
+    monkeypatch.setenv("BOT_DTYPE", "float16")
+    monkeypatch.setenv("BOT_MODELS__CHAT", str(tiny_chat))
+    monkeypatch.setenv("BOT_CHAT__CONTINUOUS", "on")
+    monkeypatch.setenv("BOT_CHAT__MAX_RUNNING", "4")
+    main(["doctor"])
+    # 2 layers x (keys + values) x 1 head x 16 dims x 2 bytes, for 4 x 256 tokens
+    assert status(capsys.readouterr().out, "model chat")[1].endswith(
+        "; continuous batching, 4 conversations at once, +128.0 KiB KV cache"
+    )
 
 
 def test_a_model_over_the_memory_budget_is_red(

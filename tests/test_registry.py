@@ -104,3 +104,31 @@ def test_load_spec_forbids_pickles_and_remote_code() -> None:
     kwargs = LoadSpec("x", "cpu", torch.float32).pretrained_kwargs()
     assert kwargs["use_safetensors"] is True
     assert kwargs["trust_remote_code"] is False
+
+
+class RowsTask(SizedTask):
+    """Models named in ``answering`` still have requests running (continuous batching)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answering: set[str] = set()
+        self.unloaded: list[str] = []
+
+    def busy(self, model: str) -> bool:
+        return model.removeprefix("model:") in self.answering
+
+    def unload(self, model: str) -> None:
+        self.unloaded.append(model.removeprefix("model:"))
+
+
+def test_a_model_still_answering_is_not_evicted_and_every_unload_is_told() -> None:
+    registry = ModelRegistry(device="cpu", budget_bytes=2500)
+    task = RowsTask()
+    registry.get(task, "a-1000")
+    registry.get(task, "b-1000")
+    task.answering.add("a-1000")  # the least recently used, but busy
+    registry.get(task, "c-1000")
+    assert sorted(m.model for m in registry.snapshot()) == ["a-1000", "c-1000"]
+    assert task.unloaded == ["b-1000"]
+    registry.unload_all()
+    assert sorted(task.unloaded) == ["a-1000", "b-1000", "c-1000"]

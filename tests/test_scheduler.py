@@ -1,8 +1,9 @@
 """The pure scheduler, step by step: a Hypothesis state machine drives arrivals,
 cancellations, batches and the clock in any order, and checks that no job is lost or run
 twice, that no member holds more places than allowed, that each member's jobs of a model
-run in order, that a job waiting past the starvation limit goes first, and that every job
-runs once arrivals stop."""
+run in order, that a job waiting past the starvation limit goes first, that a model with
+continuous batching never runs more rows than its cap, and that every job runs once
+arrivals stop."""
 
 from __future__ import annotations
 
@@ -23,7 +24,10 @@ LIMITS = {
     ("text", "m"): ClassLimits(0.01, 3, 12, 1e9, 1e9, 0.5),
     ("speech", "m"): ClassLimits(0.02, 2, 20, 1e9, 1e9, 1.0),
     ("image", "m"): ClassLimits(0.05, 2, 8, 1e9, 1e9, 5.0),
+    ("chat", "m"): ClassLimits(0.05, 3, 100, 1e9, 1e9, 0.5),
 }
+CAPS = {("chat", "m"): 4}
+"""Models with continuous batching: rows running at once."""
 MAX_QUEUE, MAX_PER_USER, STARVATION_S = 9, 3, 6.0
 _ids = itertools.count()
 
@@ -45,6 +49,7 @@ def scheduler(slots: int = 2) -> Scheduler[Ticket]:
         MAX_PER_USER,
         limits_of=LIMITS.__getitem__,
         padded_of=lambda key: key[0] != "image",
+        cap_of=CAPS.get,
         slots=slots,
         half_life_s=30.0,
         starvation_s=STARVATION_S,
@@ -58,6 +63,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.scheduler = scheduler()
         self.queued: dict[int, Ticket] = {}
         self.running: list[Batch[Ticket]] = []
+        self.rows: dict[int, Ticket] = {}
+        """Jobs running on as rows of a continuous batch after their batch left."""
         self.ran: set[int] = set()
         self.ended: set[int] = set()
         self.submitted = 0
@@ -65,6 +72,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     def holding(self) -> Counter[str]:
         places = Counter(t.user_id for t in self.queued.values())
         places.update(t.user_id for batch in self.running for t in batch.jobs)
+        places.update(t.user_id for t in self.rows.values())
         return places
 
     @rule(
@@ -105,6 +113,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert ids and all(i in self.queued for i in ids)  # waiting, so never run twice
         assert not self.ran & set(ids)
         limits = LIMITS[batch.queue_key]
+        if (cap := CAPS.get(batch.queue_key)) is not None:
+            assert len(ids) + len(self.rows) <= cap
         assert {t.queue_key for t in batch.jobs} == {batch.queue_key}
         assert len({t.key for t in batch.jobs}) == 1 and len(ids) <= limits.max_batch
         costs = [t.cost for t in batch.jobs]
@@ -143,9 +153,27 @@ class SchedulerMachine(RuleBasedStateMachine):
             return
         batch = data.draw(st.sampled_from(self.running))
         self.now += seconds
-        self.scheduler.finish(batch, self.now)
+        rows: set[int] = set()
+        if batch.queue_key in CAPS:
+            rows = data.draw(st.sets(st.sampled_from(range(len(batch.jobs)))))
+        self.scheduler.finish(batch, self.now, rows)
         self.running.remove(batch)
-        self.ended.update(t.id for t in batch.jobs)
+        for index, ticket in enumerate(batch.jobs):
+            if index in rows:
+                self.rows[ticket.id] = ticket
+            else:
+                self.ended.add(ticket.id)
+
+    @rule(data=st.data(), seconds=st.floats(0.0, 8.0))
+    def release(self, data: st.DataObject, seconds: float) -> None:
+        if not self.rows:
+            return
+        ticket = data.draw(st.sampled_from(sorted(self.rows.values(), key=lambda t: t.id)))
+        self.now += seconds
+        share = self.scheduler.release(ticket, self.now, self.now - seconds)
+        assert 0 <= share <= seconds
+        del self.rows[ticket.id]
+        self.ended.add(ticket.id)
 
     @rule(seconds=st.floats(0.0, 4.0))
     def wait(self, seconds: float) -> None:
@@ -157,7 +185,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert all(n <= MAX_PER_USER for n in holding.values())
         assert self.scheduler.outstanding == sum(holding.values()) <= MAX_QUEUE
         assert self.scheduler.queued == len(self.queued)
-        accounted = [*self.queued, *(t.id for b in self.running for t in b.jobs), *self.ended]
+        accounted = [
+            *self.queued,
+            *(t.id for b in self.running for t in b.jobs),
+            *self.rows,
+            *self.ended,
+        ]
         assert len(accounted) == len(set(accounted)) == self.submitted  # none lost
 
     def teardown(self) -> None:
@@ -169,6 +202,9 @@ class SchedulerMachine(RuleBasedStateMachine):
             for batch in self.running:
                 self.scheduler.finish(batch, self.now)
             self.running.clear()
+            for ticket in self.rows.values():
+                self.scheduler.release(ticket, self.now, self.now - 1.0)
+            self.rows.clear()
             while (batch := self.scheduler.schedule(self.now)) is not None:
                 self.running.append(batch)
                 for ticket in batch.jobs:
@@ -258,3 +294,28 @@ def test_a_failure_while_choosing_a_batch_leaves_the_queue_as_it_was(
     assert (s.queued, s.outstanding, s.running()) == (2, 2, [])
     batch = s.schedule(1.0)
     assert batch is not None and sorted(t.id for t in batch.jobs) == [0, 1]
+
+
+def test_a_continuous_model_takes_newcomers_at_once_up_to_its_cap() -> None:
+    s = scheduler(slots=1)
+    chat = ("chat", "m")
+
+    def arrive(user: str, now: float) -> Ticket:
+        ticket = Ticket(user, chat, None, 1, 1.0, now, next(_ids))
+        s.add(ticket, now)
+        return ticket
+
+    first = arrive("a", 0.0)
+    batch = s.schedule(0.0)
+    assert batch is not None and batch.jobs == [first]
+    s.finish(batch, 0.001, running_on={0})  # it runs on as a row; the device is free
+    assert s.outstanding == 1
+    newcomers = [arrive(user, 0.002) for user in "bcd"]
+    batch = s.schedule(0.002)  # no batching window although the model is busy
+    assert batch is not None and batch.jobs == newcomers
+    s.finish(batch, 0.003, running_on={0, 1, 2})
+    late = arrive("e", 0.004)
+    assert s.schedule(0.004) is None  # four rows: the cap
+    assert s.release(first, 1.0, 0.0) == pytest.approx(1.0 / 4)
+    batch = s.schedule(1.0)
+    assert batch is not None and batch.jobs == [late]

@@ -91,6 +91,7 @@ class Executor:
             self.config.max_per_user,
             limits_of=lambda key: self.limits(self.tasks[key[0]]),
             padded_of=lambda key: self.tasks[key[0]].kind is not TaskKind.IMAGE,
+            cap_of=lambda key: self.tasks[key[0]].running_cap(),
             slots=len(self.backends),
             half_life_s=self.config.fair_half_life_s,
             starvation_s=self.config.starvation_s,
@@ -329,20 +330,50 @@ class Executor:
             self.metrics.record_wait(key, started - job.enqueued_at)
             job.emit(JobEvent(JobState.RUNNING))
         self._positions_changed(key)
-        outcomes = await self._on_device(batch.slot, run, self.limits(task).exec_timeout_s)
+        limit = self.limits(task).exec_timeout_s
+        outcomes = await self._on_device(batch.slot, run, limit)
         seconds = self._clock() - started
-        shares = self.scheduler.finish(batch, self._clock())  # the device is free
+        # With continuous batching, an answer still to come means the job runs on as a row
+        # of the running batch, after its batch left the device.
+        rows = (
+            {i for i, o in enumerate(outcomes) if isinstance(o, asyncio.Future)}
+            if task.running_cap() is not None
+            else set()
+        )
+        shares = self.scheduler.finish(batch, self._clock(), rows)  # the device is free
         for job, share in zip(batch.jobs, shares, strict=True):
             job.gpu_s = share
         self._wakeup.set()
         self.metrics.record_batch(key, len(batch.jobs), seconds)
-        for job, outcome in zip(batch.jobs, outcomes, strict=True):
-            if isinstance(outcome, asyncio.Future):
+        for index, (job, outcome) in enumerate(zip(batch.jobs, outcomes, strict=True)):
+            if index in rows:
+                self._run_on_as_row(job, outcome, started + limit)
+            elif isinstance(outcome, asyncio.Future):
                 self._finish_when_encoded(job, outcome)
             elif isinstance(outcome, BaseException):
                 self._finish(job, error=outcome)
             else:
                 self._finish(job, outcome)
+
+    def _run_on_as_row(self, job: Job, answer: asyncio.Future[Any], deadline: float) -> None:
+        """A job generating as a row of a continuous batch: it keeps its place until it
+        ends, however it ends, and its execution limit still holds (a cancellation or
+        timeout reaches the device through the job's batch, which drops the row)."""
+
+        def release(_: asyncio.Future[Any]) -> None:
+            now = self._clock()
+            share = self.scheduler.release(job, now, job.started_at or now)
+            job.gpu_s = (job.gpu_s or 0.0) + share
+            self._wakeup.set()
+
+        job.future.add_done_callback(release)
+        if not job.future.done():
+            limit = self.limits(job.task).exec_timeout_s
+            job.deadline = asyncio.get_running_loop().call_later(
+                max(0.0, deadline - self._clock()),
+                lambda: self._finish(job, error=ExecutionTimeout(limit)),
+            )
+        self._finish_when_encoded(job, answer)
 
     async def _on_device(
         self, slot: int, run: BatchRun, limit: float
@@ -400,8 +431,10 @@ class Executor:
                 self._finish(job, error=JobCancelled("the bot is shutting down"))
             elif (exc := future.exception()) is not None:
                 self._finish(job, error=exc if isinstance(exc, ExecutorError) else JobFailed(exc))
+            elif isinstance(result := future.result(), BaseException):  # ended on the device
+                self._finish(job, error=result)
             else:
-                self._finish(job, future.result())
+                self._finish(job, result)
 
         encoding.add_done_callback(done)
 

@@ -30,7 +30,7 @@ import torch
 from bot.executor.backend import BatchRun, LoadedModelInfo, Outcome
 from bot.executor.errors import JobFailed, WorkerCrashed
 from bot.executor.registry import ModelRegistry
-from bot.executor.running import cuda_memory, execute, finish
+from bot.executor.running import cuda_memory, encodes, execute, finish, when_done
 from bot.executor.worker import default_torch_threads
 from handlers.base import Task
 
@@ -144,6 +144,7 @@ class _Worker:
                 _settle(pending.encoding.pop(index, None), ok, value)
                 if not pending.encoding:
                     del self.batches[batch_id]
+                    pending.batch.on_abandon = None
         elif kind == "reply":
             _, call_id, ok, value, self.loaded, self.memory = message
             _settle(self.calls.pop(call_id, None), ok, value)
@@ -267,12 +268,15 @@ class ProcessBackend:
         try:
             worker.send(("run", batch_id, batch.task.name, batch.model, batch.requests))
             pass_cancellations_on()  # jobs cancelled while the batch was being handed over
-            return await pending.ran
+            outcomes = await pending.ran
         except BaseException:
             worker.batches.pop(batch_id, None)
-            raise
-        finally:
             batch.on_abandon = None
+            raise
+        if not pending.encoding:
+            batch.on_abandon = None
+        # else rows still run (continuous batching): cancellations go on until they end
+        return outcomes
 
     async def abort(self) -> None:
         """Kill the worker whose batch would not stop; the next batch starts a new one."""
@@ -447,7 +451,7 @@ def serve(conn: Connection, tasks: Mapping[str, Task[Any, Any]], spec: WorkerSpe
 
     def encode(batch_id: int, index: int, task: Task[Any, Any], output: Any) -> None:
         with dies_on_error():
-            result = finish(task, output)
+            result = finish(task, output) if encodes(task) else output
             if isinstance(result, BaseException):
                 outbox.send(("encoded", batch_id, index, False, portable(result)))
                 return
@@ -458,21 +462,39 @@ def serve(conn: Connection, tasks: Mapping[str, Task[Any, Any]], spec: WorkerSpe
 
     def run(batch: RemoteBatch) -> None:
         outcomes = execute(registry, batch)
-        encoded = type(batch.task).finish is not Task.finish
+        encoded = encodes(batch.task)
         wire = [
             ("error", portable(o)) if isinstance(o, BaseException)
-            else ("encoding", None) if encoded else ("result", o)
+            else ("encoding", None) if encoded or isinstance(o, concurrent.futures.Future)
+            else ("result", o)
             for o in outcomes
         ]  # fmt: skip
-        batches.pop(batch.batch_id, None)
+        running = [i for i, o in enumerate(outcomes) if isinstance(o, concurrent.futures.Future)]
+        if not running:
+            batches.pop(batch.batch_id, None)
         try:
             outbox.send(("ran", batch.batch_id, wire, registry.snapshot(), cuda_memory()))
         except Exception as exc:  # a result that cannot be pickled fails its job alone
             log.warning("a result cannot be sent back (%s); failing its job", exc)
             wire = [sendable(entry) for entry in wire]
             outbox.send(("ran", batch.batch_id, wire, registry.snapshot(), cuda_memory()))
+        # Rows still generating keep their batch here, so that cancellations reach them.
+        left = set(running)
+        lock = threading.Lock()
+
+        def ended(index: int, output: Any) -> None:
+            with lock:
+                left.discard(index)
+                if not left:
+                    batches.pop(batch.batch_id, None)
+            encode(batch.batch_id, index, batch.task, output)
+
         for index, (kind, output) in enumerate(zip((w[0] for w in wire), outcomes, strict=True)):
-            if kind == "encoding":
+            if kind != "encoding":
+                continue
+            if isinstance(output, concurrent.futures.Future):
+                when_done(output, lambda raw, i=index: encoders.submit(ended, i, raw))
+            else:
                 encoders.submit(encode, batch.batch_id, index, batch.task, output)
 
     def call(call_id: int, action: str, *args: Any) -> None:
@@ -495,6 +517,7 @@ def serve(conn: Connection, tasks: Mapping[str, Task[Any, Any]], spec: WorkerSpe
                     run(item[1])
                 else:
                     call(*item[1:])
+        registry.unload_all()  # stops the threads some models run (continuous batching)
 
     device_thread = threading.Thread(target=device, name="device", daemon=True)
     device_thread.start()

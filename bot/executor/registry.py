@@ -90,6 +90,21 @@ class _Resident:
     model: Any
     bytes: int
     last_used: float
+    handler: Task[Any, Any]
+
+    def busy(self) -> bool:
+        try:
+            return self.handler.busy(self.model)
+        except Exception:
+            log.exception("could not tell whether %s model %s is busy", self.task, self.source)
+            return False
+
+    def unload(self) -> None:
+        """Stop what the model runs beside its weights; a failure must not keep it resident."""
+        try:
+            self.handler.unload(self.model)
+        except Exception:
+            log.exception("unloading %s model %s failed", self.task, self.source)
 
 
 class ModelRegistry:
@@ -127,7 +142,7 @@ class ModelRegistry:
             raise ModelNotDownloaded(task.name, source, pipeline=pipeline) from exc
         size = task.model_bytes(model)
         with self._lock:
-            self._resident[key] = _Resident(task.name, source, model, size, time.monotonic())
+            self._resident[key] = _Resident(task.name, source, model, size, time.monotonic(), task)
         log.info("loaded %s in %.1fs (%.0f MiB)", source, time.monotonic() - started, size / 2**20)
         self._evict_until_fits(0, keep=key)
         return model
@@ -138,7 +153,8 @@ class ModelRegistry:
         while True:
             with self._lock:
                 used = sum(r.bytes for r in self._resident.values())
-                others = [r for k, r in self._resident.items() if k != keep]
+                # A model still answering requests (continuous batching) is not evicted.
+                others = [r for k, r in self._resident.items() if k != keep and not r.busy()]
                 if used + incoming <= self.budget_bytes or not others:
                     if used + incoming > self.budget_bytes:
                         log.warning(
@@ -157,12 +173,17 @@ class ModelRegistry:
         if resident is None:
             return
         log.info("evicting %s model %s (%.0f MiB)", task, source, resident.bytes / 2**20)
+        resident.unload()
         del resident
         self.release_memory()
 
     def unload_all(self) -> None:
         with self._lock:
+            residents = list(self._resident.values())
             self._resident.clear()
+        for resident in residents:
+            resident.unload()
+        del residents
         self.release_memory()
 
     def release_memory(self) -> None:

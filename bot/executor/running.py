@@ -3,8 +3,9 @@ process: load the model, run the batch, split it on out-of-memory, isolate a fai
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -120,3 +121,25 @@ def finish(task: Task[Any, Any], outcome: Outcome) -> Outcome:
     except Exception as exc:
         log.error("%s failed to encode its result", task.name, exc_info=exc)
         return JobFailed(exc)
+
+
+def encodes(task: Task[Any, Any]) -> bool:
+    """Whether the task turns raw outputs into results in ``finish`` (CPU work)."""
+    return type(task).finish is not Task.finish
+
+
+def when_done(output: concurrent.futures.Future[Any], then: Callable[[Outcome], None]) -> None:
+    """Call ``then`` with the raw output of a job still running on the device (continuous
+    batching), or with the error that ended it."""
+
+    def done(future: concurrent.futures.Future[Any]) -> None:
+        error = future.exception()
+        if error is None:
+            then(future.result())
+        elif isinstance(error, BatchStopped):
+            then(JobCancelled("stopped"))
+        else:
+            failure = error if isinstance(error, HandlerError | JobFailed) else JobFailed(error)
+            then(failure)
+
+    output.add_done_callback(done)

@@ -6,12 +6,17 @@ comes back, so every decision can be tested step by step (vLLM V1's ``Scheduler`
 model). Fairness is by GPU time: each member's recent GPU-seconds, decaying with a
 half-life, rank their waiting jobs, ahead of which a long wait moves a job; a job that has
 waited past the starvation limit goes before everything else.
+
+A model with continuous batching (a ``cap`` of rows running at once) takes jobs whenever
+rows are free, without waiting for company: its batch leaves the device as soon as its
+rows have joined the running batch, and each job keeps its place (its member's and the
+queue's counts, a row) until it ends and is ``release``d.
 """
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Collection, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -69,15 +74,27 @@ class _Queue(Generic[J]):
     padded: bool
     """Whether a batch costs its longest job times its size (padding), or the sum."""
     slot: int
+    cap: int | None = None
+    """Rows that may run at once with continuous batching; None: batches run whole."""
     users: OrderedDict[str, deque[J]] = field(default_factory=OrderedDict)
     size: int = 0
     active: int = 0
-    """Jobs admitted and not yet finished: queued, or in a batch still on the device."""
+    """Jobs admitted and not yet finished: queued, on the device, or running as a row."""
+    rows: int = 0
+    """Jobs whose batch left the device while they run on (continuous batching)."""
     ready_at: float = 0.0
     """When the forming batch may go even if not full."""
 
     def is_ready(self, now: float) -> bool:
+        if self.cap is not None:
+            return self.size > 0 and self.rows < self.cap
         return self.size > 0 and (self.size >= self.limits.max_batch or now >= self.ready_at)
+
+    @property
+    def max_batch(self) -> int:
+        if self.cap is None:
+            return self.limits.max_batch
+        return max(1, min(self.limits.max_batch, self.cap - self.rows))
 
     def heads(self) -> Iterator[J]:
         """Each member's first waiting job: only it may run next (FIFO within a member)."""
@@ -95,6 +112,7 @@ class Scheduler(Generic[J]):
         max_per_user: int,
         limits_of: Callable[[ModelKey], ClassLimits],
         padded_of: Callable[[ModelKey], bool] = lambda key: True,
+        cap_of: Callable[[ModelKey], int | None] = lambda key: None,
         slots: int = 1,
         half_life_s: float = 120.0,
         starvation_s: float = 60.0,
@@ -103,6 +121,7 @@ class Scheduler(Generic[J]):
         self.max_per_user = max_per_user
         self.limits_of = limits_of
         self.padded_of = padded_of
+        self.cap_of = cap_of
         self.slots = slots
         self.half_life_s = half_life_s
         self.starvation_s = starvation_s
@@ -141,7 +160,8 @@ class Scheduler(Generic[J]):
         self.check(job.user_id, now)
         queue = self._queue(job.queue_key)
         if queue.size == 0:
-            queue.ready_at = now + queue.limits.window_s if queue.active else now
+            busy = queue.active and queue.cap is None  # rows join at the next step
+            queue.ready_at = now + queue.limits.window_s if busy else now
         queue.users.setdefault(job.user_id, deque()).append(job)
         queue.size += 1
         queue.active += 1
@@ -157,7 +177,9 @@ class Scheduler(Generic[J]):
             # Placement: a model stays on the device that had the fewest models when it came.
             placed = Counter(q.slot for q in self._queues.values())
             slot = min(range(self.slots), key=lambda s: (placed[s], s))
-            queue = self._queues[key] = _Queue(self.limits_of(key), self.padded_of(key), slot)
+            queue = self._queues[key] = _Queue(
+                self.limits_of(key), self.padded_of(key), slot, self.cap_of(key)
+            )
         return queue
 
     def remove(self, job: J) -> bool:
@@ -230,7 +252,8 @@ class Scheduler(Generic[J]):
         first = min(queue.heads(), key=rank)
         batch: list[J] = []
         costs: list[int] = []
-        while len(batch) < limits.max_batch:
+        max_batch = queue.max_batch
+        while len(batch) < max_batch:
             turn = sorted(
                 (
                     job
@@ -244,7 +267,7 @@ class Scheduler(Generic[J]):
             if not turn:
                 break
             for job in turn:
-                if len(batch) == limits.max_batch:
+                if len(batch) == max_batch:
                     break
                 if batch and queue.batch_cost([*costs, job.cost]) > limits.max_cost:
                     continue
@@ -273,18 +296,21 @@ class Scheduler(Generic[J]):
 
     # Finishing
 
-    def finish(self, batch: Batch[J], now: float) -> list[float]:
+    def finish(self, batch: Batch[J], now: float, running_on: Collection[int] = ()) -> list[float]:
         """The batch's device work returned: charge its GPU time, free its members' places
-        and its device. Returns each job's share of the device time, in seconds."""
+        and its device. The jobs at ``running_on`` (continuous batching) keep their places
+        until ``release``. Returns each job's share of the device time, in seconds."""
         seconds = max(0.0, now - batch.started_at)
         total_work = sum(job.work for job in batch.jobs) or float(len(batch.jobs))
         shares = [seconds * (job.work or 1.0) / total_work for job in batch.jobs]
-        for job, share in zip(batch.jobs, shares, strict=True):
-            charged = max(MIN_CHARGE_S, share)
-            self._usage[job.user_id] = (self.usage(job.user_id, now) + charged, now)
-            self._release(job.user_id)
         queue = self._queues[batch.queue_key]
-        queue.active -= len(batch.jobs)
+        for index, (job, share) in enumerate(zip(batch.jobs, shares, strict=True)):
+            self._charge(job.user_id, share, now)
+            if index in running_on:
+                queue.rows += 1
+            else:
+                self._release(job.user_id)
+                queue.active -= 1
         for table, value in (
             (self._batch_s, seconds),
             (self._s_per_work, seconds / total_work),
@@ -295,6 +321,22 @@ class Scheduler(Generic[J]):
             del self._running[batch.slot]
         self._forget_idle(now)
         return shares
+
+    def release(self, job: J, now: float, started_at: float) -> float:
+        """A job that ran on as a row ended (answered, cancelled or past its deadline): free
+        its row and its member's place. It is charged its time as a row, split evenly with
+        the rows beside it, and that share (in seconds) is returned."""
+        queue = self._queues[job.queue_key]
+        share = max(0.0, now - started_at) / max(1, queue.rows)
+        queue.rows -= 1
+        queue.active -= 1
+        self._charge(job.user_id, share, now)
+        self._release(job.user_id)
+        self._forget_idle(now)
+        return share
+
+    def _charge(self, user_id: str, seconds: float, now: float) -> None:
+        self._usage[user_id] = (self.usage(user_id, now) + max(MIN_CHARGE_S, seconds), now)
 
     def _estimate(self, job: J) -> float:
         """The GPU-seconds ``job`` should take, from its model's recent batches."""

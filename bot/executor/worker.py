@@ -21,7 +21,7 @@ import torch
 from bot.executor.backend import BatchRun, LoadedModelInfo, Outcome
 from bot.executor.errors import WorkerCrashed
 from bot.executor.registry import ModelRegistry
-from bot.executor.running import cuda_memory, execute, finish
+from bot.executor.running import cuda_memory, encodes, execute, finish, when_done
 from handlers.base import Task
 
 log = logging.getLogger(__name__)
@@ -96,18 +96,32 @@ class LocalBackend:
                 return
 
     async def run(self, batch: BatchRun) -> list[Outcome | asyncio.Future[Any]]:
-        """Raw outcomes from the device thread; results a task encodes (``finish``) come as
-        futures from the encoding pool, so the device moves on to the next batch at once."""
+        """Raw outcomes from the device thread; results a task encodes (``finish``), and
+        rows still generating (continuous batching), come as futures, so the device moves
+        on to the next batch at once."""
         outcomes = await self._call(lambda: execute(self.registry, batch))
-        if type(batch.task).finish is Task.finish:
-            return outcomes
         loop = asyncio.get_running_loop()
-        return [
-            outcome
-            if isinstance(outcome, BaseException)
-            else loop.run_in_executor(self._encoders, finish, batch.task, outcome)
-            for outcome in outcomes
-        ]
+        return [self._later(loop, batch.task, outcome) for outcome in outcomes]
+
+    def _later(
+        self, loop: asyncio.AbstractEventLoop, task: Task[Any, Any], outcome: Outcome
+    ) -> Outcome | asyncio.Future[Any]:
+        if isinstance(outcome, concurrent.futures.Future):
+            result: asyncio.Future[Any] = loop.create_future()
+
+            def settle(value: Outcome) -> None:
+                if not result.done():
+                    result.set_result(value)
+
+            def then(raw: Outcome) -> None:
+                value = finish(task, raw) if encodes(task) else raw
+                loop.call_soon_threadsafe(settle, value)
+
+            when_done(outcome, lambda raw: self._encoders.submit(then, raw))
+            return result
+        if isinstance(outcome, BaseException) or not encodes(task):
+            return outcome
+        return loop.run_in_executor(self._encoders, finish, task, outcome)
 
     async def abort(self) -> None:
         """A thread cannot be stopped: the stuck one is left to end on its own (it exits when
