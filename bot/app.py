@@ -80,15 +80,28 @@ def build_tasks(settings: Settings) -> dict[str, Task[Any, Any]]:
         ),
         "sentiment": SentimentTask(max_chars=settings.max_text_chars),
         "classify": ClassifyTask(max_chars=settings.max_text_chars),
-        "chat": ChatTask(
-            default_new_tokens=settings.chat.default_new_tokens,
-            max_new_tokens=settings.chat.max_new_tokens,
-            system_prompt=settings.chat.system_prompt,
-            context_tokens=settings.chat.context_tokens,
-            continuous=settings.chat.continuous,
-            max_running=settings.chat.max_running,
-        ),
+        "chat": chat_task(settings),
     }
+
+
+def chat_task(settings: Settings) -> ChatTask:
+    """The local model's chat, or an OpenAI-compatible server's."""
+    chat = settings.chat
+    common = dict(
+        default_new_tokens=chat.default_new_tokens,
+        max_new_tokens=chat.max_new_tokens,
+        system_prompt=chat.system_prompt,
+        context_tokens=chat.context_tokens,
+    )
+    if chat.engine == "openai":
+        from handlers.remote_chat import RemoteChatTask
+
+        server = chat.openai
+        key = server.api_key.get_secret_value() if server.api_key else None
+        return RemoteChatTask(
+            server.base_url, key, server.max_concurrent, server.timeout_s, **common
+        )
+    return ChatTask(**common, continuous=chat.continuous, max_running=chat.max_running)
 
 
 def build_executor(settings: Settings, worker: Worker | None = None) -> Executor:
@@ -104,7 +117,8 @@ def build_executor(settings: Settings, worker: Worker | None = None) -> Executor
                        settings.cpu_workers, level)
             for device in settings.devices()
         ]  # fmt: skip
-        backends = [ProcessBackend(tasks, spec) for spec in specs]
+        on_device = {n: t for n, t in tasks.items() if not getattr(t, "remote", False)}
+        backends = [ProcessBackend(on_device, spec) for spec in specs]
     else:
         backends = [
             LocalBackend(
@@ -114,7 +128,7 @@ def build_executor(settings: Settings, worker: Worker | None = None) -> Executor
             )
             for device in settings.devices()
         ]
-    return Executor(tasks, settings.models.model_dump(), backends, settings.executor_config())
+    return Executor(tasks, settings.default_models(), backends, settings.executor_config())
 
 
 @dataclass(frozen=True)
@@ -212,7 +226,11 @@ async def start_executor(
         check_device(resolve_device(device))
     executor = build_executor(settings, worker)
     wanted = list(executor.tasks if tasks is None else tasks)
-    sources = [executor.default_models[name] for name in wanted]
+    sources = [
+        executor.default_models[name]
+        for name in wanted
+        if not getattr(executor.tasks[name], "remote", False)  # another server's models
+    ]
     await asyncio.to_thread(offline_unless_reachable, sources)
     for name in wanted:
         try:

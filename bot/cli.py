@@ -328,7 +328,8 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
 
     command = ASK_COMMANDS[args.task]
     request = command.request(args)
-    if args.model:
+    remote = args.task == "chat" and settings.chat.engine == "openai"  # the server's name
+    if args.model and not remote:
         await asyncio.to_thread(offline_unless_reachable, [args.model])
     stream = args.task == "chat" and not args.json
     caller = Caller(f"cli:{getpass.getuser()}", source="cli", enforce_quotas=False)
@@ -361,7 +362,7 @@ async def _chat(settings: Settings, args: argparse.Namespace) -> int:
     async with running(settings, ["chat"], worker="thread") as services:
         chat = TerminalChat(services, base)
         await chat.conversations.store.start(chat.id, None)
-        print(CHAT_HELP.format(model=settings.models.chat), file=sys.stderr)
+        print(CHAT_HELP.format(model=settings.default_models()["chat"]), file=sys.stderr)
         while (line := await asyncio.to_thread(_read_turn)) is not None:
             try:
                 await chat.say(line)

@@ -513,6 +513,15 @@ def check_hub_cache() -> Row:
     return Row("hub cache", Status.OK, f"{cache}, {free} free, {mode}")
 
 
+def check_chat_engine(settings: Settings) -> Row:
+    """Where chat's answers come from when another server gives them (never its key)."""
+    server = settings.chat.openai
+    model = settings.default_models()["chat"]
+    key = ", with an API key" if server.api_key else ""
+    detail = f"OpenAI-compatible server at {server.base_url}, model {model}{key}"
+    return Row("chat engine", Status.OK, detail)
+
+
 # The whole report
 
 
@@ -525,6 +534,8 @@ async def diagnose(settings: Settings, online: bool = False) -> AsyncIterator[Ro
     yield await check_login(settings, online)
     yield await check_database(settings)
     yield check_hub_cache()
+    if settings.chat.engine == "openai":
+        yield check_chat_engine(settings)
     gpu_row, gpu_bytes = await asyncio.to_thread(check_gpu, settings)
     yield gpu_row
     for row in await asyncio.to_thread(check_models, settings, gpu_bytes):

@@ -156,6 +156,8 @@ def requirements(settings: Settings, tasks: Sequence[str] = ()) -> list[Requirem
         raise ValueError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(known)}")
     found: list[Requirement] = []
     for task in tasks or known:
+        if task == "chat" and settings.chat.engine == "openai":
+            continue  # another server has it
         source = getattr(settings.models, task)
         found.append(
             Requirement(

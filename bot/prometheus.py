@@ -74,6 +74,13 @@ class ExecutorMetrics:
             ["task", "outcome"],
             registry=registry,
         )
+        self.failures = Counter(
+            "assistant_failures",
+            "Jobs that failed, by why: an error's kind (a chat server's timeout, unreachable, "
+            "unauthorized, rate_limited, server_error...) or its class.",
+            ["task", "error"],
+            registry=registry,
+        )
         self.refusals = Counter(
             "assistant_refusals",
             "Submissions refused at once because the queue or the member's cap was full.",
@@ -107,6 +114,9 @@ class ExecutorMetrics:
 
     def on_refusal(self, reason: str) -> None:
         self.refusals.labels(reason).inc()
+
+    def on_failure(self, key: ModelKey, error: str) -> None:
+        self.failures.labels(key[0], error).inc()
 
 
 class _ExecutorState(Collector):

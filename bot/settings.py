@@ -105,6 +105,21 @@ class SpeakSettings(BaseModel):
     (MMS-TTS is CC-BY-NC-4.0)."""
 
 
+class OpenAIEngineSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    base_url: str = "http://localhost:8000/v1"
+    """The server's OpenAI-compatible API (vLLM, SGLang, TGI, llama.cpp, Ollama: .../v1)."""
+    model: str = ""
+    """The model's name on that server; BOT_MODELS__CHAT when empty."""
+    api_key: SecretStr | None = None
+    """Sent as a bearer token, if the server wants one; never logged or shown."""
+    max_concurrent: int = Field(default=16, ge=1, le=1024)
+    """Answers streaming from the server at once; more wait in the bot's fair queue."""
+    timeout_s: float = Field(default=60.0, gt=0)
+    """Longest silence from the server, connecting or between two pieces of an answer."""
+
+
 class ChatSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True)
 
@@ -131,6 +146,11 @@ class ChatSettings(BaseModel):
     max_running: int = Field(default=32, ge=1, le=512)
     """Conversations generating at once with continuous batching; the KV cache is reserved
     for this many full contexts when the chat model loads."""
+    engine: Literal["local", "openai"] = "local"
+    """Where answers come from: the local model, or an OpenAI-compatible server (set
+    BOT_CHAT__OPENAI__BASE_URL and BOT_CHAT__OPENAI__MODEL)."""
+    openai: OpenAIEngineSettings = OpenAIEngineSettings()
+    """The OpenAI-compatible server of BOT_CHAT__ENGINE=openai."""
 
 
 class TaskClassSettings(BaseModel):
@@ -324,6 +344,13 @@ class Settings(BaseSettings):
         if not all(devices) or len(set(devices)) != len(devices):
             raise ValueError(f"give one device, or distinct ones separated by commas: {value!r}")
         return ",".join(devices)
+
+    def default_models(self) -> dict[str, str]:
+        """Each task's model; chat's is the server's name for it when a server answers."""
+        models = self.models.model_dump()
+        if self.chat.engine == "openai":
+            models["chat"] = self.chat.openai.model or models["chat"]
+        return models
 
     def devices(self) -> list[str]:
         """Each device that gets a model worker."""

@@ -153,3 +153,15 @@ def test_dockerignore_keeps_secrets_and_state_out_of_the_build() -> None:
         "bot",
         "handlers",
     }
+
+
+def test_the_vllm_compose_file_points_the_bots_chat_at_its_server() -> None:
+    services = yaml.safe_load((ROOT / "compose.vllm.yaml").read_text())["services"]
+    vllm, bot = services["vllm"], services["bot"]
+    served = next(arg.split("=", 1)[1] for arg in vllm["command"] if arg.startswith("--model="))
+    assert bot["environment"] == {
+        "BOT_CHAT__ENGINE": "openai",
+        "BOT_CHAT__OPENAI__BASE_URL": "http://vllm:8000/v1",
+        "BOT_CHAT__OPENAI__MODEL": served,
+    }
+    assert bot["depends_on"]["vllm"]["condition"] == "service_healthy"

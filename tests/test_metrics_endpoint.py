@@ -103,6 +103,7 @@ async def test_a_scrape_shows_queue_waits_batches_outcomes_and_refusals() -> Non
         "assistant_run_seconds": "histogram",
         "assistant_batch_size": "histogram",
         "assistant_jobs": "counter",
+        "assistant_failures": "counter",
         "assistant_refusals": "counter",
         "assistant_queue_depth": "gauge",
         "assistant_jobs_outstanding": "gauge",
@@ -126,6 +127,7 @@ async def test_a_scrape_shows_queue_waits_batches_outcomes_and_refusals() -> Non
     assert done("assistant_batch_size_bucket", task="fake", le="8.0") == 2
     assert done("assistant_jobs_total", task="fake", outcome="done") == 5
     assert done("assistant_jobs_total", task="fake", outcome="failed") == 1
+    assert done("assistant_failures_total", task="fake", error="JobFailed") == 1
     assert done("assistant_jobs_total", task="fake", outcome="cancelled") == 1
     assert done("assistant_refusals_total", reason="queue_full") == 1
     assert done("assistant_wait_seconds_sum", task="fake") > 0

@@ -32,7 +32,9 @@ from bot.executor.errors import (
 )
 from bot.executor.job import Job, JobEvent, JobHandle, JobState
 from bot.executor.metrics import Metrics, MetricsSnapshot, ModelKey
+from bot.executor.registry import ModelRegistry
 from bot.executor.scheduler import Batch, Scheduler
+from bot.executor.worker import LocalBackend
 from handlers.base import Task
 from handlers.kinds import TaskKind
 
@@ -83,6 +85,11 @@ class Executor:
         self.tasks = dict(tasks)
         self.default_models = dict(default_models)
         self.backends: list[Backend] = list(backend) if isinstance(backend, Sequence) else [backend]
+        devices = len(self.backends)
+        if any(getattr(task, "remote", False) for task in self.tasks.values()):
+            # Tasks answered by another server get a thread of their own: their requests
+            # never wait behind a batch on a device.
+            self.backends.append(LocalBackend(ModelRegistry("cpu")))
         self.config = config or ExecutorConfig()
         self.metrics = Metrics()
         self._clock = clock
@@ -92,7 +99,8 @@ class Executor:
             limits_of=lambda key: self.limits(self.tasks[key[0]]),
             padded_of=lambda key: self.tasks[key[0]].kind is not TaskKind.IMAGE,
             cap_of=lambda key: self.tasks[key[0]].running_cap(),
-            slots=len(self.backends),
+            pinned_of=lambda key: devices if getattr(self.tasks[key[0]], "remote", False) else None,
+            slots=devices,
             half_life_s=self.config.fair_half_life_s,
             starvation_s=self.config.starvation_s,
         )
@@ -204,6 +212,11 @@ class Executor:
             job.future.set_exception(error)
             job.abandon()
         self.metrics.record_outcome(job.queue_key, job.state.value)
+        if job.state is JobState.FAILED:
+            kind = getattr(error, "kind", None)
+            self.metrics.record_failure(
+                job.queue_key, kind if isinstance(kind, str) else type(error).__name__
+            )
         job.emit(JobEvent(job.state, error=error))
 
     def _expire(self, job: Job) -> None:

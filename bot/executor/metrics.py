@@ -27,6 +27,8 @@ class MetricsObserver(Protocol):
 
     def on_refusal(self, reason: str) -> None: ...
 
+    def on_failure(self, key: ModelKey, error: str) -> None: ...
+
 
 @dataclass(frozen=True)
 class Percentiles:
@@ -101,6 +103,11 @@ class Metrics:
     def record_outcome(self, key: ModelKey, outcome: str) -> None:
         self._outcomes[key][outcome] += 1
         self._tell(lambda observer: observer.on_outcome(key, outcome))
+
+    def record_failure(self, key: ModelKey, error: str) -> None:
+        """A job failed: ``error`` is its error's ``kind`` (a chat server's "timeout",
+        "unauthorized"...) or its class's name."""
+        self._tell(lambda observer: observer.on_failure(key, error))
 
     def record_refusal(self, reason: str) -> None:
         self.refused[reason] += 1

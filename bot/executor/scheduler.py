@@ -113,6 +113,7 @@ class Scheduler(Generic[J]):
         limits_of: Callable[[ModelKey], ClassLimits],
         padded_of: Callable[[ModelKey], bool] = lambda key: True,
         cap_of: Callable[[ModelKey], int | None] = lambda key: None,
+        pinned_of: Callable[[ModelKey], int | None] = lambda key: None,
         slots: int = 1,
         half_life_s: float = 120.0,
         starvation_s: float = 60.0,
@@ -122,6 +123,8 @@ class Scheduler(Generic[J]):
         self.limits_of = limits_of
         self.padded_of = padded_of
         self.cap_of = cap_of
+        self.pinned_of = pinned_of
+        """A model that must run on one slot (a task that needs no device), or None."""
         self.slots = slots
         self.half_life_s = half_life_s
         self.starvation_s = starvation_s
@@ -175,8 +178,10 @@ class Scheduler(Generic[J]):
         queue = self._queues.get(key)
         if queue is None:
             # Placement: a model stays on the device that had the fewest models when it came.
-            placed = Counter(q.slot for q in self._queues.values())
-            slot = min(range(self.slots), key=lambda s: (placed[s], s))
+            slot = self.pinned_of(key)
+            if slot is None:
+                placed = Counter(q.slot for q in self._queues.values())
+                slot = min(range(self.slots), key=lambda s: (placed[s], s))
             queue = self._queues[key] = _Queue(
                 self.limits_of(key), self.padded_of(key), slot, self.cap_of(key)
             )
