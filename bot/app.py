@@ -71,6 +71,9 @@ def build_tasks(settings: Settings) -> dict[str, Task[Any, Any]]:
             # Known from the config files when they are on disk: sizes are then offered and
             # checked before the model loads.
             native_size=configured_native_size(settings.models.imagine),
+            scheduler=imagine.scheduler,
+            channels_last=imagine.channels_last,
+            compile=imagine.compile,
         ),
         "speak": SpeakTask(
             max_chars=settings.speak.max_chars,
@@ -239,9 +242,12 @@ async def start_executor(
             if tasks is not None:
                 raise TaskUnavailable(name, exc) from exc
             log.error("%s", TaskUnavailable(name, exc))
+    preload = list(settings.preload)
+    if settings.imagine.compile and "imagine" in wanted and "imagine" not in preload:
+        preload.append("imagine")  # compiling takes minutes: never within a request's limit
     await executor.start()
     try:
-        for task in settings.preload:
+        for task in preload:
             await executor.preload(task)
     except BaseException:
         await executor.shutdown()  # no worker thread or model left behind

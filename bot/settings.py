@@ -85,6 +85,14 @@ class ImagineSettings(BaseModel):
     """Score above which the safety model withholds an image."""
     blocked_terms: list[str] = []
     """Words or phrases refused in prompts, whole-word and in any case (JSON list)."""
+    scheduler: Literal["model", "dpm++", "euler-a", "unipc"] = "model"
+    """The sampler: the model's own, or DPM-Solver++ (about 20 steps do what DDIM needs 50
+    for: lower BOT_IMAGINE__DEFAULT_STEPS with it), Euler ancestral or UniPC."""
+    channels_last: bool = False
+    """The denoiser's weights in channels-last layout: faster convolutions on recent GPUs."""
+    compile: bool = False
+    """torch.compile the denoiser when the model loads, for each size it offers (minutes on
+    a GPU, said in the log; imagine is then loaded at start-up)."""
     reroll_hours: float = Field(default=24, gt=0)
     """How long the Reroll and Variations buttons of a posted image keep working. The
     prompt they need is stored that long (whatever BOT_LOG_PROMPTS says) and deleted

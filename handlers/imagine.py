@@ -7,6 +7,10 @@ answers a size it does not offer with an ``InvalidInput`` outcome for that reque
 
 Safety: the pipeline's own safety checker (SD 1.x ships one) and an optional image classifier
 both vote; a flagged image never leaves ``run_batch``, and ``finish`` draws a notice in its place.
+
+Speed, each opt-in: another scheduler (DPM-Solver++ reaches in about 20 steps what DDIM needs
+50 for), the denoiser's weights in channels-last layout (faster convolutions on recent GPUs),
+and ``torch.compile`` of the denoiser, compiled when the model loads for every size it offers.
 """
 
 from __future__ import annotations
@@ -14,13 +18,15 @@ from __future__ import annotations
 import functools
 import io
 import json
+import logging
 import math
 import random
 import re
+import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -41,6 +47,16 @@ from handlers.base import (
     raise_if_stopped,
 )
 from handlers.errors import terms_pattern
+
+log = logging.getLogger(__name__)
+
+SchedulerName = Literal["model", "dpm++", "euler-a", "unipc"]
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+"""Diffusers schedulers by the name a setting gives; "model" keeps the pipeline's own."""
 
 MAX_SEED = 2**32 - 1
 """Seeds are 32-bit, as in most Stable Diffusion front ends, so users can share them."""
@@ -229,6 +245,9 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         safety_threshold: float = 0.5,
         native_size: int | None = None,
         blocked_terms: Sequence[str] = (),
+        scheduler: SchedulerName = "model",
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         if max_prompt_chars < 1 or max_count < 1:
             raise ValueError("max_prompt_chars and max_count must be positive")
@@ -249,6 +268,13 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         self.safety_threshold = safety_threshold
         self.native_size = native_size
         self.blocked = terms_pattern(blocked_terms)
+        if scheduler != "model" and scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be model or one of {sorted(SCHEDULERS)}")
+        self.scheduler = scheduler
+        self.channels_last = channels_last
+        self.compile = compile
+        self.compile_backend = "inductor"
+        """torch.compile's backend (tests use "eager", which compiles in moments)."""
         """Whole words or phrases an admin refuses in prompts, in any letter case."""
 
     def size_choices(self) -> list[str] | None:
@@ -305,6 +331,7 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         pipe = from_pretrained(AutoPipelineForText2Image, spec).to(spec.device)
         pipe.set_progress_bar_config(disable=True)
         native = self.native_size or native_size(pipe)
+        self._speed_up(pipe, native, spec.source)
         safety = None
         if self.safety_model is not None:
             safety_spec = LoadSpec(self.safety_model, spec.device, spec.dtype)
@@ -321,6 +348,36 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
                 )
             safety = SafetyClassifier(processor, classifier.to(spec.device).eval(), unsafe)
         return ImagineModel(pipe, native, safety)
+
+    def _speed_up(self, pipe: Any, native: int, source: str) -> None:
+        """The opt-in speed-ups, each said in the log: compiling takes minutes."""
+        if self.scheduler != "model":
+            import diffusers
+
+            name, options = SCHEDULERS[self.scheduler]
+            pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config, **options)
+            log.info("%s: %s scheduler", source, name)
+        attribute = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+        denoiser = getattr(pipe, attribute)
+        if self.channels_last:
+            denoiser.to(memory_format=torch.channels_last)
+        if not self.compile:
+            return
+        setattr(pipe, attribute, torch.compile(denoiser, backend=self.compile_backend))
+        for width, height in allowed_sizes(native):
+            # Two batch sizes: after the second, the batch dimension compiles as dynamic,
+            # so that no later batch waits for a compilation.
+            log.info("%s: compiling the denoiser for %dx%d (a minute or two on a GPU)",
+                     source, width, height)  # fmt: skip
+            started = time.monotonic()
+            for images in (1, 2):
+                with torch.inference_mode():
+                    pipe(
+                        prompt=["warm-up"] * images, width=width, height=height,
+                        num_inference_steps=2, output_type="latent",
+                    )  # fmt: skip
+            log.info("%s: compiled for %dx%d in %.0f s",
+                     source, width, height, time.monotonic() - started)  # fmt: skip
 
     def model_bytes(self, model: ImagineModel) -> int:
         return module_bytes(model.pipe, *([model.safety.model] if model.safety else []))

@@ -39,3 +39,24 @@ async def test_a_voice_table_that_failed_is_not_fetched_again(tmp_path: Path) ->
     (tmp_path / "none.npy").write_bytes(b"")  # even if it appears now, no retry on a keystroke
     with pytest.raises(HandlerError, match="restart"):
         task.validate(SpeakRequest("hi", voice="slt"))
+
+
+@pytest.mark.parametrize(("compile", "loaded"), [(True, ["imagine"]), (False, [])])
+async def test_a_compiled_image_model_loads_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compile: bool, loaded: list[str]
+) -> None:
+    """Compiling takes minutes: it must never happen inside a request's time limit."""
+    from bot.executor import Executor
+
+    preloaded: list[str] = []
+
+    async def preload(self: Executor, task: str, model: str | None = None) -> None:
+        preloaded.append(task)
+
+    monkeypatch.setattr(Executor, "preload", preload)
+    settings = Settings(
+        _env_file=None, data_dir=tmp_path, device="cpu", imagine={"compile": compile}
+    )
+    executor = await start_executor(settings, ["imagine", "sentiment"], worker="thread")
+    await executor.shutdown()
+    assert preloaded == loaded

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -395,3 +396,34 @@ def test_blocked_terms_refuse_whole_words_in_any_case() -> None:
         assert err.value.option == "prompt"
     for prompt in ("a gorgeous fox", "a red  fox"):  # not a whole word; another phrase
         task.validate(ImagineRequest(prompt))
+
+
+def test_another_scheduler_and_channels_last_still_draw_every_image(tiny_dir: Path) -> None:
+    task = make_task(scheduler="dpm++", channels_last=True)
+    model = load(task, tiny_dir)
+    scheduler = model.pipe.scheduler
+    assert type(scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert scheduler.config.algorithm_type == "dpmsolver++"
+    weight = model.pipe.unet.conv_in.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    (result,) = generate(task, model, ImagineRequest("a boat", count=2, seed=3))
+    assert len({*result.images}) == 2
+    baseline = make_task()
+    (plain,) = generate(baseline, load(baseline, tiny_dir), ImagineRequest("a boat", seed=3))
+    assert plain.images[0] != result.images[0]  # the scheduler changed the sampling
+
+
+def test_compiling_warms_up_every_offered_size_when_the_model_loads(
+    tiny_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    task = make_task(compile=True)
+    task.compile_backend = "eager"  # the same tracing, without minutes of code generation
+    caplog.set_level(logging.INFO, logger="handlers.imagine")
+    model = load(task, tiny_dir)
+    assert type(model.pipe.unet).__name__ == "OptimizedModule"
+    compiled = [r.getMessage() for r in caplog.records if "compiled for" in r.getMessage()]
+    assert [m.split("compiled for ")[1].split(" in ")[0] for m in compiled] == [
+        f"{w}x{h}" for w, h in allowed_sizes(NATIVE_SIZE)
+    ]
+    (result,) = generate(task, model, ImagineRequest("a boat", count=3))
+    assert len(result.images) == 3

@@ -1,0 +1,138 @@
+"""What moves the cost of an image, measured side by side in one run on one pipeline:
+
+    python bench/imagine.py --device cpu --json out.json              # tiny SD2-shaped, ~1 min
+    python bench/imagine.py --device cuda --full-size --json out.json # SD2's architecture
+    [--batch 4] [--repeats 3] [--compile]
+
+- ``baseline``: the model's scheduler (DDIM, as SD 2.1 ships) at the default steps (20 at
+  full size).
+- ``dpm++``: DPM-Solver++ (multistep) at fewer steps (``--fast-steps``, 12 at full size),
+  which the diffusers docs give as reaching in about 20 steps what DDIM needs 50 for.
+- ``channels_last``: the UNet's weights in channels-last layout, default steps.
+- ``compile`` (with ``--compile``): ``torch.compile`` of the UNet, default steps; its
+  compilation time (one size, two batch sizes, as the bot warms up) is reported apart.
+
+Each variant makes ``--batch`` images per call at the native size, after one warm-up call,
+``--repeats`` times; reported: seconds per image (median) and the ratio to the baseline.
+The weights are random (``--full-size``: SD2's architecture), so this measures cost, not
+quality: fewer steps trade some detail, which a person judges on the real model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.workloads import BenchImage  # noqa: E402
+from handlers.base import LoadSpec  # noqa: E402
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def build(device: str, full_size: bool) -> Any:
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    return BenchImage(full_size)._build(LoadSpec("bench", device, dtype))
+
+
+def images_per_second(pipe: Any, size: int, steps: int, batch: int, device: str) -> float:
+    sync(device)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        pipe(["a lighthouse at dusk"] * batch, height=size, width=size,
+             num_inference_steps=steps, output_type="pt")  # fmt: skip
+    sync(device)
+    return (time.perf_counter() - started) / batch
+
+
+def measure(pipe: Any, size: int, steps: int, args: argparse.Namespace) -> float:
+    images_per_second(pipe, size, steps, args.batch, args.device)  # warm-up
+    runs = [images_per_second(pipe, size, steps, args.batch, args.device)
+            for _ in range(args.repeats)]  # fmt: skip
+    return statistics.median(runs)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from diffusers import DPMSolverMultistepScheduler
+
+    bench = BenchImage(args.full_size)
+    size, steps = bench.size, bench.steps
+    fast_steps = args.fast_steps or max(2, round(steps * 0.6))
+    pipe = build(args.device, args.full_size)
+    ddim = pipe.scheduler
+    rows: dict[str, dict[str, Any]] = {}
+    rows["baseline"] = {"steps": steps, "s_per_image": measure(pipe, size, steps, args)}
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+        ddim.config, algorithm_type="dpmsolver++"
+    )
+    rows["dpm++"] = {"steps": fast_steps, "s_per_image": measure(pipe, size, fast_steps, args)}
+    pipe.scheduler = ddim
+    pipe.unet.to(memory_format=torch.channels_last)
+    rows["channels_last"] = {"steps": steps, "s_per_image": measure(pipe, size, steps, args)}
+    pipe.unet.to(memory_format=torch.contiguous_format)
+    if args.compile:
+        pipe.unet = torch.compile(pipe.unet)
+        started = time.perf_counter()
+        for batch in (1, 2):
+            images_per_second(pipe, size, 2, batch, args.device)
+        compile_s = time.perf_counter() - started
+        rows["compile"] = {
+            "steps": steps,
+            "s_per_image": measure(pipe, size, steps, args),
+            "compile_s": compile_s,
+        }
+    base = rows["baseline"]["s_per_image"]
+    for row in rows.values():
+        row["vs_baseline"] = row["s_per_image"] / base
+    return {
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "full_size": args.full_size,
+        "size": size,
+        "batch": args.batch,
+        "variants": rows,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = ["| variant | steps | s per image | vs baseline |", "| --- | --- | --- | --- |"]
+    for name, row in result["variants"].items():
+        extra = f" (compiling took {row['compile_s']:.0f} s)" if "compile_s" in row else ""
+        lines.append(f"| {name} | {row['steps']} | {row['s_per_image']:.3f} | "
+                     f"{row['vs_baseline']:.2f}x{extra} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--full-size", action="store_true")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--fast-steps", type=int, help="DPM-Solver++'s steps (default: 60%%)")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile the UNet")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    result = run(args)
+    print(table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

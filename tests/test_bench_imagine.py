@@ -1,0 +1,21 @@
+"""bench/imagine.py still swaps the scheduler and the layout on one pipeline and times each
+(diffusers' scheduler and layout APIs move between releases); figures belong to the bench."""
+
+from __future__ import annotations
+
+import argparse
+
+from bench import imagine
+
+
+def test_each_variant_is_timed_against_the_baseline() -> None:
+    args = argparse.Namespace(
+        device="cpu", full_size=False, batch=1, repeats=1, fast_steps=None, compile=False
+    )
+    result = imagine.run(args)
+    variants = result["variants"]
+    assert list(variants) == ["baseline", "dpm++", "channels_last"]
+    assert variants["baseline"]["vs_baseline"] == 1.0
+    assert variants["dpm++"]["steps"] < variants["baseline"]["steps"]
+    assert all(row["s_per_image"] > 0 for row in variants.values())
+    assert "| dpm++ | 2 |" in imagine.table(result)
