@@ -1,13 +1,16 @@
 """How many commands per second of a community's mix one device sustains before members wait.
 
     python bench/capacity.py --device cpu --json out.json
+    python bench/capacity.py --device cuda --full-size --json out.json
     [--rates 2,4,8,16,32] [--duration 20] [--members 200] [--worker process|thread] [--seed 0]
+    [--chat auto|on|off]
 
 The mix: 20% /imagine at the default size and steps, 10% /speak, 14% /chat with mixed
 answer lengths, and 56% the other text tasks (/summarize, /translate, /sentiment,
 /classify, 14% each). At each rate, commands arrive as a Poisson process (seeded) for
 ``--duration`` seconds from ``--members`` members, through the real executor and handlers
-(tiny models built offline, in a model worker process as the bot runs them); then the
+(tiny models built offline, or with ``--full-size`` the default models' architectures
+with random weights, in a model worker process as the bot runs them); then the
 queue drains. Reported per rate: p50/p95 wait (admission to the start of the job's batch)
 per task, refusals (busy at admission, or past the queue deadline), failures, and the
 device's busy fraction (the jobs' device seconds over the wall time). Then the highest rate
@@ -174,7 +177,7 @@ async def at_rate(
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as directory:
-        settings = build_models(Path(directory), args.device)
+        settings = build_models(Path(directory), args.device, args.full_size)
         settings.max_queue = args.max_queue
         settings.max_per_user = 2
         settings.chat.continuous = args.chat
@@ -210,6 +213,11 @@ def summary(result: RateResult) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--full-size",
+        action="store_true",
+        help="the default models' architectures with random weights (bench/fullsize.py)",
+    )
     parser.add_argument(
         "--rates", default="2,4,8,16,32", help="commands per second, comma-separated"
     )

@@ -136,8 +136,20 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def build_models(directory: Path, device: str = "cpu") -> Settings:
-    """Tiny models for every task, and settings that point the bot at them."""
+def build_models(directory: Path, device: str = "cpu", full_size: bool = False) -> Settings:
+    """Models for every task (tiny, or the defaults' architectures with random weights:
+    ``bench/fullsize.py``), and settings that point the bot at them."""
+    if full_size:
+        from bench import fullsize
+
+        paths = fullsize.build(directory)
+        return Settings(
+            _env_file=None,
+            device=device,
+            data_dir=directory / "data",
+            models=ModelSettings(**{t: paths[t] for t in ModelSettings.model_fields}),
+            speak=SpeakSettings(voices=paths["voices"], vocoder=paths["vocoder"]),
+        )
     models = ModelSettings(
         summarize=str(tinymodels.build_summarizer(directory / "summarize")),
         translate=str(tinymodels.build_m2m100(directory / "translate")),

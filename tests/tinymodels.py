@@ -223,9 +223,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_chat(directory: Path) -> Path:
-    """A tiny Qwen2 causal LM with a chat template and an end-of-turn token."""
-    tokenizer = wordpiece_tokenizer(max_length=256)
+def chat_tokenizer(max_length: int = 256) -> PreTrainedTokenizerFast:
+    """The WordPiece vocabulary with a chat template and an end-of-turn token."""
+    tokenizer = wordpiece_tokenizer(max_length=max_length)
     tokenizer.add_special_tokens(
         {
             "eos_token": "<|end|>",
@@ -233,6 +233,12 @@ def build_chat(directory: Path) -> Path:
         }
     )
     tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_chat(directory: Path) -> Path:
+    """A tiny Qwen2 causal LM with a chat template and an end-of-turn token."""
+    tokenizer = chat_tokenizer()
     torch.manual_seed(0)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
