@@ -104,7 +104,11 @@ def chat_task(settings: Settings) -> ChatTask:
         return RemoteChatTask(
             server.base_url, key, server.max_concurrent, server.timeout_s, **common
         )
-    return ChatTask(**common, continuous=chat.continuous, max_running=chat.max_running)
+    continuous = chat.continuous
+    if continuous == "auto":  # decided here, so that the executor knows chat's row cap
+        cuda = any(resolve_device(device).startswith("cuda") for device in settings.devices())
+        continuous = "on" if cuda else "off"
+    return ChatTask(**common, continuous=continuous, max_running=chat.max_running)
 
 
 def build_executor(settings: Settings, worker: Worker | None = None) -> Executor:

@@ -119,6 +119,7 @@ class ChatModel:
     """Tokens the prompt and the answer may take together."""
     continuous: ContinuousGenerator | None = None
     """Set when requests join a running batch; None batches statically."""
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -357,26 +358,24 @@ class ChatTask(Task[ChatRequest, ChatResult]):
         model = from_pretrained(AutoModelForCausalLM, spec).to(spec.device).eval()
         context = min(model_context(model.config) or self.context_tokens, self.context_tokens)
         stop_ids = stop_token_ids(tokenizer, model.generation_config)
-        loaded = ChatModel(tokenizer, model, spec.device, stop_ids, context)
+        loaded = ChatModel(tokenizer, model, spec.device, stop_ids, context, source=spec.source)
         if self.uses_continuous(spec.device):
-            try:
-                loaded.continuous = ContinuousGenerator(
-                    model, tokenizer, stop_ids, self.max_running, context
-                )
-            except Exception as exc:  # an architecture or attention it cannot page
-                log.warning(
-                    "%s: continuous batching is not available (%s); batching statically",
-                    spec.source,
-                    exc,
-                )
-            else:
-                log.info(
-                    "%s: continuous batching, up to %d conversations at once, %.0f MiB of KV cache",
-                    spec.source,
-                    self.max_running,
-                    loaded.continuous.cache_bytes / 2**20,
-                )
+            loaded.continuous = self._start_continuous(loaded)
         return loaded
+
+    def _start_continuous(self, loaded: ChatModel) -> ContinuousGenerator | None:
+        """A running continuous batch for ``loaded``, or None to batch statically."""
+        try:
+            generator = ContinuousGenerator(
+                loaded.model, loaded.tokenizer, loaded.stop_ids, self.max_running, loaded.context
+            )
+        except Exception as exc:  # an architecture it cannot page, a cache that won't fit
+            log.warning("%s: continuous batching is not available (%s); batching statically",
+                        loaded.source, exc)  # fmt: skip
+            return None
+        log.info("%s: continuous batching, up to %d conversations at once, %.0f MiB of KV cache",
+                 loaded.source, self.max_running, generator.cache_bytes / 2**20)  # fmt: skip
+        return generator
 
     def unload(self, model: ChatModel) -> None:
         if model.continuous is not None:
@@ -447,6 +446,11 @@ class ChatTask(Task[ChatRequest, ChatResult]):
         limit = self.new_tokens(requests[0])
         prompts = [self.prompt_ids(model.tokenizer, r) for r in requests]
         fitting = [row for row, ids in enumerate(prompts) if len(ids) + limit <= model.context]
+        if model.continuous is not None and not model.continuous.healthy:
+            log.warning("%s: restarting continuous batching, which %s", model.source,
+                        model.continuous.broken or "stopped")  # fmt: skip
+            model.continuous.close()
+            model.continuous = self._start_continuous(model)
         if model.continuous is not None:
             answers = iter([
                 self._join(model.continuous, prompts[row], requests[row], limit, ctx, row)
@@ -481,12 +485,16 @@ class ChatTask(Task[ChatRequest, ChatResult]):
         answer: concurrent.futures.Future[ChatResult] = concurrent.futures.Future()
 
         def done(future: concurrent.futures.Future[Generated]) -> None:
-            if (error := future.exception()) is not None:
-                answer.set_exception(error)
-                return
-            tokens, stopped = future.result().tokens, future.result().stopped
-            text = generator.tokenizer.decode(tokens, skip_special_tokens=True).strip()
-            answer.set_result(ChatResult(text, len(tokens), stopped))
+            try:
+                if future.cancelled():
+                    raise BatchStopped
+                if (error := future.exception()) is not None:
+                    raise error
+                tokens, stopped = future.result().tokens, future.result().stopped
+                text = generator.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                answer.set_result(ChatResult(text, len(tokens), stopped))
+            except BaseException as exc:  # whatever ends the row answers its job
+                answer.set_exception(exc)
 
         generated.add_done_callback(done)
         return answer

@@ -31,6 +31,9 @@ STREAM_EVERY = 8
 """Tokens between two streamed updates of a job's text, as the static path streams."""
 POLL_S = 0.05
 """How often the collector looks for cancelled jobs while no token comes."""
+START_TIMEOUT_S = 300.0
+"""Longest the first answer may take: the KV cache is allocated (and on a GPU, the steps
+warmed up) before it."""
 GREEDY_TEMPERATURE = 1e-6
 """The manager samples every row; this temperature keeps only the likeliest token, so an
 answer at temperature 0 stays greedy."""
@@ -44,6 +47,16 @@ class Generated:
 
     tokens: list[int]
     stopped: bool
+
+
+class _Never:
+    """The context of the start-up check: nobody abandons it, nothing streams."""
+
+    def abandoned(self, index: int) -> bool:
+        return False
+
+    def partial(self, index: int, data: Any) -> None:
+        pass
 
 
 @dataclass
@@ -115,11 +128,23 @@ class ContinuousGenerator:
         self._lock = threading.Lock()
         self._ids = 0
         self._closed = threading.Event()
+        self.broken: str | None = None
+        """Why the manager stopped serving, once it has; the model must start a new one."""
         self.manager.start()
         self._collector = threading.Thread(
             target=self._collect, name="continuous-collector", daemon=True
         )
         self._collector.start()
+        try:  # the cache is allocated on the manager's thread: a failure shows here
+            first = self.submit([tokenizer.pad_token_id or 0], 1, 0.0, _Never(), 0)  # type: ignore[arg-type]
+            first.result(timeout=START_TIMEOUT_S)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def healthy(self) -> bool:
+        return self.broken is None and not self._closed.is_set() and self.manager.is_running()
 
     def submit(
         self,
@@ -159,22 +184,37 @@ class ContinuousGenerator:
 
     def _collect(self) -> None:
         while not self._closed.is_set():
-            self._cancel_abandoned()
-            output = self.manager.get_result(timeout=POLL_S)
-            if output is None:
-                if not self.manager.is_running() and not self._closed.is_set():
-                    self._fail_all(RuntimeError("continuous batching stopped unexpectedly"))
-                    return
-                continue
-            with self._lock:
-                row = self._rows.get(output.request_id)
-            if row is None:  # cancelled already
-                continue
             try:
-                self._deliver(output, row)
-            except Exception as exc:  # a listener's bug fails its row, not the others
-                log.exception("could not deliver a continuous batching result")
-                self._end(output.request_id, error=exc)
+                if not self._collect_once():
+                    return
+            except Exception:  # one bad turn must not leave every row waiting for good
+                log.exception("continuous batching: routing a result failed")
+
+    def _collect_once(self) -> bool:
+        """Route one result (or none, after a short wait); False once the manager is gone."""
+        self._cancel_abandoned()
+        output = self.manager.get_result(timeout=POLL_S)
+        if output is None:
+            if not self.manager.is_running() and not self._closed.is_set():
+                fatal = self.manager.background_thread_status.fatal_error
+                self.broken = f"its generation thread stopped ({fatal or 'no reason given'})"
+                log.error("continuous batching stopped: %s", self.broken)
+                self._fail_all(RuntimeError(f"continuous batching failed: {self.broken}"))
+                return False
+            return True
+        with self._lock:
+            row = self._rows.get(output.request_id)
+        if row is None:  # cancelled already, or before the manager knew the request
+            if not output.is_finished():
+                self.manager.cancel_request(output.request_id)
+            return True
+        try:
+            self._deliver(output, row)
+        except Exception as exc:  # a listener's bug fails its row, not the others
+            log.exception("could not deliver a continuous batching result")
+            self.manager.cancel_request(output.request_id)
+            self._end(output.request_id, error=exc)
+        return True
 
     def _deliver(self, output: Any, row: _Row) -> None:
         tokens = list(output.generated_tokens)

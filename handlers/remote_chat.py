@@ -3,18 +3,21 @@ Ollama) through the official ``openai`` client, streaming.
 
 It is the chat task with another engine: the same requests, prompts (as chat messages),
 validation and results, so quotas, fairness, conversation memory and usage rows work as
-with the local model. Each admitted conversation is one streamed HTTP request, run on a
-thread of its own up to ``max_concurrent`` at once (the executor admits no more: they are
-its rows, as with continuous batching); Cancel closes the stream, and every failure of the
+with the local model. Each admitted conversation is one streamed HTTP request, up to
+``max_concurrent`` at once (the executor admits no more: they are its rows, as with
+continuous batching), all on one event loop of their own: cancelling a request's task
+closes its connection at once, even while the server is silent. Every failure of the
 server becomes one line for the member.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import math
 import threading
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -45,17 +48,27 @@ class EngineError(HandlerError):
         self.kind = kind
 
 
+def without_credentials(url: str) -> str:
+    """``url`` without a ``user:password@`` part."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
+
+
 def explain(error: Exception, base_url: str, timeout_s: float) -> EngineError:
     """One line for the member (and the kind, for metrics) from the client's error."""
+    # Members see no address (it may name internal hosts): the log does, without credentials.
+    log.warning("the chat server at %s: %s: %s", without_credentials(base_url),
+                type(error).__name__, error)  # fmt: skip
     if "Timeout" in type(error).__name__:  # the transport's, while a stream is read
         error = openai.APITimeoutError(request=None)  # type: ignore[arg-type]
     elif not isinstance(error, openai.OpenAIError):  # the transport broke off mid-stream
-        return EngineError("unreachable", f"the chat server at {base_url} broke off its answer")
+        return EngineError("unreachable", "the chat server broke off its answer; try again")
     match error:
         case openai.APITimeoutError():
             return EngineError("timeout", f"the chat server did not answer within {timeout_s:g} s")
         case openai.APIConnectionError():
-            return EngineError("unreachable", f"the chat server at {base_url} cannot be reached")
+            return EngineError("unreachable", "the chat server cannot be reached; try again later")
         case openai.AuthenticationError() | openai.PermissionDeniedError():
             return EngineError(
                 "unauthorized",
@@ -105,22 +118,15 @@ class EstimatedWindow(ChatWindow):
 
 
 @dataclass
-class _Open:
-    ctx: BatchContext
-    index: int
-    stream: Any = None
-
-
-@dataclass
 class RemoteChat:
-    """The client and the threads its streams run on."""
+    """The client, and the event loop (on a thread of its own) its streams run on."""
 
-    client: openai.OpenAI
+    client: openai.AsyncOpenAI
     model: str
-    pool: concurrent.futures.ThreadPoolExecutor
-    open: dict[int, _Open] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    closed: threading.Event = field(default_factory=threading.Event)
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+    open: dict[asyncio.Task[ChatResult], tuple[BatchContext, int]] = field(default_factory=dict)
+    """Each request being answered, with its job's context and row: read by the watcher."""
 
 
 class RemoteChatTask(ChatTask):
@@ -144,39 +150,40 @@ class RemoteChatTask(ChatTask):
         self.timeout_s = timeout_s
 
     def __repr__(self) -> str:  # never the key
-        return f"RemoteChatTask({self.base_url!r})"
+        return f"RemoteChatTask({without_credentials(self.base_url)!r})"
 
     def running_cap(self) -> int:
         return self.max_concurrent
 
     def load(self, spec: LoadSpec) -> RemoteChat:
         """``spec.source`` is the model's name on the server."""
-        client = openai.OpenAI(
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="chat-streams", daemon=True)
+        thread.start()
+        client = openai.AsyncOpenAI(
             base_url=self.base_url,
             api_key=self._api_key or "none",  # servers without keys still want the header
             max_retries=0,  # a retry is the member's to decide, told at once
             timeout=openai.Timeout(self.timeout_s, connect=min(5.0, self.timeout_s)),
         )
-        remote = RemoteChat(
-            client,
-            spec.source,
-            concurrent.futures.ThreadPoolExecutor(self.max_concurrent, "chat-stream"),
-        )
-        threading.Thread(target=self._watch, args=(remote,), name="chat-watch", daemon=True).start()
+        remote = RemoteChat(client, spec.source, loop, thread)
+        asyncio.run_coroutine_threadsafe(self._watch(remote), loop)
         return remote
 
     def unload(self, model: RemoteChat) -> None:
-        model.closed.set()
-        with model.lock:
-            streams = [entry.stream for entry in model.open.values() if entry.stream]
-        for stream in streams:
-            stream.close()
-        model.pool.shutdown(wait=False, cancel_futures=True)
-        model.client.close()
+        async def close() -> None:
+            for task in list(model.open):
+                task.cancel()
+            await model.client.close()
+
+        try:
+            asyncio.run_coroutine_threadsafe(close(), model.loop).result(timeout=5)
+        finally:
+            model.loop.call_soon_threadsafe(model.loop.stop)
+            model.thread.join(timeout=5)
 
     def busy(self, model: RemoteChat) -> bool:
-        with model.lock:
-            return bool(model.open)
+        return bool(model.open)
 
     def model_bytes(self, model: RemoteChat) -> int:
         return 0
@@ -188,21 +195,18 @@ class RemoteChatTask(ChatTask):
         self, model: RemoteChat, requests: Sequence[ChatRequest], ctx: BatchContext
     ) -> list[concurrent.futures.Future[ChatResult]]:
         return [
-            model.pool.submit(self._answer, model, request, ctx, index)
+            asyncio.run_coroutine_threadsafe(self._answer(model, request, ctx, index), model.loop)
             for index, request in enumerate(requests)
         ]
 
-    def _answer(
+    async def _answer(
         self, model: RemoteChat, request: ChatRequest, ctx: BatchContext, index: int
     ) -> ChatResult:
-        entry = _Open(ctx, index)
-        key = id(entry)
-        with model.lock:
-            model.open[key] = entry
+        task = asyncio.current_task()
+        assert task is not None
+        model.open[task] = (ctx, index)
         try:
-            if ctx.abandoned(index):
-                raise BatchStopped
-            stream = model.client.chat.completions.create(
+            stream = await model.client.chat.completions.create(
                 model=model.model,
                 messages=self.messages(request),  # type: ignore[arg-type]
                 max_tokens=self.new_tokens(request),
@@ -210,45 +214,36 @@ class RemoteChatTask(ChatTask):
                 seed=request.seed,
                 stream=True,
             )
-            entry.stream = stream
-            return self._read(stream, ctx, index)
-        except (BatchStopped, EngineError):
-            raise
+            async with stream:
+                return await self._read(stream, ctx, index)
+        except asyncio.CancelledError:  # nobody waits: the connection is closed
+            raise BatchStopped from None
         except Exception as exc:  # the client's errors, or its transport's mid-stream
-            if ctx.abandoned(index):  # the stream was closed on purpose
-                raise BatchStopped from None
             raise explain(exc, self.base_url, self.timeout_s) from None
         finally:
-            with model.lock:
-                model.open.pop(key, None)
+            model.open.pop(task, None)
 
-    def _read(self, stream: Any, ctx: BatchContext, index: int) -> ChatResult:
+    @staticmethod
+    async def _read(stream: Any, ctx: BatchContext, index: int) -> ChatResult:
         pieces: list[str] = []
         finish = None
-        with stream:
-            for count, chunk in enumerate(stream, 1):
-                if ctx.abandoned(index):
-                    raise BatchStopped
-                if not chunk.choices:
-                    continue
-                choice = chunk.choices[0]
-                pieces.append(choice.delta.content or "")
-                finish = choice.finish_reason or finish
-                if count % STREAM_EVERY == 0:
-                    ctx.partial(index, "".join(pieces).strip())
-        if ctx.abandoned(index):
-            raise BatchStopped
-        text = "".join(pieces).strip()
-        return ChatResult(text, len(pieces), finish == "stop")
+        count = 0
+        async for chunk in stream:
+            if not chunk.choices:
+                continue
+            choice = chunk.choices[0]
+            pieces.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+            count += 1
+            if count % STREAM_EVERY == 0:
+                ctx.partial(index, "".join(pieces).strip())
+        return ChatResult("".join(pieces).strip(), count, finish == "stop")
 
-    def _watch(self, model: RemoteChat) -> None:
-        """Close the streams of jobs nobody waits for: a stalled stream ends at once."""
-        while not model.closed.wait(WATCH_S):
-            with model.lock:
-                stale = [e.stream for e in model.open.values()
-                         if e.stream is not None and e.ctx.abandoned(e.index)]  # fmt: skip
-            for stream in stale:
-                try:
-                    stream.close()
-                except Exception:  # closing a stream another thread reads may complain
-                    log.debug("closing a cancelled chat stream failed", exc_info=True)
+    @staticmethod
+    async def _watch(model: RemoteChat) -> None:
+        """Cancel the requests of jobs nobody waits for: a silent server is no excuse."""
+        while True:
+            await asyncio.sleep(WATCH_S)
+            for task, (ctx, index) in list(model.open.items()):
+                if ctx.abandoned(index):
+                    task.cancel()

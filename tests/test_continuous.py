@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -155,22 +156,63 @@ async def test_a_worker_process_streams_rows_and_passes_cancellations_on(
         assert executor.scheduler.outstanding == 0
 
 
+class NeverAbandoned(RecordingContext):
+    def abandoned(self, index: int) -> bool:
+        return False
+
+
 def test_greedy_answers_match_static_batching(tiny_chat: Path) -> None:
     """Temperature 0 stays greedy on the continuous path: the same words as ``generate``."""
     requests = [ChatRequest("hello there", max_tokens=24), ChatRequest("two plus two?")]
-
-    class Context(RecordingContext):
-        def abandoned(self, index: int) -> bool:
-            return False
-
     static = ChatTask(continuous="off", default_new_tokens=24)
-    expected = static.run_batch(load(static, tiny_chat), requests, Context())
+    expected = static.run_batch(load(static, tiny_chat), requests, NeverAbandoned())
     task = ChatTask(continuous="on", default_new_tokens=24)
     model = load(task, tiny_chat)
     try:
-        ctx = Context()
+        ctx = NeverAbandoned()
         answers = [f.result(timeout=60) for f in task.run_batch(model, requests, ctx)]
     finally:
         task.unload(model)
     assert [a.text for a in answers] == [e.text for e in expected]
     assert ctx.partials[0][-1] == answers[0].text[: len(ctx.partials[0][-1])]
+
+
+def test_a_manager_that_died_is_restarted_for_the_next_request(
+    tiny_chat: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    task = ChatTask(continuous="on", default_new_tokens=8)
+    model = load(task, tiny_chat)
+    try:
+        dead = model.continuous
+        assert dead is not None and dead.healthy
+        dead.manager.stop(block=True, hard_stop=True)  # as a failed step leaves it
+        for _ in range(100):
+            if dead.broken:
+                break
+            time.sleep(0.02)
+        assert dead.broken and not dead.healthy
+        (answer,) = task.run_batch(model, [ChatRequest("hi")], NeverAbandoned())
+        assert answer.result(timeout=60).tokens == 8
+        assert model.continuous is not dead and model.continuous.healthy
+        assert "restarting continuous batching" in caplog.text
+    finally:
+        task.unload(model)
+
+
+def test_a_cache_that_cannot_be_made_falls_back_to_static_batching(
+    tiny_chat: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from transformers.generation.continuous_batching.continuous_api import (
+        ContinuousBatchingManager,
+    )
+
+    def no_room(self: object) -> None:
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(ContinuousBatchingManager, "_create_batch_processor", no_room)
+    task = ChatTask(continuous="on", default_new_tokens=8)
+    model = load(task, tiny_chat)
+    assert model.continuous is None
+    assert "continuous batching is not available" in caplog.text
+    (answer,) = task.run_batch(model, [ChatRequest("hi")], NeverAbandoned())
+    assert isinstance(answer, ChatResult) and answer.tokens == 8

@@ -40,7 +40,8 @@ WORDS = ["Osmosis", " is", " water", " moving", " through", " a", " membrane", "
 @dataclass
 class FakeServer:
     """POST /v1/chat/completions. ``reply``: "words", "slow" (a word every 50 ms, many),
-    "stall" (two words, then silence), or an HTTP status to fail with."""
+    "stall" (two words, then silence), "queued" (no answer at all for long: an overloaded
+    server), or an HTTP status to fail with."""
 
     reply: str | int = "words"
     bodies: list[dict[str, Any]] = field(default_factory=list)
@@ -55,9 +56,11 @@ class FakeServer:
             error = {"error": {"message": "no", "type": "error", "code": self.reply}}
             return web.json_response(error, status=self.reply)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
         words = WORDS * 50 if self.reply == "slow" else WORDS
         try:
+            if self.reply == "queued":
+                await asyncio.sleep(30)
+            await response.prepare(request)
             for index, word in enumerate(words):
                 await self._send(response, body["model"], {"content": word}, None)
                 if self.reply == "slow":
@@ -154,6 +157,30 @@ async def test_cancel_closes_the_stream_and_frees_the_row(server: tuple[FakeServ
         assert executor.scheduler.outstanding == 0
 
 
+@pytest.mark.parametrize("reply", ["stall", "queued"])
+async def test_cancel_reaches_a_silent_server_at_once(
+    server: tuple[FakeServer, str], reply: str
+) -> None:
+    """Nothing arrives to notice the cancellation by: the connection itself is closed."""
+    fake, url = server
+    fake.reply = reply
+    async with executor_for(url, timeout_s=30) as executor:
+        handle = executor.submit("chat", ChatRequest("hi"), user_id="alice")
+        while not fake.bodies:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # the server is silent now
+        handle.cancel()
+        await asyncio.wait_for(fake.closed_early.wait(), 2)
+        remote = executor.backends[-1]  # the backend of tasks that need no device
+        assert isinstance(remote, LocalBackend)
+        model = remote.registry.get(executor.tasks["chat"], "served-model")
+        for _ in range(100):
+            if not model.open:
+                break
+            await asyncio.sleep(0.01)
+        assert not model.open and executor.scheduler.outstanding == 0
+
+
 async def test_a_device_batch_does_not_hold_up_the_servers_answers(
     server: tuple[FakeServer, str],
 ) -> None:
@@ -184,7 +211,7 @@ def closed_port() -> int:
         (429, "rate_limited", "the chat server is rate-limiting the bot (HTTP 429)"),
         (503, "server_error", "the chat server failed (HTTP 503)"),
         (404, "not_found", "the chat server does not serve the configured model"),
-        ("unreachable", "unreachable", "cannot be reached"),
+        ("unreachable", "unreachable", "the chat server cannot be reached; try again later"),
         ("stall", "timeout", "the chat server did not answer within 0.5 s"),
     ],
 )
@@ -195,7 +222,7 @@ async def test_each_failure_of_the_server_is_one_line_and_counted(
     fake, url = server
     fake.reply = reply
     if reply == "unreachable":
-        url = f"http://127.0.0.1:{closed_port()}/v1"
+        url = f"http://bot:hunter2@127.0.0.1:{closed_port()}/v1"  # credentials in the URL
     caplog.set_level(logging.DEBUG)
     failures = Failures()
     async with executor_for(url, timeout_s=0.5) as executor:
@@ -204,9 +231,10 @@ async def test_each_failure_of_the_server_is_one_line_and_counted(
         with pytest.raises(EngineError) as failed:
             await asyncio.wait_for(handle.result(), 10)
     assert line in str(failed.value) and "\n" not in str(failed.value)
+    assert "127.0.0.1" not in str(failed.value)  # no address for members; the log has it
     assert failures.seen == [("chat", kind)]
     assert executor.scheduler.outstanding == 0
-    assert KEY not in caplog.text
+    assert KEY not in caplog.text and "hunter2" not in caplog.text
 
 
 def test_the_key_never_shows_in_settings_or_doctor(
@@ -257,3 +285,19 @@ def test_conversations_are_fitted_to_the_servers_context_by_estimate() -> None:
     assert 0 < dropped < len(history)
     assert window.prompt_tokens(fitted) <= window.budget(request) == 256 - 64
     assert len(json.dumps(task.messages(fitted))) < 3 * (256 - 64)  # about 3 chars a token
+
+
+async def test_the_servers_time_is_not_charged_as_gpu_time(server: tuple[FakeServer, str]) -> None:
+    """BOT_GPU_SECONDS_PER_DAY budgets this machine's devices, not another server's."""
+    fake, url = server
+    fake.reply = "slow"
+    loop = asyncio.get_running_loop()
+    async with executor_for(url) as executor:
+        started = loop.time()
+        handle = executor.submit("chat", ChatRequest("tell me all"), user_id="alice")
+        await first_text(handle)  # eight pieces, 50 ms apart
+        streamed = loop.time() - started
+        handle.cancel()
+        with pytest.raises(JobCancelled):
+            await handle
+    assert handle.gpu_s is not None and handle.gpu_s < streamed / 2  # joining, not answering

@@ -65,6 +65,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.running: list[Batch[Ticket]] = []
         self.rows: dict[int, Ticket] = {}
         """Jobs running on as rows of a continuous batch after their batch left."""
+        self.row_since: dict[int, float] = {}
         self.ran: set[int] = set()
         self.ended: set[int] = set()
         self.submitted = 0
@@ -161,6 +162,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         for index, ticket in enumerate(batch.jobs):
             if index in rows:
                 self.rows[ticket.id] = ticket
+                self.row_since[ticket.id] = self.now
             else:
                 self.ended.add(ticket.id)
 
@@ -170,14 +172,28 @@ class SchedulerMachine(RuleBasedStateMachine):
             return
         ticket = data.draw(st.sampled_from(sorted(self.rows.values(), key=lambda t: t.id)))
         self.now += seconds
-        share = self.scheduler.release(ticket, self.now, self.now - seconds)
-        assert 0 <= share <= seconds
+        share = self.scheduler.release(ticket, self.now)
+        assert 0 <= share <= self.now - self.row_since.pop(ticket.id) + 1e-9  # shared, at most
+        with pytest.raises(ValueError):
+            self.scheduler.release(ticket, self.now)  # once only
         del self.rows[ticket.id]
         self.ended.add(ticket.id)
 
     @rule(seconds=st.floats(0.0, 4.0))
     def wait(self, seconds: float) -> None:
         self.now += seconds
+
+    @invariant()
+    def the_engine_is_woken_only_for_work_it_can_start(self) -> None:
+        """A queue that cannot go (a full continuous batch) must not ask for an immediate
+        wake-up: the engine would spin."""
+        wait = self.scheduler.next_ready_in(self.now)
+        if wait == 0:
+            busy = {b.slot for b in self.running}
+            assert any(
+                queue.is_ready(self.now) and queue.slot not in busy
+                for queue in self.scheduler._queues.values()
+            )
 
     @invariant()
     def places_add_up(self) -> None:
@@ -203,7 +219,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 self.scheduler.finish(batch, self.now)
             self.running.clear()
             for ticket in self.rows.values():
-                self.scheduler.release(ticket, self.now, self.now - 1.0)
+                self.scheduler.release(ticket, self.now)
             self.rows.clear()
             while (batch := self.scheduler.schedule(self.now)) is not None:
                 self.running.append(batch)
@@ -308,14 +324,18 @@ def test_a_continuous_model_takes_newcomers_at_once_up_to_its_cap() -> None:
     first = arrive("a", 0.0)
     batch = s.schedule(0.0)
     assert batch is not None and batch.jobs == [first]
-    s.finish(batch, 0.001, running_on={0})  # it runs on as a row; the device is free
+    s.finish(batch, 0.0, running_on={0})  # it runs on as a row; the device is free
     assert s.outstanding == 1
-    newcomers = [arrive(user, 0.002) for user in "bcd"]
-    batch = s.schedule(0.002)  # no batching window although the model is busy
+    newcomers = [arrive(user, 9.0) for user in "bcd"]
+    batch = s.schedule(9.0)  # no batching window although the model is busy
     assert batch is not None and batch.jobs == newcomers
-    s.finish(batch, 0.003, running_on={0, 1, 2})
-    late = arrive("e", 0.004)
-    assert s.schedule(0.004) is None  # four rows: the cap
-    assert s.release(first, 1.0, 0.0) == pytest.approx(1.0 / 4)
-    batch = s.schedule(1.0)
+    s.finish(batch, 9.0, running_on={0, 1, 2})
+    late = arrive("e", 9.5)
+    assert s.schedule(9.5) is None  # four rows: the cap
+    assert s.next_ready_in(9.5) is None  # and no wake-up until a row ends
+    # Nine seconds alone, then a quarter of one second shared by four, whoever ends first.
+    assert s.release(newcomers[0], 10.0) == pytest.approx(0.25)
+    assert s.release(first, 10.0) == pytest.approx(9.25)
+    assert [s.release(t, 10.0) for t in newcomers[1:]] == pytest.approx([0.25, 0.25])
+    batch = s.schedule(10.0)
     assert batch is not None and batch.jobs == [late]

@@ -374,9 +374,9 @@ class Executor:
         timeout reaches the device through the job's batch, which drops the row)."""
 
         def release(_: asyncio.Future[Any]) -> None:
-            now = self._clock()
-            share = self.scheduler.release(job, now, job.started_at or now)
-            job.gpu_s = (job.gpu_s or 0.0) + share
+            share = self.scheduler.release(job, self._clock())
+            if not getattr(job.task, "remote", False):  # another server's time is not ours
+                job.gpu_s = (job.gpu_s or 0.0) + share
             self._wakeup.set()
 
         job.future.add_done_callback(release)

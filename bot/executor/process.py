@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import itertools
 import logging
 import multiprocessing
@@ -489,11 +490,15 @@ def serve(conn: Connection, tasks: Mapping[str, Task[Any, Any]], spec: WorkerSpe
                     batches.pop(batch.batch_id, None)
             encode(batch.batch_id, index, batch.task, output)
 
+        def hand_over(index: int, output: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the worker is exiting: nobody waits
+                encoders.submit(ended, index, output)
+
         for index, (kind, output) in enumerate(zip((w[0] for w in wire), outcomes, strict=True)):
             if kind != "encoding":
                 continue
             if isinstance(output, concurrent.futures.Future):
-                when_done(output, lambda raw, i=index: encoders.submit(ended, i, raw))
+                when_done(output, functools.partial(hand_over, index), batch.task.name)
             else:
                 encoders.submit(encode, batch.batch_id, index, batch.task, output)
 

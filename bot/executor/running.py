@@ -128,18 +128,24 @@ def encodes(task: Task[Any, Any]) -> bool:
     return type(task).finish is not Task.finish
 
 
-def when_done(output: concurrent.futures.Future[Any], then: Callable[[Outcome], None]) -> None:
+def when_done(
+    output: concurrent.futures.Future[Any], then: Callable[[Outcome], None], task_name: str
+) -> None:
     """Call ``then`` with the raw output of a job still running on the device (continuous
     batching), or with the error that ended it."""
 
     def done(future: concurrent.futures.Future[Any]) -> None:
-        error = future.exception()
-        if error is None:
-            then(future.result())
+        if future.cancelled():
+            outcome: Outcome = JobCancelled("stopped")
+        elif (error := future.exception()) is None:
+            outcome = future.result()
         elif isinstance(error, BatchStopped):
-            then(JobCancelled("stopped"))
+            outcome = JobCancelled("stopped")
         else:
-            failure = error if isinstance(error, HandlerError | JobFailed) else JobFailed(error)
-            then(failure)
+            outcome = error if isinstance(error, HandlerError | JobFailed) else JobFailed(error)
+        try:
+            then(outcome)
+        except Exception:  # a callback's error would be lost in concurrent.futures' log
+            log.exception("%s: a row's outcome could not be delivered", task_name)
 
     output.add_done_callback(done)

@@ -82,12 +82,28 @@ class _Queue(Generic[J]):
     """Jobs admitted and not yet finished: queued, on the device, or running as a row."""
     rows: int = 0
     """Jobs whose batch left the device while they run on (continuous batching)."""
+    shared: float = 0.0
+    """Device seconds each row has had so far: the rows share the device equally, so this
+    grows by the time passed over the number of rows running (processor sharing)."""
+    shared_at: float = 0.0
+    row_starts: dict[int, tuple[float, float]] = field(default_factory=dict)
+    """Each running row's (``shared``, time) when it started, by the job's id()."""
     ready_at: float = 0.0
     """When the forming batch may go even if not full."""
 
+    def share_until(self, now: float) -> None:
+        if self.rows:
+            self.shared += max(0.0, now - self.shared_at) / self.rows
+        self.shared_at = now
+
+    @property
+    def full(self) -> bool:
+        """Every row of a continuous batch is taken."""
+        return self.cap is not None and self.rows >= self.cap
+
     def is_ready(self, now: float) -> bool:
         if self.cap is not None:
-            return self.size > 0 and self.rows < self.cap
+            return self.size > 0 and not self.full
         return self.size > 0 and (self.size >= self.limits.max_batch or now >= self.ready_at)
 
     @property
@@ -295,8 +311,8 @@ class Scheduler(Generic[J]):
         waits = [
             max(0.0, queue.ready_at - now)
             for queue in self._queues.values()
-            if queue.size and queue.slot not in self._running
-        ]
+            if queue.size and queue.slot not in self._running and not queue.full
+        ]  # a full continuous batch is woken by ``release``, not by the clock
         return min(waits, default=None)
 
     # Finishing
@@ -309,36 +325,46 @@ class Scheduler(Generic[J]):
         total_work = sum(job.work for job in batch.jobs) or float(len(batch.jobs))
         shares = [seconds * (job.work or 1.0) / total_work for job in batch.jobs]
         queue = self._queues[batch.queue_key]
+        queue.share_until(now)
         for index, (job, share) in enumerate(zip(batch.jobs, shares, strict=True)):
             self._charge(job.user_id, share, now)
             if index in running_on:
                 queue.rows += 1
+                queue.row_starts[id(job)] = (queue.shared, now)
             else:
                 self._release(job.user_id)
                 queue.active -= 1
-        for table, value in (
-            (self._batch_s, seconds),
-            (self._s_per_work, seconds / total_work),
-        ):
-            previous = table.get(batch.queue_key)
-            table[batch.queue_key] = value if previous is None else 0.8 * previous + 0.2 * value
+        if not running_on:  # rows are timed when they end: joining says nothing of them
+            self._learn(batch.queue_key, seconds, seconds / total_work)
         if self._running.get(batch.slot) is batch:
             del self._running[batch.slot]
         self._forget_idle(now)
         return shares
 
-    def release(self, job: J, now: float, started_at: float) -> float:
+    def release(self, job: J, now: float) -> float:
         """A job that ran on as a row ended (answered, cancelled or past its deadline): free
-        its row and its member's place. It is charged its time as a row, split evenly with
-        the rows beside it, and that share (in seconds) is returned."""
+        its row and its member's place. It is charged its share of the device while it ran,
+        the rows beside it sharing equally, and that share (in seconds) is returned."""
         queue = self._queues[job.queue_key]
-        share = max(0.0, now - started_at) / max(1, queue.rows)
+        queue.share_until(now)
+        try:
+            shared_then, started = queue.row_starts.pop(id(job))
+        except KeyError:
+            raise ValueError("release: the job is not running as a row") from None
+        share = queue.shared - shared_then
         queue.rows -= 1
         queue.active -= 1
         self._charge(job.user_id, share, now)
         self._release(job.user_id)
+        self._learn(job.queue_key, now - started, share / (job.work or 1.0))
         self._forget_idle(now)
         return share
+
+    def _learn(self, key: ModelKey, seconds: float, per_work: float) -> None:
+        """Typical durations, for wait estimates and members' projected usage."""
+        for table, value in ((self._batch_s, seconds), (self._s_per_work, per_work)):
+            previous = table.get(key)
+            table[key] = value if previous is None else 0.8 * previous + 0.2 * value
 
     def _charge(self, user_id: str, seconds: float, now: float) -> None:
         self._usage[user_id] = (self.usage(user_id, now) + max(MIN_CHARGE_S, seconds), now)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import queue
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from bot.executor.backend import BatchRun, LoadedModelInfo, Outcome
-from bot.executor.errors import WorkerCrashed
+from bot.executor.errors import JobCancelled, WorkerCrashed
 from bot.executor.registry import ModelRegistry
 from bot.executor.running import cuda_memory, encodes, execute, finish, when_done
 from handlers.base import Task
@@ -115,9 +116,16 @@ class LocalBackend:
 
             def then(raw: Outcome) -> None:
                 value = finish(task, raw) if encodes(task) else raw
-                loop.call_soon_threadsafe(settle, value)
+                with contextlib.suppress(RuntimeError):  # the bot's loop has closed
+                    loop.call_soon_threadsafe(settle, value)
 
-            when_done(outcome, lambda raw: self._encoders.submit(then, raw))
+            def encode(raw: Outcome) -> None:
+                try:
+                    self._encoders.submit(then, raw)
+                except RuntimeError:  # the backend closed: the job ends with the bot
+                    then(JobCancelled("the bot is shutting down"))
+
+            when_done(outcome, encode, task.name)
             return result
         if isinstance(outcome, BaseException) or not encodes(task):
             return outcome
