@@ -12,6 +12,7 @@ RUN rm -f /etc/apt/sources.list.d/cuda*.list \
  && apt-get install -y --no-install-recommends \
       python3-venv=3.12.3-0ubuntu2.1 \
       python3.12-venv=3.12.3-1ubuntu0.17 \
+      libopus0=1.4-1build1 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --user-group --uid 10001 --create-home --home-dir /home/bot bot \
  && mkdir /data /models \

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 COGS = (
     "bot.cogs.tasks", "bot.cogs.conversations", "bot.cogs.admin", "bot.cogs.config",
-    "bot.cogs.images",
+    "bot.cogs.images", "bot.cogs.voice",
 )  # fmt: skip
 
 
@@ -127,6 +127,11 @@ class AssistantBot(commands.Bot):
         )
         self.watchers: dict[int, JobWatcher] = {}
         """Jobs being followed on Discord, by job id."""
+        self.voice_protocol: Callable[[discord.Client, Any], discord.VoiceProtocol] = (
+            discord.VoiceClient
+        )
+        """What a voice connection is made with (``channel.connect(cls=...)``): the tests'
+        recording protocol stands in for discord.py's VoiceClient here."""
         self.tree.on_error = self.on_app_command_error
 
     def is_connected(self) -> bool:

@@ -513,6 +513,17 @@ def check_hub_cache() -> Row:
     return Row("hub cache", Status.OK, f"{cache}, {free} free, {mode}")
 
 
+def check_voice() -> Row:
+    """Voice channels are optional: without their libraries everything else works."""
+    from bot.voice_audio import missing_voice_support
+
+    missing = missing_voice_support()
+    if missing is None:
+        return Row("voice", Status.OK, "PyNaCl, davey and libopus present: /voice works")
+    what, _, fix = missing.partition(": ")
+    return Row("voice", Status.WARN, f"{what}; /voice and /speak in calls are off", fix)
+
+
 def check_chat_engine(settings: Settings) -> Row:
     """Where chat's answers come from when another server gives them (never its key)."""
     server = settings.chat.openai
@@ -534,6 +545,7 @@ async def diagnose(settings: Settings, online: bool = False) -> AsyncIterator[Ro
     yield await check_login(settings, online)
     yield await check_database(settings)
     yield check_hub_cache()
+    yield check_voice()
     if settings.chat.engine == "openai":
         yield check_chat_engine(settings)
     gpu_row, gpu_bytes = await asyncio.to_thread(check_gpu, settings)

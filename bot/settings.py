@@ -128,6 +128,14 @@ class OpenAIEngineSettings(BaseModel):
     """Longest silence from the server, connecting or between two pieces of an answer."""
 
 
+class VoiceSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    idle_minutes: float = Field(default=10.0, gt=0)
+    """The bot leaves a voice channel after this long with nothing said; also at once when
+    nobody else is left in it."""
+
+
 class ChatSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True)
 
@@ -306,6 +314,8 @@ class Settings(BaseSettings):
     """/speak options (BOT_SPEAK__VOICES, ...)."""
     chat: ChatSettings = ChatSettings()
     """/chat options (BOT_CHAT__SYSTEM_PROMPT, ...)."""
+    voice: VoiceSettings = VoiceSettings()
+    """Voice channels (BOT_VOICE__IDLE_MINUTES)."""
     text: TaskClassSettings = TaskClassSettings.of(TaskKind.TEXT)
     """Batching for text tasks (BOT_TEXT__WINDOW_MS, ...)."""
     audio: TaskClassSettings = TaskClassSettings.of(TaskKind.AUDIO)

@@ -287,3 +287,18 @@ async def test_online_login_accepts_a_good_token_and_rejects_a_bad_one(
     bad = await check_login(Settings(_env_file=None), online=True)
     assert (bad.status, bad.detail) == (Status.FAIL, "Discord rejected the token")
     assert "reset the token" in bad.fix
+
+
+def test_voice_is_a_warning_with_its_fix_when_libopus_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import discord
+
+    from bot.doctor import check_voice
+
+    monkeypatch.setattr(discord.opus, "is_loaded", lambda: False)
+    monkeypatch.setattr(discord.opus, "_load_default", lambda: False)
+    row = check_voice()
+    assert row.status is Status.WARN
+    assert row.fix == "`apt install libopus0` (or your system's package)"
+    assert row.detail == "voice needs libopus; /voice and /speak in calls are off"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 from discord import app_commands
@@ -28,6 +28,7 @@ from handlers.translate import TranslateRequest, TranslateResult
 
 if TYPE_CHECKING:
     from bot.client import AssistantBot
+    from bot.executor import JobHandle
 
     Interaction = discord.Interaction[AssistantBot]
 
@@ -141,10 +142,13 @@ class Tasks(commands.Cog):
         task: str,
         request: Any = None,
         read: Callable[[], Awaitable[Any]] | None = None,
+        render_result: Callable[[Any], Reply] = render,
+        then: Callable[[JobHandle], None] | None = None,
     ) -> None:
         """Admit (a refusal answers privately at once), defer, then do what may be slow:
         ``read`` the request if it isn't given, store an image's options for its buttons.
-        Then a watcher follows the job, replying as the reply policy says."""
+        Then a watcher follows the job, replying as the reply policy says (``render_result``
+        shapes the result), and ``then`` is told of the job (speech said in a call)."""
         bot = self.bot
         policy = bot.reply_policy(interaction)
         with bot.invoker.admit(task, caller_of(interaction), request) as admission:
@@ -155,8 +159,10 @@ class Tasks(commands.Cog):
                 await self._image_buttons(interaction, request) if task == "imagine" else None
             )
             handle = admission.submit(request)
+        if then is not None:
+            then(handle)
         place = InteractionPlace(interaction, policy)
-        bot.follow(handle, place, render, interaction.user.id, final_view)
+        bot.follow(handle, place, render_result, interaction.user.id, final_view)
 
     async def _image_buttons(
         self, interaction: Interaction, request: ImagineRequest
@@ -262,15 +268,40 @@ class Tasks(commands.Cog):
         return [app_commands.Choice(name=s, value=s) for s in sizes if current in s][:25]
 
     @app_commands.command(description="Read a text aloud")
-    @app_commands.describe(text="What to say", voice="Voice", language="Language code")
+    @app_commands.describe(
+        text="What to say",
+        voice="Voice",
+        language="Language code",
+        where="An audio file, or said in the call (default: the call, when we are both in it)",
+    )
     async def speak(
         self,
         interaction: Interaction,
         text: app_commands.Range[str, 1, 2000],
         voice: str | None = None,
         language: str = "en",
+        where: Literal["file", "call"] | None = None,
     ) -> None:
-        await self.run(interaction, "speak", SpeakRequest(text, voice, language))
+        from bot.cogs.voice import Voice, VoiceUnavailable, speech_render  # voice needs tasks
+
+        request = SpeakRequest(text, voice, language)
+        calls = self.bot.get_cog("Voice")
+        if where is None:
+            where = (
+                "call" if isinstance(calls, Voice) and calls.in_call_with(interaction) else "file"
+            )
+        if where == "file":
+            await self.run(interaction, "speak", request)
+            return
+        if not isinstance(calls, Voice) or not calls.in_call_with(interaction):
+            error = VoiceUnavailable("join my voice channel (or `/voice join` yours) first")
+            self.bot.invoker.record_refusal("speak", caller_of(interaction), error)
+            raise error
+        channel = interaction.guild.voice_client.channel.mention  # type: ignore[union-attr]
+        await self.run(
+            interaction, "speak", request, render_result=speech_render(channel),
+            then=lambda handle: calls.say(interaction, handle),
+        )  # fmt: skip
 
     @speak.autocomplete("voice")
     async def _voices(

@@ -1,0 +1,317 @@
+"""Speech in the study group's call: /voice join and leave, /speak said in the call, and a
+playback queue per server (skip your own, managers skip any or clear).
+
+Speech is synthesized through the executor like every /speak (same caps, quotas and fair
+queue), then converted off the event loop (``bot.voice_audio``) and played in order, each
+utterance as soon as it and those before it are ready. The voice connection is a
+``discord.VoiceProtocol`` made by ``AssistantBot.voice_protocol``: discord.py's own
+``VoiceClient`` (PyNaCl, davey and libopus), or a recording one in the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.cogs.admin import is_admin
+from bot.cogs.delivery import NO_MENTIONS, Reply
+from bot.voice_audio import FRAME_BYTES, missing_voice_support, wav_to_voice
+from handlers.base import HandlerError
+
+if TYPE_CHECKING:
+    from bot.client import AssistantBot
+    from bot.executor import JobHandle
+
+    Interaction = discord.Interaction[AssistantBot]
+
+log = logging.getLogger(__name__)
+
+
+class VoiceUnavailable(HandlerError):
+    """Voice cannot work here; the message says why, in one line."""
+
+
+class PCMSource(discord.AudioSource):
+    """Ready 48 kHz stereo PCM, handed over a 20 ms frame at a time."""
+
+    def __init__(self, pcm: bytes) -> None:
+        self._pcm = memoryview(pcm)
+        self._size = FRAME_BYTES
+        self._at = 0
+
+    def read(self) -> bytes:
+        frame = bytes(self._pcm[self._at : self._at + self._size])
+        self._at += self._size
+        return frame if len(frame) == self._size else b""
+
+
+@dataclass(eq=False)
+class Utterance:
+    requester_id: int
+    audio: asyncio.Future[bytes]
+    """Voice PCM, once synthesized and converted; an exception if that failed."""
+
+
+@dataclass
+class Playback:
+    """One server's utterances, played in order on its voice connection: each starts when
+    it is ready and the one before it has ended. Driven by callbacks (the speech's future,
+    the player's end, a timer), so nothing waits on the event loop between utterances."""
+
+    voice: discord.VoiceProtocol
+    idle_s: float
+    on_idle: Callable[[], None]
+    """Told when nothing was said or waiting for ``idle_s``."""
+    waiting: deque[Utterance] = field(default_factory=deque)
+    current: Utterance | None = None
+    closed: bool = False
+    _idle: asyncio.TimerHandle | None = None
+
+    def __post_init__(self) -> None:
+        self._rest()
+
+    def add(self, utterance: Utterance) -> None:
+        self.waiting.append(utterance)
+        self._rest()
+        utterance.audio.add_done_callback(lambda _: self._advance())
+
+    def _rest(self) -> None:
+        """(Re)start the idle timer; it only fires while nothing plays or waits."""
+        if self._idle is not None:
+            self._idle.cancel()
+        if not self.closed:
+            loop = asyncio.get_running_loop()
+            self._idle = loop.call_later(self.idle_s, self._idle_over)
+
+    def _idle_over(self) -> None:
+        if self.closed:
+            return
+        if self.current is not None or self.waiting:
+            self._rest()
+            return
+        self.on_idle()
+
+    def skip(self, member_id: int, manager: bool) -> bool:
+        """Stop what is playing, if the member asked for it or manages the server."""
+        current = self.current
+        if current is None or not (manager or current.requester_id == member_id):
+            return False
+        self.voice.stop()  # type: ignore[attr-defined]
+        return True
+
+    def clear(self) -> int:
+        """Drop everything waiting and stop what plays; how many were dropped."""
+        dropped = list(self.waiting)
+        self.waiting.clear()
+        for utterance in dropped:
+            utterance.audio.cancel()
+        if self.current is not None:
+            self.voice.stop()  # type: ignore[attr-defined]
+        return len(dropped)
+
+    def close(self) -> None:
+        self.closed = True
+        if self._idle is not None:
+            self._idle.cancel()
+        self.clear()
+
+    def _advance(self) -> None:
+        """Play the next utterance, if nothing plays and it is ready."""
+        while not self.closed and self.current is None and self.waiting:
+            utterance = self.waiting[0]
+            if not utterance.audio.done():
+                return
+            self.waiting.popleft()
+            audio = utterance.audio
+            if audio.cancelled() or audio.exception() is not None:
+                continue  # the job failed or was cancelled: its reply says so
+            self._start(utterance, audio.result())
+
+    def _start(self, utterance: Utterance, pcm: bytes) -> None:
+        self.current = utterance
+        loop = asyncio.get_running_loop()
+
+        def after(error: Exception | None) -> None:  # on the player's thread
+            if error is not None:
+                log.warning("playing speech failed: %s", error)
+            with contextlib.suppress(RuntimeError):  # the bot's loop has closed
+                loop.call_soon_threadsafe(self._ended, utterance)
+
+        self.voice.play(PCMSource(pcm), after=after)  # type: ignore[attr-defined]
+
+    def _ended(self, utterance: Utterance) -> None:
+        if self.current is utterance:
+            self.current = None
+        self._rest()
+        self._advance()
+
+
+class Voice(commands.GroupCog, group_name="voice", group_description="Speech in your call"):
+    def __init__(self, bot: AssistantBot) -> None:
+        self.bot = bot
+        self.playbacks: dict[int, Playback] = {}
+        self._leaving: set[asyncio.Future[None]] = set()
+        super().__init__()
+
+    async def cog_unload(self) -> None:
+        for playback in self.playbacks.values():
+            playback.close()
+            await playback.voice.disconnect(force=True)
+        self.playbacks.clear()
+
+    def _member_channel(self, interaction: Interaction) -> discord.VoiceChannel | None:
+        user = interaction.user
+        state = getattr(user, "voice", None)
+        channel = getattr(state, "channel", None)
+        return channel if isinstance(channel, discord.VoiceChannel) else None
+
+    @app_commands.command(description="Join your voice channel to speak there")
+    @app_commands.guild_only()
+    async def join(self, interaction: Interaction) -> None:
+        assert interaction.guild is not None
+        channel = self._member_channel(interaction)
+        if channel is None:
+            raise VoiceUnavailable("join a voice channel first, then ask me to join it")
+        rights = channel.permissions_for(interaction.guild.me)
+        if not (rights.connect and rights.speak):
+            raise VoiceUnavailable(
+                f"I may not connect and speak in {channel.mention}; a server manager can "
+                "give me the Connect and Speak permissions there"
+            )
+        if self.bot.voice_protocol is discord.VoiceClient and (why := missing_voice_support()):
+            raise VoiceUnavailable(why)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        current = interaction.guild.voice_client
+        if current is not None:
+            await self._leave(interaction.guild.id, current)
+        voice = await channel.connect(cls=self.bot.voice_protocol, self_deaf=True)
+        guild_id = interaction.guild.id
+        self.playbacks[guild_id] = Playback(
+            voice, self.bot.settings.voice.idle_minutes * 60, lambda: self._let_go(guild_id)
+        )
+        await interaction.followup.send(
+            f"🔊 Joined {channel.mention}: `/speak` there is said aloud.",
+            ephemeral=True,
+            allowed_mentions=NO_MENTIONS,
+        )
+
+    @app_commands.command(description="Leave the voice channel")
+    @app_commands.guild_only()
+    async def leave(self, interaction: Interaction) -> None:
+        assert interaction.guild is not None
+        voice = interaction.guild.voice_client
+        if voice is None:
+            raise VoiceUnavailable("I am not in a voice channel here")
+        await self._leave(interaction.guild.id, voice)
+        await interaction.response.send_message("👋 Left the call.", ephemeral=True)
+
+    async def _leave(self, guild_id: int, voice: discord.VoiceProtocol) -> None:
+        playback = self.playbacks.pop(guild_id, None)
+        if playback is not None:
+            playback.close()
+        await voice.disconnect(force=True)
+
+    def _let_go(self, guild_id: int) -> None:
+        """Leave a call nobody uses (idle, or empty), from a timer or an event."""
+        playback = self.playbacks.get(guild_id)
+        if playback is not None:
+            log.info("leaving the voice channel of server %d: nothing to say", guild_id)
+            leaving = asyncio.ensure_future(self._leave(guild_id, playback.voice))
+            self._leaving.add(leaving)
+            leaving.add_done_callback(self._leaving.discard)
+
+    @commands.Cog.listener()
+    async def on_voice_state_update(
+        self, member: discord.Member, before: discord.VoiceState, after: discord.VoiceState
+    ) -> None:
+        """Leave when the last member leaves the call; forget a call the bot was taken out
+        of (disconnected by a moderator)."""
+        guild = member.guild
+        playback = self.playbacks.get(guild.id)
+        if playback is None:
+            return
+        channel = getattr(playback.voice, "channel", None)
+        if member.id == guild.me.id and after.channel is None:
+            self.playbacks.pop(guild.id, None)
+            playback.close()
+            return
+        if isinstance(channel, discord.VoiceChannel) and not [
+            m for m in channel.members if not m.bot
+        ]:
+            log.info("leaving the voice channel of server %d: nobody is left in it", guild.id)
+            await self._leave(guild.id, playback.voice)
+
+    @app_commands.command(description="Skip what is being said (yours, or any for managers)")
+    @app_commands.guild_only()
+    async def skip(self, interaction: Interaction) -> None:
+        playback = self.playbacks.get(interaction.guild_id or 0)
+        if playback is None or not playback.skip(interaction.user.id, is_admin(interaction)):
+            raise VoiceUnavailable("nothing of yours is being said")
+        await interaction.response.send_message("⏭️ Skipped.", ephemeral=True)
+
+    @app_commands.command(description="Drop everything waiting to be said (server managers)")
+    @app_commands.guild_only()
+    async def clear(self, interaction: Interaction) -> None:
+        playback = self.playbacks.get(interaction.guild_id or 0)
+        if not is_admin(interaction):
+            raise VoiceUnavailable("only server managers can clear what everyone asked for")
+        dropped = playback.clear() if playback is not None else 0
+        await interaction.response.send_message(f"🧹 Dropped {dropped} waiting.", ephemeral=True)
+
+    def in_call_with(self, interaction: Interaction) -> bool:
+        """Whether the member is in the voice channel the bot speaks in here."""
+        guild = interaction.guild
+        voice = guild.voice_client if guild is not None else None
+        channel = self._member_channel(interaction)
+        return voice is not None and channel is not None and voice.channel.id == channel.id
+
+    def say(self, interaction: Interaction, handle: JobHandle) -> None:
+        """Queue the job's speech in the call; it plays when it and those before it are."""
+        assert interaction.guild_id is not None
+        playback = self.playbacks.get(interaction.guild_id)
+        if playback is None:
+            raise VoiceUnavailable("I am not in a voice channel here: `/voice join` first")
+        loop = asyncio.get_running_loop()
+        audio: asyncio.Future[bytes] = loop.create_future()
+
+        def converted(pcm: asyncio.Future[bytes]) -> None:
+            if audio.done():  # dropped meanwhile
+                return
+            if (error := pcm.exception()) is not None:
+                audio.set_exception(error)
+            else:
+                audio.set_result(pcm.result())
+
+        def synthesized() -> None:
+            if audio.done():
+                return
+            if handle.error is not None:
+                audio.set_exception(handle.error)
+                return
+            wav = handle.peek_result().wav
+            loop.run_in_executor(None, wav_to_voice, wav).add_done_callback(converted)
+
+        handle.add_done_callback(synthesized)
+        playback.add(Utterance(interaction.user.id, audio))
+
+
+def speech_render(channel: str) -> Callable[[Any], Any]:
+    """The reply under a /speak said in the call: where, and how long."""
+
+    def render(result: Any) -> Reply:
+        return Reply(note=f"-# 🔊 said in {channel} · {result.seconds:.1f} s")
+
+    return render
+
+
+async def setup(bot: AssistantBot) -> None:
+    await bot.add_cog(Voice(bot))

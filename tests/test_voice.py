@@ -1,0 +1,238 @@
+"""Speech in a voice call through SimCord: /voice join and leave, /speak said in the call in
+order, skip and clear. The connection is a recording ``VoiceProtocol`` passed through
+``channel.connect(cls=...)``, the seam discord.py provides: it keeps every 20 ms frame."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+from typing import Any, ClassVar
+
+import discord
+import numpy as np
+import pytest
+import soundfile
+
+from bot.cogs.voice import Playback, Utterance
+from bot.voice_audio import FRAME_BYTES, wav_to_voice
+from handlers.speak import SpeakResult
+from tests.test_discord import (  # noqa: F401 - harness, simcord_bot, stack: fixtures
+    Harness,
+    harness,
+    ogg,
+    scene,
+    simcord_bot,
+    stack,
+)
+
+
+class RecordingVoice(discord.VoiceProtocol):
+    """Connects at once and plays by reading the source's frames, as discord.py's player
+    thread does, a frame every millisecond, so that a skip can land mid-utterance."""
+
+    made: ClassVar[list[RecordingVoice]] = []
+
+    def __init__(self, client: discord.Client, channel: Any) -> None:
+        super().__init__(client, channel)
+        self.connected = False
+        self.utterances: list[list[bytes]] = []
+        self._stop = threading.Event()
+        RecordingVoice.made.append(self)
+
+    async def connect(self, *, timeout: float, reconnect: bool, **flags: bool) -> None:
+        self.connected = True
+
+    async def disconnect(self, *, force: bool) -> None:
+        self.connected = False
+        self.cleanup()
+
+    def play(self, source: discord.AudioSource, *, after: Any) -> None:
+        self._stop.clear()
+        frames: list[bytes] = []
+        self.utterances.append(frames)
+
+        def run() -> None:
+            while not self._stop.is_set() and (frame := source.read()):
+                frames.append(frame)
+                time.sleep(0.001)
+            after(None)
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def wav(seconds: float, pitch: float) -> bytes:
+    t = np.arange(round(seconds * 16_000)) / 16_000
+    buffer = io.BytesIO()
+    soundfile.write(buffer, 0.5 * np.sin(2 * np.pi * pitch * t), 16_000, format="WAV")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def recording(harness: Harness) -> type[RecordingVoice]:
+    RecordingVoice.made.clear()
+    harness.bot.voice_protocol = RecordingVoice
+    # Each text is spoken as a tone of as many tenths of a second as it has words.
+    harness.tasks["speak"].respond = lambda r: SpeakResult(
+        wav(len(r.text.split()) / 10, 440), ogg(), 16_000, len(r.text.split()) / 10
+    )
+    return RecordingVoice
+
+
+async def until(condition: Any, seconds: float = 10) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+async def in_call(harness: Harness) -> tuple[Any, Any]:
+    s = await scene(harness)
+    call = s.guild.create_voice_channel("study call")
+    await s.alice.join_voice(call)
+    await s.bob.join_voice(call)
+    joined = await s.alice.slash(s.channel, "voice join")
+    await harness.env.settle()
+    assert joined.ephemeral and "Joined" in joined.response.content
+    return s, call
+
+
+async def test_join_needs_the_member_in_a_voice_channel(
+    harness: Harness, recording: type[RecordingVoice]
+) -> None:
+    s = await scene(harness)
+    refused = await s.alice.slash(s.channel, "voice join")
+    assert refused.ephemeral and "join a voice channel first" in refused.response.content
+    assert recording.made == []
+
+
+async def test_join_is_refused_where_the_bot_may_not_speak(
+    harness: Harness, recording: type[RecordingVoice], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = await scene(harness)
+    call = s.guild.create_voice_channel("muted call")
+    await s.alice.join_voice(call)
+    listen_only = discord.Permissions(view_channel=True, connect=True, speak=False)
+    monkeypatch.setattr(discord.VoiceChannel, "permissions_for", lambda self, who: listen_only)
+    refused = await s.alice.slash(s.channel, "voice join")
+    assert "Connect and Speak permissions" in refused.response.content
+    assert recording.made == []
+
+
+async def test_speak_is_said_in_the_call_in_order_then_leave(
+    harness: Harness, recording: type[RecordingVoice]
+) -> None:
+    s, call = await in_call(harness)
+    (voice,) = recording.made
+    assert voice.connected and voice.channel.id == call.id
+    first = await s.alice.slash(s.channel, "speak", text="one two three")
+    second = await s.bob.slash(s.channel, "speak", text="four five")
+    await harness.finish()
+    await until(lambda: len(voice.utterances) == 2 and not voice._stop.is_set()
+                and sum(map(len, voice.utterances)) == 25)  # fmt: skip
+    assert [len(frames) for frames in voice.utterances] == [15, 10]  # 0.3 s, then 0.2 s
+    assert all(len(frame) == FRAME_BYTES for frames in voice.utterances for frame in frames)
+    assert b"".join(voice.utterances[0]) == wav_to_voice(wav(0.3, 440))
+    assert "said in <#" in first.response.content and "0.3 s" in first.response.content
+    assert not first.response.attachments and "said in" in second.response.content
+
+    left = await s.alice.slash(s.channel, "voice leave")
+    assert "Left the call" in left.response.content and not voice.connected
+    refused = await s.alice.slash(s.channel, "speak", text="hello", where="call")
+    assert refused.ephemeral and "/voice join" in refused.response.content
+    as_file = await s.alice.slash(s.channel, "speak", text="hello")  # not in a call: a file
+    await harness.finish()
+    assert as_file.response.attachments
+
+
+async def test_members_skip_their_own_and_managers_clear(
+    harness: Harness, recording: type[RecordingVoice]
+) -> None:
+    s, _ = await in_call(harness)
+    (voice,) = recording.made
+    long = " ".join(["word"] * 50)  # five seconds
+    await s.alice.slash(s.channel, "speak", text=long)
+    await until(lambda: bool(voice.utterances) and len(voice.utterances[0]) > 5)
+    refused = await s.bob.slash(s.channel, "voice skip")
+    assert "nothing of yours" in refused.response.content
+    skipped = await s.alice.slash(s.channel, "voice skip")
+    assert "Skipped" in skipped.response.content
+    await until(lambda: voice._stop.is_set())
+    assert len(voice.utterances[0]) < 250  # cut short
+
+    mods = s.guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
+    carol = s.guild.add_member(harness.env.create_user("carol"), roles=[mods])
+    denied = await s.bob.slash(s.channel, "voice clear")
+    assert "only server managers" in denied.response.content
+    cleared = await carol.slash(s.channel, "voice clear")
+    assert "Dropped" in cleared.response.content
+    await harness.finish()
+
+
+async def test_without_libopus_join_says_what_is_missing_in_one_line(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(discord.opus, "is_loaded", lambda: False)
+    monkeypatch.setattr(discord.opus, "_load_default", lambda: False)
+    s = await scene(harness)  # the bot keeps discord.py's own VoiceClient
+    call = s.guild.create_voice_channel("call")
+    await s.alice.join_voice(call)
+    refused = await s.alice.slash(s.channel, "voice join")
+    assert refused.ephemeral
+    assert refused.response.content == (
+        "voice needs libopus: `apt install libopus0` (or your system's package)"
+    )
+
+
+async def test_the_bot_leaves_a_call_nobody_is_left_in(
+    harness: Harness, recording: type[RecordingVoice]
+) -> None:
+    s, _ = await in_call(harness)
+    (voice,) = recording.made
+    await s.alice.leave_voice()
+    assert voice.connected  # bob is still there
+    await s.bob.leave_voice()
+    await harness.env.settle()
+    assert not voice.connected
+
+
+class SilentVoice:
+    """Plays each utterance on a thread for as long as it lasts (a millisecond a frame)."""
+
+    def __init__(self) -> None:
+        self.played: list[int] = []
+
+    def play(self, source: discord.AudioSource, *, after: Any) -> None:
+        def run() -> None:
+            count = 0
+            while source.read():
+                count += 1
+                time.sleep(0.001)
+            self.played.append(count)
+            after(None)
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def stop(self) -> None:
+        pass
+
+
+async def test_an_idle_call_is_left_only_after_its_silence() -> None:
+    loop = asyncio.get_running_loop()
+    idle = asyncio.Event()
+    voice = SilentVoice()
+    playback = Playback(voice, idle_s=0.3, on_idle=idle.set)  # type: ignore[arg-type]
+    ready: asyncio.Future[bytes] = loop.create_future()
+    playback.add(Utterance(1, ready))
+    await asyncio.sleep(0.4)  # longer than the silence allowed, but something waits
+    assert not idle.is_set()
+    ready.set_result(wav_to_voice(wav(0.5, 440)))  # 25 frames
+    started = loop.time()
+    await asyncio.wait_for(idle.wait(), 5)
+    assert voice.played == [25]
+    assert loop.time() - started >= 0.3  # the silence counts from the end of the speech
