@@ -143,6 +143,16 @@ class ServerConfig(commands.GroupCog, group_name="config", group_description="Th
             raise InvalidInput(option, f"choose one of {', '.join(sorted(tasks))}")
         return name
 
+    def _per_task(
+        self, interaction: Interaction, rule: str, task: str, value: float | None
+    ) -> dict[str, float]:
+        """A per-task rule with ``task`` set to ``value``, or back to the bot's with None."""
+        table = dict(getattr(self._settings(interaction), rule))
+        table.pop(task, None)
+        if value is not None:
+            table[task] = value
+        return table
+
     def _screened(self) -> bool:
         imagine = self.bot.executor.tasks.get("imagine")
         return getattr(imagine, "safety_model", None) is not None
@@ -254,10 +264,7 @@ class ServerConfig(commands.GroupCog, group_name="config", group_description="Th
         per_day: app_commands.Range[int, 0, 10_000] | None = None,
     ) -> None:
         name = self._task("task", task)
-        quotas = dict(self._settings(interaction).quotas)
-        quotas.pop(name, None)
-        if per_day is not None:
-            quotas[name] = per_day
+        quotas = self._per_task(interaction, "quotas", name, per_day)
         done = (
             f"/{name}: {per_day} a day per member."
             if per_day is not None
@@ -276,10 +283,7 @@ class ServerConfig(commands.GroupCog, group_name="config", group_description="Th
         seconds: app_commands.Range[float, 0.0, 86_400.0] | None = None,
     ) -> None:
         name = self._task("task", task)
-        cooldowns = dict(self._settings(interaction).cooldowns)
-        cooldowns.pop(name, None)
-        if seconds is not None:
-            cooldowns[name] = seconds
+        cooldowns = self._per_task(interaction, "cooldowns", name, seconds)
         done = (
             f"/{name}: {seconds:g} s between a member's requests."
             if seconds is not None
