@@ -65,6 +65,9 @@ class GuildSettings(BaseModel):
         Annotated[str, StringConstraints(min_length=1, max_length=NEGATIVE_PROMPT_MAX_CHARS)] | None
     ) = None
     """Added to every /imagine's negative prompt here."""
+    member_voices: dict[int, str] = Field(default_factory=dict)
+    """Each member's chosen voice here (/voice myvoice): for read-aloud, and /speak without
+    a voice."""
     classroom_safe: bool = False
     """One switch for a school's server: images only in age-restricted channels, each one
     screened by the safety classifier, a default negative prompt and a list of refused

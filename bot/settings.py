@@ -134,6 +134,10 @@ class VoiceSettings(BaseModel):
     idle_minutes: float = Field(default=10.0, gt=0)
     """The bot leaves a voice channel after this long with nothing said; also at once when
     nobody else is left in it."""
+    say_names: bool = True
+    """Read-aloud says who wrote each message ("alice said: ...")."""
+    max_chars: int = Field(default=300, ge=20, le=2000)
+    """Longest part of a message read aloud; /voice read's max_chars sets it per call."""
 
 
 class ChatSettings(BaseModel):

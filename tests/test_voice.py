@@ -8,6 +8,7 @@ import asyncio
 import io
 import threading
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 import discord
@@ -16,8 +17,10 @@ import pytest
 import soundfile
 
 from bot.cogs.voice import Playback, Utterance
+from bot.read_aloud import speakable, spoken_line
 from bot.voice_audio import FRAME_BYTES, wav_to_voice
-from handlers.speak import SpeakResult
+from handlers.speak import SpeakResult, SpeakTask
+from tests import tinymodels
 from tests.test_discord import (  # noqa: F401 - harness, simcord_bot, stack: fixtures
     Harness,
     harness,
@@ -236,3 +239,63 @@ async def test_an_idle_call_is_left_only_after_its_silence() -> None:
     await asyncio.wait_for(idle.wait(), 5)
     assert voice.played == [25]
     assert loop.time() - started >= 0.3  # the silence counts from the end of the speech
+
+
+def test_messages_are_made_speakable() -> None:
+    names = {"@42": "bob", "#7": "homework", "@&5": "tutors"}
+    text = (
+        "**Hi** <@!42>, see [the notes](https://x.example/n) and https://y.example/a?b=1 "
+        "in <#7> for <@&5> <:party_parrot:123> ```print(1)``` `x = 2` ~~old~~ <t:1700000000:R>"
+    )
+    assert speakable(text, names) == (
+        "Hi bob, see the notes and (a link) in homework for tutors party parrot (code) "
+        "x = 2 old (a time)"
+    )
+    assert speakable("<@99> https://only.example") == "(a link)"  # an unknown mention: nothing
+    assert (
+        spoken_line("alice", "one two three four five", 13)
+        == "alice said: one two three, and so on"
+    )
+    assert spoken_line("alice", "short", 100, say_names=False) == "short"
+
+
+@pytest.mark.parametrize("stack", [{"read_messages": True}], indirect=True)
+@pytest.mark.simcord(approved_intents=discord.Intents.all())
+async def test_a_channel_is_read_aloud_in_order_each_in_its_authors_voice(
+    harness: Harness, recording: type[RecordingVoice], tmp_path: Path
+) -> None:
+    harness.tasks["speak"].real = SpeakTask(
+        voices=str(tinymodels.build_voices_npy(tmp_path / "voices.npy"))
+    )
+    s, _ = await in_call(harness)
+    (voice,) = recording.made
+    chosen = await s.alice.slash(s.channel, "voice myvoice", voice="voice1")
+    assert "voice1" in chosen.response.content
+    reading = await s.alice.slash(s.channel, "voice read", channel=s.channel)
+    assert "Reading" in reading.response.content
+    await s.alice.send(s.channel, f"Hello <@{s.bob.id}> see https://x.example")
+    await s.bob.send(s.channel, "**bold** move")
+    await s.alice.send(s.channel, "third")
+    await harness.finish()
+    await until(lambda: len(voice.utterances) == 3 and not voice._stop.is_set())
+    spoken = [(r.text, r.voice) for run in harness.tasks["speak"].runs for r in run]
+    assert spoken == [
+        ("alice said: Hello bob see (a link)", "voice1"),
+        ("bob said: bold move", None),
+        ("alice said: third", "voice1"),
+    ]
+    words = [len(text.split()) for text, _ in spoken]  # a tenth of a second per word
+    await until(lambda: [len(f) for f in voice.utterances] == [5 * n for n in words])
+
+    await s.alice.slash(s.channel, "voice read")  # stop
+    await s.bob.send(s.channel, "not read")
+    await harness.finish()
+    assert len(harness.tasks["speak"].runs) == 3
+
+
+async def test_reading_aloud_needs_the_message_content_intent(
+    harness: Harness, recording: type[RecordingVoice]
+) -> None:
+    s, _ = await in_call(harness)
+    refused = await s.alice.slash(s.channel, "voice read", channel=s.channel)
+    assert refused.ephemeral and "BOT_READ_MESSAGES=true" in refused.response.content

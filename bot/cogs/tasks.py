@@ -284,6 +284,8 @@ class Tasks(commands.Cog):
     ) -> None:
         from bot.cogs.voice import Voice, VoiceUnavailable, speech_render  # voice needs tasks
 
+        if voice is None and (guild := self.bot.settings_for(interaction)) is not None:
+            voice = guild.member_voices.get(interaction.user.id)  # /voice myvoice
         request = SpeakRequest(text, voice, language)
         calls = self.bot.get_cog("Voice")
         if where is None:

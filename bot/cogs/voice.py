@@ -1,4 +1,5 @@
-"""Speech in the study group's call: /voice join and leave, /speak said in the call, and a
+"""Speech in the study group's call: /voice join and leave, /speak said in the call,
+reading a text channel aloud (/voice read, a voice per member with /voice myvoice), and a
 playback queue per server (skip your own, managers skip any or clear).
 
 Speech is synthesized through the executor like every /speak (same caps, quotas and fair
@@ -24,8 +25,11 @@ from discord.ext import commands
 
 from bot.cogs.admin import is_admin
 from bot.cogs.delivery import NO_MENTIONS, Reply
+from bot.cogs.tasks import place_caller
+from bot.read_aloud import speakable, spoken_line
 from bot.voice_audio import FRAME_BYTES, missing_voice_support, wav_to_voice
-from handlers.base import HandlerError
+from handlers.base import HandlerError, InvalidInput
+from handlers.speak import SpeakRequest
 
 if TYPE_CHECKING:
     from bot.client import AssistantBot
@@ -71,6 +75,10 @@ class Playback:
     idle_s: float
     on_idle: Callable[[], None]
     """Told when nothing was said or waiting for ``idle_s``."""
+    reading: int | None = None
+    """The text channel whose new messages are read aloud, if any."""
+    max_chars: int = 300
+    """Longest part of a message read aloud."""
     waiting: deque[Utterance] = field(default_factory=deque)
     current: Utterance | None = None
     closed: bool = False
@@ -267,6 +275,98 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
         dropped = playback.clear() if playback is not None else 0
         await interaction.response.send_message(f"🧹 Dropped {dropped} waiting.", ephemeral=True)
 
+    @app_commands.command(description="Read a text channel's new messages aloud in the call")
+    @app_commands.describe(
+        channel="The text channel (empty: stop reading)",
+        max_chars="Longest part of a message that is read",
+    )
+    @app_commands.guild_only()
+    async def read(
+        self,
+        interaction: Interaction,
+        channel: discord.TextChannel | None = None,
+        max_chars: app_commands.Range[int, 20, 2000] | None = None,
+    ) -> None:
+        playback = self.playbacks.get(interaction.guild_id or 0)
+        if playback is None:
+            raise VoiceUnavailable("I am not in a voice channel here: `/voice join` first")
+        if channel is None:
+            playback.reading = None
+            await interaction.response.send_message("🔇 Stopped reading aloud.", ephemeral=True)
+            return
+        if not self.bot.settings.read_messages:
+            raise VoiceUnavailable(
+                "reading aloud needs the Message Content intent: the bot's owner enables it "
+                "on the Bot page and sets BOT_READ_MESSAGES=true"
+            )
+        playback.reading = channel.id
+        playback.max_chars = max_chars or self.bot.settings.voice.max_chars
+        await interaction.response.send_message(
+            f"📖 Reading {channel.mention} aloud, each message as its author's voice.",
+            ephemeral=True,
+            allowed_mentions=NO_MENTIONS,
+        )
+
+    @app_commands.command(description="The voice you are read aloud with here")
+    @app_commands.describe(voice="A voice (empty: the bot's default)")
+    @app_commands.guild_only()
+    async def myvoice(self, interaction: Interaction, voice: str | None = None) -> None:
+        assert interaction.guild_id is not None
+        if voice is not None and voice not in self._voice_names():
+            raise InvalidInput("voice", "choose one of the voices offered")
+        await interaction.response.defer(ephemeral=True, thinking=True)  # a disk write
+        store = self.bot.guild_settings
+        voices = dict(store.get(interaction.guild_id).member_voices)
+        voices.pop(interaction.user.id, None)
+        if voice is not None:
+            voices[interaction.user.id] = voice
+        await store.update(interaction.guild_id, member_voices=voices)
+        await interaction.followup.send(
+            f"🗣️ You are read with the voice `{voice}`." if voice else "🗣️ The default voice.",
+            ephemeral=True,
+        )
+
+    @myvoice.autocomplete("voice")
+    async def _voices(
+        self, interaction: Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        names = self._voice_names()
+        return [app_commands.Choice(name=n, value=n) for n in names if current in n][:25]
+
+    def _voice_names(self) -> list[str]:
+        try:
+            return self.bot.executor.tasks["speak"].voice_names()  # type: ignore[attr-defined]
+        except HandlerError:  # the voice table could not be loaded
+            return []
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        """A new message in the channel read aloud: said in its author's voice, admitted
+        like their own /speak (their caps and quotas)."""
+        guild = message.guild
+        playback = self.playbacks.get(guild.id) if guild is not None else None
+        if playback is None or playback.reading != message.channel.id or message.author.bot:
+            return
+        assert guild is not None
+        names = {f"@{m.id}": m.display_name for m in message.mentions}
+        names |= {f"@&{r.id}": r.name for r in message.role_mentions}
+        names |= {f"#{c.id}": c.name for c in message.channel_mentions}
+        text = speakable(message.content, names)
+        if not text:
+            return
+        author = message.author
+        said = spoken_line(
+            author.display_name, text, playback.max_chars, self.bot.settings.voice.say_names
+        )
+        voice = self.bot.guild_settings.get(guild.id).member_voices.get(author.id)
+        caller = place_caller(author, message.channel, message.channel.id, guild.id, False)
+        try:
+            handle = self.bot.invoker.submit("speak", SpeakRequest(said, voice), caller)
+        except Exception as exc:  # busy, over quota, invalid: that message is not read
+            log.info("not reading a message aloud: %s", exc)
+            return
+        self._queue(playback, author.id, handle)
+
     def in_call_with(self, interaction: Interaction) -> bool:
         """Whether the member is in the voice channel the bot speaks in here."""
         guild = interaction.guild
@@ -280,6 +380,11 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
         playback = self.playbacks.get(interaction.guild_id)
         if playback is None:
             raise VoiceUnavailable("I am not in a voice channel here: `/voice join` first")
+        self._queue(playback, interaction.user.id, handle)
+
+    @staticmethod
+    def _queue(playback: Playback, requester_id: int, handle: JobHandle) -> None:
+        """The job's speech, in line: converted for the call once synthesized."""
         loop = asyncio.get_running_loop()
         audio: asyncio.Future[bytes] = loop.create_future()
 
@@ -301,7 +406,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
             loop.run_in_executor(None, wav_to_voice, wav).add_done_callback(converted)
 
         handle.add_done_callback(synthesized)
-        playback.add(Utterance(interaction.user.id, audio))
+        playback.add(Utterance(requester_id, audio))
 
 
 def speech_render(channel: str) -> Callable[[Any], Any]:
