@@ -11,6 +11,10 @@ batches grow and members get busy replies, as in a real burst.
     python bench/load.py --users 50 --commands 1000 [--batch-delay-ms 150] [--json out.json]
         [--worker process|thread]
 
+Meanwhile the bot is in a voice call reading the channel aloud: every tenth step a member
+writes a message there, which is synthesized like a /speak and played, 20 ms frame by 20 ms
+frame on a player thread as discord.py's own does (without the network).
+
 Exit status 1 when an interaction went unanswered, was left without exactly one usage
 row, or the event loop lagged more than 10 ms at the 99th percentile or 50 ms at most.
 """
@@ -25,6 +29,7 @@ import random
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
@@ -94,6 +99,11 @@ class LoadReport:
     admitted: int
     """Usage rows of jobs that reached the executor: each must have been deferred."""
     usage_rows: int
+    """Rows of the interactions (source discord)."""
+    read_aloud: int
+    """Messages read aloud during the burst (usage rows of source voice)."""
+    frames_played: int
+    """20 ms voice frames the player took while the burst ran."""
     loop_lag_p50_ms: float
     loop_lag_p99_ms: float
     loop_lag_max_ms: float
@@ -123,6 +133,7 @@ class LoadReport:
             f"unanswered: {self.unanswered}   deferred: {self.deferred} (admitted jobs: "
             f"{self.admitted})   refused at once: {self.refused_at_once}   "
             f"usage rows: {self.usage_rows}/{self.commands}",
+            f"read aloud: {self.read_aloud} messages, {self.frames_played} frames played",
             f"event loop lag ms: p50 {self.loop_lag_p50_ms:.2f}  p99 {self.loop_lag_p99_ms:.2f}"
             f"  max {self.loop_lag_max_ms:.2f} (limits: p99 {LAG_P99_LIMIT_MS:.0f}, "
             f"max {LAG_MAX_LIMIT_MS:.0f})",
@@ -172,7 +183,40 @@ def build_models(directory: Path, device: str = "cpu", full_size: bool = False) 
         ),
         edit_interval_s=0.5,
         torch_threads=1,
+        read_messages=True,  # the load test reads its channel aloud in a call
     )
+
+
+class FramePlayer(discord.VoiceProtocol):
+    """A voice connection without the network: a thread takes a frame every 20 ms, as
+    discord.py's AudioPlayer does before encoding and sending it."""
+
+    frames = 0
+
+    def __init__(self, client: discord.Client, channel: Any) -> None:
+        super().__init__(client, channel)
+        self._stop = threading.Event()
+
+    async def connect(self, *, timeout: float, reconnect: bool, **flags: bool) -> None:
+        pass
+
+    async def disconnect(self, *, force: bool) -> None:
+        self._stop.set()
+        self.cleanup()
+
+    def play(self, source: discord.AudioSource, *, after: Callable[[Any], None]) -> None:
+        self._stop.clear()
+
+        def run() -> None:
+            while not self._stop.is_set() and source.read():
+                FramePlayer.frames += 1
+                self._stop.wait(0.02)
+            after(None)
+
+        threading.Thread(target=run, name="voice-player", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 class LagProbe:
@@ -283,31 +327,42 @@ async def _drive(
         for backend in services.executor.backends:  # each worker ready before the clock runs
             await backend.start()
         bot = AssistantBot(services, settings)
+        bot.voice_protocol = FramePlayer
+        FramePlayer.frames = 0
         async with simcord.run(bot, check_errors=False) as env:
             guild = env.create_guild()
             channel = guild.create_text_channel("study")
             await bot.guild_settings.update(guild.id, nsfw="allow")
             members = [guild.add_member(env.create_user(f"member{i}")) for i in range(users)]
+            call = guild.create_voice_channel("study call")
+            for member in members[:2]:
+                await member.join_voice(call)
+            await members[0].slash(channel, "voice join")
+            await members[0].slash(channel, "voice read", channel=channel)
             plan = [(rng.choice(members), *rng.choice(COMMANDS)) for _ in range(commands)]
             gc.collect()  # the server and its members exist now, as after the bot's start-up
             gc.freeze()
             probe.start()
             started = time.perf_counter()
             results = []
-            for member, name, options in plan:
+            for step, (member, name, options) in enumerate(plan):
                 results.append((name, await member.slash(channel, name, **options(rng))))
+                if step % 10 == 0:  # the channel read aloud has its own traffic
+                    await member.send(channel, rng.choice(TEXTS)[:60])
             for watcher in list(bot.watchers.values()):
                 await asyncio.wait_for(asyncio.shield(watcher.finished), 300)
             await env.settle()
             wall_s = time.perf_counter() - started
             probe.stop()
+            frames = FramePlayer.frames
+            await members[0].slash(channel, "voice leave")
             bugs = [e for e in env.errors if friendly(unwrap(e)) is None]
             if bugs:
                 raise RuntimeError(f"the bot raised {len(bugs)} unhandled errors: {bugs[:3]}")
             snapshot = services.executor.snapshot()
             kinds = first_response_kinds(env)
         await services.usage.flush()
-    return report(settings, users, commands, results, kinds, probe, wall_s, snapshot)
+    return report(settings, users, commands, results, kinds, probe, wall_s, snapshot, frames)
 
 
 def first_response_kinds(env: simcord.Env) -> dict[int, str]:
@@ -336,9 +391,16 @@ def report(
     probe: LagProbe,
     wall_s: float,
     snapshot: Any,
+    frames: int,
 ) -> LoadReport:
     with sqlite3.connect(settings.usage_path()) as db:
-        rows = db.execute("SELECT task, status FROM invocations").fetchall()
+        rows = db.execute(
+            "SELECT task, status FROM invocations WHERE source = 'discord' "
+            "AND task NOT LIKE 'voice%'"
+        ).fetchall()
+        (read_aloud,) = db.execute(
+            "SELECT count(*) FROM invocations WHERE source = 'voice'"
+        ).fetchone()
     by_task: dict[str, Counter[str]] = {}
     for task, status in rows:
         by_task.setdefault(task, Counter())[status] += 1
@@ -358,6 +420,8 @@ def report(
         refused_at_once=sum(1 for kind in first_responses.values() if kind == PRIVATE_MESSAGE),
         admitted=sum(1 for _, status in rows if status in ADMITTED),
         usage_rows=len(rows),
+        read_aloud=read_aloud,
+        frames_played=frames,
         loop_lag_p50_ms=probe.percentile(0.5),
         loop_lag_p99_ms=probe.percentile(0.99),
         loop_lag_max_ms=max(probe.lags_ms, default=0.0),

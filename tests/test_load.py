@@ -1,4 +1,5 @@
-"""The load test in ``bench/load.py``, run in CI: a burst through the real bot, nothing lost.
+"""The load test in ``bench/load.py``, run in CI: a burst through the real bot, with a call
+reading the channel aloud beside it, nothing lost.
 
 Timing (the event loop's lag) is reported by the benchmark, not asserted here.
 """
@@ -27,5 +28,7 @@ async def test_a_burst_of_1000_commands_from_50_members_loses_nothing(tmp_path: 
     assert set(report.statuses) <= ENDINGS, report.statuses
     assert all(counts.get("ok") for counts in report.by_task.values())
     assert len(report.by_task) == 7
+    # The call beside it read its channel aloud all along, and played it.
+    assert report.read_aloud > 0 and report.frames_played > 0
     # It was a burst: work queued up and ran in shared batches.
     assert all(max(sizes) > 1 for sizes in report.batch_sizes.values()), report.batch_sizes

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from discord.ext import commands
 
 from bot.cogs.admin import is_admin
 from bot.cogs.delivery import NO_MENTIONS, Reply
-from bot.cogs.tasks import place_caller
+from bot.cogs.tasks import caller_of, place_caller
 from bot.read_aloud import speakable, spoken_line
 from bot.voice_audio import FRAME_BYTES, missing_voice_support, wav_to_voice
 from handlers.base import HandlerError, InvalidInput
@@ -211,6 +212,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
             ephemeral=True,
             allowed_mentions=NO_MENTIONS,
         )
+        self._record(interaction, "join")
 
     @app_commands.command(description="Leave the voice channel")
     @app_commands.guild_only()
@@ -221,6 +223,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
             raise VoiceUnavailable("I am not in a voice channel here")
         await self._leave(interaction.guild.id, voice)
         await interaction.response.send_message("👋 Left the call.", ephemeral=True)
+        self._record(interaction, "leave")
 
     async def _leave(self, guild_id: int, voice: discord.VoiceProtocol) -> None:
         playback = self.playbacks.pop(guild_id, None)
@@ -265,6 +268,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
         if playback is None or not playback.skip(interaction.user.id, is_admin(interaction)):
             raise VoiceUnavailable("nothing of yours is being said")
         await interaction.response.send_message("⏭️ Skipped.", ephemeral=True)
+        self._record(interaction, "skip")
 
     @app_commands.command(description="Drop everything waiting to be said (server managers)")
     @app_commands.guild_only()
@@ -274,6 +278,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
             raise VoiceUnavailable("only server managers can clear what everyone asked for")
         dropped = playback.clear() if playback is not None else 0
         await interaction.response.send_message(f"🧹 Dropped {dropped} waiting.", ephemeral=True)
+        self._record(interaction, "clear")
 
     @app_commands.command(description="Read a text channel's new messages aloud in the call")
     @app_commands.describe(
@@ -293,6 +298,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
         if channel is None:
             playback.reading = None
             await interaction.response.send_message("🔇 Stopped reading aloud.", ephemeral=True)
+            self._record(interaction, "read")
             return
         if not self.bot.settings.read_messages:
             raise VoiceUnavailable(
@@ -306,6 +312,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
             ephemeral=True,
             allowed_mentions=NO_MENTIONS,
         )
+        self._record(interaction, "read")
 
     @app_commands.command(description="The voice you are read aloud with here")
     @app_commands.describe(voice="A voice (empty: the bot's default)")
@@ -325,6 +332,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
             f"🗣️ You are read with the voice `{voice}`." if voice else "🗣️ The default voice.",
             ephemeral=True,
         )
+        self._record(interaction, "myvoice")
 
     @myvoice.autocomplete("voice")
     async def _voices(
@@ -332,6 +340,10 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
     ) -> list[app_commands.Choice[str]]:
         names = self._voice_names()
         return [app_commands.Choice(name=n, value=n) for n in names if current in n][:25]
+
+    def _record(self, interaction: Interaction, command: str) -> None:
+        """One usage row, as every command leaves."""
+        self.bot.invoker.record_command(f"voice-{command}", caller_of(interaction))
 
     def _voice_names(self) -> list[str]:
         try:
@@ -359,7 +371,10 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
             author.display_name, text, playback.max_chars, self.bot.settings.voice.say_names
         )
         voice = self.bot.guild_settings.get(guild.id).member_voices.get(author.id)
-        caller = place_caller(author, message.channel, message.channel.id, guild.id, False)
+        caller = dataclasses.replace(  # the usage log tells read-aloud from /speak
+            place_caller(author, message.channel, message.channel.id, guild.id, False),
+            source="voice",
+        )
         try:
             handle = self.bot.invoker.submit("speak", SpeakRequest(said, voice), caller)
         except Exception as exc:  # busy, over quota, invalid: that message is not read
