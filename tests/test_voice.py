@@ -299,3 +299,20 @@ async def test_reading_aloud_needs_the_message_content_intent(
     s, _ = await in_call(harness)
     refused = await s.alice.slash(s.channel, "voice read", channel=s.channel)
     assert refused.ephemeral and "BOT_READ_MESSAGES=true" in refused.response.content
+
+
+@pytest.mark.parametrize("stack", [{"read_messages": True}], indirect=True)
+@pytest.mark.simcord(approved_intents=discord.Intents.all())
+async def test_a_channel_not_everyone_can_read_is_not_read_aloud(
+    harness: Harness, recording: type[RecordingVoice]
+) -> None:
+    """The call may hear it: a private channel would reach people who cannot read it."""
+    s, _ = await in_call(harness)
+    hidden = {s.guild.default_role: discord.PermissionOverwrite(view_channel=False),
+              s.alice: discord.PermissionOverwrite(view_channel=True)}  # fmt: skip
+    staff = s.guild.create_text_channel("staff", overwrites=hidden)
+    refused = await s.alice.slash(s.channel, "voice read", channel=staff)
+    assert refused.ephemeral and "not open to everyone" in refused.response.content
+    await s.alice.send(staff, "the exam answers")
+    await harness.finish()
+    assert harness.tasks["speak"].runs == []

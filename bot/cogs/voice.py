@@ -300,6 +300,12 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
             await interaction.response.send_message("🔇 Stopped reading aloud.", ephemeral=True)
             self._record(interaction, "read")
             return
+        assert interaction.guild is not None
+        if not self._public(interaction, channel):
+            raise VoiceUnavailable(
+                f"{channel.mention} is not open to everyone, and the call may hear it: I read "
+                "aloud only channels every member can read"
+            )
         if not self.bot.settings.read_messages:
             raise VoiceUnavailable(
                 "reading aloud needs the Message Content intent: the bot's owner enables it "
@@ -340,6 +346,15 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
     ) -> list[app_commands.Choice[str]]:
         names = self._voice_names()
         return [app_commands.Choice(name=n, value=n) for n in names if current in n][:25]
+
+    @staticmethod
+    def _public(interaction: Interaction, channel: discord.TextChannel) -> bool:
+        """Whoever is in the call may hear it: only a channel that the member asking and
+        everyone in the server can read is read aloud."""
+        assert interaction.guild is not None
+        everyone = channel.permissions_for(interaction.guild.default_role)
+        member = channel.permissions_for(interaction.user)  # type: ignore[arg-type]
+        return all(p.view_channel and p.read_message_history for p in (everyone, member))
 
     def _record(self, interaction: Interaction, command: str) -> None:
         """One usage row, as every command leaves."""
