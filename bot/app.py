@@ -124,7 +124,7 @@ def build_executor(settings: Settings, worker: Worker | None = None) -> Executor
                        settings.cpu_workers, level)
             for device in settings.devices()
         ]  # fmt: skip
-        on_device = {n: t for n, t in tasks.items() if not getattr(t, "remote", False)}
+        on_device = {n: t for n, t in tasks.items() if not t.remote}
         backends = [ProcessBackend(on_device, spec) for spec in specs]
     else:
         backends = [
@@ -236,7 +236,7 @@ async def start_executor(
     sources = [
         executor.default_models[name]
         for name in wanted
-        if not getattr(executor.tasks[name], "remote", False)  # another server's models
+        if not executor.tasks[name].remote  # another server's models
     ]
     await asyncio.to_thread(offline_unless_reachable, sources)
     for name in wanted:

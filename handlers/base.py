@@ -124,6 +124,8 @@ class Task(ABC, Generic[RequestT, ResultT]):
 
     name: ClassVar[str]
     kind: ClassVar[TaskKind]
+    remote: ClassVar[bool] = False
+    """Answered by another server: it needs no device, and runs beside the devices."""
 
     def prepare(self) -> None:
         """Load what ``validate`` needs (a language detector, a voice table) ahead of time.

@@ -131,7 +131,6 @@ class RemoteChat:
 
 class RemoteChatTask(ChatTask):
     remote: ClassVar[bool] = True
-    """Needs no device: the executor runs it beside the devices, not on their threads."""
 
     def __init__(
         self,

@@ -64,6 +64,19 @@ def place_caller(
     )
 
 
+def voice_names(bot: AssistantBot) -> list[str]:
+    """The speech voices offered; none when the voice table could not be loaded (/speak
+    then says why)."""
+    try:
+        return bot.executor.tasks["speak"].voice_names()  # type: ignore[attr-defined]
+    except HandlerError:
+        return []
+
+
+def voice_choices(bot: AssistantBot, current: str) -> list[app_commands.Choice[str]]:
+    return [app_commands.Choice(name=n, value=n) for n in voice_names(bot) if current in n][:25]
+
+
 def language_choices(
     current: str, detect: bool, locale: str | None = None
 ) -> list[app_commands.Choice[str]]:
@@ -309,11 +322,7 @@ class Tasks(commands.Cog):
     async def _voices(
         self, interaction: Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        try:
-            names = self.bot.executor.tasks["speak"].voice_names()
-        except HandlerError:  # the voice table could not be loaded; /speak says why
-            return []
-        return [app_commands.Choice(name=n, value=n) for n in names if current in n][:25]
+        return voice_choices(self.bot, current)
 
     @speak.autocomplete("language")
     async def _speech_languages(

@@ -26,7 +26,7 @@ from discord.ext import commands
 
 from bot.cogs.admin import is_admin
 from bot.cogs.delivery import NO_MENTIONS, Reply
-from bot.cogs.tasks import caller_of, place_caller
+from bot.cogs.tasks import caller_of, place_caller, voice_choices, voice_names
 from bot.read_aloud import speakable, spoken_line
 from bot.voice_audio import FRAME_BYTES, missing_voice_support, wav_to_voice
 from handlers.base import HandlerError, InvalidInput
@@ -325,7 +325,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
     @app_commands.guild_only()
     async def myvoice(self, interaction: Interaction, voice: str | None = None) -> None:
         assert interaction.guild_id is not None
-        if voice is not None and voice not in self._voice_names():
+        if voice is not None and voice not in voice_names(self.bot):
             raise InvalidInput("voice", "choose one of the voices offered")
         await interaction.response.defer(ephemeral=True, thinking=True)  # a disk write
         store = self.bot.guild_settings
@@ -344,8 +344,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
     async def _voices(
         self, interaction: Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        names = self._voice_names()
-        return [app_commands.Choice(name=n, value=n) for n in names if current in n][:25]
+        return voice_choices(self.bot, current)
 
     @staticmethod
     def _public(interaction: Interaction, channel: discord.TextChannel) -> bool:
@@ -359,12 +358,6 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
     def _record(self, interaction: Interaction, command: str) -> None:
         """One usage row, as every command leaves."""
         self.bot.invoker.record_command(f"voice-{command}", caller_of(interaction))
-
-    def _voice_names(self) -> list[str]:
-        try:
-            return self.bot.executor.tasks["speak"].voice_names()  # type: ignore[attr-defined]
-        except HandlerError:  # the voice table could not be loaded
-            return []
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:

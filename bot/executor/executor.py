@@ -86,7 +86,7 @@ class Executor:
         self.default_models = dict(default_models)
         self.backends: list[Backend] = list(backend) if isinstance(backend, Sequence) else [backend]
         devices = len(self.backends)
-        if any(getattr(task, "remote", False) for task in self.tasks.values()):
+        if any(task.remote for task in self.tasks.values()):
             # Tasks answered by another server get a thread of their own: their requests
             # never wait behind a batch on a device.
             self.backends.append(LocalBackend(ModelRegistry("cpu")))
@@ -99,7 +99,7 @@ class Executor:
             limits_of=lambda key: self.limits(self.tasks[key[0]]),
             padded_of=lambda key: self.tasks[key[0]].kind is not TaskKind.IMAGE,
             cap_of=lambda key: self.tasks[key[0]].running_cap(),
-            pinned_of=lambda key: devices if getattr(self.tasks[key[0]], "remote", False) else None,
+            pinned_of=lambda key: devices if self.tasks[key[0]].remote else None,
             slots=devices,
             half_life_s=self.config.fair_half_life_s,
             starvation_s=self.config.starvation_s,
@@ -375,7 +375,7 @@ class Executor:
 
         def release(_: asyncio.Future[Any]) -> None:
             share = self.scheduler.release(job, self._clock())
-            if not getattr(job.task, "remote", False):  # another server's time is not ours
+            if not job.task.remote:  # another server's time is not ours
                 job.gpu_s = (job.gpu_s or 0.0) + share
             self._wakeup.set()
 
