@@ -108,8 +108,10 @@ async def test_a_cancelled_conversation_leaves_the_batch_and_frees_its_row(
                                user_id="alice")  # fmt: skip
         await first_text(long)
         waiting = executor.submit("chat", ChatRequest("hi", max_tokens=SHORT), user_id="bob")
-        await asyncio.sleep(0.2)
-        assert waiting.state is JobState.QUEUED  # no free row
+        now = time.monotonic()  # the executor's clock
+        assert executor.scheduler.schedule(now) is None  # no free row
+        assert executor.scheduler.next_ready_in(now) is None  # nor a wake-up for it
+        assert waiting.state is JobState.QUEUED
         assert long.cancel()
         with pytest.raises(JobCancelled):
             await long

@@ -31,7 +31,7 @@ from bot.executor.metrics import ModelKey
 from handlers.chat import ChatRequest, ChatResult, ChatTurn
 from handlers.kinds import TaskKind
 from handlers.remote_chat import EngineError, RemoteChatTask
-from tests.fakes import FakeTask, Item, limits
+from tests.fakes import FakeClock, FakeTask, Item, limits
 
 KEY = "sk-test-7f3a9c1e5b"
 WORDS = ["Osmosis", " is", " water", " moving", " through", " a", " membrane", "."]
@@ -47,6 +47,8 @@ class FakeServer:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     keys: list[str | None] = field(default_factory=list)
     closed_early: asyncio.Event = field(default_factory=asyncio.Event)
+    silent: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when a "stall" or "queued" reply stops sending."""
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -59,6 +61,7 @@ class FakeServer:
         words = WORDS * 50 if self.reply == "slow" else WORDS
         try:
             if self.reply == "queued":
+                self.silent.set()
                 await asyncio.sleep(30)
             await response.prepare(request)
             for index, word in enumerate(words):
@@ -66,6 +69,7 @@ class FakeServer:
                 if self.reply == "slow":
                     await asyncio.sleep(0.05)
                 if self.reply == "stall" and index == 1:
+                    self.silent.set()
                     await asyncio.sleep(30)
             await self._send(response, body["model"], {}, "stop")
             await response.write(b"data: [DONE]\n\n")
@@ -107,13 +111,16 @@ class Failures:
         return lambda *args: None
 
 
-def executor_for(url: str, *extra: FakeTask, timeout_s: float = 5.0) -> Executor:
+def executor_for(
+    url: str, *extra: FakeTask, timeout_s: float = 5.0, clock: FakeClock | None = None
+) -> Executor:
     task = RemoteChatTask(url, KEY, max_concurrent=2, timeout_s=timeout_s, default_new_tokens=64)
     return Executor(
         {"chat": task, **{t.name: t for t in extra}},
         {"chat": "served-model", **{t.name: "fake-model" for t in extra}},
         LocalBackend(ModelRegistry("cpu")),
         ExecutorConfig(limits={kind: limits(max_batch=4) for kind in TaskKind}),
+        **({"clock": clock} if clock is not None else {}),
     )
 
 
@@ -166,9 +173,7 @@ async def test_cancel_reaches_a_silent_server_at_once(
     fake.reply = reply
     async with executor_for(url, timeout_s=30) as executor:
         handle = executor.submit("chat", ChatRequest("hi"), user_id="alice")
-        while not fake.bodies:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.2)  # the server is silent now
+        await asyncio.wait_for(fake.silent.wait(), 10)
         handle.cancel()
         await asyncio.wait_for(fake.closed_early.wait(), 2)
         remote = executor.backends[-1]  # the backend of tasks that need no device
@@ -291,13 +296,13 @@ async def test_the_servers_time_is_not_charged_as_gpu_time(server: tuple[FakeSer
     """BOT_GPU_SECONDS_PER_DAY budgets this machine's devices, not another server's."""
     fake, url = server
     fake.reply = "slow"
-    loop = asyncio.get_running_loop()
-    async with executor_for(url) as executor:
-        started = loop.time()
+    clock = FakeClock()
+    async with executor_for(url, clock=clock) as executor:
         handle = executor.submit("chat", ChatRequest("tell me all"), user_id="alice")
-        await first_text(handle)  # eight pieces, 50 ms apart
-        streamed = loop.time() - started
+        await first_text(handle)
+        clock.now += 100.0  # the answer streams for 100 s on the executor's clock
         handle.cancel()
         with pytest.raises(JobCancelled):
             await handle
-    assert handle.gpu_s is not None and handle.gpu_s < streamed / 2  # joining, not answering
+    assert handle.run_s == 100.0
+    assert handle.gpu_s == 0.0  # joining took no time; the answer is not charged
