@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.load import TEXTS, build_models  # noqa: E402
+from bench.models import TEXTS, build_models  # noqa: E402
 from bot.app import start_executor  # noqa: E402
 from bot.executor import Busy, Executor, JobHandle, QueueTimeout  # noqa: E402
 from handlers.chat import ChatRequest  # noqa: E402
@@ -183,15 +183,22 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         settings.chat.continuous = args.chat
         executor = await start_executor(settings, worker=args.worker)
         try:
-            for task in executor.tasks:  # load every model before the clock starts
-                await executor.preload(task)
             rng = random.Random(args.seed)
-            results = []
+            for task, _, make in MIX:  # load every model and pay first-call costs first
+                await executor.preload(task)
+                await executor.submit(task, make(rng, 0), user_id="warm-up")
+            results: list[RateResult] = []
             for rate in args.rates:
                 results.append(await at_rate(executor, rate, args.duration, args.members, rng))
                 print(summary(results[-1]), file=sys.stderr)
+                if args.json:  # a run cut short still leaves the rates it finished
+                    args.json.write_text(json.dumps(report(args, results), indent=2))
         finally:
             await executor.shutdown()
+    return report(args, results)
+
+
+def report(args: argparse.Namespace, results: list[RateResult]) -> dict[str, Any]:
     sustained = [r.rate for r in results if r.sustained()]
     return {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -237,16 +244,16 @@ def main() -> int:
     args.rates = [float(rate) for rate in args.rates.split(",")]
     logging.basicConfig(level=logging.WARNING)
     began = time.perf_counter()
-    report = asyncio.run(measure(args))
-    report["wall_s"] = time.perf_counter() - began
+    figures = asyncio.run(measure(args))
+    figures["wall_s"] = time.perf_counter() - began
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    best = report["highest_sustained_rate"]
+        args.json.write_text(json.dumps(figures, indent=2))
+    best = figures["highest_sustained_rate"]
     print(
         f"highest rate with p95 wait <= {WAIT_TARGET_S:g} s and nothing refused: "
         f"{'none of those tried' if best is None else f'{best:g} commands/s'}"
     )
-    print(json.dumps({k: v for k, v in report.items() if k != "args"}, indent=2))
+    print(json.dumps({k: v for k, v in figures.items() if k != "args"}, indent=2))
     return 0
 
 

@@ -4,8 +4,11 @@
 # (SCRIPT defaults to bench/executor.py).
 set -euo pipefail
 if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
+  if [[ ! -e /tmp/site/.installed ]]; then # once per machine
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl
+    touch /tmp/site/.installed
+  fi
   export PYTHONPATH=/tmp/site
 fi
 script=bench/executor.py
@@ -16,4 +19,4 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, diffusers; print('torch', torch.__version__, \
 'transformers', transformers.__version__, 'diffusers', diffusers.__version__)"
-PYTHONUNBUFFERED=1 python3 "$script" "$@"
+PYTHONUNBUFFERED=1 exec python3 "$script" "$@"

@@ -45,18 +45,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.models import TEXTS, build_models  # noqa: E402
 from bot import app as bot_app  # noqa: E402
 from bot.app import Worker, running  # noqa: E402
 from bot.client import AssistantBot, friendly  # noqa: E402
-from bot.settings import (  # noqa: E402
-    ChatSettings,
-    ImagineSettings,
-    ModelSettings,
-    Settings,
-    SpeakSettings,
-)
+from bot.settings import Settings  # noqa: E402
 from handlers.base import BatchContext, LoadSpec, Task  # noqa: E402
-from tests import tinymodels  # noqa: E402
 
 LAG_P99_LIMIT_MS = 10.0
 LAG_MAX_LIMIT_MS = 50.0
@@ -64,12 +58,6 @@ SAMPLE_S = 0.005
 DEFERRED, PRIVATE_MESSAGE = "deferred", "private message"
 ADMITTED = {"ok", "error", "timeout", "cancelled"}
 
-TEXTS = [
-    "The group met on Tuesday. They reviewed the notes on enzymes and planned the exam.",
-    "I love this study group, everyone is so helpful!",
-    "The deadline moved to Friday, so we have more time for the lab report.",
-    "Chapter three covers photosynthesis. Read it before the next meeting.",
-]
 
 COMMANDS: list[tuple[str, Callable[[random.Random], dict[str, Any]]]] = [
     ("sentiment", lambda r: {"text": r.choice(TEXTS)}),
@@ -145,46 +133,6 @@ class LoadReport:
             "PASS" if self.passed else "FAIL",
         ]
         return "\n".join(lines)
-
-
-def build_models(directory: Path, device: str = "cpu", full_size: bool = False) -> Settings:
-    """Models for every task (tiny, or the defaults' architectures with random weights:
-    ``bench/fullsize.py``), and settings that point the bot at them."""
-    if full_size:
-        from bench import fullsize
-
-        paths = fullsize.build(directory)
-        return Settings(
-            _env_file=None,
-            device=device,
-            data_dir=directory / "data",
-            models=ModelSettings(**{t: paths[t] for t in ModelSettings.model_fields}),
-            speak=SpeakSettings(voices=paths["voices"], vocoder=paths["vocoder"]),
-        )
-    models = ModelSettings(
-        summarize=str(tinymodels.build_summarizer(directory / "summarize")),
-        translate=str(tinymodels.build_m2m100(directory / "translate")),
-        imagine=str(tinymodels.build_pipeline(directory / "imagine")),
-        speak=str(tinymodels.build_speecht5(directory / "speak")),
-        sentiment=str(tinymodels.build_classifier(directory / "sentiment")),
-        classify=str(tinymodels.build_nli(directory / "classify")),
-        chat=str(tinymodels.build_chat(directory / "chat")),
-    )
-    return Settings(
-        _env_file=None,
-        device=device,
-        data_dir=directory / "data",
-        models=models,
-        imagine=ImagineSettings(default_steps=4),
-        chat=ChatSettings(default_new_tokens=16),
-        speak=SpeakSettings(
-            voices=str(tinymodels.build_voices_npy(directory / "voices.npy")),
-            vocoder=str(tinymodels.build_hifigan(directory / "vocoder")),
-        ),
-        edit_interval_s=0.5,
-        torch_threads=1,
-        read_messages=True,  # the load test reads its channel aloud in a call
-    )
 
 
 class FramePlayer(discord.VoiceProtocol):

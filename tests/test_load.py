@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.load import build_models, run_load
+from bench.load import run_load
+from bench.models import build_models
 
 pytestmark = pytest.mark.load
 

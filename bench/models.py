@@ -1,0 +1,70 @@
+"""The bot's models for the load and capacity benchmarks, and the texts members send.
+
+Kept apart from ``bench/load.py`` so ``bench/capacity.py`` needs neither discord.py nor
+SimCord (a GPU machine's Python may lack both).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bot.settings import (  # noqa: E402
+    ChatSettings,
+    ImagineSettings,
+    ModelSettings,
+    Settings,
+    SpeakSettings,
+)
+from tests import tinymodels  # noqa: E402
+
+TEXTS = [
+    "The group met on Tuesday. They reviewed the notes on enzymes and planned the exam.",
+    "I love this study group, everyone is so helpful!",
+    "The deadline moved to Friday, so we have more time for the lab report.",
+    "Chapter three covers photosynthesis. Read it before the next meeting.",
+]
+
+
+def build_models(directory: Path, device: str = "cpu", full_size: bool = False) -> Settings:
+    """Models for every task (tiny, or the defaults' architectures with random weights:
+    ``bench/fullsize.py``), and settings that point the bot at them."""
+    if full_size:
+        from bench import fullsize
+
+        paths = fullsize.build(directory)
+        return Settings(
+            _env_file=None,
+            device=device,
+            data_dir=directory / "data",
+            models=ModelSettings(**{t: paths[t] for t in ModelSettings.model_fields}),
+            speak=SpeakSettings(voices=paths["voices"], vocoder=paths["vocoder"]),
+        )
+    models = ModelSettings(
+        summarize=str(tinymodels.build_summarizer(directory / "summarize")),
+        translate=str(tinymodels.build_m2m100(directory / "translate")),
+        imagine=str(tinymodels.build_pipeline(directory / "imagine")),
+        speak=str(tinymodels.build_speecht5(directory / "speak")),
+        sentiment=str(tinymodels.build_classifier(directory / "sentiment")),
+        classify=str(tinymodels.build_nli(directory / "classify")),
+        chat=str(tinymodels.build_chat(directory / "chat")),
+    )
+    return Settings(
+        _env_file=None,
+        device=device,
+        data_dir=directory / "data",
+        models=models,
+        imagine=ImagineSettings(default_steps=4),
+        chat=ChatSettings(default_new_tokens=16),
+        speak=SpeakSettings(
+            voices=str(tinymodels.build_voices_npy(directory / "voices.npy")),
+            vocoder=str(tinymodels.build_hifigan(directory / "vocoder")),
+        ),
+        edit_interval_s=0.5,
+        torch_threads=1,
+        read_messages=True,  # the load test reads its channel aloud in a call
+    )
