@@ -12,7 +12,8 @@ first token and how many tokens per second the device produces.
   its longest answer ends; later arrivals wait for it.
 - ``continuous``: transformers' continuous batching (``model.init_continuous_batching``, a
   paged KV cache): a conversation joins the running batch at the next step and leaves
-  when its answer ends.
+  when its answer ends. ``continuous_graphs`` (CUDA, not in the default paths): the same,
+  each step replayed as a CUDA graph (``ContinuousBatchingConfig(use_cuda_graph=True)``).
 
 Answer lengths are mixed (16 to ``--max-new`` tokens, log-uniform, seeded) and prompts are
 64 random tokens; the random-weight model never ends early, so every answer has exactly its
@@ -169,10 +170,14 @@ def run_generate(
 
 
 def run_continuous(
-    model: Qwen2ForCausalLM, conversations: list[Conversation], max_batch: int
+    model: Qwen2ForCausalLM,
+    conversations: list[Conversation],
+    max_batch: int,
+    cuda_graphs: bool = False,
 ) -> list[Trace]:
     """transformers' continuous batching: each conversation is added when it arrives and
-    streams its tokens; the manager's own thread runs the steps."""
+    streams its tokens; the manager's own thread runs the steps. ``cuda_graphs`` replays
+    each step's kernels as one graph (captured per padded shape on first use)."""
     longest = PROMPT_TOKENS + max(c.new_tokens for c in conversations)
     page = 64
     config = ContinuousBatchingConfig(
@@ -180,6 +185,7 @@ def run_continuous(
         num_blocks=max_batch * math.ceil(longest / page) + 8,
         max_batch_tokens=max(512, max_batch * 2),
         max_queue_size=0,
+        use_cuda_graph=cuda_graphs,
     )
     manager = model.init_continuous_batching(
         generation_config=GenerationConfig(
@@ -252,7 +258,23 @@ PATHS: dict[str, Callable[[Qwen2ForCausalLM, list[Conversation], int], list[Trac
     "naive": lambda model, conversations, _: run_generate(model, conversations, 1),
     "static": run_generate,
     "continuous": run_continuous,
+    "continuous_graphs": lambda model, conversations, max_batch: run_continuous(
+        model, conversations, max_batch, cuda_graphs=True
+    ),
 }
+
+
+def report(
+    args: argparse.Namespace, conversations: list[Conversation], results: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "conversations": [asdict(c) | {"prompt": len(c.prompt)} for c in conversations],
+        "results": results,
+    }
 
 
 def main() -> int:
@@ -283,7 +305,7 @@ def main() -> int:
         file=sys.stderr,
     )
     warm = [Conversation(0, 0.0, conversations[0].prompt, 4)]
-    results = []
+    results: list[dict[str, Any]] = []
     for name in args.paths.split(","):
         PATHS[name](model, warm, args.max_batch)  # first-call costs out of the figures
         began = time.perf_counter()
@@ -296,16 +318,8 @@ def main() -> int:
             f"  ITL p99 {row['itl_p99_ms']:6.1f} ms  makespan {row['makespan_s']:6.1f} s",
             file=sys.stderr,
         )
-    report = {
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-        "conversations": [asdict(c) | {"prompt": len(c.prompt)} for c in conversations],
-        "results": results,
-    }
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+        if args.json:  # a run cut short still leaves the paths it finished
+            args.json.write_text(json.dumps(report(args, conversations, results), indent=2))
     print(json.dumps(results, indent=2))
     return 0
 
