@@ -108,7 +108,12 @@ def chat_task(settings: Settings) -> ChatTask:
     if continuous == "auto":  # decided here, so that the executor knows chat's row cap
         cuda = any(resolve_device(device).startswith("cuda") for device in settings.devices())
         continuous = "on" if cuda else "off"
-    return ChatTask(**common, continuous=continuous, max_running=chat.max_running)
+    return ChatTask(
+        **common,
+        continuous=continuous,
+        max_running=chat.max_running,
+        cuda_graphs=chat.cuda_graphs,
+    )
 
 
 def build_executor(settings: Settings, worker: Worker | None = None) -> Executor:

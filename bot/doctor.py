@@ -429,8 +429,9 @@ def chat_batching(
         cache = cache_bytes(config, dtype, chat.max_running, context)
     except (OSError, ValueError, AttributeError) as exc:
         return f"continuous batching (KV cache size unknown: {exc})", 0
+    graphs = ", steps as CUDA graphs" if chat.cuda_graphs and device.startswith("cuda") else ""
     return (
-        f"continuous batching, {chat.max_running} conversations at once, "
+        f"continuous batching{graphs}, {chat.max_running} conversations at once, "
         f"+{human_bytes(cache)} KV cache"
     ), cache
 

@@ -279,6 +279,7 @@ class ChatTask(Task[ChatRequest, ChatResult]):
         context_tokens: int = 4096,
         continuous: Continuous = "auto",
         max_running: int = 32,
+        cuda_graphs: bool = True,
     ) -> None:
         if max_running < 1:
             raise ValueError(f"max_running must be positive, got {max_running}")
@@ -286,6 +287,9 @@ class ChatTask(Task[ChatRequest, ChatResult]):
         self.max_running = max_running
         """Conversations generating at once with continuous batching: the KV cache is
         sized for this many full contexts."""
+        self.cuda_graphs = cuda_graphs
+        """Whether continuous batching on CUDA replays each step as a CUDA graph: its
+        per-step launch overhead, not the GPU, otherwise limits a small model."""
         self.default_new_tokens = default_new_tokens
         self.max_new_tokens = max_new_tokens
         self.system_prompt = system_prompt
@@ -367,14 +371,20 @@ class ChatTask(Task[ChatRequest, ChatResult]):
         """A running continuous batch for ``loaded``, or None to batch statically."""
         try:
             generator = ContinuousGenerator(
-                loaded.model, loaded.tokenizer, loaded.stop_ids, self.max_running, loaded.context
+                loaded.model,
+                loaded.tokenizer,
+                loaded.stop_ids,
+                self.max_running,
+                loaded.context,
+                cuda_graphs=self.cuda_graphs and loaded.device.startswith("cuda"),
             )
         except Exception as exc:  # an architecture it cannot page, a cache that won't fit
             log.warning("%s: continuous batching is not available (%s); batching statically",
                         loaded.source, exc)  # fmt: skip
             return None
-        log.info("%s: continuous batching, up to %d conversations at once, %.0f MiB of KV cache",
-                 loaded.source, self.max_running, generator.cache_bytes / 2**20)  # fmt: skip
+        log.info("%s: continuous batching, up to %d conversations at once, %.0f MiB of KV cache%s",
+                 loaded.source, self.max_running, generator.cache_bytes / 2**20,
+                 ", CUDA graphs" if generator.cuda_graphs else "")  # fmt: skip
         return generator
 
     def unload(self, model: ChatModel) -> None:

@@ -99,10 +99,12 @@ class ContinuousGenerator:
         stop_ids: frozenset[int],
         max_running: int,
         context: int,
+        cuda_graphs: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.stop_ids = stop_ids
         self.max_running = max_running
+        self.cuda_graphs = cuda_graphs
         self.num_blocks = cache_pages(max_running, context)
         self.cache_bytes = cache_bytes(model.config, model.dtype, max_running, context)
         config = ContinuousBatchingConfig(
@@ -113,6 +115,7 @@ class ContinuousGenerator:
             max_queue_size=0,
             per_request_processors=True,  # each row's own temperature
             allow_block_sharing=True,  # rows sharing a system prompt share its pages
+            use_cuda_graph=cuda_graphs,
         )
         generation = GenerationConfig(
             do_sample=True,

@@ -5,6 +5,7 @@ out of time leaves it and frees its row."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import handlers.chat
+from bot.app import chat_task
 from bot.executor import (
     ExecutionTimeout,
     Executor,
@@ -23,6 +26,7 @@ from bot.executor import (
 )
 from bot.executor.job import JobState
 from bot.executor.process import ProcessBackend, WorkerSpec
+from bot.settings import ChatSettings, Settings
 from handlers.chat import ChatRequest, ChatResult, ChatTask
 from handlers.continuous import ContinuousGenerator
 from handlers.kinds import TaskKind
@@ -218,3 +222,32 @@ def test_a_cache_that_cannot_be_made_falls_back_to_static_batching(
     assert "continuous batching is not available" in caplog.text
     (answer,) = task.run_batch(model, [ChatRequest("hi")], NeverAbandoned())
     assert isinstance(answer, ChatResult) and answer.tokens == 8
+
+
+@pytest.mark.parametrize(
+    ("device", "setting", "asked"),
+    [("cuda:0", True, True), ("cuda:0", False, False), ("cpu", True, False)],
+)
+def test_steps_replay_as_cuda_graphs_on_cuda_unless_turned_off(
+    tiny_chat: Path, monkeypatch: pytest.MonkeyPatch, device: str, setting: bool, asked: bool
+) -> None:
+    """On a GPU each step's kernel launches, not its arithmetic, limit a small model."""
+    requested: list[bool] = []
+
+    def recording(*args: object, cuda_graphs: bool = False) -> object:
+        requested.append(cuda_graphs)
+        return ContinuousGenerator(*args)  # graphs exist on CUDA only: build it without
+
+    monkeypatch.setattr(handlers.chat, "ContinuousGenerator", recording)
+    task = ChatTask(continuous="off", cuda_graphs=setting)
+    loaded = load(task, tiny_chat)
+    generator = task._start_continuous(dataclasses.replace(loaded, device=device))
+    assert generator is not None
+    generator.close()
+    assert requested == [asked]
+
+
+def test_the_setting_reaches_the_chat_task() -> None:
+    settings = Settings(_env_file=None, chat=ChatSettings(cuda_graphs=False))
+    assert chat_task(settings).cuda_graphs is False
+    assert chat_task(Settings(_env_file=None)).cuda_graphs is True

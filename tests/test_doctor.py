@@ -19,7 +19,7 @@ from huggingface_hub import constants as hub_constants
 from safetensors.torch import save_file
 
 from bot.cli import main
-from bot.doctor import Row, Status, check_login, memory_rows, render
+from bot.doctor import Row, Status, chat_batching, check_login, memory_rows, render
 from bot.models import pull, requirements
 from bot.settings import Settings
 from tests import tinymodels
@@ -163,6 +163,16 @@ def test_continuous_batching_shows_its_kv_cache_beside_the_chat_weights(
     assert status(capsys.readouterr().out, "model chat")[1].endswith(
         "; continuous batching, 4 conversations at once, +128.0 KiB KV cache"
     )
+
+
+@pytest.mark.parametrize(("setting", "shown"), [("true", True), ("false", False)])
+def test_continuous_batching_on_a_gpu_says_whether_steps_replay_as_cuda_graphs(
+    tiny_chat: Path, monkeypatch: pytest.MonkeyPatch, setting: str, shown: bool
+) -> None:
+    monkeypatch.setenv("BOT_CHAT__CUDA_GRAPHS", setting)
+    line, _ = chat_batching(Settings(_env_file=None), "cuda:0", tiny_chat, torch.float16)
+    assert line.startswith("continuous batching")
+    assert ("steps as CUDA graphs" in line) is shown
 
 
 def test_a_model_over_the_memory_budget_is_red(

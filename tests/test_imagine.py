@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import json
 import logging
 import math
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -411,6 +413,23 @@ def test_another_scheduler_and_channels_last_still_draw_every_image(tiny_dir: Pa
     baseline = make_task()
     (plain,) = generate(baseline, load(baseline, tiny_dir), ImagineRequest("a boat", seed=3))
     assert plain.images[0] != result.images[0]  # the scheduler changed the sampling
+
+
+def test_a_model_whose_sampler_cannot_be_swapped_keeps_its_own(
+    tmp_path: Path, tiny_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    distilled = tmp_path / "lcm"
+    shutil.copytree(tiny_dir, distilled)
+    index = distilled / "model_index.json"  # where the pipeline reads its scheduler's class
+    config = json.loads(index.read_text()) | {"scheduler": ["diffusers", "LCMScheduler"]}
+    index.write_text(json.dumps(config))
+    task = make_task(scheduler="dpm++")
+    with caplog.at_level(logging.WARNING, logger="handlers.imagine"):
+        model = load(task, distilled)
+    assert type(model.pipe.scheduler).__name__ == "LCMScheduler"
+    assert "cannot be replaced by DPMSolverMultistepScheduler" in caplog.text
+    (result,) = generate(task, model, ImagineRequest("a boat", seed=3))
+    assert len(result.images) == 1
 
 
 def test_compiling_warms_up_every_offered_size_when_the_model_loads(
