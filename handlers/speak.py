@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 from transformers import (
     AutoConfig,
@@ -71,6 +72,13 @@ PROGRESS_EVERY = 16
 MAX_LISTED = 25
 OPUS_RATES = frozenset({8000, 12000, 16000, 24000, 48000})
 
+CALL_RATE = 48_000
+CALL_CHANNELS = 2
+CALL_FRAME_SAMPLES = CALL_RATE * 20 // 1000
+"""960 samples per channel in each 20 ms frame a voice call sends."""
+CALL_FRAME_BYTES = CALL_FRAME_SAMPLES * CALL_CHANNELS * 2
+"""3,840 bytes: one frame of 48 kHz stereo 16-bit PCM, what discord.py's audio sources yield."""
+
 SENTENCE_BREAK = re.compile(r"(?<=[.!?…;])\s+|\s*\n\s*")
 CLAUSE_BREAK = re.compile(r"(?<=[,:—])\s+")
 
@@ -85,6 +93,9 @@ class SpeakRequest:
     """A preset name from ``SpeakTask.voice_names()``; None is the task's default voice.
     Voices apply to SpeechT5; a VITS model speaks with its own single voice."""
     language: str = ENGLISH
+    for_call: bool = False
+    """Speech for a voice call: rendered as the call plays it (``SpeakResult.pcm``) where
+    the model runs, so the bot's event loop only hands frames over."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,9 @@ class SpeakResult:
     ogg: bytes
     sample_rate: int
     seconds: float
+    pcm: bytes = b""
+    """For a call (``SpeakRequest.for_call``): 48 kHz stereo 16-bit PCM in whole 20 ms
+    frames, and no files (``wav`` and ``ogg`` are empty)."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,7 @@ class Speech:
 
     samples: np.ndarray
     sample_rate: int
+    for_call: bool = False
 
 
 @dataclass(frozen=True)
@@ -247,6 +262,22 @@ def encode_wav(samples: np.ndarray, sample_rate: int) -> bytes:
     buffer = io.BytesIO()
     sf.write(buffer, samples, sample_rate, format="WAV", subtype="PCM_16")
     return buffer.getvalue()
+
+
+def call_pcm(samples: np.ndarray, rate: int) -> bytes:
+    """Mono samples (float in [-1, 1]) at ``rate`` as a voice call plays them: 48 kHz
+    interleaved stereo 16-bit PCM, padded with silence to whole 20 ms frames. Resampling is
+    soxr's (high quality, fast): no hand-written DSP."""
+    if samples.ndim != 1:
+        raise ValueError(f"expected mono samples, got shape {samples.shape}")
+    resampled = (
+        soxr.resample(samples.astype(np.float32), rate, CALL_RATE) if rate != CALL_RATE else samples
+    )
+    pcm = (np.clip(resampled, -1.0, 1.0) * 32767).round().astype("<i2")
+    whole = -(-len(pcm) // CALL_FRAME_SAMPLES) * CALL_FRAME_SAMPLES
+    padded = np.zeros(whole, dtype="<i2")
+    padded[: len(pcm)] = pcm
+    return np.repeat(padded, CALL_CHANNELS).tobytes()
 
 
 class SpeakTask(Task[SpeakRequest, SpeakResult]):
@@ -417,19 +448,23 @@ class SpeakTask(Task[SpeakRequest, SpeakResult]):
                 parts[owner].append(pause)
             parts[owner].append(wave)
         return [
-            Speech(np.concatenate(p), model.sample_rate)
+            Speech(np.concatenate(p), model.sample_rate, request.for_call)
             if p
             else InvalidInput("text", "has nothing this language's voice can pronounce")
-            for p in parts
+            for p, request in zip(parts, requests, strict=True)
         ]
 
     def finish(self, output: Speech) -> SpeakResult:
         samples = np.clip(output.samples, -1.0, 1.0)
+        seconds = len(samples) / output.sample_rate
+        if output.for_call:
+            pcm = call_pcm(samples, output.sample_rate)
+            return SpeakResult(b"", b"", output.sample_rate, seconds, pcm=pcm)
         return SpeakResult(
             wav=encode_wav(samples, output.sample_rate),
             ogg=encode_ogg(samples, output.sample_rate),
             sample_rate=output.sample_rate,
-            seconds=len(samples) / output.sample_rate,
+            seconds=seconds,
         )
 
     # Models

@@ -22,6 +22,7 @@ from handlers.speak import (
     SpeakTask,
     Speech,
     SpeechModel,
+    call_pcm,
     split_text,
     voice_presets,
 )
@@ -109,6 +110,17 @@ def test_wav_and_ogg_decode_at_the_vocoder_rate(task: SpeakTask, speecht5: Speec
     assert sf.info(io.BytesIO(result.ogg)).subtype == "OPUS"
     ogg, rate = sf.read(io.BytesIO(result.ogg), dtype="float32")
     assert rate == 16000 and len(ogg) > 0 and abs(len(ogg) - len(wav)) < 0.05 * rate
+
+
+def test_speech_for_a_call_comes_back_as_the_call_plays_it(
+    task: SpeakTask, speecht5: SpeechModel
+) -> None:
+    requests = [SpeakRequest("Hello world.", for_call=True), SpeakRequest("Hello world.")]
+    for_call, as_file = task.run_batch(speecht5, requests, Recorder())
+    np.testing.assert_array_equal(for_call.samples, as_file.samples)  # the same speech
+    result = task.finish(for_call)
+    assert result.pcm == call_pcm(np.clip(for_call.samples, -1, 1), 16000)
+    assert result.wav == result.ogg == b"" and task.finish(as_file).pcm == b""
 
 
 def test_a_batch_sounds_like_its_requests_one_at_a_time(

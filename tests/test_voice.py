@@ -5,7 +5,6 @@ order, skip and clear. The connection is a recording ``VoiceProtocol`` passed th
 from __future__ import annotations
 
 import asyncio
-import io
 import threading
 import time
 from pathlib import Path
@@ -14,12 +13,10 @@ from typing import Any, ClassVar
 import discord
 import numpy as np
 import pytest
-import soundfile
 
 from bot.cogs.voice import Playback, Utterance
 from bot.read_aloud import speakable, spoken_line
-from bot.voice_audio import FRAME_BYTES, wav_to_voice
-from handlers.speak import SpeakResult, SpeakTask
+from handlers.speak import CALL_FRAME_BYTES, SpeakRequest, SpeakResult, SpeakTask, call_pcm
 from tests import tinymodels
 from tests.test_discord import (  # noqa: F401 - harness, simcord_bot, stack: fixtures
     Harness,
@@ -68,21 +65,26 @@ class RecordingVoice(discord.VoiceProtocol):
         self._stop.set()
 
 
-def wav(seconds: float, pitch: float) -> bytes:
+def tone(seconds: float) -> bytes:
+    """A 440 Hz tone as a call plays it."""
     t = np.arange(round(seconds * 16_000)) / 16_000
-    buffer = io.BytesIO()
-    soundfile.write(buffer, 0.5 * np.sin(2 * np.pi * pitch * t), 16_000, format="WAV")
-    return buffer.getvalue()
+    return call_pcm((0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16_000)
+
+
+def spoken(request: SpeakRequest) -> SpeakResult:
+    """Each text as a tone of as many tenths of a second as it has words: for a call only
+    when the request asks for one, as the speak task renders it."""
+    seconds = len(request.text.split()) / 10
+    if request.for_call:
+        return SpeakResult(b"", b"", 16_000, seconds, pcm=tone(seconds))
+    return SpeakResult(b"RIFF", ogg(), 16_000, seconds)
 
 
 @pytest.fixture
 def recording(harness: Harness) -> type[RecordingVoice]:
     RecordingVoice.made.clear()
     harness.bot.voice_protocol = RecordingVoice
-    # Each text is spoken as a tone of as many tenths of a second as it has words.
-    harness.tasks["speak"].respond = lambda r: SpeakResult(
-        wav(len(r.text.split()) / 10, 440), ogg(), 16_000, len(r.text.split()) / 10
-    )
+    harness.tasks["speak"].respond = spoken
     return RecordingVoice
 
 
@@ -139,8 +141,8 @@ async def test_speak_is_said_in_the_call_in_order_then_leave(
     await until(lambda: len(voice.utterances) == 2 and not voice._stop.is_set()
                 and sum(map(len, voice.utterances)) == 25)  # fmt: skip
     assert [len(frames) for frames in voice.utterances] == [15, 10]  # 0.3 s, then 0.2 s
-    assert all(len(frame) == FRAME_BYTES for frames in voice.utterances for frame in frames)
-    assert b"".join(voice.utterances[0]) == wav_to_voice(wav(0.3, 440))
+    assert all(len(frame) == CALL_FRAME_BYTES for frames in voice.utterances for frame in frames)
+    assert b"".join(voice.utterances[0]) == tone(0.3)
     assert "said in <#" in first.response.content and "0.3 s" in first.response.content
     assert not first.response.attachments and "said in" in second.response.content
 
@@ -236,7 +238,7 @@ async def test_an_idle_call_is_left_only_after_its_silence() -> None:
     playback._idle_over()  # the silence is over, but something waits to be said
     assert idled == []
     before_speech = loop.time()
-    ready.set_result(wav_to_voice(wav(0.5, 440)))  # 25 frames
+    ready.set_result(tone(0.5))  # 25 frames
     await until(lambda: voice.played == [25] and playback.current is None)
     assert playback._idle is not None
     assert playback._idle.when() >= before_speech + 600  # counted from the speech's end

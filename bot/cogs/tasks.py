@@ -299,12 +299,12 @@ class Tasks(commands.Cog):
 
         if voice is None and (guild := self.bot.settings_for(interaction)) is not None:
             voice = guild.member_voices.get(interaction.user.id)  # /voice myvoice
-        request = SpeakRequest(text, voice, language)
         calls = self.bot.get_cog("Voice")
         if where is None:
             where = (
                 "call" if isinstance(calls, Voice) and calls.in_call_with(interaction) else "file"
             )
+        request = SpeakRequest(text, voice, language, for_call=where == "call")
         if where == "file":
             await self.run(interaction, "speak", request)
             return

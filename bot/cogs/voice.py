@@ -3,8 +3,9 @@ reading a text channel aloud (/voice read, a voice per member with /voice myvoic
 playback queue per server (skip your own, managers skip any or clear).
 
 Speech is synthesized through the executor like every /speak (same caps, quotas and fair
-queue), then converted off the event loop (``bot.voice_audio``) and played in order, each
-utterance as soon as it and those before it are ready. The voice connection is a
+queue) and rendered as the call plays it where the model runs (``SpeakRequest.for_call``),
+so the event loop only hands frames over; each utterance plays as soon as it and those
+before it are ready. The voice connection is a
 ``discord.VoiceProtocol`` made by ``AssistantBot.voice_protocol``: discord.py's own
 ``VoiceClient`` (PyNaCl, davey and libopus), or a recording one in the tests.
 """
@@ -28,9 +29,9 @@ from bot.cogs.admin import is_admin
 from bot.cogs.delivery import NO_MENTIONS, Reply
 from bot.cogs.tasks import caller_of, place_caller, voice_choices, voice_names
 from bot.read_aloud import speakable, spoken_line
-from bot.voice_audio import FRAME_BYTES, missing_voice_support, wav_to_voice
+from bot.voice_audio import missing_voice_support
 from handlers.base import HandlerError, InvalidInput
-from handlers.speak import SpeakRequest
+from handlers.speak import CALL_FRAME_BYTES, SpeakRequest
 
 if TYPE_CHECKING:
     from bot.client import AssistantBot
@@ -50,7 +51,7 @@ class PCMSource(discord.AudioSource):
 
     def __init__(self, pcm: bytes) -> None:
         self._pcm = memoryview(pcm)
-        self._size = FRAME_BYTES
+        self._size = CALL_FRAME_BYTES
         self._at = 0
 
     def read(self) -> bytes:
@@ -63,7 +64,7 @@ class PCMSource(discord.AudioSource):
 class Utterance:
     requester_id: int
     audio: asyncio.Future[bytes]
-    """Voice PCM, once synthesized and converted; an exception if that failed."""
+    """Voice PCM, once synthesized; an exception if that failed."""
 
 
 @dataclass
@@ -384,7 +385,9 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
             source="voice",
         )
         try:
-            handle = self.bot.invoker.submit("speak", SpeakRequest(said, voice), caller)
+            handle = self.bot.invoker.submit(
+                "speak", SpeakRequest(said, voice, for_call=True), caller
+            )
         except Exception as exc:  # busy, over quota, invalid: that message is not read
             log.info("not reading a message aloud: %s", exc)
             return
@@ -407,26 +410,17 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
 
     @staticmethod
     def _queue(playback: Playback, requester_id: int, handle: JobHandle) -> None:
-        """The job's speech, in line: converted for the call once synthesized."""
-        loop = asyncio.get_running_loop()
-        audio: asyncio.Future[bytes] = loop.create_future()
-
-        def converted(pcm: asyncio.Future[bytes]) -> None:
-            if audio.done():  # dropped meanwhile
-                return
-            if (error := pcm.exception()) is not None:
-                audio.set_exception(error)
-            else:
-                audio.set_result(pcm.result())
+        """The job's speech, in line: a ``for_call`` request's, rendered for the call where
+        the model ran, so it plays as it comes."""
+        audio: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
         def synthesized() -> None:
-            if audio.done():
+            if audio.done():  # dropped meanwhile
                 return
             if handle.error is not None:
                 audio.set_exception(handle.error)
-                return
-            wav = handle.peek_result().wav
-            loop.run_in_executor(None, wav_to_voice, wav).add_done_callback(converted)
+            else:
+                audio.set_result(handle.peek_result().pcm)
 
         handle.add_done_callback(synthesized)
         playback.add(Utterance(requester_id, audio))
