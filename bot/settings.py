@@ -171,7 +171,8 @@ class ChatSettings(BaseModel):
     cuda_graphs: bool = True
     """With continuous batching on a CUDA GPU, replay each step as one CUDA graph (captured
     once per padded batch shape, at a little memory each) instead of launching its kernels
-    one by one: 3.2x the tokens per second on an H200 (bench/results/chat_cuda.json)."""
+    one by one: 3.2x the tokens per second on an H200
+    (bench/results/chat_cuda_graphs.json against chat_cuda.json)."""
     engine: Literal["local", "openai"] = "local"
     """Where answers come from: the local model, or an OpenAI-compatible server (set
     BOT_CHAT__OPENAI__BASE_URL and BOT_CHAT__OPENAI__MODEL)."""

@@ -357,13 +357,12 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
 
             name, options = SCHEDULERS[self.scheduler]
             wanted = getattr(diffusers, name)
-            own = type(pipe.scheduler).__name__
             if wanted in pipe.scheduler.compatibles:
                 pipe.scheduler = wanted.from_config(pipe.scheduler.config, **options)
                 log.info("%s: %s scheduler", source, name)
             else:  # a flow-matching or distilled (LCM, turbo) model samples only its own way
                 log.warning("%s: its %s cannot be replaced by %s; keeping it",
-                            source, own, name)  # fmt: skip
+                            source, type(pipe.scheduler).__name__, name)  # fmt: skip
         attribute = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
         denoiser = getattr(pipe, attribute)
         if self.channels_last:
