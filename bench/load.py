@@ -9,11 +9,12 @@ busy GPU does whatever its size: work then arrives faster than it drains, queues
 batches grow and members get busy replies, as in a real burst.
 
     python bench/load.py --users 50 --commands 1000 [--batch-delay-ms 150] [--json out.json]
-        [--worker process|thread]
+        [--worker process|thread] [--no-voice]
 
-Meanwhile the bot is in a voice call reading the channel aloud: every tenth step a member
-writes a message there, which is synthesized like a /speak and played, 20 ms frame by 20 ms
-frame on a player thread as discord.py's own does (without the network).
+Meanwhile the bot is in a voice call reading the channel aloud (unless ``--no-voice``):
+every tenth step a member writes a message there, which is synthesized like a /speak and
+played, 20 ms frame by 20 ms frame on a player thread as discord.py's own does (without
+the network).
 
 Exit status 1 when an interaction went unanswered, was left without exactly one usage
 row, or the event loop lagged more than 10 ms at the 99th percentile or 50 ms at most.
@@ -95,6 +96,10 @@ class LoadReport:
     loop_lag_p50_ms: float
     loop_lag_p99_ms: float
     loop_lag_max_ms: float
+    gc_pause_max_ms: float
+    """The longest garbage collection on the event loop's thread while the burst ran."""
+    gc_freed_at_max: int
+    """Objects that collection freed."""
     batch_sizes: dict[str, dict[int, int]] = field(default_factory=dict)
 
     @property
@@ -125,6 +130,8 @@ class LoadReport:
             f"event loop lag ms: p50 {self.loop_lag_p50_ms:.2f}  p99 {self.loop_lag_p99_ms:.2f}"
             f"  max {self.loop_lag_max_ms:.2f} (limits: p99 {LAG_P99_LIMIT_MS:.0f}, "
             f"max {LAG_MAX_LIMIT_MS:.0f})",
+            f"longest garbage collection on the loop: {self.gc_pause_max_ms:.1f} ms "
+            f"({self.gc_freed_at_max} objects freed)",
             "batch sizes: "
             + "; ".join(
                 f"{t} " + " ".join(f"{s}x{n}" for s, n in sorted(sizes.items()))
@@ -168,11 +175,27 @@ class FramePlayer(discord.VoiceProtocol):
 
 
 class LagProbe:
-    """Samples how late the event loop wakes a sleeper; lag is the cost to every member."""
+    """Samples how late the event loop wakes a sleeper; lag is the cost to every member. It
+    also times the garbage collections on the loop's thread, which stop the loop too: under
+    SimCord most of what they free is SimCord's own bookkeeping of every callback."""
 
     def __init__(self) -> None:
         self.lags_ms: list[float] = []
+        self.gc_pause_max_ms = 0.0
+        self.gc_freed_at_max = 0
         self._task: asyncio.Task[None] | None = None
+        self._gc_started = 0.0
+        self._loop_thread = threading.get_ident()
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if threading.get_ident() != self._loop_thread:
+            return
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        pause_ms = (time.perf_counter() - self._gc_started) * 1000
+        if pause_ms > self.gc_pause_max_ms:
+            self.gc_pause_max_ms, self.gc_freed_at_max = pause_ms, info["collected"]
 
     async def _run(self) -> None:
         while True:
@@ -181,9 +204,13 @@ class LagProbe:
             self.lags_ms.append((time.perf_counter() - started - SAMPLE_S) * 1000)
 
     def start(self) -> None:
+        self._loop_thread = threading.get_ident()
+        gc.callbacks.append(self._on_gc)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def stop(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
         if self._task is not None:
             self._task.cancel()
 
@@ -255,12 +282,14 @@ async def run_load(
     batch_delay_s: float = 0.15,
     seed: int = 0,
     worker: Worker = "process",
+    voice: bool = True,
 ) -> LoadReport:
-    """Drive ``commands`` interactions from ``users`` members and check how each one ended."""
+    """Drive ``commands`` interactions from ``users`` members and check how each one ended;
+    with ``voice``, the bot reads the channel aloud in a call meanwhile."""
     rng = random.Random(seed)
     probe = LagProbe()
     with mock.patch.object(bot_app, "build_tasks", slowed_tasks(batch_delay_s)):
-        return await _drive(settings, users, commands, rng, probe, worker)
+        return await _drive(settings, users, commands, rng, probe, worker, voice)
 
 
 async def _drive(
@@ -270,6 +299,7 @@ async def _drive(
     rng: random.Random,
     probe: LagProbe,
     worker: Worker,
+    voice: bool,
 ) -> LoadReport:
     async with running(settings, worker=worker) as services:
         for backend in services.executor.backends:  # each worker ready before the clock runs
@@ -282,11 +312,12 @@ async def _drive(
             channel = guild.create_text_channel("study")
             await bot.guild_settings.update(guild.id, nsfw="allow")
             members = [guild.add_member(env.create_user(f"member{i}")) for i in range(users)]
-            call = guild.create_voice_channel("study call")
-            for member in members[:2]:
-                await member.join_voice(call)
-            await members[0].slash(channel, "voice join")
-            await members[0].slash(channel, "voice read", channel=channel)
+            if voice:
+                call = guild.create_voice_channel("study call")
+                for member in members[:2]:
+                    await member.join_voice(call)
+                await members[0].slash(channel, "voice join")
+                await members[0].slash(channel, "voice read", channel=channel)
             plan = [(rng.choice(members), *rng.choice(COMMANDS)) for _ in range(commands)]
             gc.collect()  # the server and its members exist now, as after the bot's start-up
             gc.freeze()
@@ -303,7 +334,8 @@ async def _drive(
             wall_s = time.perf_counter() - started
             probe.stop()
             frames = FramePlayer.frames
-            await members[0].slash(channel, "voice leave")
+            if voice:
+                await members[0].slash(channel, "voice leave")
             bugs = [e for e in env.errors if friendly(unwrap(e)) is None]
             if bugs:
                 raise RuntimeError(f"the bot raised {len(bugs)} unhandled errors: {bugs[:3]}")
@@ -373,6 +405,8 @@ def report(
         loop_lag_p50_ms=probe.percentile(0.5),
         loop_lag_p99_ms=probe.percentile(0.99),
         loop_lag_max_ms=max(probe.lags_ms, default=0.0),
+        gc_pause_max_ms=probe.gc_pause_max_ms,
+        gc_freed_at_max=probe.gc_freed_at_max,
         batch_sizes={t: dict(c) for t, c in batch_sizes.items()},
     )
 
@@ -407,6 +441,9 @@ def main() -> int:
         default="process",
         help="models in a worker process (the bot's default) or a thread",
     )
+    parser.add_argument(
+        "--no-voice", action="store_true", help="without the call read aloud (the baseline)"
+    )
     parser.add_argument("--json", type=Path, help="also write the report as JSON")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
@@ -419,6 +456,7 @@ def main() -> int:
                 args.batch_delay_ms / 1000,
                 args.seed,
                 args.worker,
+                not args.no_voice,
             )
         )
     print(result.summary())
