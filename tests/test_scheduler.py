@@ -2,8 +2,9 @@
 cancellations, batches and the clock in any order, and checks that no job is lost or run
 twice, that no member holds more places than allowed, that each member's jobs of a model
 run in order, that a job waiting past the starvation limit goes first, that a model with
-continuous batching never runs more rows than its cap, and that every job runs once
-arrivals stop."""
+continuous batching never runs more rows than its cap, that a slot never runs more batches
+than its capacity (one on a device, more on a deployment with replicas), and that every job
+runs once arrivals stop."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ LIMITS = {
 }
 CAPS = {("chat", "m"): 4}
 """Models with continuous batching: rows running at once."""
+CAPACITY = {0: 1, 1: 2}
+"""Batches each slot runs at once: a device, and a deployment with two replicas."""
 MAX_QUEUE, MAX_PER_USER, STARVATION_S = 9, 3, 6.0
 _ids = itertools.count()
 
@@ -43,13 +46,14 @@ class Ticket:
     id: int = 0
 
 
-def scheduler(slots: int = 2) -> Scheduler[Ticket]:
+def scheduler(slots: int = 2, capacity: dict[int, int] = CAPACITY) -> Scheduler[Ticket]:
     return Scheduler(
         MAX_QUEUE,
         MAX_PER_USER,
         limits_of=LIMITS.__getitem__,
         padded_of=lambda key: key[0] != "image",
         cap_of=CAPS.get,
+        capacity_of=lambda slot: capacity.get(slot, 1),
         slots=slots,
         half_life_s=30.0,
         starvation_s=STARVATION_S,
@@ -69,6 +73,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.ran: set[int] = set()
         self.ended: set[int] = set()
         self.submitted = 0
+
+    def free(self, slot: int) -> bool:
+        """Whether ``slot`` runs fewer batches than its capacity."""
+        return sum(b.slot == slot for b in self.running) < CAPACITY[slot]
 
     def holding(self) -> Counter[str]:
         places = Counter(t.user_id for t in self.queued.values())
@@ -123,7 +131,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         if len(costs) > 1:
             assert (max(costs) * len(costs) if padded else sum(costs)) <= limits.max_cost
         assert batch.slot == self.scheduler.place(batch.queue_key)
-        assert batch.slot not in {b.slot for b in self.running}  # a device runs one batch
+        assert self.free(batch.slot)  # a device runs one batch at a time
         for ticket in batch.jobs:  # first in, first out within a member and a model
             assert not any(
                 other.user_id == ticket.user_id
@@ -138,7 +146,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             if self.now - t.enqueued_at >= STARVATION_S
             and t.id == min(o.id for o in self.queued.values() if (o.user_id, o.queue_key)
                             == (t.user_id, t.queue_key))  # the head of its member's line
-            and self.scheduler.place(t.queue_key) not in {b.slot for b in self.running}
+            and self.free(self.scheduler.place(t.queue_key))
         ]  # fmt: skip
         if starving:  # the longest-waiting of them (any, when they came together)
             oldest = min(t.enqueued_at for t in starving)
@@ -189,9 +197,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         wake-up: the engine would spin."""
         wait = self.scheduler.next_ready_in(self.now)
         if wait == 0:
-            busy = {b.slot for b in self.running}
             assert any(
-                queue.is_ready(self.now) and queue.slot not in busy
+                queue.is_ready(self.now) and self.free(queue.slot)
                 for queue in self.scheduler._queues.values()
             )
 
@@ -339,3 +346,32 @@ def test_a_continuous_model_takes_newcomers_at_once_up_to_its_cap() -> None:
     assert [s.release(t, 10.0) for t in newcomers[1:]] == pytest.approx([0.25, 0.25])
     batch = s.schedule(10.0)
     assert batch is not None and batch.jobs == [late]
+
+
+def test_a_slot_with_replicas_runs_as_many_batches_at_once() -> None:
+    replicas = {0: 2}
+    s = scheduler(slots=1, capacity=replicas)
+    text = ("text", "m")
+    for n, user in enumerate("abcd"):
+        s.add(Ticket(user, text, n % 2, 1, 1.0, 0.0, n), 0.0)  # two batch keys
+    first, second = s.schedule(0.0), s.schedule(0.0)
+    assert first is not None and second is not None
+    assert [t.id for t in first.jobs] == [0, 2] and [t.id for t in second.jobs] == [1, 3]
+    s.add(Ticket("e", text, None, 1, 1.0, 0.0, 4), 0.0)
+    assert s.schedule(1.0) is None and s.next_ready_in(1.0) is None  # both replicas busy
+    s.finish(first, 1.0)
+    third = s.schedule(1.0)
+    assert third is not None and [t.id for t in third.jobs] == [4]
+    replicas[0] = 3  # a replica more: read at the next choice
+    s.add(Ticket("f", text, None, 1, 1.0, 1.0, 5), 1.0)
+    fourth = s.schedule(1.02)  # after the window a newcomer to a busy model waits
+    assert fourth is not None and [t.id for t in fourth.jobs] == [5]
+    assert len(s.running()) == 3
+
+
+def test_a_slot_without_replicas_still_takes_one_batch() -> None:
+    s = scheduler(slots=1, capacity={0: 0})
+    s.add(Ticket("a", ("text", "m"), None, 1, 1.0, 0.0, 0), 0.0)
+    s.add(Ticket("b", ("text", "m"), "other", 1, 1.0, 0.0, 1), 0.0)
+    assert s.schedule(0.0) is not None  # it waits at the deployment for a replica
+    assert s.schedule(0.0) is None

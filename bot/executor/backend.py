@@ -1,5 +1,5 @@
 """The seam between the engine and whatever runs models: a thread (tests), a worker process
-per device (the default), Ray Serve later."""
+per device (the default), or a Ray Serve deployment per task (``bot.executor.ray_backend``)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,8 @@ Outcome = Any
 
 
 class Backend(Protocol):
-    """Runs batches on one device; the engine awaits one ``run`` at a time per backend."""
+    """Runs batches on one device (or one task's deployment); the engine awaits at most
+    ``capacity()`` runs at a time per backend."""
 
     async def start(self) -> None:
         """Get the worker ready (again, after it was replaced); cheap when it is."""
@@ -87,9 +88,14 @@ class Backend(Protocol):
         encoded. Never raises for a single job's failure."""
         ...
 
-    async def abort(self) -> None:
-        """Give up on the running batch, which ignored every request to stop: replace the
-        worker that runs it."""
+    def capacity(self) -> int:
+        """Batches it runs at once: 1 for a device; a deployment's replicas (times the
+        requests each takes). Read before every choice of a batch, so it may change."""
+        ...
+
+    async def abort(self, batch: BatchRun) -> None:
+        """Give up on ``batch``, which ignored every request to stop: replace the worker
+        that runs it."""
         ...
 
     async def preload(self, task: Task[Any, Any], model: str) -> None: ...

@@ -75,16 +75,26 @@ class Executor:
         self,
         tasks: Mapping[str, Task[Any, Any]],
         default_models: Mapping[str, str],
-        backend: Backend | Sequence[Backend],
+        backend: Backend | Sequence[Backend] | Mapping[str, Backend],
         config: ExecutorConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``backend``: one per device, whose models are placed on the one with the fewest;
+        or one per task (``{task: backend}``: a Ray Serve deployment each)."""
         missing = sorted(set(tasks) - set(default_models))
         if missing:
             raise ValueError(f"no default model configured for task(s): {', '.join(missing)}")
         self.tasks = dict(tasks)
         self.default_models = dict(default_models)
-        self.backends: list[Backend] = list(backend) if isinstance(backend, Sequence) else [backend]
+        own: dict[str, int] = {}
+        if isinstance(backend, Mapping):
+            unserved = sorted(n for n, t in self.tasks.items() if not t.remote and n not in backend)
+            if unserved:
+                raise ValueError(f"no backend for task(s): {', '.join(unserved)}")
+            own = {name: index for index, name in enumerate(backend)}
+            self.backends: list[Backend] = list(backend.values())
+        else:
+            self.backends = list(backend) if isinstance(backend, Sequence) else [backend]
         devices = len(self.backends)
         if any(task.remote for task in self.tasks.values()):
             # Tasks answered by another server get a thread of their own: their requests
@@ -99,17 +109,18 @@ class Executor:
             limits_of=lambda key: self.limits(self.tasks[key[0]]),
             padded_of=lambda key: self.tasks[key[0]].kind is not TaskKind.IMAGE,
             cap_of=lambda key: self.tasks[key[0]].running_cap(),
-            pinned_of=lambda key: devices if self.tasks[key[0]].remote else None,
+            pinned_of=lambda key: devices if self.tasks[key[0]].remote else own.get(key[0]),
+            capacity_of=lambda slot: self.backends[slot].capacity(),
             slots=devices,
             half_life_s=self.config.fair_half_life_s,
             starvation_s=self.config.starvation_s,
         )
         self._wakeup = asyncio.Event()
         self._engine: asyncio.Task[None] | None = None
-        self._runners: dict[int, asyncio.Task[None]] = {}
-        """The task following each device's running batch, by slot."""
-        self._on_device_since: dict[int, float] = {}
-        """When each device's running batch reached it (after any worker start), by slot."""
+        self._runners: dict[Batch[Job], asyncio.Task[None]] = {}
+        """The task following each running batch."""
+        self._on_device_since: dict[Batch[Job], float] = {}
+        """When each running batch reached its device (after any worker start)."""
         self._finishing: set[asyncio.Future[Any]] = set()
         self._stale_positions: set[ModelKey] = set()
         self._restarts = 0
@@ -289,7 +300,7 @@ class Executor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout)
                 continue
-            self._runners[batch.slot] = asyncio.create_task(
+            self._runners[batch] = asyncio.create_task(
                 self._follow_batch(batch), name=f"batch-{batch.queue_key[0]}"
             )
 
@@ -297,7 +308,7 @@ class Executor:
         """A batch the scheduler counts as running with no task following it would hold its
         device and its members' places for good: fail its jobs and free them."""
         for batch in self.scheduler.running():
-            runner = self._runners.get(batch.slot)
+            runner = self._runners.get(batch)
             if runner is None or runner.done():
                 for job in batch.jobs:
                     self._finish(job, error=JobFailed(RuntimeError("the engine restarted")))
@@ -321,8 +332,8 @@ class Executor:
         finally:
             if batch in self.scheduler.running():
                 self.scheduler.finish(batch, self._clock())
-            if self._runners.get(batch.slot) is asyncio.current_task():
-                del self._runners[batch.slot]
+            if self._runners.get(batch) is asyncio.current_task():
+                del self._runners[batch]
             self._wakeup.set()
 
     async def _run_batch(self, batch: Batch[Job]) -> None:
@@ -344,7 +355,7 @@ class Executor:
             job.emit(JobEvent(JobState.RUNNING))
         self._positions_changed(key)
         limit = self.limits(task).exec_timeout_s
-        outcomes = await self._on_device(batch.slot, run, limit)
+        outcomes = await self._on_device(batch, run, limit)
         seconds = self._clock() - started
         # With continuous batching, an answer still to come means the job runs on as a row
         # of the running batch, after its batch left the device.
@@ -389,21 +400,21 @@ class Executor:
         self._finish_when_encoded(job, answer)
 
     async def _on_device(
-        self, slot: int, run: BatchRun, limit: float
+        self, batch: Batch[Job], run: BatchRun, limit: float
     ) -> list[Outcome | asyncio.Future[Any]]:
         """The backend's outcomes; past ``limit`` the jobs fail and the batch is asked to stop,
         and past the grace after it the worker is replaced."""
-        backend = self.backends[slot]
+        backend = self.backends[batch.slot]
         try:
             await backend.start()  # a worker being replaced starts before the batch's clock
         except Exception as exc:
             log.error("no worker for a %s batch: %s", run.task.name, exc)
             return [WorkerCrashed(f"no worker could start: {exc}")] * len(run)
-        self._on_device_since[slot] = self._clock()
+        self._on_device_since[batch] = self._clock()
         try:
             return await self._run_on(backend, run, limit)
         finally:
-            del self._on_device_since[slot]
+            del self._on_device_since[batch]
 
     async def _run_on(
         self, backend: Backend, run: BatchRun, limit: float
@@ -425,7 +436,7 @@ class Executor:
                     self.config.stop_grace_s,
                 )
                 work.cancel()
-                await backend.abort()
+                await backend.abort(run)
                 return [ExecutionTimeout(limit)] * len(run)
             return work.result()
         except asyncio.CancelledError:
@@ -458,12 +469,12 @@ class Executor:
         running = self.scheduler.running()
         oldest = max((now - batch.started_at for batch in running), default=None)
         stuck = any(
-            now - self._on_device_since[batch.slot]
+            now - self._on_device_since[batch]
             > self.limits(self.tasks[batch.queue_key[0]]).exec_timeout_s
             + self.config.stop_grace_s
             + 5.0  # killing a worker takes a moment
             for batch in running
-            if batch.slot in self._on_device_since
+            if batch in self._on_device_since
         )
         alive = self._engine is not None and not self._engine.done()
         return EngineHealth(alive, self._restarts, oldest, stuck)

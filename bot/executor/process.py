@@ -279,7 +279,10 @@ class ProcessBackend:
         # else rows still run (continuous batching): cancellations go on until they end
         return outcomes
 
-    async def abort(self) -> None:
+    def capacity(self) -> int:
+        return 1  # one device: its batches run one after another
+
+    async def abort(self, batch: BatchRun) -> None:
         """Kill the worker whose batch would not stop; the next batch starts a new one."""
         worker = self._worker
         if worker is not None and worker.alive:

@@ -11,6 +11,9 @@ A model with continuous batching (a ``cap`` of rows running at once) takes jobs 
 rows are free, without waiting for company: its batch leaves the device as soon as its
 rows have joined the running batch, and each job keeps its place (its member's and the
 queue's counts, a row) until it ends and is ``release``d.
+
+A slot runs ``capacity_of(slot)`` batches at once: one for a device (whatever its models),
+as many as its replicas for a Ray Serve deployment (a slot of its own per task).
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ class Batch(Generic[J]):
     queue_key: ModelKey
     jobs: list[J]
     slot: int
-    """Which worker (device) runs it."""
+    """Which backend (a device, or a task's deployment) runs it."""
     started_at: float
 
 
@@ -130,6 +133,7 @@ class Scheduler(Generic[J]):
         padded_of: Callable[[ModelKey], bool] = lambda key: True,
         cap_of: Callable[[ModelKey], int | None] = lambda key: None,
         pinned_of: Callable[[ModelKey], int | None] = lambda key: None,
+        capacity_of: Callable[[int], int] = lambda slot: 1,
         slots: int = 1,
         half_life_s: float = 120.0,
         starvation_s: float = 60.0,
@@ -140,7 +144,11 @@ class Scheduler(Generic[J]):
         self.padded_of = padded_of
         self.cap_of = cap_of
         self.pinned_of = pinned_of
-        """A model that must run on one slot (a task that needs no device), or None."""
+        """A model that must run on one slot (a task that needs no device, or one with a
+        deployment of its own), or None."""
+        self.capacity_of = capacity_of
+        """Batches a slot may run at once; read at each choice, so it may change (replicas
+        that come and go)."""
         self.slots = slots
         self.half_life_s = half_life_s
         self.starvation_s = starvation_s
@@ -152,7 +160,7 @@ class Scheduler(Generic[J]):
         """Typical batch duration per model, for wait estimates."""
         self._s_per_work: dict[ModelKey, float] = {}
         """Typical GPU-seconds per unit of work per model, to project members' usage."""
-        self._running: dict[int, Batch[J]] = {}
+        self._running: list[Batch[J]] = []
 
     # Admission
 
@@ -245,15 +253,21 @@ class Scheduler(Generic[J]):
         candidates = [
             (min(self._rank(job, now) for job in queue.heads()), key)
             for key, queue in self._queues.items()
-            if queue.slot not in self._running and queue.is_ready(now)
+            if self._free(queue.slot) and queue.is_ready(now)
         ]
         if not candidates:
             return None
         _, key = min(candidates)
         queue = self._queues[key]
         batch = Batch(key, self._take(queue, now), queue.slot, now)
-        self._running[queue.slot] = batch
+        self._running.append(batch)
         return batch
+
+    def _free(self, slot: int) -> bool:
+        """Whether the slot may take one more batch (one at least: a deployment with no
+        replica up yet holds it until one is)."""
+        running = sum(batch.slot == slot for batch in self._running)
+        return running < max(1, self.capacity_of(slot))
 
     def _take(self, queue: _Queue[J], now: float) -> list[J]:
         """The first-ranked head, then compatible heads a member at a time per round, best
@@ -311,7 +325,7 @@ class Scheduler(Generic[J]):
         waits = [
             max(0.0, queue.ready_at - now)
             for queue in self._queues.values()
-            if queue.size and queue.slot not in self._running and not queue.full
+            if queue.size and self._free(queue.slot) and not queue.full
         ]  # a full continuous batch is woken by ``release``, not by the clock
         return min(waits, default=None)
 
@@ -336,8 +350,8 @@ class Scheduler(Generic[J]):
                 queue.active -= 1
         if not running_on:  # rows are timed when they end: joining says nothing of them
             self._learn(batch.queue_key, seconds, seconds / total_work)
-        if self._running.get(batch.slot) is batch:
-            del self._running[batch.slot]
+        if batch in self._running:
+            self._running.remove(batch)
         self._forget_idle(now)
         return shares
 
@@ -386,7 +400,7 @@ class Scheduler(Generic[J]):
     # Introspection
 
     def running(self) -> list[Batch[J]]:
-        return list(self._running.values())
+        return list(self._running)
 
     def waiting(self, key: ModelKey) -> int:
         queue = self._queues.get(key)

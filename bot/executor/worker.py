@@ -131,7 +131,10 @@ class LocalBackend:
             return outcome
         return loop.run_in_executor(self._encoders, finish, task, outcome)
 
-    async def abort(self) -> None:
+    def capacity(self) -> int:
+        return 1  # one device: its batches run one after another
+
+    async def abort(self, batch: BatchRun) -> None:
         """A thread cannot be stopped: the stuck one is left to end on its own (it exits when
         its call returns) and a new thread serves from now on."""
         stuck, self._inbox = self._inbox, queue.SimpleQueue()
