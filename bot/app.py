@@ -106,8 +106,10 @@ def chat_task(settings: Settings) -> ChatTask:
         )
     continuous = chat.continuous
     if continuous == "auto":  # decided here, so that the executor knows chat's row cap
+        # On Ray the replicas' devices are not known here: static batches, unless asked.
+        local = settings.backend == "local"
         cuda = any(resolve_device(device).startswith("cuda") for device in settings.devices())
-        continuous = "on" if cuda else "off"
+        continuous = "on" if local and cuda else "off"
     return ChatTask(
         **common,
         continuous=continuous,
@@ -116,11 +118,17 @@ def chat_task(settings: Settings) -> ChatTask:
     )
 
 
-def build_executor(settings: Settings, worker: Worker | None = None) -> Executor:
+def build_executor(
+    settings: Settings, worker: Worker | None = None, eager: Iterable[str] | None = None
+) -> Executor:
     """The executor with a backend per device: worker processes, or threads of this process
-    (``worker`` overrides ``BOT_WORKER``)."""
+    (``worker`` overrides ``BOT_WORKER``); or, with ``BOT_BACKEND=ray``, a Ray Serve
+    deployment per task, those in ``eager`` (default: all) deployed when it starts."""
     tasks = build_tasks(settings)
     budget = settings.memory_budget_bytes()
+    if settings.backend == "ray":
+        backends_of = ray_backends(settings, tasks, eager)
+        return Executor(tasks, settings.default_models(), backends_of, settings.executor_config())
     backends: list[Backend]
     if (worker or settings.worker) == "process":
         level = logging.getLogger().getEffectiveLevel()
@@ -141,6 +149,48 @@ def build_executor(settings: Settings, worker: Worker | None = None) -> Executor
             for device in settings.devices()
         ]
     return Executor(tasks, settings.default_models(), backends, settings.executor_config())
+
+
+def ray_backends(
+    settings: Settings, tasks: dict[str, Task[Any, Any]], eager: Iterable[str] | None = None
+) -> dict[str, Backend]:
+    """A deployment per task that runs on a device (a remote one keeps its thread here),
+    sharing one connection to the cluster."""
+    from bot.executor.ray_backend import (
+        DeploymentSpec,
+        RayCluster,
+        RayTaskBackend,
+        ReplicaSpec,
+        auto_gpus,
+    )
+
+    ray = settings.ray
+    cluster = RayCluster(ray.address, ray.num_cpus, ray.prefix)
+    on_device = {name: task for name, task in tasks.items() if not task.remote}
+    wanted = set(on_device if eager is None else eager)
+    models = settings.default_models()
+    backends: dict[str, Backend] = {}
+    for name, task in on_device.items():
+        deployment = ray.deployment(name)
+        spec = DeploymentSpec(
+            gpus=deployment.gpus_per_replica,
+            cpus=deployment.cpus_per_replica,
+            min_replicas=deployment.min_replicas,
+            max_replicas=deployment.max_replicas,
+            max_ongoing_requests=deployment.max_ongoing_requests,
+        )
+        replica = ReplicaSpec(
+            dtype=settings.dtype,
+            budget_bytes=settings.memory_budget_bytes(),
+            torch_threads=settings.torch_threads,
+            encoders=settings.cpu_workers,
+            log_level=logging.getLogger().getEffectiveLevel(),
+            preload=(models[name],) if name in settings.preload else (),
+        )
+        backends[name] = RayTaskBackend(
+            cluster, task, spec, replica, eager=name in wanted, gpu_share=auto_gpus(len(on_device))
+        )
+    return backends
 
 
 @dataclass(frozen=True)
@@ -234,9 +284,10 @@ async def start_executor(
     one task); without it every task is prepared and one that fails is only logged, so
     the bot still serves the others.
     """
-    for device in settings.devices():
-        check_device(resolve_device(device))
-    executor = build_executor(settings, worker)
+    if settings.backend == "local":  # on Ray, the replicas find their own devices
+        for device in settings.devices():
+            check_device(resolve_device(device))
+    executor = build_executor(settings, worker, tasks)
     wanted = list(executor.tasks if tasks is None else tasks)
     sources = [
         executor.default_models[name]
@@ -254,8 +305,8 @@ async def start_executor(
     preload = list(settings.preload)
     if settings.imagine.compile and "imagine" in wanted and "imagine" not in preload:
         preload.append("imagine")  # compiling takes minutes: never within a request's limit
-    await executor.start()
     try:
+        await executor.start()
         for task in preload:
             await executor.preload(task)
     except BaseException:

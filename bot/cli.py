@@ -21,7 +21,7 @@ from huggingface_hub import utils as hub_utils
 from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 
-from bot.executor.errors import DeviceUnavailable, ExecutorError
+from bot.executor.errors import BackendUnavailable, DeviceUnavailable, ExecutorError
 from bot.health import MAX_AGE_S, Heartbeat, report
 from bot.invocations import Caller
 from bot.models import explain, offline_unless_reachable, pull, requirements, table
@@ -657,7 +657,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_discord(settings, sync_only=args.command == "sync"))
         except (ExecutorError, UsageUnavailable) as exc:
             print(f"error: {explain(exc)}", file=sys.stderr)
-            return 1
+            return 2 if isinstance(exc, BackendUnavailable) else 1
     if args.command == "usage":
         try:
             return asyncio.run(_usage(settings, args))
@@ -680,4 +680,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(command(settings, args))
     except (HandlerError, ExecutorError, UsageUnavailable) as exc:
         print(f"error: {explain(exc)}", file=sys.stderr)
-        return 2 if isinstance(exc, HandlerError | DeviceUnavailable) else 1
+        return 2 if isinstance(exc, HandlerError | DeviceUnavailable | BackendUnavailable) else 1

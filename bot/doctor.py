@@ -14,6 +14,7 @@ import base64
 import enum
 import importlib.metadata
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -534,6 +535,104 @@ def check_chat_engine(settings: Settings) -> Row:
     return Row("chat engine", Status.OK, detail)
 
 
+# Ray
+
+
+def _ray_tasks(settings: Settings) -> list[str]:
+    """The tasks that get a deployment (chat from another server does not)."""
+    return [t for t in settings.default_models() if t != "chat" or settings.chat.engine == "local"]
+
+
+def _per_replica(settings: Settings, task: str) -> str:
+    spec = settings.ray.deployment(task)
+    gpus = (
+        "a share of one GPU" if spec.gpus_per_replica is None else f"{spec.gpus_per_replica:g} GPU"
+    )
+    scale = (
+        f"{spec.max_replicas} replica(s)"
+        if spec.min_replicas == spec.max_replicas
+        else f"{spec.min_replicas}-{spec.max_replicas} replicas (autoscaling)"
+    )
+    return f"{scale}, {gpus} and {spec.cpus_per_replica:g} CPU each"
+
+
+def check_ray(settings: Settings) -> list[Row]:
+    """BOT_BACKEND=ray: the cluster (reached only when BOT_RAY__ADDRESS names one), its
+    GPUs, and each task's deployment with its running replicas."""
+    from bot.executor.errors import BackendUnavailable
+    from bot.executor.ray_backend import INSTALL, import_ray
+
+    address = settings.ray.address
+    try:
+        ray = import_ray()
+    except BackendUnavailable as exc:
+        return [Row("backend", Status.FAIL, f"ray: {exc}".split("; run")[0], f"run `{INSTALL}`")]
+    tasks = _ray_tasks(settings)
+    if address is None and not ray.is_initialized():
+        cpus = settings.ray.num_cpus or os.cpu_count()
+        rows = [Row("backend", Status.OK, f"ray: a local cluster the bot starts ({cpus} CPUs)")]
+        return rows + [
+            Row(f"ray {task}", Status.OK, f"deployed at start: {_per_replica(settings, task)}")
+            for task in tasks
+        ]
+    rows = [Row("backend", Status.OK, f"ray: the cluster at {address or 'this process'}")]
+    connected = ray.is_initialized()
+    try:
+        if not connected:
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        resources = ray.cluster_resources()
+        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        apps = _serve_apps()
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:300]
+        fix = "start the cluster, or check BOT_RAY__ADDRESS (auto on a node of the cluster)"
+        return [*rows, Row("ray cluster", Status.FAIL, f"cannot reach {address}: {reason}", fix)]
+    finally:
+        if not connected and ray.is_initialized():
+            ray.shutdown()
+    gpus = resources.get("GPU", 0)
+    kinds = sorted(k.split(":", 1)[1] for k in resources if k.startswith("accelerator_type:"))
+    gpu_text = (
+        f"{gpus:g} GPU(s)" + (f" ({', '.join(kinds)})" if kinds else "") if gpus else "no GPU"
+    )
+    detail = f"{nodes} node(s): {resources.get('CPU', 0):g} CPUs, {gpu_text}"
+    rows.append(Row("ray cluster", Status.OK, detail))
+    prefix = f"{settings.ray.prefix}-"
+    others = [name.removeprefix(prefix) for name in apps if name.startswith(prefix)]
+    for task in dict.fromkeys([*tasks, *others]):  # and the bot's deployments of other tasks
+        app = apps.get(f"{settings.ray.prefix}-{task}")
+        if app is None:
+            plan = _per_replica(settings, task)
+            rows.append(Row(f"ray {task}", Status.OK, f"not deployed (the bot deploys it): {plan}"))
+            continue
+        state, running, wanted, message = app
+        status = Status.OK if state == "RUNNING" else Status.WARN
+        detail = f"{running} of {wanted} replicas running ({_per_replica(settings, task)})"
+        fix = message if status is Status.WARN else ""
+        rows.append(Row(f"ray {task}", status, f"{state.lower()}: {detail}", fix))
+    return rows
+
+
+def _serve_apps() -> dict[str, tuple[str, int, int, str]]:
+    """Each Serve application: its state, running and wanted replicas, and Serve's message."""
+    from ray import serve
+
+    try:
+        applications = serve.status().applications
+    except Exception:  # Serve is not running on the cluster: nothing is deployed
+        return {}
+    apps = {}
+    for name, app in applications.items():
+        states = [s for d in app.deployments.values() for s in d.replica_states.items()]
+        running = sum(n for state, n in states if str(getattr(state, "value", state)) == "RUNNING")
+        wanted = sum(n for _, n in states)
+        messages = "; ".join(
+            m for m in [app.message, *(d.message for d in app.deployments.values())] if m
+        )
+        apps[name] = (str(getattr(app.status, "value", app.status)), running, wanted, messages)
+    return apps
+
+
 # The whole report
 
 
@@ -549,6 +648,9 @@ async def diagnose(settings: Settings, online: bool = False) -> AsyncIterator[Ro
     yield check_voice()
     if settings.chat.engine == "openai":
         yield check_chat_engine(settings)
+    if settings.backend == "ray":
+        for row in await asyncio.to_thread(check_ray, settings):
+            yield row
     gpu_row, gpu_bytes = await asyncio.to_thread(check_gpu, settings)
     yield gpu_row
     for row in await asyncio.to_thread(check_models, settings, gpu_bytes):

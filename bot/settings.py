@@ -19,6 +19,7 @@ from pydantic import (
     SecretStr,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -180,6 +181,80 @@ class ChatSettings(BaseModel):
     """The OpenAI-compatible server of BOT_CHAT__ENGINE=openai."""
 
 
+class RayDeploymentSettings(BaseModel):
+    """What each replica of a task's Ray Serve deployment gets, and how many there are."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    gpus_per_replica: float | None = Field(default=None, ge=0)
+    """GPUs each replica reserves; fractions share one (0.5: two replicas a card). Unset: an
+    equal share of one GPU per task when the cluster has GPUs (the tasks share one card, as
+    on the local bot), none on a cluster without."""
+    cpus_per_replica: float = Field(default=0.25, ge=0)
+    """CPUs Ray reserves for each replica (for placement: the models' own threads follow
+    BOT_TORCH_THREADS)."""
+    min_replicas: int = Field(default=1, ge=0)
+    """Fewest replicas; below BOT_RAY__MAX_REPLICAS the deployment autoscales on the batches
+    waiting for it (0 lets it scale to nothing when idle)."""
+    max_replicas: int = Field(default=1, ge=1)
+    """Most replicas: the bot keeps as many batches of the task in flight as are running."""
+    max_ongoing_requests: int = Field(default=1, ge=1)
+    """Batches one replica takes at once (a device runs them one after another)."""
+
+    @model_validator(mode="after")
+    def _replica_range(self) -> RayDeploymentSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class RaySettings(RayDeploymentSettings):
+    """BOT_BACKEND=ray: the cluster, and the deployments' defaults (BOT_RAY__TASKS overrides
+    them per task)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    address: str | None = None
+    """The cluster to use: auto (the cluster this machine is a node of: `ray start
+    --address=HEAD:6379` first) or HEAD:6379; unset starts a local Ray for the bot alone.
+    Not ray://: Ray Client cannot stream a batch's progress and text back."""
+    num_cpus: int | None = Field(default=None, ge=1)
+    """CPUs of the local Ray the bot starts (unset: every core); ignored with an address."""
+    prefix: str = Field(default="assistant-bot", pattern=r"^[A-Za-z0-9_-]+$")
+    """Serve applications are named PREFIX-TASK: give each bot sharing a cluster its own."""
+    tasks: dict[str, dict[str, float | None]] = {}
+    """Per-task changes to the settings above, as JSON:
+    {"imagine": {"gpus_per_replica": 1, "max_replicas": 2}}."""
+
+    @field_validator("address")
+    @classmethod
+    def _not_ray_client(cls, address: str | None) -> str | None:
+        if address is not None and address.startswith("ray://"):
+            raise ValueError(
+                "Ray Client (ray://) cannot stream results back; make the bot's machine a "
+                "node of the cluster (`ray start --address=HEAD:6379`) and use auto"
+            )
+        return address
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_task_settings(
+        cls, tasks: dict[str, dict[str, float | None]]
+    ) -> dict[str, dict[str, float | None]]:
+        unknown = sorted(set(tasks) - set(ModelSettings.model_fields))
+        if unknown:
+            raise ValueError(f"unknown task(s) {', '.join(unknown)}")
+        for overrides in tasks.values():
+            RayDeploymentSettings(**overrides)  # type: ignore[arg-type]
+        return tasks
+
+    def deployment(self, task: str) -> RayDeploymentSettings:
+        """The task's deployment: the defaults with its own changes."""
+        defaults = RayDeploymentSettings.model_fields
+        base = {name: getattr(self, name) for name in defaults}
+        return RayDeploymentSettings(**{**base, **self.tasks.get(task, {})})
+
+
 class TaskClassSettings(BaseModel):
     """Batching and deadlines for one class of tasks (text, audio, image)."""
 
@@ -271,6 +346,12 @@ class Settings(BaseSettings):
     """How models run on each device: in a worker process (the bot's event loop never waits
     on them, and a batch that hangs is ended by killing its worker) or in a thread of the
     bot (quicker to start: tests and one-off commands use it)."""
+    backend: Literal["local", "ray"] = "local"
+    """Where batches run: on this machine's devices (BOT_DEVICE, BOT_WORKER), or on a Ray
+    cluster, each task a Ray Serve deployment (BOT_RAY__...; needs
+    pip install 'assistant-bot[ray]')."""
+    ray: RaySettings = RaySettings()
+    """The Ray cluster and deployments of BOT_BACKEND=ray (BOT_RAY__ADDRESS, ...)."""
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     """Model precision: auto is float16 on a GPU and float32 on the CPU."""
     memory_budget_gb: float | None = Field(default=None, gt=0)

@@ -48,6 +48,11 @@ class RemoteTask(Task[Order, Done]):
         for order in requests:
             if order.value == "die":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if order.value == "hold-once" and not Path(order.arg).exists():
+                # The first run says where it runs and waits to be killed; a retry goes on.
+                Path(order.arg).write_text(str(os.getpid()))
+                while True:
+                    time.sleep(0.01)
             if order.value == "hang":  # one long call that never looks at should_stop
                 time.sleep(3600)
             if order.value == "bad":

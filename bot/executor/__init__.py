@@ -15,6 +15,7 @@ _EXPORTS = {
     "LoadedModelInfo": "backend",
     "ClassLimits": "config",
     "ExecutorConfig": "config",
+    "BackendUnavailable": "errors",
     "Busy": "errors",
     "DeviceUnavailable": "errors",
     "ExecutionTimeout": "errors",
@@ -40,6 +41,7 @@ _EXPORTS = {
 
 __all__ = [
     "Backend",
+    "BackendUnavailable",
     "BatchRun",
     "Busy",
     "ClassLimits",
@@ -71,6 +73,7 @@ if TYPE_CHECKING:
     from bot.executor.backend import Backend, BatchRun, LoadedModelInfo
     from bot.executor.config import ClassLimits, ExecutorConfig
     from bot.executor.errors import (
+        BackendUnavailable,
         Busy,
         DeviceUnavailable,
         ExecutionTimeout,

@@ -80,6 +80,11 @@ class DeviceUnavailable(ExecutorError):
     """The configured device cannot be used on this machine or with this PyTorch build."""
 
 
+class BackendUnavailable(ExecutorError):
+    """The configured backend cannot run anything: Ray is not installed, its cluster cannot be
+    reached, or a task's deployment cannot start there."""
+
+
 class ModelLoadError(ExecutorError):
     """The model could not be loaded; the next request tries again."""
 

@@ -141,8 +141,13 @@ class Executor:
         await self.shutdown()
 
     async def start(self) -> None:
-        for backend in self.backends:
-            await backend.start()
+        """Start every backend at once (a worker per device, a deployment per task)."""
+        started = await asyncio.gather(
+            *(backend.start() for backend in self.backends), return_exceptions=True
+        )
+        for outcome in started:
+            if isinstance(outcome, BaseException):
+                raise outcome
         self._engine = asyncio.create_task(self._supervise(), name="executor-engine")
 
     async def preload(self, task: str, model: str | None = None) -> None:

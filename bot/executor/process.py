@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -330,7 +330,14 @@ class ProcessBackend:
             worker.process.kill()
 
 
-# Everything below runs in the worker process.
+# Everything below runs in the worker process (and, for ``RemoteBatch`` and the helpers of
+# results, in a Ray Serve replica too).
+
+
+class Outbox(Protocol):
+    """Where a remote batch's messages go back to the bot; safe from any thread."""
+
+    def send(self, message: tuple[Any, ...]) -> None: ...
 
 
 class RemoteBatch:
@@ -343,7 +350,7 @@ class RemoteBatch:
         task: Task[Any, Any],
         model: str,
         requests: Sequence[Any],
-        outbox: _Outbox,
+        outbox: Outbox,
         indices: Sequence[int] | None = None,
         stopped: list[bool] | None = None,
     ) -> None:

@@ -1,0 +1,620 @@
+"""Models on a Ray cluster: each task is a Ray Serve deployment whose replicas run the same
+handler code as a local worker (loading through the same registry, splitting on
+out-of-memory, encoding results), on the GPUs Ray gives them.
+
+Why batches are formed in the bot and not by ``@serve.batch`` on the replicas: what members
+see is decided where every job is known at once. Fairness by GPU time across tasks,
+per-member caps, queue deadlines, queue positions with ETAs and Cancel all need the whole
+queue, and a replica's ``@serve.batch`` sees only the requests routed to it, first come first
+served, with a fixed wait. So the executor's scheduler forms each batch (compatible keys,
+a padding-aware budget) and keeps as many batches in flight per task as the deployment has
+replicas: each replica runs one while the next waits in the bot's fair queue, not in Ray's.
+A batch is one streaming request: progress and partial text come back as it runs, then
+every job's outcome; abandoning all its jobs cancels the request, which stops the batch on
+the replica between steps. (Abandoning some jobs only drops their results in the bot: a
+streaming request has no way back to its replica, so the replica finishes the batch for
+the others.)
+
+A replica that dies mid-batch (killed, out of host memory, a crashed driver) is retried once:
+Serve's router stops choosing the dead replica, so the batch runs again on another one (or
+on its replacement), and what members already saw of its text is not sent twice. A batch
+whose second replica dies too fails its jobs with ``WorkerCrashed``; the deployment keeps
+serving the next batches.
+
+Ray is imported only here and only when this backend starts, so the bot without Ray
+installed, and every command that does not use it, never loads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import math
+import os
+import pickle
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bot.executor.backend import BatchRun, LoadedModelInfo, Outcome
+from bot.executor.errors import BackendUnavailable, JobCancelled, JobFailed, WorkerCrashed
+from bot.executor.process import Memory, RemoteBatch, portable, unsendable
+from bot.executor.registry import ModelRegistry
+from bot.executor.running import cuda_memory, encodes, execute, finish
+from bot.executor.worker import default_torch_threads
+from handlers.base import BatchStopped, HandlerError, Task
+
+log = logging.getLogger(__name__)
+
+INSTALL = "pip install 'assistant-bot[ray]'"
+DEPLOY_TIMEOUT_S = 300.0
+"""How long a deployment may take to have its replicas running (Ray may first have to
+free or add the GPUs they ask for) before the bot says what Serve reports."""
+DEPLOY_TRIES = 5
+STATUS_EVERY_S = 2.0
+"""How often the replicas of each deployment are counted, for the batches kept in flight."""
+DEATHS = (
+    "ActorDiedError",
+    "ActorUnavailableError",
+    "RayActorError",
+)
+"""Ray's errors for a replica that died or cannot be reached: the batch is retried once."""
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """What Ray gives each replica of one task's deployment, and how many there are."""
+
+    gpus: float | None = None
+    """GPUs per replica (fractions share one); None: ``auto_gpus`` when the cluster has GPUs,
+    else none."""
+    cpus: float = 0.25
+    min_replicas: int = 1
+    max_replicas: int = 1
+    max_ongoing_requests: int = 1
+    """Batches one replica takes at once; more than one only queue on its device thread,
+    unless its model serves rows concurrently."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
+            raise ValueError("replicas: need 0 <= min_replicas <= max_replicas, max >= 1")
+        if self.max_ongoing_requests < 1 or self.cpus < 0 or (self.gpus or 0) < 0:
+            raise ValueError("max_ongoing_requests must be >= 1, cpus and gpus >= 0")
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.min_replicas != self.max_replicas
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """How a replica sets up its device: the bot's dtype, budget and threads."""
+
+    dtype: str = "auto"
+    budget_bytes: int | None = None
+    torch_threads: int | None = None
+    encoders: int = 2
+    log_level: int = logging.INFO
+    preload: tuple[str, ...] = ()
+    """Models each replica loads before it takes requests (the task's, in BOT_PRELOAD)."""
+
+
+def import_ray() -> Any:
+    """``ray`` with Serve, or one line saying how to install them."""
+    try:
+        import ray
+        import ray.serve
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"BOT_BACKEND=ray needs Ray Serve, which is not installed ({exc.name}); run `{INSTALL}`"
+        ) from None
+    return ray
+
+
+def auto_gpus(tasks: int) -> float:
+    """An equal share of one GPU for each of ``tasks`` deployments, as the local bot shares
+    its one card (Ray counts GPU fractions to four decimals: rounded down, they fit)."""
+    return math.floor(10_000 / max(1, tasks)) / 10_000
+
+
+class RayCluster:
+    """The connection to a Ray cluster, shared by every task's backend: the cluster at
+    ``address``, or a local one started here. A process already connected to Ray (a test, a
+    notebook) keeps its connection, and it is not shut down when the bot closes."""
+
+    def __init__(
+        self, address: str | None = None, num_cpus: int | None = None, prefix: str = "assistant-bot"
+    ) -> None:
+        self.address = address
+        self.num_cpus = num_cpus
+        self.prefix = prefix
+        self.gpus = 0.0
+        self._connecting: asyncio.Future[None] | None = None
+        self._owned = False
+        self._users = 0
+        self._replicas: dict[str, int] = {}
+        self._watcher: asyncio.Task[None] | None = None
+        self.deploying = threading.Lock()
+        """Serve's deployment calls are not thread-safe (they swap pickling modes around
+        them): the tasks' deployments are sent one at a time, and start side by side."""
+
+    def app_name(self, task: str) -> str:
+        return f"{self.prefix}-{task}"
+
+    async def connect(self) -> None:
+        """Connect once, however many backends ask; one line when it cannot."""
+        if self._connecting is None or (
+            self._connecting.done() and self._connecting.exception() is not None
+        ):
+            self._connecting = asyncio.ensure_future(asyncio.to_thread(self._connect))
+        await asyncio.shield(self._connecting)
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch(), name="ray-replicas")
+
+    def _connect(self) -> None:
+        ray = import_ray()
+        from ray import serve
+
+        where = self.address or "a local Ray cluster"
+        if not ray.is_initialized():
+            try:
+                ray.init(
+                    address=self.address,
+                    num_cpus=None if self.address else self.num_cpus,
+                    include_dashboard=False if not self.address else None,
+                    # Ray's start-up notes (its SIGTERM handler is the bot's to set, token
+                    # auth) are not the admin's to act on; replicas' logs come with ours.
+                    logging_level=logging.ERROR,
+                    log_to_driver=log.isEnabledFor(logging.INFO),
+                )
+            except Exception as exc:
+                reason = " ".join(str(exc).split())[:300]
+                raise BackendUnavailable(
+                    f"cannot reach the Ray cluster at {where}: {reason}"
+                ) from None
+            self._owned = True
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # a line per deployment step
+        try:  # handles only: no HTTP proxy (and no port) for the deployments
+            serve.start(proxy_location="Disabled")
+        except Exception as exc:
+            raise BackendUnavailable(f"cannot start Ray Serve on {where}: {exc}") from None
+        self.gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        log.info("connected to %s (%g GPUs)", where, self.gpus)
+
+    def replicas(self, task: str) -> int:
+        """Running replicas of the task's deployment, as last counted."""
+        return self._replicas.get(self.app_name(task), 0)
+
+    def count(self) -> None:
+        """Count every deployment's running replicas (a call to Serve's controller)."""
+        from ray import serve
+
+        counts = {}
+        for name, app in serve.status().applications.items():
+            running = sum(
+                count
+                for deployment in app.deployments.values()
+                for state, count in deployment.replica_states.items()
+                if str(getattr(state, "value", state)) == "RUNNING"
+            )
+            counts[name] = running
+        self._replicas = counts
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.count)
+            except Exception as exc:  # the next count may work; the last one stands
+                log.warning("could not count the Ray replicas: %s", exc)
+            await asyncio.sleep(STATUS_EVERY_S)
+
+    def hold(self) -> None:
+        self._users += 1
+
+    async def release(self) -> None:
+        """The last backend gone: stop counting, and shut down a cluster started here."""
+        self._users -= 1
+        if self._users > 0:
+            return
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        if self._owned:
+            self._owned = False
+            await asyncio.to_thread(_shut_down_ray)
+
+
+def _shut_down_ray() -> None:
+    import ray
+
+    ray.shutdown()  # Serve and the replicas end with the cluster
+
+
+def _died(error: BaseException) -> bool:
+    return any(cls.__name__ in DEATHS for cls in type(error).__mro__)
+
+
+@dataclass
+class _Replicas:
+    """What the bot knows of the replicas that ran its batches."""
+
+    loaded: dict[str, list[LoadedModelInfo]] = field(default_factory=dict)
+    memory: dict[str, Memory] = field(default_factory=dict)
+
+
+class RayTaskBackend:
+    """One task's deployment: the executor's slot for that task, running as many batches at
+    once as it has replicas."""
+
+    def __init__(
+        self,
+        cluster: RayCluster,
+        task: Task[Any, Any],
+        spec: DeploymentSpec,
+        replica: ReplicaSpec,
+        *,
+        eager: bool = True,
+        gpu_share: float = 1.0,
+    ) -> None:
+        """``eager`` deploys when the executor starts; otherwise on the task's first batch
+        (``ask`` deploys only the task asked). ``gpu_share`` is what ``spec.gpus=None``
+        asks for on a cluster with GPUs."""
+        self.cluster = cluster
+        self.task = task
+        self.spec = spec
+        self.replica = replica
+        self.eager = eager
+        self.gpu_share = gpu_share
+        self.name = cluster.app_name(task.name)
+        self._handle: Any = None
+        self._deploying: asyncio.Future[Any] | None = None
+        self._held = False
+        self._closed = False
+        self._running_on: dict[int, str] = {}
+        """The replica actor running each batch, by id() of the batch, for ``abort``."""
+        self._seen = _Replicas()
+
+    @property
+    def gpus(self) -> float:
+        if self.spec.gpus is not None:
+            return self.spec.gpus
+        return self.gpu_share if self.cluster.gpus else 0.0
+
+    async def start(self) -> None:
+        if self._closed:
+            raise RuntimeError("the backend is closed")
+        if not self._held:
+            self.cluster.hold()
+            self._held = True
+        await self.cluster.connect()
+        if self.eager:
+            await self._deployed()
+
+    async def _deployed(self) -> Any:
+        """The deployment's handle, deploying it first (once, however many callers ask)."""
+        if self._handle is not None:
+            return self._handle
+        if self._deploying is None or (
+            self._deploying.done() and self._deploying.exception() is not None
+        ):
+            self._deploying = asyncio.ensure_future(self._deploy())
+        return await asyncio.shield(self._deploying)
+
+    async def _deploy(self) -> Any:
+        await self.cluster.connect()
+        handle = await asyncio.to_thread(self._run_app)
+        deadline = time.monotonic() + DEPLOY_TIMEOUT_S
+        while (status := await asyncio.to_thread(self._status)) != "RUNNING":
+            state, message = status
+            if state == "DEPLOY_FAILED" or time.monotonic() > deadline:
+                why = " ".join(message.split())[:400] or state
+                raise BackendUnavailable(f"{self.task.name}'s Ray deployment did not start: {why}")
+            await asyncio.sleep(0.2)
+        await asyncio.to_thread(self.cluster.count)
+        log.info(
+            "%s deployed on Ray: %d replica(s), %g GPU and %g CPU each",
+            self.task.name, self.cluster.replicas(self.task.name), self.gpus, self.spec.cpus,
+        )  # fmt: skip
+        self._handle = handle
+        return handle
+
+    def _run_app(self) -> Any:
+        # Serve builds a deployment's config under a process-wide pickling switch that its
+        # router thread flips too, when configs change (Ray 2.60): a clash fails the call
+        # before anything is sent, so it is tried again.
+        for attempt in range(DEPLOY_TRIES):
+            try:
+                with self.cluster.deploying:
+                    return self._send_app()
+            except ValueError as exc:
+                if "pickle by value" not in str(exc) or attempt == DEPLOY_TRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _send_app(self) -> Any:
+        """Send the deployment to Serve; its streaming handle."""
+        from ray import serve
+
+        spec = self.spec
+        scaling: dict[str, Any] = (
+            {
+                "autoscaling_config": {
+                    "min_replicas": spec.min_replicas,
+                    "max_replicas": spec.max_replicas,
+                    "target_ongoing_requests": spec.max_ongoing_requests,
+                }
+            }
+            if spec.autoscaling
+            else {"num_replicas": spec.max_replicas}
+        )
+        deployment = serve.deployment(TaskReplica).options(
+            name=self.task.name,
+            max_ongoing_requests=spec.max_ongoing_requests,
+            ray_actor_options={"num_cpus": spec.cpus, "num_gpus": self.gpus},
+            **scaling,
+        )
+        level = logging.getLevelName(max(self.replica.log_level, logging.WARNING))
+        target = serve.RunTarget(
+            deployment.bind(self.task, self.replica),
+            name=self.name,
+            route_prefix=None,
+            logging_config={"enable_access_log": False, "log_level": level},
+        )
+        (handle,) = serve.run_many([target], wait_for_applications_running=False)
+        return handle.options(stream=True)
+
+    def _status(self) -> str | tuple[str, str]:
+        """RUNNING, or the application's state and Serve's message about it."""
+        from ray import serve
+
+        app = serve.status().applications.get(self.name)
+        if app is None:
+            return ("NOT_STARTED", "")
+        state = str(getattr(app.status, "value", app.status))
+        if state == "RUNNING":
+            return state
+        messages = [app.message, *(d.message for d in app.deployments.values())]
+        return (state, "; ".join(m for m in messages if m))
+
+    def capacity(self) -> int:
+        """Running replicas times the batches each takes, and one more while an autoscaling
+        deployment may still grow: Serve scales on requests that wait for a replica."""
+        running = self.cluster.replicas(self.task.name)
+        spare = 1 if self.spec.autoscaling and running < self.spec.max_replicas else 0
+        return running * self.spec.max_ongoing_requests + spare
+
+    async def run(self, batch: BatchRun) -> list[Outcome | asyncio.Future[Any]]:
+        handle = await self._deployed()
+        try:
+            return await self._stream(handle, batch)
+        except Exception as exc:
+            if not _died(exc):
+                raise
+            log.warning("the Ray replica running a %s batch died (%s); retrying it once",
+                        self.task.name, type(exc).__name__)  # fmt: skip
+        if batch.should_stop():
+            return [JobCancelled("stopped")] * len(batch)
+        try:
+            return await self._stream(handle, batch)
+        except Exception as exc:
+            if not _died(exc):
+                raise
+            raise WorkerCrashed(
+                "its Ray replica died, and so did the one it was retried on"
+            ) from None
+
+    async def _stream(self, handle: Any, batch: BatchRun) -> list[Outcome]:
+        """One batch as one streaming request: events as they come, then the outcomes."""
+        from ray.serve.exceptions import RequestCancelledError
+
+        loop = asyncio.get_running_loop()
+        response = handle.run.remote(batch.model, batch.requests)
+        cancelling: list[asyncio.Future[Any]] = []
+
+        def cancel_when_all_abandoned() -> None:
+            if batch.should_stop() and not cancelling:  # cancel() may wait on Serve's router
+                cancelling.append(loop.run_in_executor(None, response.cancel))
+
+        batch.on_abandon = cancel_when_all_abandoned
+        cancel_when_all_abandoned()  # jobs cancelled while the batch was handed over
+        outcomes: list[Outcome] | None = None
+        try:
+            async for event in response:
+                kind = event[0]
+                if kind == "progress":
+                    batch.progress(event[2], event[3])
+                elif kind == "partial":
+                    batch.partial(event[2], event[3])
+                elif kind == "replica":
+                    self._running_on[id(batch)] = event[1]
+                elif kind == "outcomes":
+                    _, outcomes, loaded, memory = event
+                    replica = self._running_on.get(id(batch), "?")
+                    self._seen.loaded[replica] = loaded
+                    self._seen.memory[replica] = memory
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not cancelling or (current is not None and current.cancelling()):
+                if not cancelling:  # the engine gave up on the batch: so does the replica
+                    cancelling.append(loop.run_in_executor(None, response.cancel))
+                raise
+            # else cancelled by us before a replica took it
+        except RequestCancelledError:  # cancelled by us on the replica
+            if not batch.should_stop():
+                raise
+        finally:
+            batch.on_abandon = None
+            self._running_on.pop(id(batch), None)
+        if outcomes is None:
+            return [JobCancelled("stopped")] * len(batch)
+        return outcomes
+
+    async def abort(self, batch: BatchRun) -> None:
+        """Kill the replica whose batch would not stop; Serve starts another."""
+        name = self._running_on.get(id(batch))
+        if name is None:
+            return
+        log.error("killing Ray replica %s (%s)", name, self.task.name)
+        await asyncio.to_thread(_kill_replica, name)
+
+    async def preload(self, task: Task[Any, Any], model: str) -> None:
+        handle = await self._deployed()
+        if model not in self.replica.preload:  # those load as each replica starts
+            await handle.options(stream=False).preload.remote(model)
+
+    def loaded_models(self) -> list[LoadedModelInfo]:
+        return [info for infos in self._seen.loaded.values() for info in infos]
+
+    def device_memory(self) -> Memory:
+        return {
+            f"{device} ({replica.rsplit('#', 1)[-1]})": used
+            for replica, memory in self._seen.memory.items()
+            for device, used in memory.items()
+        }
+
+    async def close(self, timeout: float) -> None:
+        """Delete the deployment (its replicas release their GPUs)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._deploying is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(self._deploying), timeout)
+        if self._handle is not None:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(_delete_app, self.name), timeout)
+            except Exception as exc:
+                log.warning("could not delete the Ray deployment %s: %s", self.name, exc)
+        if self._held:
+            await self.cluster.release()
+
+
+def _kill_replica(name: str) -> None:
+    import ray
+
+    with contextlib.suppress(ValueError):  # gone already
+        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=False)
+
+
+def _delete_app(name: str) -> None:
+    from ray import serve
+
+    serve.delete(name)
+
+
+# Everything below runs in a replica.
+
+
+class _Events:
+    """A replica batch's progress and partial outputs, from its device thread to the
+    request's stream on the replica's event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        with contextlib.suppress(RuntimeError):  # the request has ended: nobody listens
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, message)
+
+
+def sendable(outcome: Outcome) -> Outcome:
+    """An outcome as it can cross to the bot: errors that pickle, results that pickle, or
+    their job's error."""
+    if isinstance(outcome, BaseException):
+        return portable(outcome)
+    try:
+        pickle.dumps(outcome)
+    except Exception as exc:
+        return unsendable(outcome, exc)
+    return outcome
+
+
+class TaskReplica:
+    """One replica of a task's deployment: a device thread that runs one batch at a time
+    through the registry, and a small pool that encodes results meanwhile."""
+
+    def __init__(self, task: Task[Any, Any], spec: ReplicaSpec) -> None:
+        import ray
+        from ray import serve
+
+        logging.getLogger("bot").setLevel(spec.log_level)
+        device = "cuda" if ray.get_gpu_ids() else "cpu"
+        self.task = task
+        self.registry = ModelRegistry(device, spec.dtype, spec.budget_bytes)
+        # Ray limits a replica's threads to its CPUs (often a fraction: one thread); the
+        # bot's own rule applies instead, as in a local worker.
+        threads = spec.torch_threads or default_torch_threads(device) or os.cpu_count() or 1
+        torch.set_num_threads(threads)
+        self.device = concurrent.futures.ThreadPoolExecutor(1, "replica-device")
+        self.encoders = concurrent.futures.ThreadPoolExecutor(spec.encoders, "replica-finish")
+        self.name = serve.get_replica_context().replica_id.to_full_id_str()
+        for model in spec.preload:
+            self.registry.get(task, model)
+
+    async def run(self, model: str, requests: Sequence[Any]) -> AsyncIterator[tuple[Any, ...]]:
+        """Stream ("replica", name), then progress and partial events as the batch runs, then
+        ("outcomes", outcomes, loaded models, device memory)."""
+        loop = asyncio.get_running_loop()
+        events = _Events(loop)
+        batch = RemoteBatch(0, self.task, model, requests, events)
+        done = loop.run_in_executor(self.device, self._execute, batch)
+        done.add_done_callback(lambda _: events.queue.put_nowait(None))
+        try:
+            yield ("replica", self.name)
+            while (event := await events.queue.get()) is not None:
+                yield event
+            outcomes = await done
+            if encodes(self.task):  # results encoded side by side in the replica's pool
+                encoding = {
+                    index: loop.run_in_executor(self.encoders, finish, self.task, outcome)
+                    for index, outcome in enumerate(outcomes)
+                    if not isinstance(outcome, BaseException)
+                }
+                for index, future in encoding.items():
+                    outcomes[index] = await future
+            yield (
+                "outcomes",
+                [sendable(o) for o in outcomes],
+                self.registry.snapshot(),
+                cuda_memory(),
+            )
+        finally:
+            if not done.done():  # cancelled: stop between steps, and hold the request until
+                batch.stop(range(len(requests)))  # the device is free for the next one
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(done)
+
+    def _execute(self, batch: RemoteBatch) -> list[Outcome]:
+        """Raw outcomes; rows of a continuous batch are waited for here (their text streams
+        meanwhile), since the request carries every outcome back at once."""
+        outcomes = execute(self.registry, batch)
+        return [_settled(o) if isinstance(o, concurrent.futures.Future) else o for o in outcomes]
+
+    async def preload(self, model: str) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.device, self.registry.get, self.task, model)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.registry.unload_all()
+
+
+def _settled(row: concurrent.futures.Future[Any]) -> Outcome:
+    """A continuous batch's row once it ended, as a local worker reports it."""
+    try:
+        return row.result()
+    except (concurrent.futures.CancelledError, BatchStopped):
+        return JobCancelled("stopped")
+    except (HandlerError, JobFailed) as exc:
+        return exc
+    except Exception as exc:
+        return JobFailed(exc)
