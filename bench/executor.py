@@ -3,11 +3,16 @@
     python bench/executor.py --device cpu --json out.json
     python bench/executor.py --device cuda --full-size --json out.json
     [--worker process|thread]   (the models in a worker process, as the bot runs them, or a thread)
+    [--backend ray]             (then the same workloads again through a Ray Serve deployment
+                                 per task on a local Ray, and what each batch costs more)
 
 For each workload, in the same run: 64 simulated users send requests back to back,
 first through a naive path (one direct model call per request, FIFO, on one thread, as
 Discord AI bots commonly do), then through the executor. Then a lone request's latency
-through both. The event loop's lag is sampled while the executor is saturated.
+through both. The event loop's lag is sampled while the executor is saturated. With
+``--backend ray`` the same again through Ray; then lone requests (one batch each) through
+the local backend and Ray in turn: the difference of their medians is what Ray adds to each
+batch.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import os
 import resource
 import statistics
 import sys
@@ -35,7 +41,7 @@ from bench.workloads import Workload, workloads  # noqa: E402
 from bot.executor import Backend, Executor, ExecutorConfig, LocalBackend, ModelRegistry  # noqa: E402
 from bot.executor.config import default_limits  # noqa: E402
 from bot.executor.process import ProcessBackend, WorkerSpec  # noqa: E402
-from handlers.base import LoadSpec  # noqa: E402
+from handlers.base import LoadSpec, Task  # noqa: E402
 
 TASKS = ("classifier", "seq2seq", "image")
 
@@ -163,6 +169,7 @@ async def bench_workload(
             1000 * (statistics.median(alone_engine) - statistics.median(alone_direct)), 2
         ),
         "lone_direct_ms": round(1000 * statistics.median(alone_direct), 2),
+        "lone_engine_ms": round(1000 * statistics.median(alone_engine), 2),
         "loop_lag_p99_ms": round(1000 * percentile(engine_lags, 0.99), 2),
         "loop_lag_max_ms": round(1000 * max(engine_lags), 2),
         "naive_loop_lag_p99_ms": round(1000 * percentile(naive_lags, 0.99), 2),
@@ -190,19 +197,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
         "worker": args.worker,
+        "backend": args.backend,
         "full_size": args.full_size,
         "users": args.users,
         "tasks": {},
     }
     async with executor:
-        for name, work in zip(names, chosen, strict=True):
-            started = time.perf_counter()
-            result["tasks"][name] = await bench_workload(work, executor, registry, args.users, lag)
-            result["tasks"][name]["seconds"] = round(time.perf_counter() - started, 1)
-            stats = {(m.task): m for m in executor.snapshot().models}[work.task.name]
-            result["tasks"][name]["batch_sizes"] = stats.batch_sizes
-            print(f"{name}: {result['tasks'][name]}", file=sys.stderr, flush=True)
+        result["tasks"] = await each_workload(executor, chosen, names, registry, args.users, lag)
         worker_gpu = sum(reserved for _, reserved in backend.device_memory().values())
+        if args.backend == "ray":
+            on_ray = ray_executor(tasks, {w.task.name: w.model for w in chosen}, config)
+            async with on_ray:
+                result["ray"] = await each_workload(
+                    on_ray, chosen, names, registry, args.users, lag
+                )
+                for name, work in zip(names, chosen, strict=True):
+                    added = await added_per_batch(work, executor, on_ray)
+                    result["ray"][name].update(added)
     result["loop_lag_p99_ms"] = round(1000 * percentile(lag.samples, 0.99), 2)
     result["loop_lag_max_ms"] = round(1000 * max(lag.samples), 2)
     if args.device.startswith("cuda"):  # the naive path's here, the engine's in its worker
@@ -215,6 +226,67 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+async def each_workload(
+    executor: Executor,
+    chosen: list[Workload],
+    names: list[str],
+    registry: ModelRegistry,
+    users: int,
+    lag: LoopLag,
+) -> dict[str, dict[str, Any]]:
+    figures: dict[str, dict[str, Any]] = {}
+    for name, work in zip(names, chosen, strict=True):
+        started = time.perf_counter()
+        figures[name] = await bench_workload(work, executor, registry, users, lag)
+        figures[name]["seconds"] = round(time.perf_counter() - started, 1)
+        stats = {(m.task): m for m in executor.snapshot().models}[work.task.name]
+        figures[name]["batch_sizes"] = stats.batch_sizes
+        print(f"{name}: {figures[name]}", file=sys.stderr, flush=True)
+    return figures
+
+
+async def added_per_batch(work: Workload, local: Executor, on_ray: Executor) -> dict[str, float]:
+    """A lone request (one batch) through each backend in turn, both started and warm, so
+    that the machine's own ups and downs weigh on both alike: the median difference is what
+    Ray adds to a batch."""
+    times: dict[Executor, list[float]] = {local: [], on_ray: []}
+    for turn in range(2 * work.lone_repeats):
+        for executor in (local, on_ray) if turn % 2 else (on_ray, local):
+            start = time.perf_counter()
+            await executor.submit(work.task.name, work.make_request(), user_id="lone")
+            times[executor].append(time.perf_counter() - start)
+    local_ms, ray_ms = (1000 * statistics.median(times[e]) for e in (local, on_ray))
+    return {
+        "lone_local_ms": round(local_ms, 2),
+        "lone_ray_ms": round(ray_ms, 2),
+        "added_ms_per_batch": round(ray_ms - local_ms, 2),
+    }
+
+
+def ray_executor(
+    tasks: dict[str, Task[Any, Any]], models: dict[str, str], config: ExecutorConfig
+) -> Executor:
+    """A deployment of one replica per task on a local Ray with every core, as a bot on one
+    machine would run with BOT_BACKEND=ray."""
+    import ray
+
+    from bot.executor.ray_backend import DeploymentSpec, RayCluster, RayTaskBackend, ReplicaSpec
+
+    # The replicas import the benchmark's tasks, which live beside the package.
+    ray.init(
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+    )
+    cluster = RayCluster(prefix="bench")
+    spec = DeploymentSpec(cpus=0.1)
+    backends = {
+        name: RayTaskBackend(cluster, task, spec, ReplicaSpec()) for name, task in tasks.items()
+    }
+    return Executor(tasks, models, backends, config)
+
+
 def table(result: dict[str, Any]) -> str:
     head = f"{'task':<11}{'naive rps':>11}{'engine rps':>12}{'speedup':>9}"
     head += f"{'p50 ms':>9}{'p99 ms':>9}{'lone +ms':>10}"
@@ -223,6 +295,12 @@ def table(result: dict[str, Any]) -> str:
         lines.append(
             f"{name:<11}{t['naive_rps']:>11.1f}{t['engine_rps']:>12.1f}{t['speedup']:>8.1f}x"
             f"{t['p50_ms']:>9.1f}{t['p99_ms']:>9.1f}{t['lone_overhead_ms']:>10.2f}"
+        )
+    for name, t in result.get("ray", {}).items():
+        lines.append(
+            f"{name + ' (ray)':<11}{'':>11}{t['engine_rps']:>12.1f}{'':>9}{t['p50_ms']:>9.1f}"
+            f"{t['p99_ms']:>9.1f}{t['lone_overhead_ms']:>10.2f}"
+            f"  +{t['added_ms_per_batch']} ms/batch"
         )
     lines.append(
         f"loop lag p99: {result['loop_lag_p99_ms']} ms   peak memory: {result['peak_mem_mb']} MB"
@@ -240,6 +318,9 @@ def main() -> None:
     parser.add_argument("--cpu-workers", type=int, default=2, help="result-encoding threads")
     parser.add_argument(
         "--worker", choices=["process", "thread"], default="process", help="where models run"
+    )
+    parser.add_argument(
+        "--backend", choices=["local", "ray"], default="local", help="also through Ray Serve"
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

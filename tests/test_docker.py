@@ -165,3 +165,23 @@ def test_the_vllm_compose_file_points_the_bots_chat_at_its_server() -> None:
         "BOT_CHAT__OPENAI__MODEL": served,
     }
     assert bot["depends_on"]["vllm"]["condition"] == "service_healthy"
+
+
+def test_the_ray_compose_file_runs_the_bot_as_a_node_of_a_cluster_with_a_worker_per_gpu() -> None:
+    services = yaml.safe_load((ROOT / "compose.ray.yaml").read_text())["services"]
+    head, bot = services["ray-head"], services["bot"]
+    assert "pip install --no-cache-dir '/app[ray]'" in head["build"]["dockerfile_inline"]
+    assert {s["image"] for s in services.values()} == {"assistant-bot-ray"}  # one Ray version
+    workers = [s for name, s in services.items() if name.startswith("ray-gpu-")]
+    cards = [w["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] for w in workers]
+    assert sorted(cards) == [["0"], ["1"]]
+    assert all("--address=ray-head:6379" in w["command"] for w in workers)
+    # The bot joins as a node and drives the cluster from there (auto), never through ray://.
+    assert bot["command"][-1].startswith("ray start --address=ray-head:6379")
+    assert bot["command"][-1].endswith("exec python -m bot run")
+    assert (bot["environment"]["BOT_BACKEND"], bot["environment"]["BOT_RAY__ADDRESS"]) == (
+        "ray",
+        "auto",
+    )
+    assert all(s["environment"]["RAY_AUTH_MODE"] == "token" for s in services.values())
+    assert "deploy" not in bot  # its GPUs are the workers'

@@ -95,7 +95,8 @@ async def test_a_batch_runs_on_a_replica_with_its_events(engine: Executor) -> No
     assert isinstance(done, Done) and done.value == "HELLO"
     assert done.model_pid != os.getpid() and done.finish_pid == done.model_pid
     assert done.finish_thread.startswith("replica-finish")  # encoded on the replica
-    assert [(e.step, e.total) for e in events if e.step] == [(1, 2), (2, 2)]
+    steps = [(e.step, e.total) for e in events if e.step]  # the newest, when they come fast
+    assert steps in ([(1, 2), (2, 2)], [(2, 2)])
     assert [e.partial for e in events if e.partial] == ["h"]
     assert events[-1].state is JobState.DONE
     loaded = engine.snapshot().loaded
@@ -109,6 +110,16 @@ async def test_errors_cross_with_their_type_and_details(engine: Executor) -> Non
     assert isinstance(results[0], Done)
     assert isinstance(results[1], JobFailed) and "cannot process bad" in str(results[1])
     assert isinstance(results[2], InvalidInput) and results[2].option == "value"
+
+
+async def test_doctor_shows_the_cluster_and_the_replicas(engine: Executor) -> None:
+    settings = Settings(backend="ray", ray={"address": "auto", "prefix": PREFIX})
+    rows = {row.check: row for row in check_ray(settings)}
+    assert rows["ray cluster"].status is Status.OK
+    assert "2 CPUs, no GPU" in rows["ray cluster"].detail
+    deployed = rows["ray remote"]
+    assert deployed.status is Status.OK and "replicas running" in deployed.detail
+    assert rows["ray sentiment"].detail.startswith("not deployed")
 
 
 async def test_two_replicas_run_two_batches_at_once(engine: Executor, tmp_path: Path) -> None:
@@ -161,16 +172,6 @@ async def test_a_batch_whose_replicas_die_twice_fails_clearly_and_the_bot_serves
     after = await asyncio.wait_for(engine.submit("remote", Order("after"), user_id="d"), WAIT_S)
     assert after.value == "AFTER"
     assert engine.health().ok
-
-
-async def test_doctor_shows_the_cluster_and_the_replicas(engine: Executor) -> None:
-    settings = Settings(backend="ray", ray={"address": "auto", "prefix": PREFIX})
-    rows = {row.check: row for row in check_ray(settings)}
-    assert rows["ray cluster"].status is Status.OK
-    assert "2 CPUs, no GPU" in rows["ray cluster"].detail
-    deployed = rows["ray remote"]
-    assert deployed.status is Status.OK and "replicas running" in deployed.detail
-    assert rows["ray sentiment"].detail.startswith("not deployed")
 
 
 @pytest.fixture(scope="module")

@@ -111,6 +111,7 @@ NOT_RUN: dict[str, Refusal] = {
     "python -m bot run": NEEDS_DISCORD,
     "python -m bot sync": NEEDS_DISCORD,
     "HF_HUB_OFFLINE=1 python -m bot run": NEEDS_DISCORD,
+    "BOT_BACKEND=ray python -m bot run": NEEDS_DISCORD,
 }
 """Commands as printed (optional parts dropped) that are checked for their refusal instead."""
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -59,6 +60,9 @@ free or add the GPUs they ask for) before the bot says what Serve reports."""
 DEPLOY_TRIES = 5
 STATUS_EVERY_S = 2.0
 """How often the replicas of each deployment are counted, for the batches kept in flight."""
+EVENTS_EVERY_S = 0.1
+"""Least time between two messages of progress and streamed text from a replica (the
+newest of each goes): a live stream for a member, a few messages per batch for Serve."""
 DEATHS = (
     "ActorDiedError",
     "ActorUnavailableError",
@@ -428,18 +432,16 @@ class RayTaskBackend:
         outcomes: list[Outcome] | None = None
         try:
             async for event in response:
-                kind = event[0]
-                if kind == "progress":
-                    batch.progress(event[2], event[3])
-                elif kind == "partial":
-                    batch.partial(event[2], event[3])
-                elif kind == "replica":
-                    self._running_on[id(batch)] = event[1]
+                kind, replica = event[0], event[1]
+                self._running_on[id(batch)] = replica
+                if kind == "events":
+                    for news in event[2]:
+                        if news[0] == "progress":
+                            batch.progress(news[2], news[3])
+                        else:
+                            batch.partial(news[2], news[3])
                 elif kind == "outcomes":
-                    _, outcomes, loaded, memory = event
-                    replica = self._running_on.get(id(batch), "?")
-                    self._seen.loaded[replica] = loaded
-                    self._seen.memory[replica] = memory
+                    _, _, outcomes, self._seen.loaded[replica], self._seen.memory[replica] = event
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if not cancelling or (current is not None and current.cancelling()):
@@ -471,11 +473,16 @@ class RayTaskBackend:
             await handle.options(stream=False).preload.remote(model)
 
     def loaded_models(self) -> list[LoadedModelInfo]:
-        return [info for infos in self._seen.loaded.values() for info in infos]
+        """As each replica last reported them, its devices named after it."""
+        return [
+            dataclasses.replace(info, device=_on(replica, info.device))
+            for replica, infos in self._seen.loaded.items()
+            for info in infos
+        ]
 
     def device_memory(self) -> Memory:
         return {
-            f"{device} ({replica.rsplit('#', 1)[-1]})": used
+            _on(replica, device): used
             for replica, memory in self._seen.memory.items()
             for device, used in memory.items()
         }
@@ -495,6 +502,11 @@ class RayTaskBackend:
                 log.warning("could not delete the Ray deployment %s: %s", self.name, exc)
         if self._held:
             await self.cluster.release()
+
+
+def _on(replica: str, device: str) -> str:
+    """A replica's device, told apart from another replica's: "cuda:0 (abc123)"."""
+    return f"{device} ({replica.rsplit('#', 1)[-1]})"
 
 
 def _kill_replica(name: str) -> None:
@@ -524,6 +536,32 @@ class _Events:
     def send(self, message: tuple[Any, ...]) -> None:
         with contextlib.suppress(RuntimeError):  # the request has ended: nobody listens
             self.loop.call_soon_threadsafe(self.queue.put_nowait, message)
+
+    async def news(
+        self, not_before: float, within: float | None = None
+    ) -> tuple[list[tuple[Any, ...]], bool]:
+        """What happened since the last call, gathered until ``not_before`` (loop time) or
+        the batch's end, and whether it has ended: only the newest progress and partial
+        output of each job, since a member sees the latest and every message through Serve
+        costs a little. Nothing, if nothing happened ``within`` seconds."""
+        try:
+            waiting = [await asyncio.wait_for(self.queue.get(), within)]
+        except TimeoutError:
+            return [], False
+        while None not in waiting and (left := not_before - self.loop.time()) > 0:
+            try:
+                waiting.append(await asyncio.wait_for(self.queue.get(), left))
+            except TimeoutError:
+                break
+        while not self.queue.empty():
+            waiting.append(self.queue.get_nowait())
+        latest: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        for event in waiting:
+            if event is not None:
+                key = ("progress",) if event[0] == "progress" else ("partial", event[2])
+                latest.pop(key, None)
+                latest[key] = event
+        return list(latest.values()), None in waiting
 
 
 def sendable(outcome: Outcome) -> Outcome:
@@ -561,17 +599,26 @@ class TaskReplica:
             self.registry.get(task, model)
 
     async def run(self, model: str, requests: Sequence[Any]) -> AsyncIterator[tuple[Any, ...]]:
-        """Stream ("replica", name), then progress and partial events as the batch runs, then
-        ("outcomes", outcomes, loaded models, device memory)."""
+        """Stream ("events", name, progress and partial outputs) as the batch runs, then
+        ("outcomes", name, outcomes, loaded models, device memory); a batch that has said
+        nothing for a while says ("replica", name), so that the bot can end it if it hangs."""
         loop = asyncio.get_running_loop()
         events = _Events(loop)
         batch = RemoteBatch(0, self.task, model, requests, events)
         done = loop.run_in_executor(self.device, self._execute, batch)
         done.add_done_callback(lambda _: events.queue.put_nowait(None))
         try:
-            yield ("replica", self.name)
-            while (event := await events.queue.get()) is not None:
-                yield event
+            ended, named, sent = False, False, loop.time()
+            while not ended:
+                news, ended = await events.news(
+                    sent + EVENTS_EVERY_S, None if named else EVENTS_EVERY_S
+                )
+                if news:
+                    yield ("events", self.name, news)
+                elif not ended and not named:
+                    yield ("replica", self.name)
+                named = named or bool(news) or not ended
+                sent = loop.time() if news else sent
             outcomes = await done
             if encodes(self.task):  # results encoded side by side in the replica's pool
                 encoding = {
@@ -583,6 +630,7 @@ class TaskReplica:
                     outcomes[index] = await future
             yield (
                 "outcomes",
+                self.name,
                 [sendable(o) for o in outcomes],
                 self.registry.snapshot(),
                 cuda_memory(),
