@@ -284,6 +284,7 @@ async def start_executor(
     one task); without it every task is prepared and one that fails is only logged, so
     the bot still serves the others.
     """
+    tasks = None if tasks is None else list(tasks)
     if settings.backend == "local":  # on Ray, the replicas find their own devices
         for device in settings.devices():
             check_device(resolve_device(device))
