@@ -140,7 +140,8 @@ class RayCluster:
         self.prefix = prefix
         self.gpus = 0.0
         self._connecting: asyncio.Future[None] | None = None
-        self._owned = False
+        self.owned = False
+        """Whether the cluster was started here (and ends with the bot)."""
         self._users = 0
         self._replicas: dict[str, int] = {}
         self._watcher: asyncio.Task[None] | None = None
@@ -182,7 +183,7 @@ class RayCluster:
                 raise BackendUnavailable(
                     f"cannot reach the Ray cluster at {where}: {reason}"
                 ) from None
-            self._owned = True
+            self.owned = True
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # a line per deployment step
         try:  # handles only: no HTTP proxy (and no port) for the deployments
             serve.start(proxy_location="Disabled")
@@ -231,8 +232,8 @@ class RayCluster:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
-        if self._owned:
-            self._owned = False
+        if self.owned:
+            self.owned = False
             await asyncio.to_thread(_shut_down_ray)
 
 
@@ -488,14 +489,15 @@ class RayTaskBackend:
         }
 
     async def close(self, timeout: float) -> None:
-        """Delete the deployment (its replicas release their GPUs)."""
+        """Delete the deployment (its replicas release their GPUs; Serve stops them after the
+        bot has gone), or leave it to end with a cluster started here."""
         if self._closed:
             return
         self._closed = True
         if self._deploying is not None:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(self._deploying), timeout)
-        if self._handle is not None:
+        if self._handle is not None and not self.cluster.owned:
             try:
                 await asyncio.wait_for(asyncio.to_thread(_delete_app, self.name), timeout)
             except Exception as exc:
@@ -519,7 +521,7 @@ def _kill_replica(name: str) -> None:
 def _delete_app(name: str) -> None:
     from ray import serve
 
-    serve.delete(name)
+    serve.delete(name, _blocking=False)
 
 
 # Everything below runs in a replica.
