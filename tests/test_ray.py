@@ -59,7 +59,10 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray() -> Iterator[None]:
-    """A local Ray with 2 CPUs for this module; the backends find it connected and leave it."""
+    """A local Ray with 2 CPUs for this module; the backends find it connected and leave it.
+    Ray sets its own SIGTERM handler when started on the main thread (the bot starts it on
+    another): the test's handlers are put back after it."""
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
     ray.init(
         num_cpus=2,
         include_dashboard=False,
@@ -70,6 +73,8 @@ def local_ray() -> Iterator[None]:
     yield
     serve.shutdown()
     ray.shutdown()
+    for number, handler in handlers.items():
+        signal.signal(number, handler)
 
 
 def remote_executor(task: RemoteTask, replicas: int = 2) -> Executor:
