@@ -77,6 +77,24 @@ def local_ray() -> Iterator[None]:
         signal.signal(number, handler)
 
 
+@pytest.mark.parametrize(
+    ("address", "owned"), [(None, True), ("auto", False), ("head:6379", False)]
+)
+def test_only_a_ray_started_by_the_bot_ends_with_it(
+    address: str | None, owned: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cluster the bot joined is not shut down when it stops, so its deployments are
+    deleted instead; unset, the bot starts a Ray of its own even if one runs here."""
+    inits: list[dict[str, Any]] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **options: inits.append(options))
+    monkeypatch.setattr(serve, "start", lambda **options: None)
+    cluster = RayCluster(address)
+    cluster._connect()
+    assert cluster.owned is owned
+    assert [init["address"] for init in inits] == [address or "local"]
+
+
 def remote_executor(task: RemoteTask, replicas: int = 2) -> Executor:
     """The remote task as a deployment of ``replicas``, each taking one batch at a time."""
     spec = DeploymentSpec(cpus=0.1, min_replicas=replicas, max_replicas=replicas)

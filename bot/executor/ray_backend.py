@@ -170,7 +170,9 @@ class RayCluster:
         if not ray.is_initialized():
             try:
                 ray.init(
-                    address=self.address,
+                    # "local": a Ray of the bot's own, never one found running on this machine
+                    # (which ray.init's default would join, and the bot would then shut down).
+                    address=self.address or "local",
                     num_cpus=None if self.address else self.num_cpus,
                     include_dashboard=False if not self.address else None,
                     # Ray's start-up notes (its SIGTERM handler is the bot's to set, token
@@ -183,7 +185,7 @@ class RayCluster:
                 raise BackendUnavailable(
                     f"cannot reach the Ray cluster at {where}: {reason}"
                 ) from None
-            self.owned = True
+            self.owned = self.address is None  # a cluster joined outlives the bot
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # a line per deployment step
         try:  # handles only: no HTTP proxy (and no port) for the deployments
             serve.start(proxy_location="Disabled")
