@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -204,7 +205,10 @@ class RayDeploymentSettings(BaseModel):
     @model_validator(mode="after")
     def _replica_range(self) -> RayDeploymentSettings:
         if self.min_replicas > self.max_replicas:
-            raise ValueError("min_replicas must not exceed max_replicas")
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) must not exceed max_replicas "
+                f"({self.max_replicas})"
+            )
         return self
 
 
@@ -238,15 +242,29 @@ class RaySettings(RayDeploymentSettings):
 
     @field_validator("tasks")
     @classmethod
-    def _known_task_settings(
+    def _known_tasks(
         cls, tasks: dict[str, dict[str, float | None]]
     ) -> dict[str, dict[str, float | None]]:
         unknown = sorted(set(tasks) - set(ModelSettings.model_fields))
         if unknown:
             raise ValueError(f"unknown task(s) {', '.join(unknown)}")
-        for overrides in tasks.values():
-            RayDeploymentSettings(**overrides)  # type: ignore[arg-type]
         return tasks
+
+    @model_validator(mode="after")
+    def _task_deployments(self) -> RaySettings:
+        """Each task's changes checked as merged with the defaults they change (min_replicas
+        3 is fine beside a default max_replicas of 4), so that a bad one is refused here and
+        not when its deployment is built."""
+        for task in self.tasks:
+            try:
+                self.deployment(task)
+            except ValidationError as exc:
+                problems = "; ".join(
+                    ": ".join([*map(str, error["loc"]), error["msg"].removeprefix("Value error, ")])
+                    for error in exc.errors()
+                )
+                raise ValueError(f"tasks[{task!r}]: {problems}") from None
+        return self
 
     def deployment(self, task: str) -> RayDeploymentSettings:
         """The task's deployment: the defaults with its own changes."""

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from bot.cli import main
-from bot.settings import Settings
+from bot.settings import RaySettings, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,20 @@ def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BOT_PRELOAD", '["sentiment", "dance"]')
     with pytest.raises(ValidationError, match="dance"):
         Settings()
+
+
+def test_a_tasks_ray_replicas_are_checked_with_the_defaults_it_changes() -> None:
+    imagine = RaySettings(max_replicas=4, tasks={"imagine": {"min_replicas": 3}}).deployment(
+        "imagine"
+    )
+    assert (imagine.min_replicas, imagine.max_replicas) == (3, 4)
+    with pytest.raises(
+        ValidationError,
+        match=r"tasks\['imagine'\]: min_replicas \(2\) must not exceed max_replicas \(1\)",
+    ):
+        RaySettings(min_replicas=2, max_replicas=2, tasks={"imagine": {"max_replicas": 1}})
+    with pytest.raises(ValidationError, match=r"tasks\['chat'\]: gpus: Extra inputs"):
+        RaySettings(tasks={"chat": {"gpus": 1}})
 
 
 def test_env_example_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
