@@ -188,7 +188,13 @@ def ray_backends(
             preload=(models[name],) if name in settings.preload else (),
         )
         backends[name] = RayTaskBackend(
-            cluster, task, spec, replica, eager=name in wanted, gpu_share=auto_gpus(len(on_device))
+            cluster,
+            task,
+            spec,
+            replica,
+            eager=name in wanted,
+            required=eager is not None,  # a task asked for; the bot serves on without one
+            gpu_share=auto_gpus(len(on_device)),
         )
     return backends
 

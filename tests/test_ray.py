@@ -28,12 +28,14 @@ from ray import serve
 from bot.app import start_executor
 from bot.doctor import Status, check_ray
 from bot.executor import (
+    BackendUnavailable,
     Executor,
     ExecutorConfig,
     JobCancelled,
     JobFailed,
     JobState,
     WorkerCrashed,
+    ray_backend,
 )
 from bot.executor.ray_backend import DeploymentSpec, RayCluster, RayTaskBackend, ReplicaSpec
 from bot.settings import Settings
@@ -195,6 +197,49 @@ async def test_a_batch_whose_replicas_die_twice_fails_clearly_and_the_bot_serves
     after = await asyncio.wait_for(engine.submit("remote", Order("after"), user_id="d"), WAIT_S)
     assert after.value == "AFTER"
     assert engine.health().ok
+
+
+def unplaceable_executor(name: str, required: bool) -> Executor:
+    """A deployment whose replica asks for more CPUs than the cluster has: it never starts."""
+    task = RemoteTask(name)
+    backend = RayTaskBackend(
+        RayCluster(prefix=PREFIX), task, DeploymentSpec(cpus=64), ReplicaSpec(), required=required
+    )
+    config = ExecutorConfig(limits={kind: limits() for kind in TaskKind})
+    return Executor({task.name: task}, {task.name: "remote-model"}, {task.name: backend}, config)
+
+
+async def test_a_deployment_that_cannot_start_fails_its_jobs_not_the_bot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ray_backend, "DEPLOY_TIMEOUT_S", 1.0)
+    async with unplaceable_executor(
+        "unplaceable", required=False
+    ) as executor:  # the bot starts without it
+        job = executor.submit("unplaceable", Order("x"), user_id="u")  # deployed again, in vain
+        with pytest.raises(BackendUnavailable, match="unplaceable's Ray deployment did not start"):
+            await asyncio.wait_for(job, WAIT_S)
+    asked = unplaceable_executor("asked", required=True)  # ``ask``'s task: no start without it
+    try:
+        with pytest.raises(BackendUnavailable, match="did not start"):
+            await asyncio.wait_for(asked.start(), WAIT_S)
+    finally:
+        await asked.shutdown()
+
+
+async def test_a_lazy_deployment_scaled_to_zero_is_ready_before_its_first_batch() -> None:
+    """The executor starts a backend again before each batch's clock: the deploy, and a
+    replica started from zero, do not count against the batch's limit."""
+    spec = DeploymentSpec(cpus=0.1, min_replicas=0, max_replicas=1)
+    task = RemoteTask("lazy")
+    backend = RayTaskBackend(RayCluster(prefix=PREFIX), task, spec, ReplicaSpec(), eager=False)
+    try:
+        await asyncio.wait_for(backend.start(), WAIT_S)  # the executor's start
+        assert backend.name not in serve.status().applications
+        await asyncio.wait_for(backend.start(), WAIT_S)  # before its first batch
+        assert backend.cluster.replicas(task.name) == 1
+    finally:
+        await backend.close(WAIT_S)
 
 
 @pytest.fixture(scope="module")

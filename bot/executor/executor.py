@@ -20,6 +20,7 @@ from typing import Any
 from bot.executor.backend import Backend, BatchRun, Outcome
 from bot.executor.config import ClassLimits, ExecutorConfig
 from bot.executor.errors import (
+    BackendUnavailable,
     Busy,
     ExecutionTimeout,
     ExecutorError,
@@ -414,6 +415,8 @@ class Executor:
             await backend.start()  # a worker being replaced starts before the batch's clock
         except Exception as exc:
             log.error("no worker for a %s batch: %s", run.task.name, exc)
+            if isinstance(exc, BackendUnavailable):  # e.g. its Ray deployment cannot start
+                return [exc] * len(run)
             return [WorkerCrashed(f"no worker could start: {exc}")] * len(run)
         self._on_device_since[batch] = self._clock()
         try:

@@ -269,20 +269,27 @@ class RayTaskBackend:
         replica: ReplicaSpec,
         *,
         eager: bool = True,
+        required: bool = False,
         gpu_share: float = 1.0,
     ) -> None:
-        """``eager`` deploys when the executor starts; otherwise on the task's first batch
-        (``ask`` deploys only the task asked). ``gpu_share`` is what ``spec.gpus=None``
-        asks for on a cluster with GPUs."""
+        """``eager`` deploys when the executor starts; otherwise before the task's first
+        batch (``ask`` deploys only the task asked). An eager deployment that fails is
+        logged, and deployed again before the task's next batch, so that the bot serves the
+        other tasks; ``required`` makes it fail the start instead (``ask``'s task).
+        ``gpu_share`` is what ``spec.gpus=None`` asks for on a cluster with GPUs."""
         self.cluster = cluster
         self.task = task
         self.spec = spec
         self.replica = replica
         self.eager = eager
+        self.required = required
         self.gpu_share = gpu_share
         self.name = cluster.app_name(task.name)
         self._handle: Any = None
         self._deploying: asyncio.Future[Any] | None = None
+        self._waking: asyncio.Future[None] | None = None
+        self._started = False
+        """Whether the executor's own start has been: every later start precedes a batch."""
         self._held = False
         self._closed = False
         self._running_on: dict[int, str] = {}
@@ -296,14 +303,54 @@ class RayTaskBackend:
         return self.gpu_share if self.cluster.gpus else 0.0
 
     async def start(self) -> None:
+        """Connect, and deploy if ``eager``. The executor starts a backend again before each
+        batch, ahead of the batch's clock: that start deploys the task if it is not yet, and
+        wakes a deployment scaled to zero, so that neither counts against the batch's limit."""
         if self._closed:
             raise RuntimeError("the backend is closed")
         if not self._held:
             self.cluster.hold()
             self._held = True
         await self.cluster.connect()
-        if self.eager:
+        first, self._started = not self._started, True
+        if first and not self.eager:
+            return
+        try:
             await self._deployed()
+        except BackendUnavailable as exc:
+            if not first or self.required:
+                raise
+            log.error("%s; it is deployed again before its next batch", exc)
+            return
+        if not first:
+            await self._replica_running()
+
+    async def _replica_running(self) -> None:
+        """Wait for a replica of a deployment scaled to zero: Serve starts one for the
+        request sent here (once, however many batches wait)."""
+        if self.spec.min_replicas > 0 or self.cluster.replicas(self.task.name) > 0:
+            return
+        if self._waking is None or self._waking.done():
+            self._waking = asyncio.ensure_future(self._wake())
+        await asyncio.shield(self._waking)
+
+    async def _wake(self) -> None:
+        handle = await self._deployed()
+        log.info("starting a replica of %s (scaled to zero)", self.task.name)
+        response = handle.options(stream=False).ready.remote()
+        try:
+            await asyncio.wait_for(response, DEPLOY_TIMEOUT_S)
+        except TimeoutError:
+            _cancel(response)
+            status = await asyncio.to_thread(self._status)
+            why = (
+                "" if status == "RUNNING" else " (" + " ".join(" ".join(status).split())[:400] + ")"
+            )
+            raise BackendUnavailable(
+                f"{self.task.name}'s Ray deployment started no replica within "
+                f"{DEPLOY_TIMEOUT_S:.0f}s{why}"
+            ) from None
+        await asyncio.to_thread(self.cluster.count)
 
     async def _deployed(self) -> Any:
         """The deployment's handle, deploying it first (once, however many callers ask)."""
@@ -471,8 +518,10 @@ class RayTaskBackend:
         await asyncio.to_thread(_kill_replica, name)
 
     async def preload(self, task: Task[Any, Any], model: str) -> None:
-        handle = await self._deployed()
-        if model not in self.replica.preload:  # those load as each replica starts
+        """Load ``model`` on a replica. Those of ``ReplicaSpec.preload`` load as each replica
+        starts, whenever the deployment is made: nothing to do (nor to deploy) for them."""
+        if model not in self.replica.preload:
+            handle = await self._deployed()
             await handle.options(stream=False).preload.remote(model)
 
     def loaded_models(self) -> list[LoadedModelInfo]:
@@ -506,6 +555,31 @@ class RayTaskBackend:
                 log.warning("could not delete the Ray deployment %s: %s", self.name, exc)
         if self._held:
             await self.cluster.release()
+
+
+def _cancel(response: Any) -> asyncio.Future[None]:
+    """Cancel a Serve request, best effort: a failure is logged, never raised. Serve's cancel
+    blocks on its router when that runs in a loop of its own (the default), so it runs off
+    the event loop then; with the router on this loop, it touches this loop's futures and
+    runs here."""
+    loop = asyncio.get_running_loop()
+    if getattr(response, "_is_router_running_in_separate_loop", True):
+        cancelling = loop.run_in_executor(None, response.cancel)
+    else:
+        cancelling = loop.create_future()
+        try:
+            response.cancel()
+        except Exception as exc:
+            cancelling.set_exception(exc)
+        else:
+            cancelling.set_result(None)
+    cancelling.add_done_callback(_log_cancel_failure)
+    return cancelling
+
+
+def _log_cancel_failure(cancelling: asyncio.Future[None]) -> None:
+    if not cancelling.cancelled() and (exc := cancelling.exception()) is not None:
+        log.debug("could not cancel a Ray request: %r", exc)
 
 
 def _on(replica: str, device: str) -> str:
@@ -650,6 +724,10 @@ class TaskReplica:
         meanwhile), since the request carries every outcome back at once."""
         outcomes = execute(self.registry, batch)
         return [_settled(o) if isinstance(o, concurrent.futures.Future) else o for o in outcomes]
+
+    async def ready(self) -> None:
+        """Nothing: a request that makes Serve start a replica of a deployment scaled to
+        zero, before a batch is sent to it."""
 
     async def preload(self, model: str) -> None:
         loop = asyncio.get_running_loop()
