@@ -154,9 +154,7 @@ class RayCluster:
 
     async def connect(self) -> None:
         """Connect once, however many backends ask; one line when it cannot."""
-        if self._connecting is None or (
-            self._connecting.done() and self._connecting.exception() is not None
-        ):
+        if self._connecting is None or _failed(self._connecting):
             self._connecting = asyncio.ensure_future(asyncio.to_thread(self._connect))
         await asyncio.shield(self._connecting)
         if self._watcher is None:
@@ -245,6 +243,11 @@ def _shut_down_ray() -> None:
     ray.shutdown()  # Serve and the replicas end with the cluster
 
 
+def _failed(future: asyncio.Future[Any]) -> bool:
+    """Whether a shared step ended without its result, so that the next caller tries again."""
+    return future.done() and (future.cancelled() or future.exception() is not None)
+
+
 def _died(error: BaseException) -> bool:
     return any(cls.__name__ in DEATHS for cls in type(error).__mro__)
 
@@ -287,6 +290,8 @@ class RayTaskBackend:
         self.name = cluster.app_name(task.name)
         self._handle: Any = None
         self._deploying: asyncio.Future[Any] | None = None
+        self._sending: asyncio.Future[Any] | None = None
+        """The last sending of the app to Serve, which ``close`` deletes."""
         self._waking: asyncio.Future[None] | None = None
         self._started = False
         """Whether the executor's own start has been: every later start precedes a batch."""
@@ -330,7 +335,7 @@ class RayTaskBackend:
         request sent here (once, however many batches wait)."""
         if self.spec.min_replicas > 0 or self.cluster.replicas(self.task.name) > 0:
             return
-        if self._waking is None or self._waking.done():
+        if self._waking is None or self._waking.done():  # a scale to zero since, too
             self._waking = asyncio.ensure_future(self._wake())
         await asyncio.shield(self._waking)
 
@@ -356,15 +361,15 @@ class RayTaskBackend:
         """The deployment's handle, deploying it first (once, however many callers ask)."""
         if self._handle is not None:
             return self._handle
-        if self._deploying is None or (
-            self._deploying.done() and self._deploying.exception() is not None
-        ):
+        if self._deploying is None or _failed(self._deploying):
             self._deploying = asyncio.ensure_future(self._deploy())
         return await asyncio.shield(self._deploying)
 
     async def _deploy(self) -> Any:
         await self.cluster.connect()
-        handle = await asyncio.to_thread(self._run_app)
+        # Shielded: a close that cancels the deploy still learns whether the app was sent.
+        self._sending = asyncio.ensure_future(asyncio.to_thread(self._run_app))
+        handle = await asyncio.shield(self._sending)
         deadline = time.monotonic() + DEPLOY_TIMEOUT_S
         while (status := await asyncio.to_thread(self._status)) != "RUNNING":
             state, message = status
@@ -540,15 +545,18 @@ class RayTaskBackend:
         }
 
     async def close(self, timeout: float) -> None:
-        """Delete the deployment (its replicas release their GPUs; Serve stops them after the
-        bot has gone), or leave it to end with a cluster started here."""
+        """Delete the deployment if it was sent, running or not (its replicas release their
+        GPUs; Serve stops them after the bot has gone), or leave it to end with a cluster
+        started here."""
         if self._closed:
             return
         self._closed = True
-        if self._deploying is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(self._deploying), timeout)
-        if self._handle is not None and not self.cluster.owned:
+        for waiting in (self._deploying, self._waking):  # for replicas about to be deleted
+            if waiting is not None:
+                waiting.cancel()
+        if self._sending is not None and not self.cluster.owned:
+            with contextlib.suppress(BaseException):  # sent (or not) once this is done
+                await asyncio.wait_for(asyncio.shield(self._sending), timeout)
             try:
                 await asyncio.wait_for(asyncio.to_thread(_delete_app, self.name), timeout)
             except Exception as exc:
