@@ -16,11 +16,14 @@ from bot.executor import (
     Busy,
     ExecutionTimeout,
     Executor,
+    ExecutorConfig,
     JobCancelled,
     JobFailed,
     JobHandle,
     JobState,
+    LocalBackend,
     ModelLoadError,
+    ModelRegistry,
     OutOfMemory,
     QueueTimeout,
     ShuttingDown,
@@ -28,7 +31,7 @@ from bot.executor import (
     WorkerCrashed,
 )
 from handlers.base import BatchContext, InvalidInput, TaskKind
-from tests.fakes import FakeClock, FakeTask, Item, WorkerDeath, make_executor
+from tests.fakes import FakeClock, FakeTask, Item, WorkerDeath, limits, make_executor
 
 
 async def wait_entered(task: FakeTask) -> None:
@@ -687,3 +690,36 @@ async def test_a_retried_batch_does_not_stream_again_what_was_shown() -> None:
         assert await asyncio.gather(first, second) == ["ABC", "XYZ"]
     assert task.batches[1:] == [["abc", "xyz"], ["abc"], ["xyz"]]
     assert streams == {"abc": ["a", "ab", "abc"], "xyz": ["x", "xy", "xyz"]}
+
+
+class Growing(LocalBackend):
+    """A task's deployment as the engine sees it: one replica, then two once one starts."""
+
+    def __init__(self) -> None:
+        super().__init__(ModelRegistry("cpu"))
+        self.replicas = 1
+        self.changed: Callable[[], None] | None = None
+
+    def capacity(self) -> int:
+        return self.replicas
+
+    def watch_capacity(self, changed: Callable[[], None]) -> None:
+        self.changed = changed
+
+
+async def test_a_batch_waiting_for_room_starts_when_the_backend_grows() -> None:
+    task = FakeTask()
+    backend = Growing()
+    config = ExecutorConfig(limits={kind: limits() for kind in TaskKind})
+    async with Executor({"fake": task}, {"fake": "fake-model"}, {"fake": backend}, config) as ex:
+        blocker = await hold(ex, task)
+        waiting = ex.submit("fake", Item("next", key="other"), user_id="b")  # not in its batch
+        await settle()
+        assert waiting.state is JobState.QUEUED  # the one replica is busy
+        backend.replicas = 2
+        assert backend.changed is not None
+        backend.changed()  # nothing else happens that would wake the engine
+        await settle()
+        assert waiting.state is JobState.RUNNING
+        task.gate.set()
+        assert await asyncio.wait_for(asyncio.gather(blocker, waiting), 10) == ["HOLD", "NEXT"]

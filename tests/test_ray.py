@@ -213,10 +213,9 @@ async def test_a_deployment_that_cannot_start_fails_its_jobs_not_the_bot(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(ray_backend, "DEPLOY_TIMEOUT_S", 1.0)
-    async with unplaceable_executor(
-        "unplaceable", required=False
-    ) as executor:  # the bot starts without it
-        job = executor.submit("unplaceable", Order("x"), user_id="u")  # deployed again, in vain
+    # The bot starts without it, and deploys it again for its job, in vain.
+    async with unplaceable_executor("unplaceable", required=False) as executor:
+        job = executor.submit("unplaceable", Order("x"), user_id="u")
         with pytest.raises(BackendUnavailable, match="unplaceable's Ray deployment did not start"):
             await asyncio.wait_for(job, WAIT_S)
     app = serve.status().applications.get(f"{PREFIX}-unplaceable")

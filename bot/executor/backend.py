@@ -93,6 +93,12 @@ class Backend(Protocol):
         requests each takes). Read before every choice of a batch, so it may change."""
         ...
 
+    def watch_capacity(self, changed: Callable[[], None]) -> None:
+        """Call ``changed`` (on the event loop) whenever ``capacity()`` changes on its own,
+        e.g. a replica started: batches waiting for room start then, not at the next
+        submission or batch end."""
+        ...
+
     async def abort(self, batch: BatchRun) -> None:
         """Give up on ``batch``, which ignored every request to stop: replace the worker
         that runs it."""

@@ -101,6 +101,9 @@ class Executor:
             # Tasks answered by another server get a thread of their own: their requests
             # never wait behind a batch on a device.
             self.backends.append(LocalBackend(ModelRegistry("cpu")))
+        self._wakeup = asyncio.Event()
+        for each in self.backends:
+            each.watch_capacity(self._wakeup.set)
         self.config = config or ExecutorConfig()
         self.metrics = Metrics()
         self._clock = clock
@@ -116,7 +119,6 @@ class Executor:
             half_life_s=self.config.fair_half_life_s,
             starvation_s=self.config.starvation_s,
         )
-        self._wakeup = asyncio.Event()
         self._engine: asyncio.Task[None] | None = None
         self._runners: dict[Batch[Job], asyncio.Task[None]] = {}
         """The task following each running batch."""

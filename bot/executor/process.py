@@ -21,7 +21,7 @@ import pickle
 import queue
 import signal
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
@@ -281,6 +281,9 @@ class ProcessBackend:
 
     def capacity(self) -> int:
         return 1  # one device: its batches run one after another
+
+    def watch_capacity(self, changed: Callable[[], None]) -> None:
+        """Never needed: a device's capacity does not change."""
 
     async def abort(self, batch: BatchRun) -> None:
         """Kill the worker whose batch would not stop; the next batch starts a new one."""

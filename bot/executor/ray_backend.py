@@ -37,7 +37,7 @@ import os
 import pickle
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,6 +144,8 @@ class RayCluster:
         """Whether the cluster was started here (and ends with the bot)."""
         self._users = 0
         self._replicas: dict[str, int] = {}
+        self._counted: dict[str, Callable[[], None]] = {}
+        """What to call, by application, when its count of replicas changes."""
         self._watcher: asyncio.Task[None] | None = None
         self.deploying = threading.Lock()
         """Serve's deployment calls are not thread-safe (they swap pickling modes around
@@ -196,25 +198,23 @@ class RayCluster:
         """Running replicas of the task's deployment, as last counted."""
         return self._replicas.get(self.app_name(task), 0)
 
-    def count(self) -> None:
-        """Count every deployment's running replicas (a call to Serve's controller)."""
-        from ray import serve
+    def on_count(self, task: str, changed: Callable[[], None]) -> None:
+        """Call ``changed`` (on the event loop) when the task's running replicas change."""
+        self._counted[self.app_name(task)] = changed
 
-        counts = {}
-        for name, app in serve.status().applications.items():
-            running = sum(
-                count
-                for deployment in app.deployments.values()
-                for state, count in deployment.replica_states.items()
-                if str(getattr(state, "value", state)) == "RUNNING"
-            )
-            counts[name] = running
-        self._replicas = counts
+    async def count(self) -> None:
+        """Count every deployment's running replicas (a call to Serve's controller), and
+        tell those whose count changed."""
+        counts = await asyncio.to_thread(_running_replicas)
+        before, self._replicas = self._replicas, counts
+        for name, changed in list(self._counted.items()):
+            if counts.get(name, 0) != before.get(name, 0):
+                changed()
 
     async def _watch(self) -> None:
         while True:
             try:
-                await asyncio.to_thread(self.count)
+                await self.count()
             except Exception as exc:  # the next count may work; the last one stands
                 log.warning("could not count the Ray replicas: %s", exc)
             await asyncio.sleep(STATUS_EVERY_S)
@@ -235,6 +235,20 @@ class RayCluster:
         if self.owned:
             self.owned = False
             await asyncio.to_thread(_shut_down_ray)
+
+
+def _running_replicas() -> dict[str, int]:
+    from ray import serve
+
+    return {
+        name: sum(
+            count
+            for deployment in app.deployments.values()
+            for state, count in deployment.replica_states.items()
+            if str(getattr(state, "value", state)) == "RUNNING"
+        )
+        for name, app in serve.status().applications.items()
+    }
 
 
 def _shut_down_ray() -> None:
@@ -355,7 +369,7 @@ class RayTaskBackend:
                 f"{self.task.name}'s Ray deployment started no replica within "
                 f"{DEPLOY_TIMEOUT_S:.0f}s{why}"
             ) from None
-        await asyncio.to_thread(self.cluster.count)
+        await self.cluster.count()
 
     async def _deployed(self) -> Any:
         """The deployment's handle, deploying it first (once, however many callers ask)."""
@@ -377,7 +391,7 @@ class RayTaskBackend:
                 why = " ".join(message.split())[:400] or state
                 raise BackendUnavailable(f"{self.task.name}'s Ray deployment did not start: {why}")
             await asyncio.sleep(0.2)
-        await asyncio.to_thread(self.cluster.count)
+        await self.cluster.count()
         log.info(
             "%s deployed on Ray: %d replica(s), %g GPU and %g CPU each",
             self.task.name, self.cluster.replicas(self.task.name), self.gpus, self.spec.cpus,
@@ -449,6 +463,10 @@ class RayTaskBackend:
         running = self.cluster.replicas(self.task.name)
         spare = 1 if self.spec.autoscaling and running < self.spec.max_replicas else 0
         return running * self.spec.max_ongoing_requests + spare
+
+    def watch_capacity(self, changed: Callable[[], None]) -> None:
+        """Capacity follows the running replicas, as the cluster counts them."""
+        self.cluster.on_count(self.task.name, changed)
 
     async def run(self, batch: BatchRun) -> list[Outcome | asyncio.Future[Any]]:
         handle = await self._deployed()

@@ -134,6 +134,9 @@ class LocalBackend:
     def capacity(self) -> int:
         return 1  # one device: its batches run one after another
 
+    def watch_capacity(self, changed: Callable[[], None]) -> None:
+        """Never needed: a device's capacity does not change."""
+
     async def abort(self, batch: BatchRun) -> None:
         """A thread cannot be stopped: the stuck one is left to end on its own (it exits when
         its call returns) and a new thread serves from now on."""
