@@ -243,6 +243,24 @@ async def test_a_lazy_deployment_scaled_to_zero_is_ready_before_its_first_batch(
         await backend.close(WAIT_S)
 
 
+async def test_a_replica_gone_leaves_the_snapshot(engine: Executor) -> None:
+    """Its models and memory go with it: the snapshot and the metrics stop showing them."""
+    await asyncio.wait_for(engine.submit("remote", Order("seen"), user_id="s"), WAIT_S)
+    backend = engine.backends[0]
+    assert isinstance(backend, RayTaskBackend)
+    gone = next(iter(backend._seen.loaded))
+    ray.kill(ray.get_actor(gone, namespace="serve"), no_restart=True)
+
+    async def forgotten() -> None:
+        while gone in backend._seen.loaded or gone in backend._seen.memory:
+            await backend.cluster.count()
+
+    await asyncio.wait_for(forgotten(), WAIT_S)
+    assert all(
+        not m.device.endswith(f"({gone.rsplit('#', 1)[-1]})") for m in backend.loaded_models()
+    )
+
+
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ray-models")

@@ -37,7 +37,7 @@ import os
 import pickle
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,10 +142,9 @@ class RayCluster:
         self._connecting: asyncio.Future[None] | None = None
         self.owned = False
         """Whether the cluster was started here (and ends with the bot)."""
-        self._users = 0
+        self._backends: dict[str, RayTaskBackend] = {}
+        """The backends using the cluster, by application name."""
         self._replicas: dict[str, int] = {}
-        self._counted: dict[str, Callable[[], None]] = {}
-        """What to call, by application, when its count of replicas changes."""
         self._watcher: asyncio.Task[None] | None = None
         self.deploying = threading.Lock()
         """Serve's deployment calls are not thread-safe (they swap pickling modes around
@@ -198,18 +197,13 @@ class RayCluster:
         """Running replicas of the task's deployment, as last counted."""
         return self._replicas.get(self.app_name(task), 0)
 
-    def on_count(self, task: str, changed: Callable[[], None]) -> None:
-        """Call ``changed`` (on the event loop) when the task's running replicas change."""
-        self._counted[self.app_name(task)] = changed
-
     async def count(self) -> None:
-        """Count every deployment's running replicas (a call to Serve's controller), and
-        tell those whose count changed."""
-        counts = await asyncio.to_thread(_running_replicas)
+        """Count every deployment's running replicas (calls to Serve's controller and to
+        Ray's), and tell each backend which replicas live and whether its count changed."""
+        counts, live = await asyncio.to_thread(_running_replicas)
         before, self._replicas = self._replicas, counts
-        for name, changed in list(self._counted.items()):
-            if counts.get(name, 0) != before.get(name, 0):
-                changed()
+        for name, backend in list(self._backends.items()):
+            backend.counted(live, changed=counts.get(name, 0) != before.get(name, 0))
 
     async def _watch(self) -> None:
         while True:
@@ -219,13 +213,13 @@ class RayCluster:
                 log.warning("could not count the Ray replicas: %s", exc)
             await asyncio.sleep(STATUS_EVERY_S)
 
-    def hold(self) -> None:
-        self._users += 1
+    def hold(self, backend: RayTaskBackend) -> None:
+        self._backends[backend.name] = backend
 
-    async def release(self) -> None:
+    async def release(self, backend: RayTaskBackend) -> None:
         """The last backend gone: stop counting, and shut down a cluster started here."""
-        self._users -= 1
-        if self._users > 0:
+        self._backends.pop(backend.name, None)
+        if self._backends:
             return
         if self._watcher is not None:
             self._watcher.cancel()
@@ -237,10 +231,12 @@ class RayCluster:
             await asyncio.to_thread(_shut_down_ray)
 
 
-def _running_replicas() -> dict[str, int]:
+def _running_replicas() -> tuple[dict[str, int], frozenset[str]]:
+    """Running replicas by application, and the names of the replicas alive."""
+    import ray
     from ray import serve
 
-    return {
+    counts = {
         name: sum(
             count
             for deployment in app.deployments.values()
@@ -249,6 +245,8 @@ def _running_replicas() -> dict[str, int]:
         )
         for name, app in serve.status().applications.items()
     }
+    actors = ray.util.list_named_actors(all_namespaces=True)
+    return counts, frozenset(a["name"] for a in actors if a["namespace"] == "serve")
 
 
 def _shut_down_ray() -> None:
@@ -272,6 +270,12 @@ class _Replicas:
 
     loaded: dict[str, list[LoadedModelInfo]] = field(default_factory=dict)
     memory: dict[str, Memory] = field(default_factory=dict)
+
+    def keep(self, live: Collection[str]) -> None:
+        """Forget the replicas gone: their models and memory went with them."""
+        for replica in self.loaded.keys() - set(live):
+            del self.loaded[replica]
+            self.memory.pop(replica, None)
 
 
 class RayTaskBackend:
@@ -314,6 +318,7 @@ class RayTaskBackend:
         self._running_on: dict[int, str] = {}
         """The replica actor running each batch, by id() of the batch, for ``abort``."""
         self._seen = _Replicas()
+        self._capacity_changed: Callable[[], None] | None = None
 
     @property
     def gpus(self) -> float:
@@ -328,7 +333,7 @@ class RayTaskBackend:
         if self._closed:
             raise RuntimeError("the backend is closed")
         if not self._held:
-            self.cluster.hold()
+            self.cluster.hold(self)
             self._held = True
         await self.cluster.connect()
         first, self._started = not self._started, True
@@ -465,8 +470,14 @@ class RayTaskBackend:
         return running * self.spec.max_ongoing_requests + spare
 
     def watch_capacity(self, changed: Callable[[], None]) -> None:
-        """Capacity follows the running replicas, as the cluster counts them."""
-        self.cluster.on_count(self.task.name, changed)
+        self._capacity_changed = changed
+
+    def counted(self, live: Collection[str], *, changed: bool) -> None:
+        """After each count of the cluster: forget the replicas gone, and tell the engine
+        when the capacity (which follows the running replicas) changed."""
+        self._seen.keep(live)
+        if changed and self._capacity_changed is not None:
+            self._capacity_changed()
 
     async def run(self, batch: BatchRun) -> list[Outcome | asyncio.Future[Any]]:
         handle = await self._deployed()
@@ -580,7 +591,7 @@ class RayTaskBackend:
             except Exception as exc:
                 log.warning("could not delete the Ray deployment %s: %s", self.name, exc)
         if self._held:
-            await self.cluster.release()
+            await self.cluster.release(self)
 
 
 def _cancel(response: Any) -> asyncio.Future[None]:
