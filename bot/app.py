@@ -169,6 +169,9 @@ def ray_backends(
     on_device = {name: task for name, task in tasks.items() if not task.remote}
     wanted = set(on_device if eager is None else eager)
     models = settings.default_models()
+    preloaded = set(settings.preload)
+    if settings.imagine.compile:  # minutes: each replica compiles as it starts, not in a request
+        preloaded.add("imagine")
     backends: dict[str, Backend] = {}
     for name, task in on_device.items():
         deployment = ray.deployment(name)
@@ -185,7 +188,7 @@ def ray_backends(
             torch_threads=settings.torch_threads,
             encoders=settings.cpu_workers,
             log_level=logging.getLogger().getEffectiveLevel(),
-            preload=(models[name],) if name in settings.preload else (),
+            preload=(models[name],) if name in preloaded else (),
         )
         backends[name] = RayTaskBackend(
             cluster,
@@ -193,7 +196,7 @@ def ray_backends(
             spec,
             replica,
             eager=name in wanted,
-            required=eager is not None,  # a task asked for; the bot serves on without one
+            required=eager is not None and name in wanted,  # ask's task; the bot serves on
             gpu_share=auto_gpus(len(on_device)),
         )
     return backends

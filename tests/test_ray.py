@@ -25,7 +25,7 @@ import ray
 import soundfile
 from ray import serve
 
-from bot.app import start_executor
+from bot.app import build_tasks, ray_backends, start_executor
 from bot.doctor import Status, check_ray
 from bot.executor import (
     BackendUnavailable,
@@ -95,6 +95,22 @@ def test_only_a_ray_started_by_the_bot_ends_with_it(
     cluster._connect()
     assert cluster.owned is owned
     assert [init["address"] for init in inits] == [address or "local"]
+
+
+def test_the_bot_starts_without_a_failed_deployment_ask_not_and_compiling_preloads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env of the developer's
+    settings = Settings(backend="ray", imagine={"compile": True})
+    tasks = build_tasks(settings)
+    bot = ray_backends(settings, tasks)
+    asked = ray_backends(settings, tasks, eager=["sentiment"])
+    assert all(isinstance(b, RayTaskBackend) and b.eager and not b.required for b in bot.values())
+    assert [n for n, b in asked.items() if getattr(b, "required", False)] == ["sentiment"]
+    # Every replica compiles its model as it starts, never within a request's limit.
+    imagine = bot["imagine"]
+    assert isinstance(imagine, RayTaskBackend)
+    assert imagine.replica.preload == (settings.default_models()["imagine"],)
 
 
 def remote_executor(task: RemoteTask, replicas: int = 2) -> Executor:
