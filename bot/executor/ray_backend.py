@@ -82,8 +82,9 @@ class DeploymentSpec:
     min_replicas: int = 1
     max_replicas: int = 1
     max_ongoing_requests: int = 1
-    """Batches one replica takes at once; more than one only queue on its device thread,
-    unless its model serves rows concurrently."""
+    """Batches sent to one replica at once. It runs one at a time on its one device thread
+    (a continuous batch too, until its last row ends): a second only waits there, ready to
+    start the moment the first ends."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
