@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,16 @@ def test_the_bot_starts_without_a_failed_deployment_ask_not_and_compiling_preloa
     assert imagine.replica.preload == (settings.default_models()["imagine"],)
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for ``condition``; a test whose condition never comes fails instead of hanging."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), WAIT_S)
+
+
 def remote_executor(task: RemoteTask, replicas: int = 2) -> Executor:
     """The remote task as a deployment of ``replicas``, each taking one batch at a time."""
     spec = DeploymentSpec(cpus=0.1, min_replicas=replicas, max_replicas=replicas)
@@ -168,8 +178,7 @@ async def test_two_replicas_run_two_batches_at_once(engine: Executor, tmp_path: 
     # Different keys would share a batch; different users' jobs do. These two must not: the
     # first waits for a file only the second creates, so they ran at the same time.
     waiting = engine.submit("remote", Order("wait", str(flag)), user_id="a")
-    while waiting.state is not JobState.RUNNING:
-        await asyncio.sleep(0.01)
+    await until(lambda: waiting.state is JobState.RUNNING)
     touching = engine.submit("remote", Order("touch", str(flag)), user_id="b")
     first, second = await asyncio.wait_for(asyncio.gather(waiting, touching), WAIT_S)
     assert first.model_pid != second.model_pid
@@ -179,9 +188,7 @@ async def test_cancel_stops_the_batch_on_its_replica(engine: Executor, tmp_path:
     # Each replica runs one batch at a time and "loop" never ends unless stopped: with both
     # replicas looping, the next job runs only once a Cancel has reached a replica.
     loops = [engine.submit("remote", Order("loop"), user_id=f"l{n}") for n in range(2)]
-    for looping in loops:
-        while looping.state is not JobState.RUNNING:
-            await asyncio.sleep(0.01)
+    await until(lambda: all(looping.state is JobState.RUNNING for looping in loops))
     assert loops[0].cancel()
     with pytest.raises(JobCancelled):
         await loops[0]
@@ -197,8 +204,7 @@ async def test_a_replica_killed_mid_batch_is_retried_on_another(
 ) -> None:
     where = tmp_path / "first-replica"
     held = engine.submit("remote", Order("hold-once", str(where)), user_id="k")
-    while not where.exists() or not where.read_text():
-        await asyncio.sleep(0.01)
+    await until(lambda: where.exists() and bool(where.read_text()))
     first = int(where.read_text())
     os.kill(first, signal.SIGKILL)  # as the kernel's OOM killer would
     done = await asyncio.wait_for(held, WAIT_S)
