@@ -211,6 +211,22 @@ async def test_a_replica_killed_mid_batch_is_retried_on_another(
     assert done.value == "HOLD-ONCE" and done.model_pid != first
 
 
+async def test_a_retry_leaves_out_the_jobs_abandoned_meanwhile(
+    engine: Executor, tmp_path: Path
+) -> None:
+    where, touched = tmp_path / "first-replica", tmp_path / "touched"
+    # One batch: the replica holds the first job, and never reaches the second's touch.
+    held = engine.submit("remote", Order("hold-once", str(where)), user_id="r1")
+    left = engine.submit("remote", Order("touch", str(touched)), user_id="r2")
+    await until(lambda: where.exists() and bool(where.read_text()))
+    assert held.batch_size == left.batch_size == 2
+    assert left.cancel()
+    os.kill(int(where.read_text()), signal.SIGKILL)
+    done = await asyncio.wait_for(held, WAIT_S)
+    assert done.value == "HOLD-ONCE"
+    assert not touched.exists()  # the retry ran without it
+
+
 async def test_a_batch_whose_replicas_die_twice_fails_clearly_and_the_bot_serves_on(
     engine: Executor,
 ) -> None:

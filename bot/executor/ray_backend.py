@@ -15,11 +15,15 @@ the replica between steps. (Abandoning some jobs only drops their results in the
 streaming request has no way back to its replica, so the replica finishes the batch for
 the others.)
 
-A replica that dies mid-batch (killed, out of host memory, a crashed driver) is retried once:
-Serve's router stops choosing the dead replica, so the batch runs again on another one (or
-on its replacement), and what members already saw of its text is not sent twice. A batch
-whose second replica dies too fails its jobs with ``WorkerCrashed``; the deployment keeps
-serving the next batches.
+A batch whose replica dies or cannot be reached (killed, out of host memory, a crashed
+driver, a lost node) is retried once, with its jobs still wanted: its request is cancelled
+first, since a replica only out of reach would otherwise run on beside the retry, and Serve's
+router no longer chooses that replica, so the batch runs on another (or on its replacement).
+A member of a retried batch sees its progress start again from the first step; of its
+streamed text, what the retry produces again is not sent twice (text that is a prefix of
+what was shown is skipped), while text sampled differently is not a prefix and replaces
+what was shown. A batch whose second replica is lost too fails its jobs with
+``WorkerCrashed``; the deployment keeps serving the next batches.
 
 Ray is imported only here and only when this backend starts, so the bot without Ray
 installed, and every command that does not use it, never loads it.
@@ -63,6 +67,8 @@ STATUS_EVERY_S = 2.0
 EVENTS_EVERY_S = 0.1
 """Least time between two messages of progress and streamed text from a replica (the
 newest of each goes): a live stream for a member, a few messages per batch for Serve."""
+CANCEL_WAIT_S = 5.0
+"""How long a retry waits for Serve to take the cancel of the request it replaces."""
 DEATHS = (
     "ActorDiedError",
     "ActorUnavailableError",
@@ -489,9 +495,7 @@ class RayTaskBackend:
                 raise
             log.warning("the Ray replica running a %s batch died (%s); retrying it once",
                         self.task.name, type(exc).__name__)  # fmt: skip
-        if batch.should_stop():
-            return [JobCancelled("stopped")] * len(batch)
-        try:
+        try:  # the jobs still wanted, the first request cancelled
             return await self._stream(handle, batch)
         except Exception as exc:
             if not _died(exc):
@@ -501,20 +505,23 @@ class RayTaskBackend:
             ) from None
 
     async def _stream(self, handle: Any, batch: BatchRun) -> list[Outcome]:
-        """One batch as one streaming request: events as they come, then the outcomes."""
+        """The batch's jobs still wanted as one streaming request: events as they come, then
+        the outcomes (a job abandoned before it was sent is cancelled)."""
         from ray.serve.exceptions import RequestCancelledError
 
-        loop = asyncio.get_running_loop()
-        response = handle.run.remote(batch.model, batch.requests)
-        cancelling: list[asyncio.Future[Any]] = []
+        outcomes: list[Outcome] = [JobCancelled("stopped")] * len(batch)
+        rows = [index for index in range(len(batch)) if not batch.abandoned(index)]
+        if not rows:
+            return outcomes
+        requests = batch.requests
+        response = handle.run.remote(batch.model, [requests[row] for row in rows])
+        cancelling: list[asyncio.Future[None]] = []
 
         def cancel_when_all_abandoned() -> None:
-            if batch.should_stop() and not cancelling:  # cancel() may wait on Serve's router
-                cancelling.append(loop.run_in_executor(None, response.cancel))
+            if batch.should_stop() and not cancelling:
+                cancelling.append(_cancel(response))
 
         batch.on_abandon = cancel_when_all_abandoned
-        cancel_when_all_abandoned()  # jobs cancelled while the batch was handed over
-        outcomes: list[Outcome] | None = None
         try:
             async for event in response:
                 kind, replica = event[0], event[1]
@@ -524,25 +531,32 @@ class RayTaskBackend:
                         if news[0] == "progress":
                             batch.progress(news[2], news[3])
                         else:
-                            batch.partial(news[2], news[3])
+                            batch.partial(rows[news[2]], news[3])
                 elif kind == "outcomes":
-                    _, _, outcomes, self._seen.loaded[replica], self._seen.memory[replica] = event
+                    _, _, sent, self._seen.loaded[replica], self._seen.memory[replica] = event
+                    for row, outcome in zip(rows, sent, strict=True):
+                        outcomes[row] = outcome
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if not cancelling or (current is not None and current.cancelling()):
                 if not cancelling:  # the engine gave up on the batch: so does the replica
-                    cancelling.append(loop.run_in_executor(None, response.cancel))
+                    cancelling.append(_cancel(response))
                 raise
             # else cancelled by us before a replica took it
         except RequestCancelledError:  # cancelled by us on the replica
             if not batch.should_stop():
                 raise
+        except Exception as exc:
+            # A replica that cannot be reached may still be running the batch: it is told to
+            # stop before the batch is retried, so that it does not run twice at once.
+            if _died(exc) and not cancelling:
+                cancelling.append(_cancel(response))
+                await asyncio.wait(cancelling, timeout=CANCEL_WAIT_S)
+            raise
         finally:
             batch.on_abandon = None
             self._running_on.pop(id(batch), None)
-        if outcomes is None:
-            return [JobCancelled("stopped")] * len(batch)
-        return outcomes
+        return outcomes  # each job's, or cancelled if the request ended without them
 
     async def abort(self, batch: BatchRun) -> None:
         """Kill the replica whose batch would not stop; Serve starts another."""
