@@ -82,7 +82,7 @@ def local_ray() -> Iterator[None]:
 @pytest.mark.parametrize(
     ("address", "owned"), [(None, True), ("auto", False), ("head:6379", False)]
 )
-def test_only_a_ray_started_by_the_bot_ends_with_it(
+async def test_only_a_ray_started_by_the_bot_ends_with_it(
     address: str | None, owned: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A cluster the bot joined is not shut down when it stops, so its deployments are
@@ -97,7 +97,7 @@ def test_only_a_ray_started_by_the_bot_ends_with_it(
     assert [init["address"] for init in inits] == [address or "local"]
 
 
-def test_the_bot_starts_without_a_failed_deployment_ask_not_and_compiling_preloads(
+async def test_the_bot_starts_without_a_failed_deployment_ask_not_and_compiling_preloads(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.chdir(tmp_path)  # no .env of the developer's
