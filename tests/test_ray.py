@@ -256,8 +256,12 @@ async def test_a_deployment_that_cannot_start_fails_its_jobs_not_the_bot(
         job = executor.submit("unplaceable", Order("x"), user_id="u")
         with pytest.raises(BackendUnavailable, match="unplaceable's Ray deployment did not start"):
             await asyncio.wait_for(job, WAIT_S)
-    app = serve.status().applications.get(f"{PREFIX}-unplaceable")
-    assert app is None or str(app.status.value) == "DELETING"  # never ran, still deleted
+
+    def deleted() -> bool:  # Serve marks it so in its next control loop
+        app = serve.status().applications.get(f"{PREFIX}-unplaceable")
+        return app is None or str(app.status.value) == "DELETING"
+
+    await until(deleted)  # though it never ran
     asked = unplaceable_executor("asked", required=True)  # ``ask``'s task: no start without it
     try:
         with pytest.raises(BackendUnavailable, match="did not start"):
