@@ -44,15 +44,8 @@ def build_models(directory: Path, device: str = "cpu", full_size: bool = False) 
             models=ModelSettings(**{t: paths[t] for t in ModelSettings.model_fields}),
             speak=SpeakSettings(voices=paths["voices"], vocoder=paths["vocoder"]),
         )
-    models = ModelSettings(
-        summarize=str(tinymodels.build_summarizer(directory / "summarize")),
-        translate=str(tinymodels.build_m2m100(directory / "translate")),
-        imagine=str(tinymodels.build_pipeline(directory / "imagine")),
-        speak=str(tinymodels.build_speecht5(directory / "speak")),
-        sentiment=str(tinymodels.build_classifier(directory / "sentiment")),
-        classify=str(tinymodels.build_nli(directory / "classify")),
-        chat=str(tinymodels.build_chat(directory / "chat")),
-    )
+    paths = tinymodels.build_every_task(directory)
+    models = ModelSettings(**{t: str(paths[t]) for t in ModelSettings.model_fields})
     return Settings(
         _env_file=None,
         device=device,
@@ -60,10 +53,7 @@ def build_models(directory: Path, device: str = "cpu", full_size: bool = False) 
         models=models,
         imagine=ImagineSettings(default_steps=4),
         chat=ChatSettings(default_new_tokens=16),
-        speak=SpeakSettings(
-            voices=str(tinymodels.build_voices_npy(directory / "voices.npy")),
-            vocoder=str(tinymodels.build_hifigan(directory / "vocoder")),
-        ),
+        speak=SpeakSettings(voices=str(paths["voices"]), vocoder=str(paths["vocoder"])),
         edit_interval_s=0.5,
         torch_threads=1,
         read_messages=True,  # the load test reads its channel aloud in a call

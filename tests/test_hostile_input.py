@@ -373,17 +373,8 @@ ODD_TEXT: dict[str, st.SearchStrategy[Any]] = {
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hostile-models")
-    return {
-        "summarize": tinymodels.build_summarizer(root / "summarize"),
-        "translate": tinymodels.build_m2m100(root / "translate"),
-        "imagine": tinymodels.build_pipeline(root / "imagine"),
-        "speak": tinymodels.build_speecht5(root / "speak"),
-        "vocoder": tinymodels.build_hifigan(root / "vocoder"),
+    return tinymodels.build_every_task(root) | {
         "vits": tinymodels.build_vits(root / "vits"),
-        "voices": tinymodels.build_voices_npy(root / "voices.npy"),
-        "sentiment": tinymodels.build_classifier(root / "sentiment"),
-        "classify": tinymodels.build_nli(root / "classify"),
-        "chat": tinymodels.build_chat(root / "chat"),
         "empty": tmp_path_factory.mktemp("no-model"),
     }
 

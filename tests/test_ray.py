@@ -305,18 +305,7 @@ async def test_a_replica_gone_leaves_the_snapshot(engine: Executor) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("ray-models")
-    return {
-        "summarize": tinymodels.build_summarizer(root / "summarize"),
-        "translate": tinymodels.build_m2m100(root / "translate"),
-        "imagine": tinymodels.build_pipeline(root / "imagine"),
-        "speak": tinymodels.build_speecht5(root / "speak"),
-        "vocoder": tinymodels.build_hifigan(root / "vocoder"),
-        "voices": tinymodels.build_voices_npy(root / "voices.npy"),
-        "sentiment": tinymodels.build_classifier(root / "sentiment"),
-        "classify": tinymodels.build_nli(root / "classify"),
-        "chat": tinymodels.build_chat(root / "chat"),
-    }
+    return tinymodels.build_every_task(tmp_path_factory.mktemp("ray-models"))
 
 
 REQUESTS: dict[str, list[Any]] = {

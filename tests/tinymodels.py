@@ -662,3 +662,19 @@ def build_safety_classifier(
     model.save_pretrained(directory)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)
     return directory
+
+
+def build_every_task(root: Path) -> dict[str, Path]:
+    """A tiny model for every task under ``root``, by task name, plus what speech reads
+    beside its model (``vocoder``, ``voices``): what a whole bot serves from."""
+    return {
+        "summarize": build_summarizer(root / "summarize"),
+        "translate": build_m2m100(root / "translate"),
+        "imagine": build_pipeline(root / "imagine"),
+        "speak": build_speecht5(root / "speak"),
+        "vocoder": build_hifigan(root / "vocoder"),
+        "voices": build_voices_npy(root / "voices.npy"),
+        "sentiment": build_classifier(root / "sentiment"),
+        "classify": build_nli(root / "classify"),
+        "chat": build_chat(root / "chat"),
+    }
