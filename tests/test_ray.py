@@ -368,15 +368,20 @@ def agree(remote: Any, local: Any) -> bool:
     return bool(remote == local)
 
 
-def test_without_ray_the_bot_says_how_to_install_it_in_one_line(tmp_path: Path) -> None:
+async def test_without_ray_the_bot_says_how_to_install_it_in_one_line(tmp_path: Path) -> None:
     model = tinymodels.build_classifier(tmp_path / "sentiment")
     code = (
         "import sys; sys.modules['ray'] = None; from bot.cli import main; "  # as if not installed
         f"sys.exit(main(['ask', 'sentiment', 'great coffee', '--model', {str(model)!r}]))"
     )
     env = {**os.environ, "BOT_BACKEND": "ray", "BOT_DATA_DIR": str(tmp_path / "data")}
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 2
     assert done.stderr == (
