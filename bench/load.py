@@ -324,13 +324,16 @@ async def _drive(
             probe.start()
             started = time.perf_counter()
             results = []
+            kinds: dict[int, str] = {}
             for step, (member, name, options) in enumerate(plan):
                 results.append((name, await member.slash(channel, name, **options(rng))))
                 if step % 10 == 0:  # the channel read aloud has its own traffic
                     await member.send(channel, rng.choice(TEXTS)[:60])
+                drain_logs(env, kinds)
             for watcher in list(bot.watchers.values()):
                 await asyncio.wait_for(asyncio.shield(watcher.finished), 300)
             await env.settle()
+            drain_logs(env, kinds)
             wall_s = time.perf_counter() - started
             probe.stop()
             frames = FramePlayer.frames
@@ -340,14 +343,15 @@ async def _drive(
             if bugs:
                 raise RuntimeError(f"the bot raised {len(bugs)} unhandled errors: {bugs[:3]}")
             snapshot = services.executor.snapshot()
-            kinds = first_response_kinds(env)
         await services.usage.flush()
     return report(settings, users, commands, results, kinds, probe, wall_s, snapshot, frames)
 
 
-def first_response_kinds(env: simcord.Env) -> dict[int, str]:
-    """How the bot first answered each interaction, from the REST calls it made."""
-    kinds: dict[int, str] = {}
+def drain_logs(env: simcord.Env, kinds: dict[int, str]) -> None:
+    """Note how the bot first answered each interaction, from the REST calls it made, and
+    empty SimCord's logs of every call and event: kept for the whole run they would be the
+    bulk of the process's heap, which a bot on a real gateway never holds, and every full
+    garbage collection would walk them with the loop stopped."""
     for call in env.http_requests:
         parts = call.path.strip("/").split("/")
         if len(parts) == 4 and parts[0] == "interactions" and parts[3] == "callback":
@@ -355,7 +359,8 @@ def first_response_kinds(env: simcord.Env) -> dict[int, str]:
             flags = (body.get("data") or {}).get("flags", 0)
             kind = {5: DEFERRED, 4: PRIVATE_MESSAGE if flags & 64 else "message"}
             kinds.setdefault(int(parts[1]), kind.get(body.get("type"), "other"))
-    return kinds
+    env.http_requests.clear()
+    env.backend.transcript.clear()
 
 
 def unwrap(error: BaseException) -> BaseException:
