@@ -68,6 +68,9 @@ class GuildSettings(BaseModel):
     member_voices: dict[int, str] = Field(default_factory=dict)
     """Each member's chosen voice here (/voice myvoice): for read-aloud, and /speak without
     a voice."""
+    read_aloud_max_chars: int | None = Field(default=None, ge=20, le=2000)
+    """Longest part of a message read aloud here (/voice read max_chars); None uses
+    BOT_VOICE__MAX_CHARS."""
     classroom_safe: bool = False
     """One switch for a school's server: images only in age-restricted channels, each one
     screened by the safety classifier, a default negative prompt and a list of refused

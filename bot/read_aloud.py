@@ -1,5 +1,6 @@
 """A Discord message as it is read aloud: what a listener would want said, and nothing a
-speech model would spell out letter by letter (links, ids, markup).
+speech model would spell out letter by letter (links, ids, markup) or should not say at
+all (spoilers).
 
 Discord-free: the cog passes the names that mentions stand for.
 """
@@ -7,40 +8,66 @@ Discord-free: the cog passes the names that mentions stand for.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 
 _CODE_BLOCK = re.compile(r"```.*?```", re.DOTALL)
 _INLINE_CODE = re.compile(r"`[^`\n]+`")
+_SPOILER = re.compile(r"\|\|.+?\|\|", re.DOTALL)
 _LINK = re.compile(r"<?https?://\S+>?")
 _MASKED_LINK = re.compile(r"\[([^\]]+)\]\(<?https?://[^)\s]+>?\)")
 _MENTION = re.compile(r"<(@!?|@&|#)(\d+)>")
+_SLASH_COMMAND = re.compile(r"</([\w -]+):\d+>")
 _CUSTOM_EMOJI = re.compile(r"<a?:(\w+):\d+>")
-_TIMESTAMP = re.compile(r"<t:\d+(?::\w)?>")
-_MARKUP = re.compile(r"(\*\*|__|~~|\|\||[*_>#])")
+_TIMESTAMP = re.compile(r"<t:-?\d+(?::\w)?>")
+_PAIRED_MARKUP = re.compile(r"(\*\*\*|\*\*|\*|~~|__|(?<!\w)_)(?=\S)(.+?)(?<=\S)\1(?!\w)")
+_LINE_MARKUP = re.compile(r"^[ \t]*(?:>>> |> |#{1,3} |-# |[-*] )", re.MULTILINE)
 _SPACE = re.compile(r"\s+")
+_AND_SO_ON = ", and so on"
 
 
 def speakable(text: str, names: Mapping[str, str] | None = None) -> str:
-    """``text`` for speech: code blocks and links said as such, mentions as the names they
-    stand for (``names`` maps ``@123``, ``@&5`` and ``#7`` to them), custom emoji by
-    their names, markup dropped."""
+    """``text`` for speech: code blocks, links and spoilers said as such, mentions as the
+    names they stand for (``names`` maps ``@123``, ``@&5`` and ``#7`` to them), custom
+    emoji by their names, markup and other emoji dropped. Empty when nothing in it has a
+    letter or a digit to say."""
     names = names or {}
     text = _CODE_BLOCK.sub(" (code) ", text)
     text = _INLINE_CODE.sub(lambda m: m.group(0).strip("`"), text)
+    text = _SPOILER.sub(" (a spoiler) ", text)
     text = _MASKED_LINK.sub(r"\1", text)
     text = _LINK.sub(" (a link) ", text)
-    text = _MENTION.sub(lambda m: names.get(f"{m.group(1).rstrip('!')}{m.group(2)}", ""), text)
-    text = _CUSTOM_EMOJI.sub(lambda m: m.group(1).replace("_", " "), text)
+    text = _SLASH_COMMAND.sub(r"/\1", text)
+    text = _CUSTOM_EMOJI.sub(lambda m: " " + m.group(1).replace("_", " ") + " ", text)
     text = _TIMESTAMP.sub(" (a time) ", text)
-    text = _MARKUP.sub("", text)
-    return _SPACE.sub(" ", text).strip()
+    text = _LINE_MARKUP.sub("", text)
+    while (unmarked := _PAIRED_MARKUP.sub(r"\2", text)) != text:  # **_nested_** too
+        text = unmarked
+    # Names after markup, so that markup characters in them are said as they are.
+    text = _MENTION.sub(lambda m: names.get(f"{m.group(1).rstrip('!')}{m.group(2)}", ""), text)
+    text = "".join(c for c in text if not _is_emoji_part(c))
+    text = _SPACE.sub(" ", text).strip()
+    return text if any(c.isalnum() for c in text) else ""
 
 
-def spoken_line(author: str, text: str, max_chars: int, say_names: bool = True) -> str:
+def _is_emoji_part(char: str) -> bool:
+    """Emoji, their skin tones and joiners: a speech model has no sound for them."""
+    return unicodedata.category(char) in ("So", "Cf", "Cs") or (
+        "\ufe00" <= char <= "\ufe0f" or "\U0001f3fb" <= char <= "\U0001f3ff"
+    )
+
+
+def spoken_line(
+    author: str, text: str, max_chars: int, say_names: bool = True, fits: int | None = None
+) -> str:
     """What is said for one message: "name said: ..." (unless ``say_names`` is off), the
-    text cut at a word near ``max_chars``."""
+    text cut at a word near ``max_chars``, and the whole line at most ``fits`` characters
+    (the longest text the speech task takes)."""
+    prefix = f"{author} said: " if say_names else ""
+    if fits is not None and len(prefix) + len(text) > fits:
+        max_chars = min(max_chars, fits - len(prefix) - len(_AND_SO_ON))
     if len(text) > max_chars:
-        head = text[: max_chars + 1]  # a word ending right at the limit stays whole
-        cut = head.rsplit(" ", 1)[0] if " " in head else text[:max_chars]
-        text = f"{cut}, and so on"
-    return f"{author} said: {text}" if say_names else text
+        head = text[: max(max_chars, 1) + 1]  # a word ending right at the limit stays whole
+        cut = head.rsplit(" ", 1)[0] if " " in head else text[: max(max_chars, 1)]
+        text = f"{cut}{_AND_SO_ON}"
+    return prefix + text

@@ -141,7 +141,8 @@ class VoiceSettings(BaseModel):
     say_names: bool = True
     """Read-aloud says who wrote each message ("alice said: ...")."""
     max_chars: int = Field(default=300, ge=20, le=2000)
-    """Longest part of a message read aloud; /voice read's max_chars sets it per call."""
+    """Longest part of a message read aloud; /voice read's max_chars sets it per server. A
+    message is also cut to fit BOT_SPEAK__MAX_CHARS with its "name said:"."""
 
 
 class ChatSettings(BaseModel):

@@ -155,28 +155,90 @@ async def test_speak_is_said_in_the_call_in_order_then_leave(
     assert as_file.response.attachments
 
 
-async def test_members_skip_their_own_and_managers_clear(
+async def test_members_skip_their_own_said_or_waiting(
     harness: Harness, recording: type[RecordingVoice]
 ) -> None:
     s, _ = await in_call(harness)
     (voice,) = recording.made
-    long = " ".join(["word"] * 50)  # five seconds
+    playback = harness.bot.get_cog("Voice").playbacks[s.guild.id]  # type: ignore[union-attr]
+    long = " ".join(["a"] * 200)  # twenty seconds: 1,000 frames, a second or more here
     await s.alice.slash(s.channel, "speak", text=long)
     await until(lambda: bool(voice.utterances) and len(voice.utterances[0]) > 5)
     refused = await s.bob.slash(s.channel, "voice skip")
     assert "nothing of yours" in refused.response.content
+    await s.bob.slash(s.channel, "speak", text="never heard")
+    await until(lambda: len(playback.waiting) == 1 and playback.waiting[0].audio.done())
+    withdrawn = await s.bob.slash(s.channel, "voice skip")
+    assert "Dropped your next in line" in withdrawn.response.content
+    assert not playback.waiting and len(voice.utterances) == 1  # alice's still plays
     skipped = await s.alice.slash(s.channel, "voice skip")
     assert "Skipped" in skipped.response.content
-    await until(lambda: voice._stop.is_set())
-    assert len(voice.utterances[0]) < 250  # cut short
+    await until(lambda: voice._stop.is_set() and playback.current is None)
+    assert len(voice.utterances) == 1 and len(voice.utterances[0]) < 1000  # cut short
+    await harness.finish()
 
-    mods = s.guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
-    carol = s.guild.add_member(harness.env.create_user("carol"), roles=[mods])
+
+async def test_a_manager_clears_and_speech_not_made_yet_never_is(
+    harness: Harness, recording: type[RecordingVoice]
+) -> None:
+    s, _ = await in_call(harness)
+    speak = harness.tasks["speak"]
+    speak.hold = True  # the speech is still being made when the queue is cleared
+    asked = await s.bob.slash(s.channel, "speak", text="never heard")
+    await asyncio.to_thread(speak.entered.wait, 10)
     denied = await s.bob.slash(s.channel, "voice clear")
     assert "only server managers" in denied.response.content
+    mods = s.guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
+    carol = s.guild.add_member(harness.env.create_user("carol"), roles=[mods])
     cleared = await carol.slash(s.channel, "voice clear")
-    assert "Dropped" in cleared.response.content
+    assert "Dropped 1 waiting" in cleared.response.content
+    assert await asyncio.to_thread(speak.stopped.wait, 10)  # its batch was told to stop
     await harness.finish()
+    assert "dropped from the call's queue by a server manager" in asked.response.content
+    assert recording.made[0].utterances == []
+    await harness.bot.usage.flush()
+    statuses = {row["task"]: row["status"] for row in harness.rows()}
+    assert statuses["speak"] == "cancelled"
+
+
+async def test_join_keeps_a_call_and_only_a_manager_takes_the_bot_from_listeners(
+    harness: Harness, recording: type[RecordingVoice]
+) -> None:
+    s, call = await in_call(harness)
+    again = await s.alice.slash(s.channel, "voice join")
+    assert "already" in again.response.content
+    assert len(recording.made) == 1 and recording.made[0].connected  # not reconnected
+    other = s.guild.create_voice_channel("other call")
+    dave = s.guild.add_member(harness.env.create_user("dave"))
+    await dave.join_voice(other)
+    refused = await dave.slash(s.channel, "voice join")
+    assert "people are listening there" in refused.response.content
+    left = await dave.slash(s.channel, "voice leave")
+    assert f"join <#{call.id}>" in left.response.content
+    assert len(recording.made) == 1 and recording.made[0].connected
+    mods = s.guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
+    carol = s.guild.add_member(harness.env.create_user("carol"), roles=[mods])
+    await carol.join_voice(other)
+    moved = await carol.slash(s.channel, "voice join")
+    await harness.env.settle()
+    assert "Joined" in moved.response.content
+    first, second = recording.made
+    assert not first.connected and second.connected and second.channel.id == other.id
+    cog = harness.bot.get_cog("Voice")
+    assert cog.playbacks[s.guild.id].voice is second  # type: ignore[union-attr]
+
+
+async def test_speak_in_the_call_is_refused_before_any_work_without_a_playback(
+    harness: Harness, recording: type[RecordingVoice]
+) -> None:
+    """Connected but without a queue (still connecting, or being left): nothing is run or
+    charged for speech that could not be said."""
+    s, _ = await in_call(harness)
+    harness.bot.get_cog("Voice").playbacks.clear()  # type: ignore[union-attr]
+    refused = await s.alice.slash(s.channel, "speak", text="hello", where="call")
+    assert refused.ephemeral and "/voice join" in refused.response.content
+    await harness.finish()
+    assert harness.tasks["speak"].runs == []
 
 
 async def test_without_libopus_join_says_what_is_missing_in_one_line(
@@ -227,6 +289,52 @@ class SilentVoice:
         pass
 
 
+async def test_utterances_play_in_order_whichever_is_ready_first() -> None:
+    loop = asyncio.get_running_loop()
+    voice = SilentVoice()
+    playback = Playback(voice, idle_s=600, on_idle=lambda: None)  # type: ignore[arg-type]
+    first: asyncio.Future[bytes] = loop.create_future()
+    second: asyncio.Future[bytes] = loop.create_future()
+    playback.add(Utterance(1, first))
+    playback.add(Utterance(2, second))
+    second.set_result(tone(0.2))  # ready first, said second
+    await asyncio.sleep(0.05)
+    assert voice.played == [] and playback.current is None
+    first.set_result(tone(0.1))
+    await until(lambda: voice.played == [5, 10] and playback.current is None)
+    playback.close()
+
+
+class ReconnectingVoice(SilentVoice):
+    """Refuses to play once, as discord.py does while its connection reconnects."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = 0
+
+    def play(self, source: discord.AudioSource, *, after: Any) -> None:
+        if not self.refused:
+            self.refused += 1
+            raise discord.ClientException("Not connected to voice.")
+        super().play(source, after=after)
+
+
+async def test_speech_that_cannot_be_played_is_skipped_and_the_queue_goes_on() -> None:
+    loop = asyncio.get_running_loop()
+    voice = ReconnectingVoice()
+    playback = Playback(voice, idle_s=600, on_idle=lambda: None)  # type: ignore[arg-type]
+    first: asyncio.Future[bytes] = loop.create_future()
+    second: asyncio.Future[bytes] = loop.create_future()
+    playback.add(Utterance(1, first))
+    playback.add(Utterance(1, second))
+    second.set_result(tone(0.2))
+    await asyncio.sleep(0)
+    first.set_result(tone(0.1))  # its turn: refused, and the next one follows at once
+    await until(lambda: voice.played == [10] and playback.current is None)
+    assert voice.refused == 1 and not playback.waiting
+    playback.close()
+
+
 async def test_an_idle_call_is_left_only_after_its_silence() -> None:
     """The idle timer is fired by hand here: what counts is what it does when it fires."""
     loop = asyncio.get_running_loop()
@@ -257,11 +365,22 @@ def test_messages_are_made_speakable() -> None:
         "x = 2 old (a time)"
     )
     assert speakable("<@99> https://only.example") == "(a link)"  # an unknown mention: nothing
+    assert speakable("the killer is ||Bob||!") == "the killer is (a spoiler) !"
+    assert speakable("try </voice read:1234567890> now") == "try /voice read now"
+    assert speakable("👍🎉 <@99>") == ""  # nothing to say: not sent to the model at all
+    assert speakable("hi 👋🏽 there") == "hi there"
+    # Only paired markup and line markers go; names keep their characters.
+    assert speakable("C# is > Java, snake_case") == "C# is > Java, snake_case"
+    assert speakable("-# small\n> quoted **bold _it_**") == "small quoted bold it"
+    assert speakable("ask <@42>", {"@42": "__bob__"}) == "ask __bob__"
     assert (
         spoken_line("alice", "one two three four five", 13)
         == "alice said: one two three, and so on"
     )
     assert spoken_line("alice", "short", 100, say_names=False) == "short"
+    # The whole line fits the speech task's limit, "alice said:" and "and so on" included.
+    fitted = spoken_line("alice", "word " * 300, 2000, fits=600)
+    assert len(fitted) <= 600 and fitted.endswith("word, and so on")
 
 
 @pytest.mark.parametrize("stack", [{"read_messages": True}], indirect=True)
@@ -321,3 +440,26 @@ async def test_a_channel_not_everyone_can_read_is_not_read_aloud(
     await s.alice.send(staff, "the exam answers")
     await harness.finish()
     assert harness.tasks["speak"].runs == []
+
+
+@pytest.mark.parametrize("stack", [{"read_messages": True}], indirect=True)
+@pytest.mark.simcord(approved_intents=discord.Intents.all())
+async def test_a_servers_read_aloud_limit_is_set_by_managers_and_fits_the_speech_task(
+    harness: Harness, recording: type[RecordingVoice]
+) -> None:
+    s, _ = await in_call(harness)
+    denied = await s.alice.slash(s.channel, "voice read", channel=s.channel, max_chars=40)
+    assert "only server managers" in denied.response.content
+    mods = s.guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
+    carol = s.guild.add_member(harness.env.create_user("carol"), roles=[mods])
+    reading = await carol.slash(s.channel, "voice read", channel=s.channel, max_chars=40)
+    assert "up to 40 characters" in reading.response.content
+    assert harness.bot.guild_settings.get(s.guild.id).read_aloud_max_chars == 40
+    await s.alice.send(s.channel, "word " * 300)  # 1,500 characters
+    await harness.finish()
+    await carol.slash(s.channel, "voice read", channel=s.channel, max_chars=2000)
+    await s.alice.send(s.channel, "word " * 300)  # more than /speak takes (600)
+    await harness.finish()
+    short, long = [r.text for run in harness.tasks["speak"].runs for r in run]
+    assert short == "alice said: " + " ".join(["word"] * 8) + ", and so on"
+    assert 590 <= len(long) <= 600 and long.endswith(", and so on")

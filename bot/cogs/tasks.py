@@ -300,22 +300,22 @@ class Tasks(commands.Cog):
         if voice is None and (guild := self.bot.settings_for(interaction)) is not None:
             voice = guild.member_voices.get(interaction.user.id)  # /voice myvoice
         calls = self.bot.get_cog("Voice")
+        playback = calls.call_with(interaction) if isinstance(calls, Voice) else None
         if where is None:
-            where = (
-                "call" if isinstance(calls, Voice) and calls.in_call_with(interaction) else "file"
-            )
+            where = "call" if playback is not None else "file"
         request = SpeakRequest(text, voice, language, for_call=where == "call")
         if where == "file":
             await self.run(interaction, "speak", request)
             return
-        if not isinstance(calls, Voice) or not calls.in_call_with(interaction):
+        if not isinstance(calls, Voice) or playback is None:
             error = VoiceUnavailable("join my voice channel (or `/voice join` yours) first")
             self.bot.invoker.record_refusal("speak", caller_of(interaction), error)
             raise error
-        channel = interaction.guild.voice_client.channel.mention  # type: ignore[union-attr]
+        channel = playback.voice.channel.mention  # type: ignore[attr-defined]
+        member = interaction.user.id
         await self.run(
             interaction, "speak", request, render_result=speech_render(channel),
-            then=lambda handle: calls.say(interaction, handle),
+            then=lambda handle: calls.say(playback, member, handle),
         )  # fmt: skip
 
     @speak.autocomplete("voice")

@@ -16,10 +16,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 from discord import app_commands
@@ -65,6 +65,14 @@ class Utterance:
     requester_id: int
     audio: asyncio.Future[bytes]
     """Voice PCM, once synthesized; an exception if that failed."""
+    job: JobHandle | None = None
+    """The speak job making it: cancelled when the utterance is dropped, so that nobody's
+    device time or quota goes to speech nobody will hear."""
+
+    def drop(self, reason: str) -> None:
+        self.audio.cancel()
+        if self.job is not None:
+            self.job.cancel(reason)
 
 
 @dataclass
@@ -79,8 +87,6 @@ class Playback:
     """Told when nothing was said or waiting for ``idle_s``."""
     reading: int | None = None
     """The text channel whose new messages are read aloud, if any."""
-    max_chars: int = 300
-    """Longest part of a message read aloud."""
     waiting: deque[Utterance] = field(default_factory=deque)
     current: Utterance | None = None
     closed: bool = False
@@ -110,20 +116,27 @@ class Playback:
             return
         self.on_idle()
 
-    def skip(self, member_id: int, manager: bool) -> bool:
-        """Stop what is playing, if the member asked for it or manages the server."""
+    def skip(self, member_id: int, manager: bool) -> Literal["playing", "waiting"] | None:
+        """Stop what is playing if it is the member's (anyone's, for a manager); else drop
+        the member's next utterance still waiting. Which it was, or None."""
         current = self.current
-        if current is None or not (manager or current.requester_id == member_id):
-            return False
-        self.voice.stop()  # type: ignore[attr-defined]
-        return True
+        if current is not None and (manager or current.requester_id == member_id):
+            self.voice.stop()  # type: ignore[attr-defined]
+            return "playing"
+        for utterance in self.waiting:
+            if utterance.requester_id == member_id:
+                self.waiting.remove(utterance)
+                utterance.drop("skipped by the requester")
+                self._advance()
+                return "waiting"
+        return None
 
-    def clear(self) -> int:
+    def clear(self, reason: str = "dropped from the call's queue by a server manager") -> int:
         """Drop everything waiting and stop what plays; how many were dropped."""
         dropped = list(self.waiting)
         self.waiting.clear()
         for utterance in dropped:
-            utterance.audio.cancel()
+            utterance.drop(reason)
         if self.current is not None:
             self.voice.stop()  # type: ignore[attr-defined]
         return len(dropped)
@@ -132,7 +145,7 @@ class Playback:
         self.closed = True
         if self._idle is not None:
             self._idle.cancel()
-        self.clear()
+        self.clear("the bot left the call before it was said")
 
     def _advance(self) -> None:
         """Play the next utterance, if nothing plays and it is ready."""
@@ -147,7 +160,6 @@ class Playback:
             self._start(utterance, audio.result())
 
     def _start(self, utterance: Utterance, pcm: bytes) -> None:
-        self.current = utterance
         loop = asyncio.get_running_loop()
 
         def after(error: Exception | None) -> None:  # on the player's thread
@@ -156,7 +168,12 @@ class Playback:
             with contextlib.suppress(RuntimeError):  # the bot's loop has closed
                 loop.call_soon_threadsafe(self._ended, utterance)
 
-        self.voice.play(PCMSource(pcm), after=after)  # type: ignore[attr-defined]
+        try:
+            self.voice.play(PCMSource(pcm), after=after)  # type: ignore[attr-defined]
+        except Exception as exc:  # discord.ClientException while the connection reconnects
+            log.warning("cannot play speech in the call, so it is skipped: %s", exc)
+            return
+        self.current = utterance
 
     def _ended(self, utterance: Utterance) -> None:
         if self.current is utterance:
@@ -170,6 +187,8 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
         self.bot = bot
         self.playbacks: dict[int, Playback] = {}
         self._leaving: set[asyncio.Future[None]] = set()
+        self._moving: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        """Per server: one join or leave at a time, so two never undo each other."""
         super().__init__()
 
     async def cog_unload(self) -> None:
@@ -199,15 +218,36 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
             )
         if self.bot.voice_protocol is discord.VoiceClient and (why := missing_voice_support()):
             raise VoiceUnavailable(why)
+        guild = interaction.guild
+        current = guild.voice_client
+        here = getattr(current, "channel", None)
+        moving = current is not None and here is not None and here.id != channel.id
+        if moving and self._listeners(here) and not is_admin(interaction):
+            raise VoiceUnavailable(
+                f"I am speaking in {here.mention} and people are listening there; a "
+                "server manager can move me"
+            )
         await interaction.response.defer(ephemeral=True, thinking=True)
-        current = interaction.guild.voice_client
-        if current is not None:
-            await self._leave(interaction.guild.id, current)
-        voice = await channel.connect(cls=self.bot.voice_protocol, self_deaf=True)
-        guild_id = interaction.guild.id
-        self.playbacks[guild_id] = Playback(
-            voice, self.bot.settings.voice.idle_minutes * 60, lambda: self._let_go(guild_id)
-        )
+        async with self._moving[guild.id]:
+            playback = self.playbacks.get(guild.id)
+            if playback is not None and getattr(playback.voice.channel, "id", None) == channel.id:
+                await interaction.followup.send(
+                    f"🔊 I am in {channel.mention} already.",
+                    ephemeral=True,
+                    allowed_mentions=NO_MENTIONS,
+                )
+                self._record(interaction, "join")
+                return
+            if (current := guild.voice_client) is not None:
+                await self._leave(guild.id, current)
+            voice = await channel.connect(cls=self.bot.voice_protocol, self_deaf=True)
+            guild_id = guild.id
+            playback = Playback(
+                voice,
+                self.bot.settings.voice.idle_minutes * 60,
+                lambda: self._let_go(guild_id, playback),
+            )
+            self.playbacks[guild_id] = playback
         await interaction.followup.send(
             f"🔊 Joined {channel.mention}: `/speak` there is said aloud.",
             ephemeral=True,
@@ -219,12 +259,32 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
     @app_commands.guild_only()
     async def leave(self, interaction: Interaction) -> None:
         assert interaction.guild is not None
-        voice = interaction.guild.voice_client
+        guild = interaction.guild
+        voice = guild.voice_client
         if voice is None:
             raise VoiceUnavailable("I am not in a voice channel here")
-        await self._leave(interaction.guild.id, voice)
-        await interaction.response.send_message("👋 Left the call.", ephemeral=True)
+        self._check_in_call(interaction, "take me out of")
+        await interaction.response.defer(ephemeral=True, thinking=True)  # Discord confirms
+        async with self._moving[guild.id]:
+            if (voice := guild.voice_client) is not None:
+                await self._leave(guild.id, voice)
+        await interaction.followup.send("👋 Left the call.", ephemeral=True)
         self._record(interaction, "leave")
+
+    def _check_in_call(self, interaction: Interaction, what: str) -> None:
+        """Only someone in the call (or a manager) changes what it hears; an empty call is
+        anyone's."""
+        assert interaction.guild is not None
+        here = getattr(interaction.guild.voice_client, "channel", None)
+        member = self._member_channel(interaction)
+        if here is None or is_admin(interaction) or not self._listeners(here):
+            return
+        if member is None or member.id != here.id:
+            raise VoiceUnavailable(f"join {here.mention} to {what} the call")
+
+    @staticmethod
+    def _listeners(channel: Any) -> list[discord.Member]:
+        return [m for m in getattr(channel, "members", []) if not m.bot]
 
     async def _leave(self, guild_id: int, voice: discord.VoiceProtocol) -> None:
         playback = self.playbacks.pop(guild_id, None)
@@ -232,14 +292,19 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
             playback.close()
         await voice.disconnect(force=True)
 
-    def _let_go(self, guild_id: int) -> None:
-        """Leave a call nobody uses (idle, or empty), from a timer or an event."""
-        playback = self.playbacks.get(guild_id)
-        if playback is not None:
-            log.info("leaving the voice channel of server %d: nothing to say", guild_id)
-            leaving = asyncio.ensure_future(self._leave(guild_id, playback.voice))
-            self._leaving.add(leaving)
-            leaving.add_done_callback(self._leaving.discard)
+    def _let_go(self, guild_id: int, playback: Playback) -> None:
+        """Leave a call nobody uses (idle, or empty), from a timer or an event; only the
+        call this playback is in, not one joined since."""
+
+        async def leave() -> None:
+            async with self._moving[guild_id]:
+                if self.playbacks.get(guild_id) is playback:
+                    log.info("leaving the voice channel of server %d: nothing said", guild_id)
+                    await self._leave(guild_id, playback.voice)
+
+        leaving = asyncio.ensure_future(leave())
+        self._leaving.add(leaving)
+        leaving.add_done_callback(self._leaving.discard)
 
     @commands.Cog.listener()
     async def on_voice_state_update(
@@ -253,22 +318,28 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
             return
         channel = getattr(playback.voice, "channel", None)
         if member.id == guild.me.id and after.channel is None:
+            if before.channel is not None and getattr(channel, "id", None) != before.channel.id:
+                return  # the end of a call left for the one the bot is in now
             self.playbacks.pop(guild.id, None)
             playback.close()
             return
-        if isinstance(channel, discord.VoiceChannel) and not [
-            m for m in channel.members if not m.bot
-        ]:
-            log.info("leaving the voice channel of server %d: nobody is left in it", guild.id)
-            await self._leave(guild.id, playback.voice)
+        if isinstance(channel, discord.VoiceChannel) and not self._listeners(channel):
+            async with self._moving[guild.id]:
+                if self.playbacks.get(guild.id) is playback:
+                    log.info("leaving the voice channel of server %d: nobody is in it", guild.id)
+                    await self._leave(guild.id, playback.voice)
 
-    @app_commands.command(description="Skip what is being said (yours, or any for managers)")
+    @app_commands.command(
+        description="Skip what is being said, or your next in line (any, for managers)"
+    )
     @app_commands.guild_only()
     async def skip(self, interaction: Interaction) -> None:
         playback = self.playbacks.get(interaction.guild_id or 0)
-        if playback is None or not playback.skip(interaction.user.id, is_admin(interaction)):
-            raise VoiceUnavailable("nothing of yours is being said")
-        await interaction.response.send_message("⏭️ Skipped.", ephemeral=True)
+        skipped = playback.skip(interaction.user.id, is_admin(interaction)) if playback else None
+        if skipped is None:
+            raise VoiceUnavailable("nothing of yours is being said or waiting to be")
+        done = "⏭️ Skipped." if skipped == "playing" else "⏭️ Dropped your next in line."
+        await interaction.response.send_message(done, ephemeral=True)
         self._record(interaction, "skip")
 
     @app_commands.command(description="Drop everything waiting to be said (server managers)")
@@ -284,7 +355,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
     @app_commands.command(description="Read a text channel's new messages aloud in the call")
     @app_commands.describe(
         channel="The text channel (empty: stop reading)",
-        max_chars="Longest part of a message that is read",
+        max_chars="Longest part of a message that is read, here from now on (server managers)",
     )
     @app_commands.guild_only()
     async def read(
@@ -293,33 +364,52 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
         channel: discord.TextChannel | None = None,
         max_chars: app_commands.Range[int, 20, 2000] | None = None,
     ) -> None:
-        playback = self.playbacks.get(interaction.guild_id or 0)
+        assert interaction.guild is not None
+        playback = self.playbacks.get(interaction.guild.id)
         if playback is None:
             raise VoiceUnavailable("I am not in a voice channel here: `/voice join` first")
+        self._check_in_call(interaction, "change what is read in")
         if channel is None:
             playback.reading = None
             await interaction.response.send_message("🔇 Stopped reading aloud.", ephemeral=True)
             self._record(interaction, "read")
             return
-        assert interaction.guild is not None
-        if not self._public(interaction, channel):
+        if max_chars is not None and not is_admin(interaction):
+            raise VoiceUnavailable("only server managers set how much of a message is read")
+        if not self._public(channel, interaction.user):
             raise VoiceUnavailable(
                 f"{channel.mention} is not open to everyone, and the call may hear it: I read "
                 "aloud only channels every member can read"
             )
+        if not channel.permissions_for(interaction.guild.me).view_channel:
+            raise VoiceUnavailable(f"I cannot see {channel.mention}, so I cannot read it")
         if not self.bot.settings.read_messages:
             raise VoiceUnavailable(
                 "reading aloud needs the Message Content intent: the bot's owner enables it "
                 "on the Bot page and sets BOT_READ_MESSAGES=true"
             )
+        if max_chars is not None:
+            await interaction.response.defer(ephemeral=True, thinking=True)  # a disk write
+            await self.bot.guild_settings.update(
+                interaction.guild.id, read_aloud_max_chars=max_chars
+            )
         playback.reading = channel.id
-        playback.max_chars = max_chars or self.bot.settings.voice.max_chars
-        await interaction.response.send_message(
-            f"📖 Reading {channel.mention} aloud, each message as its author's voice.",
-            ephemeral=True,
-            allowed_mentions=NO_MENTIONS,
+        said = (
+            f"📖 Reading {channel.mention} aloud, each message as its author's voice, "
+            f"up to {self._max_chars(interaction.guild.id)} characters of it."
         )
+        if interaction.response.is_done():
+            await interaction.followup.send(said, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        else:
+            await interaction.response.send_message(
+                said, ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
         self._record(interaction, "read")
+
+    def _max_chars(self, guild_id: int) -> int:
+        """Longest part of a message read aloud here."""
+        chosen = self.bot.guild_settings.get(guild_id).read_aloud_max_chars
+        return chosen or self.bot.settings.voice.max_chars
 
     @app_commands.command(description="The voice you are read aloud with here")
     @app_commands.describe(voice="A voice (empty: the bot's default)")
@@ -348,13 +438,12 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
         return voice_choices(self.bot, current)
 
     @staticmethod
-    def _public(interaction: Interaction, channel: discord.TextChannel) -> bool:
-        """Whoever is in the call may hear it: only a channel that the member asking and
-        everyone in the server can read is read aloud."""
-        assert interaction.guild is not None
-        everyone = channel.permissions_for(interaction.guild.default_role)
-        member = channel.permissions_for(interaction.user)  # type: ignore[arg-type]
-        return all(p.view_channel and p.read_message_history for p in (everyone, member))
+    def _public(channel: Any, member: Any = None) -> bool:
+        """Whoever is in the call may hear it: only a channel that everyone in the server
+        (and the member asking) can read is read aloud."""
+        readers = [channel.guild.default_role] + ([member] if member is not None else [])
+        rights = [channel.permissions_for(reader) for reader in readers]
+        return all(p.view_channel and p.read_message_history for p in rights)
 
     def _record(self, interaction: Interaction, command: str) -> None:
         """One usage row, as every command leaves."""
@@ -369,6 +458,10 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
         if playback is None or playback.reading != message.channel.id or message.author.bot:
             return
         assert guild is not None
+        if not self._public(message.channel):
+            log.info("stopped reading aloud in server %d: the channel was closed", guild.id)
+            playback.reading = None
+            return
         names = {f"@{m.id}": m.display_name for m in message.mentions}
         names |= {f"@&{r.id}": r.name for r in message.role_mentions}
         names |= {f"#{c.id}": c.name for c in message.channel_mentions}
@@ -377,7 +470,11 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
             return
         author = message.author
         said = spoken_line(
-            author.display_name, text, playback.max_chars, self.bot.settings.voice.say_names
+            speakable(author.display_name) or author.name,
+            text,
+            self._max_chars(guild.id),
+            self.bot.settings.voice.say_names,
+            fits=self.bot.settings.speak.max_chars,
         )
         voice = self.bot.guild_settings.get(guild.id).member_voices.get(author.id)
         caller = dataclasses.replace(  # the usage log tells read-aloud from /speak
@@ -393,20 +490,22 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
             return
         self._queue(playback, author.id, handle)
 
-    def in_call_with(self, interaction: Interaction) -> bool:
-        """Whether the member is in the voice channel the bot speaks in here."""
-        guild = interaction.guild
-        voice = guild.voice_client if guild is not None else None
-        channel = self._member_channel(interaction)
-        return voice is not None and channel is not None and voice.channel.id == channel.id
+    def call_with(self, interaction: Interaction) -> Playback | None:
+        """The call the member is in with the bot here, if any (not one still connecting
+        or being left)."""
+        playback = self.playbacks.get(interaction.guild_id or 0)
+        here = getattr(playback.voice, "channel", None) if playback is not None else None
+        member = self._member_channel(interaction)
+        if playback is None or playback.closed or here is None or member is None:
+            return None
+        return playback if here.id == member.id else None
 
-    def say(self, interaction: Interaction, handle: JobHandle) -> None:
+    def say(self, playback: Playback, requester_id: int, handle: JobHandle) -> None:
         """Queue the job's speech in the call; it plays when it and those before it are."""
-        assert interaction.guild_id is not None
-        playback = self.playbacks.get(interaction.guild_id)
-        if playback is None:
-            raise VoiceUnavailable("I am not in a voice channel here: `/voice join` first")
-        self._queue(playback, interaction.user.id, handle)
+        if playback.closed:  # left while the reply was being deferred
+            handle.cancel("the bot left the call before it was said")
+            return
+        self._queue(playback, requester_id, handle)
 
     @staticmethod
     def _queue(playback: Playback, requester_id: int, handle: JobHandle) -> None:
@@ -423,14 +522,15 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
                 audio.set_result(handle.peek_result().pcm)
 
         handle.add_done_callback(synthesized)
-        playback.add(Utterance(requester_id, audio))
+        playback.add(Utterance(requester_id, audio, handle))
 
 
 def speech_render(channel: str) -> Callable[[Any], Any]:
-    """The reply under a /speak said in the call: where, and how long."""
+    """The reply under a /speak for the call: where, and how long. It comes when the speech
+    is ready, which may be before its turn to be said."""
 
     def render(result: Any) -> Reply:
-        return Reply(note=f"-# 🔊 said in {channel} · {result.seconds:.1f} s")
+        return Reply(note=f"-# 🔊 in line to be said in {channel} · {result.seconds:.1f} s")
 
     return render
 
