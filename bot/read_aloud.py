@@ -20,7 +20,13 @@ _MENTION = re.compile(r"<(@!?|@&|#)(\d+)>")
 _SLASH_COMMAND = re.compile(r"</([\w -]+):\d+>")
 _CUSTOM_EMOJI = re.compile(r"<a?:(\w+):\d+>")
 _TIMESTAMP = re.compile(r"<t:-?\d+(?::\w)?>")
-_PAIRED_MARKUP = re.compile(r"(\*\*\*|\*\*|\*|~~|__|(?<!\w)_)(?=\S)(.+?)(?<=\S)\1(?!\w)")
+_PAIRED_MARKUP = re.compile(r"(\*\*\*|\*\*|\*|~~|__|(?<!\w)_)(?=\S)(.{1,300}?)(?<=\S)\1(?!\w)")
+"""Bold, italics, underline and strikethrough around at most 300 characters: a bound, so
+that a message of unclosed ``*`` costs a linear scan, not a quadratic one."""
+_MARKUP_RUN = re.compile(r"([*_~|])\1{3,}")
+"""Four or more of one markup character: a divider, not words."""
+_MARKUP_DEPTH = 3
+"""Nested markup removed, outermost first (``***_x_***``); more is left as it is."""
 _LINE_MARKUP = re.compile(r"^[ \t]*(?:>>> |> |#{1,3} |-# |[-*] )", re.MULTILINE)
 _SPACE = re.compile(r"\s+")
 _AND_SO_ON = ", and so on"
@@ -41,20 +47,49 @@ def speakable(text: str, names: Mapping[str, str] | None = None) -> str:
     text = _CUSTOM_EMOJI.sub(lambda m: " " + m.group(1).replace("_", " ") + " ", text)
     text = _TIMESTAMP.sub(" (a time) ", text)
     text = _LINE_MARKUP.sub("", text)
-    while (unmarked := _PAIRED_MARKUP.sub(r"\2", text)) != text:  # **_nested_** too
+    text = _MARKUP_RUN.sub(" ", text)
+    for _ in range(_MARKUP_DEPTH):
+        unmarked = _PAIRED_MARKUP.sub(r"\2", text)
+        if unmarked == text:
+            break
         text = unmarked
     # Names after markup, so that markup characters in them are said as they are.
     text = _MENTION.sub(lambda m: names.get(f"{m.group(1).rstrip('!')}{m.group(2)}", ""), text)
-    text = "".join(c for c in text if not _is_emoji_part(c))
+    text = _without_emoji(text)
     text = _SPACE.sub(" ", text).strip()
     return text if any(c.isalnum() for c in text) else ""
 
 
-def _is_emoji_part(char: str) -> bool:
-    """Emoji, their skin tones and joiners: a speech model has no sound for them."""
-    return unicodedata.category(char) in ("So", "Cf", "Cs") or (
-        "\ufe00" <= char <= "\ufe0f" or "\U0001f3fb" <= char <= "\U0001f3ff"
-    )
+def _without_emoji(text: str) -> str:
+    """Emoji (with their skin tones and the joiners between them) and style selectors
+    dropped: a speech model has no sound for them. Other symbols (°, ©, №) and the joiners
+    some scripts spell with stay."""
+    kept: list[str] = []
+    after_emoji = False
+    for char in text:
+        if char in _SELECTORS:
+            continue
+        if _is_emoji(char) or (after_emoji and char == _JOINER):
+            if kept and kept[-1] == _JOINER:
+                kept.pop()  # the joiner before this emoji
+            after_emoji = True
+            continue
+        after_emoji = False
+        if unicodedata.category(char) != "Cs":  # a lone surrogate is no text at all
+            kept.append(char)
+    return "".join(kept)
+
+
+_JOINER = "\u200d"
+_SELECTORS = frozenset({"\ufe0e", "\ufe0f", "\u20e3"})
+"""Text or emoji style, and the keycap around a digit: ``1️⃣`` is said as "1"."""
+
+
+def _is_emoji(char: str) -> bool:
+    code = ord(char)
+    if code >= 0x1F000:  # pictographs, regional indicators, skin tones
+        return unicodedata.category(char) in ("So", "Sk")
+    return 0x2600 <= code <= 0x27BF and unicodedata.category(char) == "So"  # ☀ ♥ ✅
 
 
 def spoken_line(

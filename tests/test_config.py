@@ -53,6 +53,7 @@ async def test_show_tells_every_rule_and_where_it_comes_from(harness: Harness) -
         "- Cooldowns: none",
         "- Words refused in /imagine prompts: none",
         "- Chat persona: the bot's default",
+        "- Read aloud in calls: up to 300 characters of a message (bot default)",
     ):
         assert line in shown.splitlines()
     await configure(harness, carol, s.channel, "quota", task="chat", per_day=3)

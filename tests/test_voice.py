@@ -368,7 +368,9 @@ def test_messages_are_made_speakable() -> None:
     assert speakable("the killer is ||Bob||!") == "the killer is (a spoiler) !"
     assert speakable("try </voice read:1234567890> now") == "try /voice read now"
     assert speakable("👍🎉 <@99>") == ""  # nothing to say: not sent to the model at all
-    assert speakable("hi 👋🏽 there") == "hi there"
+    assert speakable("hi 👋🏽 there, 👨‍👩‍👧 and 1️⃣") == "hi there, and 1"
+    assert speakable("30°C, №5, می‌خواهم") == "30°C, №5, می‌خواهم"  # symbols and joiners of words
+    assert speakable("***_deep_*** ____ end") == "deep end"
     # Only paired markup and line markers go; names keep their characters.
     assert speakable("C# is > Java, snake_case") == "C# is > Java, snake_case"
     assert speakable("-# small\n> quoted **bold _it_**") == "small quoted bold it"
@@ -463,3 +465,17 @@ async def test_a_servers_read_aloud_limit_is_set_by_managers_and_fits_the_speech
     short, long = [r.text for run in harness.tasks["speak"].runs for r in run]
     assert short == "alice said: " + " ".join(["word"] * 8) + ", and so on"
     assert 590 <= len(long) <= 600 and long.endswith(", and so on")
+
+    # The limit alone changes, reading goes on; a manager puts it back with /config reset.
+    refused = await s.alice.slash(s.channel, "voice read", max_chars=100)
+    assert "only server managers" in refused.response.content
+    limited = await carol.slash(s.channel, "voice read", max_chars=100)
+    assert "Up to 100 characters" in limited.response.content
+    shown = await carol.slash(s.channel, "config show")
+    assert "- Read aloud in calls: up to 100 characters of a message" in shown.response.content
+    await carol.slash(s.channel, "config reset", rule="read_aloud")
+    await harness.env.settle()
+    assert harness.bot.guild_settings.get(s.guild.id).read_aloud_max_chars is None
+    await s.alice.send(s.channel, "still read")
+    await harness.finish()
+    assert harness.tasks["speak"].runs[-1][0].text == "alice said: still read"

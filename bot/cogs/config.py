@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 Rule = Literal[
     "channels", "commands", "quotas", "cooldowns", "exempt_roles", "blocked_terms", "personas",
-    "everything",
+    "read_aloud", "everything",
 ]  # fmt: skip
 """What ``/config reset`` puts back to the bot's defaults."""
 
@@ -43,6 +43,7 @@ RESETS: dict[str, tuple[str, ...]] = {
     "exempt_roles": ("exempt_roles",),
     "blocked_terms": ("blocked_terms",),
     "personas": ("persona", "channel_personas"),
+    "read_aloud": ("read_aloud_max_chars",),
     "everything": tuple(GuildSettings.model_fields),
 }
 
@@ -64,7 +65,11 @@ def _per_task(mine: dict[str, float], bot_wide: dict[str, float], unit: str) -> 
 
 
 def render_settings(
-    guild: GuildSettings, policy: QuotaPolicy, tasks: list[str], screened: bool
+    guild: GuildSettings,
+    policy: QuotaPolicy,
+    tasks: list[str],
+    screened: bool,
+    read_aloud_max_chars: int,
 ) -> str:
     """Every rule in force here, saying which are the server's own and which the bot's."""
     on = sorted(tasks) if guild.enabled_commands is None else sorted(guild.enabled_commands)
@@ -112,6 +117,12 @@ def render_settings(
         + (f"“{_short(guild.persona)}”" if guild.persona else "the bot's default")
         + (f"; {'; '.join(personas)}" if personas else ""),
         f"- A thread for every /chat: {'yes' if guild.chat_threads else 'no'}",
+        "- Read aloud in calls: up to "
+        + (
+            f"{guild.read_aloud_max_chars} characters of a message"
+            if guild.read_aloud_max_chars is not None
+            else f"{read_aloud_max_chars} characters of a message (bot default)"
+        ),
     ]
     return "\n".join(lines)
 
@@ -183,6 +194,7 @@ class ServerConfig(commands.GroupCog, group_name="config", group_description="Th
             self.bot.invoker.quotas.policy,
             list(self.bot.executor.tasks),
             self._screened(),
+            self.bot.settings.voice.max_chars,
         )
         await interaction.response.send_message(
             clip(text), ephemeral=True, allowed_mentions=NO_MENTIONS

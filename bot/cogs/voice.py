@@ -242,12 +242,12 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
                 await self._leave(guild.id, current)
             voice = await channel.connect(cls=self.bot.voice_protocol, self_deaf=True)
             guild_id = guild.id
-            playback = Playback(
+            joined = Playback(
                 voice,
                 self.bot.settings.voice.idle_minutes * 60,
-                lambda: self._let_go(guild_id, playback),
+                lambda: self._let_go(guild_id, joined),
             )
-            self.playbacks[guild_id] = playback
+            self.playbacks[guild_id] = joined
         await interaction.followup.send(
             f"🔊 Joined {channel.mention}: `/speak` there is said aloud.",
             ephemeral=True,
@@ -325,7 +325,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
             return
         if isinstance(channel, discord.VoiceChannel) and not self._listeners(channel):
             async with self._moving[guild.id]:
-                if self.playbacks.get(guild.id) is playback:
+                if self.playbacks.get(guild.id) is playback and not self._listeners(channel):
                     log.info("leaving the voice channel of server %d: nobody is in it", guild.id)
                     await self._leave(guild.id, playback.voice)
 
@@ -369,13 +369,39 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
         if playback is None:
             raise VoiceUnavailable("I am not in a voice channel here: `/voice join` first")
         self._check_in_call(interaction, "change what is read in")
-        if channel is None:
+        if max_chars is not None and not is_admin(interaction):
+            raise VoiceUnavailable("only server managers set how much of a message is read")
+        if channel is None and max_chars is None:
             playback.reading = None
             await interaction.response.send_message("🔇 Stopped reading aloud.", ephemeral=True)
             self._record(interaction, "read")
             return
-        if max_chars is not None and not is_admin(interaction):
-            raise VoiceUnavailable("only server managers set how much of a message is read")
+        if channel is not None:
+            self._check_readable(interaction, channel)
+        if max_chars is not None:
+            await interaction.response.defer(ephemeral=True, thinking=True)  # a disk write
+            await self.bot.guild_settings.update(
+                interaction.guild.id, read_aloud_max_chars=max_chars
+            )
+        most = self._max_chars(interaction.guild.id)
+        if channel is not None:
+            playback.reading = channel.id
+            said = (
+                f"📖 Reading {channel.mention} aloud, each message as its author's voice, "
+                f"up to {most} characters of it."
+            )
+        else:
+            said = f"📖 Up to {most} characters of a message are read aloud here."
+        if interaction.response.is_done():
+            await interaction.followup.send(said, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        else:
+            await interaction.response.send_message(
+                said, ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
+        self._record(interaction, "read")
+
+    def _check_readable(self, interaction: Interaction, channel: discord.TextChannel) -> None:
+        assert interaction.guild is not None
         if not self._public(channel, interaction.user):
             raise VoiceUnavailable(
                 f"{channel.mention} is not open to everyone, and the call may hear it: I read "
@@ -388,23 +414,6 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
                 "reading aloud needs the Message Content intent: the bot's owner enables it "
                 "on the Bot page and sets BOT_READ_MESSAGES=true"
             )
-        if max_chars is not None:
-            await interaction.response.defer(ephemeral=True, thinking=True)  # a disk write
-            await self.bot.guild_settings.update(
-                interaction.guild.id, read_aloud_max_chars=max_chars
-            )
-        playback.reading = channel.id
-        said = (
-            f"📖 Reading {channel.mention} aloud, each message as its author's voice, "
-            f"up to {self._max_chars(interaction.guild.id)} characters of it."
-        )
-        if interaction.response.is_done():
-            await interaction.followup.send(said, ephemeral=True, allowed_mentions=NO_MENTIONS)
-        else:
-            await interaction.response.send_message(
-                said, ephemeral=True, allowed_mentions=NO_MENTIONS
-            )
-        self._record(interaction, "read")
 
     def _max_chars(self, guild_id: int) -> int:
         """Longest part of a message read aloud here."""
@@ -465,7 +474,8 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
         names = {f"@{m.id}": m.display_name for m in message.mentions}
         names |= {f"@&{r.id}": r.name for r in message.role_mentions}
         names |= {f"#{c.id}": c.name for c in message.channel_mentions}
-        text = speakable(message.content, names)
+        # Only the start of a long message is ever said: the rest is not worked through.
+        text = speakable(message.content[: 3 * self.bot.settings.speak.max_chars], names)
         if not text:
             return
         author = message.author
