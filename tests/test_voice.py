@@ -479,3 +479,24 @@ async def test_a_servers_read_aloud_limit_is_set_by_managers_and_fits_the_speech
     await s.alice.send(s.channel, "still read")
     await harness.finish()
     assert harness.tasks["speak"].runs[-1][0].text == "alice said: still read"
+
+
+@pytest.mark.parametrize("stack", [{"read_messages": True}], indirect=True)
+@pytest.mark.simcord(approved_intents=discord.Intents.all())
+async def test_reading_stops_when_the_channel_is_closed_later(
+    harness: Harness, recording: type[RecordingVoice]
+) -> None:
+    s, _ = await in_call(harness)
+    await s.alice.slash(s.channel, "voice read", channel=s.channel)
+    channel = harness.bot.get_channel(s.channel.id)
+    assert isinstance(channel, discord.TextChannel)
+    alice = channel.guild.get_member(s.alice.id) or discord.Object(s.alice.id)
+    for still_in in (channel.guild.me, alice):  # she still writes there, the bot still sees
+        await channel.set_permissions(still_in, view_channel=True)
+    await channel.set_permissions(channel.guild.default_role, view_channel=False)
+    await harness.env.settle()
+    await s.alice.send(s.channel, "now only for some")
+    await harness.finish()
+    assert harness.tasks["speak"].runs == []
+    cog = harness.bot.get_cog("Voice")
+    assert cog.playbacks[s.guild.id].reading is None  # type: ignore[union-attr]
