@@ -273,8 +273,11 @@ class SilentVoice:
 
     def __init__(self) -> None:
         self.played: list[int] = []
+        self.started = 0
 
     def play(self, source: discord.AudioSource, *, after: Any) -> None:
+        self.started += 1
+
         def run() -> None:
             count = 0
             while source.read():
@@ -298,8 +301,8 @@ async def test_utterances_play_in_order_whichever_is_ready_first() -> None:
     playback.add(Utterance(1, first))
     playback.add(Utterance(2, second))
     second.set_result(tone(0.2))  # ready first, said second
-    await asyncio.sleep(0.05)
-    assert voice.played == [] and playback.current is None
+    await asyncio.sleep(0)  # its done-callback runs: the queue looks, and waits for the first
+    assert voice.started == 0 and playback.current is None and len(playback.waiting) == 2
     first.set_result(tone(0.1))
     await until(lambda: voice.played == [5, 10] and playback.current is None)
     playback.close()
