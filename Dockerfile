@@ -20,12 +20,14 @@ RUN rm -f /etc/apt/sources.list.d/cuda*.list \
 
 WORKDIR /app
 COPY pyproject.toml README.md LICENSE ./
+COPY locks ./locks
 COPY bot ./bot
 COPY handlers ./handlers
-# The README's install (not editable: the source stays root-owned and read-only); the cache
-# mount keeps the multi-GB PyTorch download across rebuilds.
+# The README's install from the lock (not editable: the source stays root-owned and
+# read-only). No PyTorch is installed first, so the lock's torch is its CUDA build from PyPI;
+# the cache mount keeps that multi-GB download across rebuilds.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python3 -m venv /opt/venv && . /opt/venv/bin/activate && pip install .
+    python3 -m venv /opt/venv && . /opt/venv/bin/activate && pip install -r locks/bot.txt .
 
 # /data: the usage database and the heartbeat; /models: the Hugging Face cache (models and
 # the voice table), kept apart so either can be wiped alone. The health check reads

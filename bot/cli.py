@@ -593,8 +593,9 @@ def configure_logging(settings: Settings, serving: bool) -> None:
     """discord.py's log setup for the bot; terminal commands stay quiet (results, progress
     bars, one-line errors) unless BOT_LOG_LEVEL is set.
 
-    Loggers that record what members wrote stay above DEBUG: aiosqlite logs every row's
-    values, discord.py's gateway and HTTP loggers message contents and interaction tokens.
+    Loggers that record what members wrote stay above DEBUG: discord.py's gateway and HTTP
+    loggers log message contents and interaction tokens (``BOT_DISCORD_LOG_LEVEL``), and
+    those in ``PRIVATE_LOGGERS`` more.
     """
     if serving:
         import discord
@@ -613,7 +614,19 @@ def configure_logging(settings: Settings, serving: bool) -> None:
     logging.getLogger("discord").setLevel(
         max(root, logging.getLevelName(settings.discord_log_level))
     )
-    logging.getLogger("aiosqlite").setLevel(max(root, logging.INFO))
+    keep_private_loggers_above_debug()
+
+
+PRIVATE_LOGGERS = ("aiosqlite", "openai", "httpx", "httpx2")
+"""Libraries whose DEBUG lines carry what members wrote or a secret: aiosqlite every row's
+values; the openai client (1.x and 2.x) each chat request and the server's URL with any
+credentials in it, as its transport (httpx, httpx2 under openai 3.x) may."""
+
+
+def keep_private_loggers_above_debug() -> None:
+    root = logging.getLogger().level
+    for name in PRIVATE_LOGGERS:
+        logging.getLogger(name).setLevel(max(root, logging.INFO))
 
 
 QUIET = {

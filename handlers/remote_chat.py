@@ -55,18 +55,23 @@ def without_credentials(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=host))
 
 
+def is_timeout(error: BaseException) -> bool:
+    """Whether ``error`` is a time-out: the client's ``APITimeoutError``, or its transport's
+    while a stream is read (``httpx.ReadTimeout`` under openai 1.x and 2.x, ``httpx2``'s under
+    3.x). Told by class name, so that no client's exception has to be built or imported."""
+    return any("Timeout" in cls.__name__ for cls in type(error).__mro__)
+
+
 def explain(error: Exception, base_url: str, timeout_s: float) -> EngineError:
     """One line for the member (and the kind, for metrics) from the client's error."""
     # Members see no address (it may name internal hosts): the log does, without credentials.
     log.warning("the chat server at %s: %s: %s", without_credentials(base_url),
                 type(error).__name__, error)  # fmt: skip
-    if "Timeout" in type(error).__name__:  # the transport's, while a stream is read
-        error = openai.APITimeoutError(request=None)  # type: ignore[arg-type]
-    elif not isinstance(error, openai.OpenAIError):  # the transport broke off mid-stream
+    if is_timeout(error):
+        return EngineError("timeout", f"the chat server did not answer within {timeout_s:g} s")
+    if not isinstance(error, openai.OpenAIError):  # the transport broke off mid-stream
         return EngineError("unreachable", "the chat server broke off its answer; try again")
     match error:
-        case openai.APITimeoutError():
-            return EngineError("timeout", f"the chat server did not answer within {timeout_s:g} s")
         case openai.APIConnectionError():
             return EngineError("unreachable", "the chat server cannot be reached; try again later")
         case openai.AuthenticationError() | openai.PermissionDeniedError():

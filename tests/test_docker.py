@@ -76,12 +76,12 @@ def test_the_image_installs_the_way_the_readme_does() -> None:
     assert len(install) == 3, steps
     # The image makes the same virtual environment and installs the project the same way,
     # into /opt/venv, and not editable (the source stays root-owned and read-only).
-    expected = [s.replace(".venv", "/opt/venv").replace("pip install -e ", "pip install ")
-                for s in install]  # fmt: skip
+    expected = [s.replace(".venv", "/opt/venv").replace(" -e .", " .") for s in install]
     (run,) = [a for a in arguments("RUN") if "pip install" in a]
     run = re.sub(r"^(--\S+ )+", "", run)  # RUN's own flags (the pip cache mount)
     assert [s.strip() for s in run.split("&&")] == expected
-    assert "Dockerfile" in readme and "pip install .`" in readme
+    assert any("-r locks/bot.txt" in step for step in expected)  # the lock, in both
+    assert "Dockerfile" in readme and "pip install -r locks/bot.txt .`" in readme
 
 
 def test_the_image_runs_the_readme_commands_as_a_user_with_state_on_volumes() -> None:
@@ -150,6 +150,7 @@ def test_dockerignore_keeps_secrets_and_state_out_of_the_build() -> None:
         "pyproject.toml",
         "README.md",
         "LICENSE",
+        "locks",
         "bot",
         "handlers",
     }
@@ -170,7 +171,8 @@ def test_the_vllm_compose_file_points_the_bots_chat_at_its_server() -> None:
 def test_the_ray_compose_file_runs_the_bot_as_a_node_of_a_cluster_with_a_worker_per_gpu() -> None:
     services = yaml.safe_load((ROOT / "compose.ray.yaml").read_text())["services"]
     head, bot = services["ray-head"], services["bot"]
-    assert "pip install --no-cache-dir '/app[ray]'" in head["build"]["dockerfile_inline"]
+    install = "pip install --no-cache-dir -r /app/locks/ray.txt '/app[ray]'"
+    assert install in head["build"]["dockerfile_inline"]
     assert {s["image"] for s in services.values()} == {"assistant-bot-ray"}  # one Ray version
     workers = [s for name, s in services.items() if name.startswith("ray-gpu-")]
     cards = [w["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] for w in workers]

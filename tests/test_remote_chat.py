@@ -8,7 +8,7 @@ import asyncio
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from bot.cli import main
+from bot.cli import PRIVATE_LOGGERS, keep_private_loggers_above_debug, main
 from bot.conversations import Turn, fit
 from bot.executor import (
     Executor,
@@ -203,6 +203,16 @@ async def test_a_device_batch_does_not_hold_up_the_servers_answers(
         await held
 
 
+@pytest.fixture
+def private_loggers() -> Iterator[None]:
+    """The bot's logging policy (openai 1.x and 2.x log the server's URL at DEBUG)."""
+    levels = {name: logging.getLogger(name).level for name in PRIVATE_LOGGERS}
+    keep_private_loggers_above_debug()
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -217,12 +227,13 @@ def closed_port() -> int:
         (503, "server_error", "the chat server failed (HTTP 503)"),
         (404, "not_found", "the chat server does not serve the configured model"),
         ("unreachable", "unreachable", "the chat server cannot be reached; try again later"),
-        ("stall", "timeout", "the chat server did not answer within 0.5 s"),
+        ("stall", "timeout", "the chat server did not answer within 0.5 s"),  # mid-stream
+        ("queued", "timeout", "the chat server did not answer within 0.5 s"),  # no headers
     ],
 )
 async def test_each_failure_of_the_server_is_one_line_and_counted(
     server: tuple[FakeServer, str], reply: str | int, kind: str, line: str,
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, private_loggers: None,
 ) -> None:  # fmt: skip
     fake, url = server
     fake.reply = reply

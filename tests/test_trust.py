@@ -431,7 +431,7 @@ async def test_delete_follows_the_permissions_in_the_images_channel(harness: Har
 def restored_logging() -> Iterator[None]:
     root = logging.getLogger()
     saved = root.handlers[:], root.level
-    levels = {name: logging.getLogger(name).level for name in ("discord", "aiosqlite")}
+    levels = {name: logging.getLogger(name).level for name in ("discord", *cli.PRIVATE_LOGGERS)}
     yield
     root.handlers[:], root.level = saved
     for name, level in levels.items():
