@@ -47,6 +47,12 @@ class Turn:
     text: str
     name: str | None = None
     """A member's display name; None for the bot's answers and the terminal's user."""
+    private_to: str | None = None
+    """The only member whose prompts may hold this turn (a slash command's input, which
+    only its asker saw); None for what everyone in the conversation saw."""
+
+    def may_reach(self, user_id: str) -> bool:
+        return self.private_to is None or self.private_to == user_id
 
     def as_chat(self) -> ChatTurn:
         return ChatTurn(self.role, self.text, self.name)
@@ -350,14 +356,19 @@ class Conversations:
         its history and the summary of what came before.
 
         ``base`` carries the options (persona, temperature, seed); its message is replaced.
-        Turns already in the summary or before a reset are left out. ``complete`` is False
+        Turns already in the summary or before a reset are left out, and so are turns private
+        to another member than ``user_id``; the summary is shared, so a private turn is
+        never folded into it (a private opening stays until a reset). ``complete`` is False
         when the front end could not read back every turn since the summary (it reads a
         bounded number of messages): the older half of what it read is then folded even if
         it fits, so that no turn ever slips past unsummarised.
         """
-        live = [turn for turn in turns if turn.id > memory.cutoff]
-        if memory.opening is not None and memory.opening.id > memory.cutoff:
-            live = sorted({*live, memory.opening}, key=lambda turn: turn.id)
+        live = [turn for turn in turns if turn.id > memory.cutoff and turn.may_reach(user_id)]
+        opening = memory.opening
+        # A private opening is in no summary: it stays its asker's until a reset.
+        kept_after = memory.reset_after if opening and opening.private_to else memory.cutoff
+        if opening is not None and opening.id > kept_after and opening.may_reach(user_id):
+            live = sorted({*live, opening}, key=lambda turn: turn.id)
         if not live or live[-1].role != "user":
             raise ValueError("a conversation turn must end with a member's message")
         *history, last = live
@@ -381,8 +392,11 @@ class Conversations:
     async def _fold(self, memory: Memory, turns: Sequence[Turn], user_id: str) -> str | None:
         """The summary with ``turns`` folded in, stored; None (and the turns left out of this
         answer, to be folded next time) when summarising fails."""
+        public = [turn.line() for turn in turns if turn.private_to is None]
+        if not public:  # nothing everyone may read: nothing to add to the shared summary
+            return memory.summary
         lines = [f"Summary so far: {memory.summary}"] if memory.summary else []
-        lines += [turn.line() for turn in turns]
+        lines += public
         summarize = self.executor.tasks.get("summarize")
         limit = getattr(summarize, "max_chars", None)
         text = "\n".join(lines)

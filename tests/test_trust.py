@@ -17,8 +17,10 @@ import discord
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from markdown_it import MarkdownIt
 
 from bot import cli
+from bot.cogs.markdown import neutralize
 from bot.executor import Busy
 from bot.guilds import GuildSettingsStore
 from bot.invocations import Caller, Invoker
@@ -346,6 +348,60 @@ async def test_echoed_and_generated_text_cannot_pass_for_the_bots_own(harness: H
     assert translated.response.content.endswith("\n-# en → fr")  # the bot's own note stays
 
 
+def masked_links(markdown: str) -> list[str]:
+    """Where the links a renderer shows in ``markdown`` lead, autolinks (which show where
+    they lead) left out: CommonMark without raw HTML or link reference definitions, which
+    Discord does not have."""
+    renderer = MarkdownIt("commonmark", {"html": False}).disable("reference")
+    found = []
+    tokens = renderer.parse(markdown)
+    while tokens:
+        token = tokens.pop()
+        tokens.extend(token.children or [])
+        if token.type == "link_open" and token.markup != "autolink":
+            found.append(str(token.attrs["href"]))
+    return found
+
+
+MARKDOWN_PIECES = st.sampled_from([
+    "[", "]", "(", ")", "](", "\\", "\\\\", "`", "``", "```", "\n", "\n\n", " ", "*", "_",
+    "~~", "||", "<", ">", "> ", "# ", "-# ", "- ", "!", "Claim", "https://evil.example",
+    "<https://evil.example>", "[Claim Nitro](https://evil.example)", "```py\n", "\n```\n",
+])  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(MARKDOWN_PIECES, max_size=30).map("".join))
+def test_no_masked_link_survives_neutralizing(markdown: str) -> None:
+    assert masked_links(neutralize(markdown)) == []
+
+
+@pytest.mark.parametrize(
+    "markdown",
+    [
+        "\\[Claim Nitro](https://evil.example)",  # an escaped backslash escapes nothing
+        "\\\\\\[Claim Nitro](https://evil.example)",
+        "`code` and `\\`[Claim Nitro](https://evil.example)`",
+        "*a\n```\nb* [Claim Nitro](https://evil.example)\n```",  # Discord: emphasis, then text
+        "a ```b\n```\n[Claim Nitro](https://evil.example)\n```",  # Discord: code ends at line 2
+    ],
+)
+def test_links_that_only_discord_would_show_are_escaped(markdown: str) -> None:
+    """Discord's reading, which CommonMark does not share: spans and code blocks that run
+    over lines. The link's ``[`` must come out escaped (an odd number of backslashes)."""
+    escaped = neutralize(markdown)
+    opener = escaped.index("[Claim Nitro]")
+    backslashes = len(escaped[:opener]) - len(escaped[:opener].rstrip("\\"))
+    assert backslashes % 2 == 1, escaped
+
+
+def test_code_blocks_and_text_without_links_are_left_as_written() -> None:
+    code = "Call `items`:\n```py\nitems[0](x)  # call it\n```\n"
+    assert neutralize(code) == code
+    plain = "**bold**, a_b, ~~struck~~, ||spoiler||\n- a list\n> a quote\n1. [one]"
+    assert neutralize(plain) == plain
+
+
 # 8. Work before the acknowledgement
 
 
@@ -471,3 +527,216 @@ def test_discord_debug_logs_stay_off_unless_asked_for(
     assert "aW50ZXJhY3Rpb24-token" not in logged and "private words" not in logged
     monkeypatch.setenv("BOT_DISCORD_LOG_LEVEL", "DEBUG")  # the admin asks for them
     assert "private words" in run_logging(monkeypatch, capsys)
+
+
+# Round two (issue 25). The masked-link tests (its finding 3) are with finding 7 above.
+
+SECRET = "The exam answers are B, D, A, C."
+LEFT_OUT = "-# I read only your message: you cannot read the earlier messages here."
+
+
+def chat_requests(h: Harness) -> list[Any]:
+    return [request for run in h.tasks["chat"].runs for request in run]
+
+
+def prompt_of(request: Any) -> str:
+    """Everything of a chat request that reaches the model as text."""
+    turns = " ".join(turn.content for turn in request.history)
+    return " ".join((request.system or "", request.summary, turns, request.message))
+
+
+def mention(h: Harness, text: str) -> str:
+    assert h.bot.user is not None
+    return f"{h.bot.user.mention} {text}"
+
+
+def bot_messages(h: Harness, channel: Any) -> list[discord.Message]:
+    return [m for m in channel.history() if h.bot.user and m.author.id == h.bot.user.id]
+
+
+# 25.1 Conversations read with the member's own permissions
+
+
+async def test_a_reply_chain_is_read_only_by_members_who_may_read_history(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    notes = s.guild.create_text_channel(
+        "notes", overwrites={s.alice: discord.PermissionOverwrite(read_message_history=False)}
+    )
+    await s.bob.send(notes, mention(harness, SECRET))
+    await harness.finish()
+    (answer,) = bot_messages(harness, notes)
+    await s.alice.send(notes, "what did I miss?", reply_to=answer)
+    await harness.finish()
+    *_, request = chat_requests(harness)
+    assert (request.message, request.history, request.summary) == ("what did I miss?", (), "")
+    assert "B, D, A, C" not in prompt_of(request)
+    told = bot_messages(harness, notes)[-1]
+    assert told.content == f"echo: what did I miss?\n{LEFT_OUT}"
+    # Bob may read the channel: his reply to that answer reads the chain without its note.
+    await s.bob.send(notes, "and the last one?", reply_to=told)
+    await harness.finish()
+    *_, request = chat_requests(harness)
+    assert [turn.content for turn in request.history] == [
+        SECRET, f"echo: {SECRET}", "what did I miss?", "echo: what did I miss?"  # no note
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("stack", [{"read_messages": True}], indirect=True)
+@pytest.mark.simcord(approved_intents=discord.Intents.all())
+async def test_a_thread_is_read_only_by_members_who_may_read_its_history(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    notes = s.guild.create_text_channel(
+        "notes", overwrites={s.alice: discord.PermissionOverwrite(read_message_history=False)}
+    )
+    await s.bob.slash(notes, "chat", message="Exam prep", thread=True)
+    await harness.finish()
+    (room,) = notes.threads
+    await s.bob.send(room, SECRET)
+    await harness.finish()
+    await s.alice.send(room, "what did I miss?")
+    await harness.finish()
+    *_, request = chat_requests(harness)
+    assert request.message == "what did I miss?" and request.history == ()
+    assert "B, D, A, C" not in prompt_of(request) and "Exam prep" not in prompt_of(request)
+    assert bot_messages(harness, room)[-1].content.endswith(f"\n{LEFT_OUT}")
+
+
+# 25.2 Another member's slash-command input
+
+
+async def test_a_members_slash_question_never_reaches_another_members_prompt(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    chat = harness.tasks["chat"]
+    chat.respond = lambda r: ChatResult("Noted." if r.message == SECRET else "echo", 1, True)
+    asked = await s.alice.slash(s.channel, "chat", message=SECRET)
+    await harness.finish()
+    answer = asked.response.message
+    await s.bob.send(s.channel, mention(harness, "what was the question?"), reply_to=answer)
+    await harness.finish()
+    *_, request = chat_requests(harness)
+    assert request.message == "what was the question?"
+    assert "B, D, A, C" not in prompt_of(request)
+    assert [(t.role, t.content) for t in request.history] in ([], [("assistant", "Noted.")])
+    # The asker's own reply still has her question.
+    await s.alice.send(s.channel, mention(harness, "and the fifth?"), reply_to=answer)
+    await harness.finish()
+    *_, request = chat_requests(harness)
+    assert request.history[0].content == SECRET
+
+
+# 25.4 A reference that leads out of the channel
+
+
+@pytest.mark.parametrize("stack", [{"read_messages": True}], indirect=True)
+@pytest.mark.simcord(approved_intents=discord.Intents.all())
+async def test_a_reply_that_points_into_another_channel_is_not_followed(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = await scene(harness)
+    staff = s.guild.create_text_channel(
+        "staff", overwrites={s.bob: discord.PermissionOverwrite(view_channel=False)}
+    )
+    carol = s.guild.add_member(harness.env.create_user("carol"))
+    await carol.slash(staff, "chat", message=SECRET, thread=True)
+    await harness.finish()
+    (room,) = staff.threads
+    *_, answer = bot_messages(harness, room)
+    assert answer.content == f"echo: {SECRET}"
+    # A forged reply (Discord refuses one across channels, so SimCord's check is lifted):
+    # Bob's message in #study claims to reply to the answer in the staff thread.
+    backend = harness.env.backend
+    with monkeypatch.context() as forging:
+        forging.setattr(backend, "normalize_message_reference", lambda channel, ref: ref)
+        backend.create_message(
+            s.channel.id,
+            s.bob.id,
+            mention(harness, "what did they say?"),
+            reference={"type": 0, "channel_id": str(room.id), "message_id": str(answer.id),
+                       "fail_if_not_exists": False},
+        )  # fmt: skip
+    await harness.env.settle()
+    await harness.finish()
+    *_, request = chat_requests(harness)
+    assert request.message == "what did they say?"
+    assert "B, D, A, C" not in prompt_of(request) and request.history == ()
+
+
+# 25.5 Access removed a moment before the read
+
+
+@pytest.mark.parametrize("stack", [{"read_messages": True}], indirect=True)
+@pytest.mark.simcord(approved_intents=discord.Intents.all())
+async def test_history_is_checked_when_it_is_read_not_when_the_command_came(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = await scene(harness)
+    await s.bob.send(s.channel, SECRET)
+    defer = discord.InteractionResponse.defer
+
+    async def deferred_then_revoked(self: discord.InteractionResponse, **kwargs: Any) -> None:
+        await defer(self, **kwargs)
+        channel = harness.bot.get_channel(s.channel.id)
+        assert isinstance(channel, discord.TextChannel)
+        member = await channel.guild.fetch_member(s.alice.id)
+        await channel.set_permissions(member, read_message_history=False)  # a moderator
+
+    monkeypatch.setattr(discord.InteractionResponse, "defer", deferred_then_revoked)
+    refused = await s.alice.slash(s.channel, "summarize", messages=10)
+    await harness.finish()
+    assert refused.response.content == "**messages**: points to messages you cannot read"
+    assert harness.tasks["summarize"].runs == []
+
+
+# 25.6 /conversation memory acknowledges before it reads
+
+
+async def test_conversation_memory_defers_before_reading_the_database(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = await scene(harness)
+    await s.alice.slash(s.channel, "chat", message="Exam prep", thread=True)
+    await harness.finish()
+    (room,) = s.channel.threads
+    since = len(harness.env.http_requests)
+    reads: list[bool] = []
+    quick = harness.bot.usage.quick
+
+    async def spied(*args: Any, **kwargs: Any) -> Any:
+        reads.append(any(e.path.endswith("/callback") for e in harness.env.http_requests[since:]))
+        return await quick(*args, **kwargs)
+
+    monkeypatch.setattr(harness.bot.usage, "quick", spied)
+    shown = await s.alice.slash(room, "conversation memory")
+    await harness.finish()
+    assert reads and all(reads)  # every read after the acknowledgement
+    assert shown.ephemeral and "No summary yet" in shown.response.content
+
+
+# 25.7 One line for a hidden channel and a missing one
+
+
+@pytest.mark.parametrize("stack", [{"read_messages": True}], indirect=True)
+@pytest.mark.simcord(approved_intents=discord.Intents.all())
+async def test_a_hidden_channel_and_a_missing_one_get_the_same_line(harness: Harness) -> None:
+    s = await scene(harness)
+    hidden = s.guild.create_text_channel(
+        "hidden", overwrites={s.alice: discord.PermissionOverwrite(view_channel=False)}
+    )
+    secret = await s.bob.send(hidden, SECRET)
+    lines = []
+    for link in (
+        link_to(s.guild.id, hidden.id, secret.id),  # there, but not for her
+        link_to(s.guild.id, hidden.id + 999, secret.id),  # no such channel
+        link_to(s.guild.id, s.channel.id, secret.id + 999),  # no such message
+    ):
+        refused = await s.alice.slash(s.channel, "summarize", link=link)
+        await harness.finish()
+        lines.append(refused.response.content)
+    assert lines == ["**link**: points to messages you cannot read"] * 3
+    assert harness.tasks["summarize"].runs == []

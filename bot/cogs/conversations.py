@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 from collections.abc import Callable, Coroutine
@@ -22,9 +23,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.client import answer_to
-from bot.cogs.delivery import NO_MENTIONS, InteractionPlace, MessagePlace, Place
+from bot.cogs.delivery import NO_MENTIONS, InteractionPlace, MessagePlace, Place, Reply
 from bot.cogs.markdown import clip, neutralize
-from bot.cogs.reading import MAX_TEXT_FILE, read_file
+from bot.cogs.reading import MAX_TEXT_FILE, Readable, may_read_history, read_file
 from bot.cogs.tasks import Text, caller_of, place_caller, render
 from bot.conversations import Answer, Conversations, Memory, Turn, command_word
 from bot.executor import JobHandle
@@ -46,6 +47,8 @@ THREAD_NAME_CHARS = 90
 """Discord allows 100; the rest is for the ellipsis."""
 SPOKEN_TO = (discord.MessageType.default, discord.MessageType.reply)
 """Messages a member wrote (not joins, pins or boosts)."""
+NOTE = "-# "
+"""Starts the bot's own line under an answer; a model's line that starts so is escaped."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,9 @@ class ConversationsCog(commands.Cog, name="Conversations"):
         except InvalidInput as exc:
             bot.invoker.record_refusal("chat", caller, exc)
             raise
-        opening = Turn(interaction.id, "user", message, interaction.user.display_name)
+        # A slash command's input is seen by its asker alone, unless a thread shows it.
+        private_to = None if opens_thread else caller.user_id
+        opening = Turn(interaction.id, "user", message, interaction.user.display_name, private_to)
         base = self._base_request(message, caller, temperature, interaction.id)
         with bot.invoker.admit("chat", caller) as admission:
             await interaction.response.defer(thinking=True, ephemeral=policy.ephemeral)
@@ -119,7 +124,7 @@ class ConversationsCog(commands.Cog, name="Conversations"):
                 conversation = f"slash:{interaction.id}"
                 place = InteractionPlace(interaction, policy)
             route = Route(conversation)
-            request = await self._prepare(route, interaction.guild_id, base, caller, opening)
+            request, _ = await self._prepare(route, interaction.guild_id, base, caller, opening)
             handle = admission.submit(request)
         self._follow(conversation, handle, place, interaction.user.id)
 
@@ -176,8 +181,9 @@ class ConversationsCog(commands.Cog, name="Conversations"):
     @conversation.command(name="memory", description="What I remember of this conversation")
     async def show_memory(self, interaction: Interaction) -> None:
         conversation = self._place_conversation(interaction)
+        await interaction.response.defer(thinking=True, ephemeral=True)  # before the database
         memory = await self.conversations.store.memory(conversation)
-        await interaction.response.send_message(
+        await interaction.followup.send(
             clip(neutralize(Conversations.describe(memory))),
             ephemeral=True,
             allowed_mentions=NO_MENTIONS,
@@ -233,7 +239,8 @@ class ConversationsCog(commands.Cog, name="Conversations"):
         if isinstance(channel, discord.Thread) and channel.owner_id == me.id:
             return Route(f"thread:{channel.id}")
         reference = message.reference
-        if reference is not None and reference.message_id is not None and _is_reply(message):
+        if _is_reply(message) and _in_channel(reference, channel):
+            assert reference is not None and reference.message_id is not None
             store = self.conversations.store
             answers = await store.answers_among([reference.message_id])
             if reference.message_id in answers:
@@ -283,7 +290,9 @@ class ConversationsCog(commands.Cog, name="Conversations"):
         base = self._base_request(text, caller, DEFAULT_TEMPERATURE, message.id)
         with bot.invoker.admit("chat", caller) as admission:
             async with message.channel.typing():
-                request = await self._prepare(route, caller.guild_id, base, caller, message)
+                request, left_out = await self._prepare(
+                    route, caller.guild_id, base, caller, message
+                )
             handle = admission.submit(request)
         place = MessagePlace(
             message.channel,
@@ -292,7 +301,13 @@ class ConversationsCog(commands.Cog, name="Conversations"):
             posted=self._answering(conversation),
             locale=locale_of(message),
         )
-        self._follow(conversation, handle, place, message.author.id)
+        note = ""
+        if left_out:
+            note = NOTE + tr(
+                "I read only your message: you cannot read the earlier messages here.",
+                locale_of(message),
+            )
+        self._follow(conversation, handle, place, message.author.id, note)
 
     async def _begin(self, route: Route, guild_id: int | None, opening: Turn | None = None) -> None:
         """Make sure the conversation is stored: a branch with what it keeps of the
@@ -331,21 +346,43 @@ class ConversationsCog(commands.Cog, name="Conversations"):
         base: ChatRequest,
         caller: Caller,
         newest: discord.Message | Turn,
-    ) -> ChatRequest:
+    ) -> tuple[ChatRequest, bool]:
         """Read the conversation up to ``newest`` (the member's message, or the question
         /chat opens a conversation with), fit it to the model and fold what does not fit;
-        one turn at a time per conversation."""
+        one turn at a time per conversation. Also says whether earlier messages were left
+        out because the member may not read them: then nothing of them, of their summary or
+        of the conversation's opening reaches the model, only the member's own message."""
         conversations = self.conversations
         conversation = route.conversation
         async with conversations.lock(conversation):
             opening = newest if isinstance(newest, Turn) else None
             await self._begin(route, guild_id, opening)
             memory = await conversations.store.memory(conversation)
+            left_out = False
             if isinstance(newest, Turn):
                 turns, complete = [newest], True
-            else:
+            elif await self._may_read_earlier(newest, route, memory):
                 turns, complete = await self._turns(conversation, newest, memory)
-            return await conversations.prepare(memory, turns, base, caller.user_id, complete)
+            else:
+                own = await self._turn(newest, {}, is_newest=True)
+                memory, turns, complete = Memory(conversation), [own] if own else [], True
+                left_out = True
+            request = await conversations.prepare(memory, turns, base, caller.user_id, complete)
+            return request, left_out
+
+    async def _may_read_earlier(
+        self, newest: discord.Message, route: Route, memory: Memory
+    ) -> bool:
+        """Whether the member who wrote ``newest`` may read what the conversation holds
+        before it: the thread's or the reply chain's messages, and what the memory keeps of
+        them. Their own DM is theirs to read; a mention that starts afresh reads nothing."""
+        channel = newest.channel
+        if isinstance(channel, discord.DMChannel):
+            return True
+        if not (route.conversation.startswith("thread:") or _is_reply(newest)
+                or memory.summary or memory.opening):  # fmt: skip
+            return True
+        return isinstance(channel, Readable) and await may_read_history(newest.author, channel)
 
     def _answering(self, conversation: str) -> Callable[[discord.Message], None]:
         """Records each message the answer is posted in as soon as it is, so a reply to an
@@ -363,10 +400,19 @@ class ConversationsCog(commands.Cog, name="Conversations"):
         task.add_done_callback(self._pending.discard)
 
     def _follow(
-        self, conversation: str, handle: JobHandle, place: Place, requester_id: int
-    ) -> None:
-        """Show the answer, then remember which messages hold it, so a reply continues."""
-        watcher = self.bot.follow(handle, place, render, requester_id)
+        self, conversation: str, handle: JobHandle, place: Place, requester_id: int,
+        note: str = "",
+    ) -> None:  # fmt: skip
+        """Show the answer (with the bot's ``note`` under it), then remember which messages
+        hold it, so a reply continues."""
+
+        def rendered(result: Any) -> Reply:
+            reply = render(result)
+            if not note:
+                return reply
+            return dataclasses.replace(reply, note="\n".join(filter(None, (reply.note, note))))
+
+        watcher = self.bot.follow(handle, place, rendered, requester_id)
 
         def delivered(finished: asyncio.Future[list[discord.Message]]) -> None:
             if finished.cancelled() or not finished.result():
@@ -424,10 +470,12 @@ class ConversationsCog(commands.Cog, name="Conversations"):
                 return list(reversed(chain)), False
             reference = current.reference
             assert reference is not None and reference.message_id is not None
-            if reference.message_id <= cutoff or reference.channel_id != newest.channel.id:
+            if reference.message_id <= cutoff or not _in_channel(reference, newest.channel):
                 break
             parent = reference.resolved if isinstance(reference.resolved, discord.Message) else None
             parent = parent or reference.cached_message
+            if parent is not None and parent.channel.id != newest.channel.id:
+                break  # a reference that claims this channel for another's message
             if parent is None:
                 try:
                     parent = await newest.channel.fetch_message(reference.message_id)
@@ -447,7 +495,7 @@ class ConversationsCog(commands.Cog, name="Conversations"):
             if answer is None or not answer.is_turn:
                 return None  # progress, a refusal, a hint: not part of the conversation
             files = await _read_text_files(message, strict=False)
-            text = files[0][1] if files else message.content  # a long answer's full text
+            text = files[0][1] if files else _without_notes(message.content)  # long: in a file
             return Turn(message.id, "assistant", text) if text else None
         if message.author.bot or message.webhook_id is not None or message.type not in SPOKEN_TO:
             return None
@@ -497,6 +545,21 @@ def _is_reply(message: discord.Message) -> bool:
         and reference.message_id is not None
         and reference.type is discord.MessageReferenceType.default
     )
+
+
+def _in_channel(reference: discord.MessageReference | None, channel: Any) -> bool:
+    """Whether ``reference`` points into ``channel``: a conversation follows none that
+    leads out of its own channel or thread, forged or stale."""
+    return (
+        reference is not None
+        and reference.message_id is not None
+        and reference.channel_id == channel.id
+    )
+
+
+def _without_notes(content: str) -> str:
+    """An answer as the model wrote it, without the bot's own lines under it."""
+    return "\n".join(line for line in content.split("\n") if not line.startswith(NOTE)).strip()
 
 
 def _text_files(message: discord.Message) -> list[discord.Attachment]:

@@ -8,35 +8,89 @@ import re
 MESSAGE_LIMIT = 2000
 FENCE = "```"
 
-_CODE = r"```[\s\S]*?```|``[^\n]+?``|`[^`\n]+`"
-_MARKUP = re.compile(
-    rf"(?P<code>{_CODE})"
-    # where a heading or subtext begins a line, also inside quotes and list items
-    r"|(?P<line>^(?:[ \t]*(?:>{1,3}|[-*+]|\d+\.)[ \t]+)*[ \t]*(?=(?:#{1,3}|-#)[ \t]))"
-    r"|(?P<open>\[)",
-    re.MULTILINE,
+_HEADING = re.compile(  # a heading or subtext at a line's start, also in quotes and lists
+    r"(?:[ \t]*(?:>{1,3}|[-*+]|\d+\.)[ \t]+)*[ \t]*(?=(?:#{1,3}|-#)[ \t])"
 )
+_FENCE = re.compile(r"```[^`\n]*\n")
+"""A code block's first line, at a line's start."""
 _LINK_CLOSE = re.compile(r"\]\s*\(")
+DELIMITERS = frozenset("`*_~|")
+"""What opens a Discord span (code, emphasis, underline, strikethrough, spoiler) that may
+run over lines and end inside a code block, leaving the rest of the block as text."""
 
 
 def neutralize(text: str) -> str:
-    """Escape masked links and line-leading headings and subtext outside code.
+    """Escape masked links and line-leading headings and subtext outside code blocks.
 
     ``[Claim Nitro](https://...)`` shows a text other than where it leads, and ``# ``,
     ``-# `` lines pass for the bot's own headings and notes; escaped, Discord shows them
-    as typed. Bold, lists and code are left as they are.
+    as typed. Bold, lists and code blocks are left as they are.
+
+    It reads the text as a renderer does, not as characters: a ``[`` already escaped (an
+    odd number of backslashes before it) is left, one after an escaped backslash is not.
+    Only a code block that every renderer sees as one is skipped (``_code_block_end``);
+    elsewhere, inline code included, every ``[`` that may open a link is escaped.
     """
     closers = [m.start() for m in _LINK_CLOSE.finditer(text)]
     last_closer = closers[-1] if closers else -1
+    out: list[str] = []
+    opened: set[str] = set()  # delimiters met outside code blocks so far
+    at, end = 0, len(text)
+    while at < end:
+        if at == 0 or text[at - 1] == "\n":
+            block_end = _code_block_end(text, at, opened)
+            if block_end is not None:
+                out.append(text[at:block_end])
+                at = block_end
+                continue
+            heading = _HEADING.match(text, at)
+            if heading is not None:
+                out.append(heading.group() + "\\")
+                opened.update(DELIMITERS.intersection(heading.group()))
+                at = heading.end()
+        char = text[at]
+        if char == "\\" and at + 1 < end and _escapable(text[at + 1]):
+            out.append(text[at : at + 2])
+            at += 2
+            continue
+        if char in DELIMITERS:
+            opened.add("```" if text.startswith("```", at) else char)
+        out.append("\\[" if char == "[" and at < last_closer else char)
+        at += 1
+    return "".join(out)
 
-    def escape(match: re.Match[str]) -> str:
-        if match["code"] is not None:
-            return match["code"]
-        if match["line"] is not None:
-            return match["line"] + "\\"
-        return "\\[" if match.start() < last_closer else "["
 
-    return _MARKUP.sub(escape, text)
+def _escapable(char: str) -> bool:
+    """Whether a backslash before ``char`` escapes it: anything but ASCII letters, digits
+    and spaces (Discord); CommonMark escapes only ASCII punctuation, all that matters here."""
+    return not (char.isascii() and char.isalnum()) and not char.isspace()
+
+
+def _code_block_end(text: str, at: int, opened: set[str]) -> int | None:
+    """Where the code block starting at ``at`` (a line's start) ends, after its closing
+    fence; None unless every renderer sees one there.
+
+    CommonMark's fenced block and Discord's code block agree on a block whose opening
+    fence starts its line with exactly three backticks and whose closing fence, the next
+    three backticks in the text, is exactly three alone on a line. Discord has no block
+    structure, though: a span opened earlier (``opened``) may close inside the block, and
+    the rest of it is then text; so may three backticks met earlier. Such a block is not
+    skipped.
+    """
+    opening = _FENCE.match(text, at)
+    if opening is None or text.startswith("````", at) or "```" in opened:
+        return None
+    close = text.find("```", opening.end())
+    if close < 0 or text[close - 1] != "\n" or text.startswith("````", close):
+        return None
+    line_end = text.find("\n", close)
+    line_end = len(text) if line_end < 0 else line_end
+    if text[close + 3 : line_end].strip(" \t"):
+        return None
+    inside = text[at + 3 : close]
+    if any(delimiter in inside for delimiter in opened):
+        return None
+    return line_end
 
 
 def split_text(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:

@@ -1,6 +1,8 @@
 """Reading Discord on a member's behalf: what /summarize takes from a file, a message link
 or the channel's history. The bot may see more than the member; everything read for a
-member passes ``check_read_access`` with the member's own permissions."""
+member passes ``check_read_access`` with the member's own permissions, as they are at the
+moment of reading; a conversation reads nothing of a channel's history for a member whom
+``may_read_history`` refuses."""
 
 from __future__ import annotations
 
@@ -20,25 +22,37 @@ MAX_TEXT_FILE = 2**20
 Readable = discord.abc.GuildChannel | discord.Thread
 
 
-async def check_read_access(interaction: discord.Interaction, place: Readable, option: str) -> None:
-    """Refuse, naming ``option``, unless the member may read ``place``'s messages: View
-    Channel and Read Message History there, and for a private thread, membership of it
-    (or Manage Threads), which discord.py's thread permissions leave out."""
-    member = interaction.user
-    if not isinstance(member, discord.Member):
-        raise InvalidInput(option, "points to a server channel; use it from that server")
-    # Where the command runs, Discord resolved the member's permissions itself.
-    here = place.id == interaction.channel_id
-    allowed = interaction.permissions if here else place.permissions_for(member)
+UNREADABLE = "points to messages you cannot read"
+"""One line for every link or history a member may not read: a hidden channel, a missing
+one and a missing message alike, so that the answer tells nothing of what exists."""
+
+
+async def may_read_history(member: discord.abc.User, place: Readable) -> bool:
+    """Whether ``member`` may read ``place``'s earlier messages now: View Channel and Read
+    Message History from the channel's current overwrites and the member's current roles
+    (not an interaction's snapshot, which a moderator may have just made stale), and for a
+    private thread, membership of it (or Manage Threads), which discord.py's thread
+    permissions leave out."""
+    current = place.guild.get_member(member.id) or member
+    if not isinstance(current, discord.Member):
+        return False
+    allowed = place.permissions_for(current)
     if not (allowed.view_channel and allowed.read_message_history):
-        raise InvalidInput(option, "points to messages you cannot read")
-    if isinstance(place, discord.Thread) and place.is_private() and not here:
-        if allowed.manage_threads:
-            return
+        return False
+    if isinstance(place, discord.Thread) and place.is_private() and not allowed.manage_threads:
         try:
             await place.fetch_member(member.id)
-        except discord.NotFound:
-            raise InvalidInput(option, "points to messages you cannot read") from None
+        except discord.HTTPException:
+            return False
+    return True
+
+
+async def check_read_access(member: discord.abc.User, place: Readable, option: str) -> None:
+    """Refuse, naming ``option``, unless ``member`` may read ``place``'s history."""
+    if not isinstance(member, discord.Member):
+        raise InvalidInput(option, "points to a server channel; use it from that server")
+    if not await may_read_history(member, place):
+        raise InvalidInput(option, UNREADABLE)
 
 
 def summarize_source(
@@ -94,12 +108,12 @@ async def read_link(interaction: discord.Interaction, channel_id: int, message_i
     guild = interaction.guild
     place = guild.get_channel_or_thread(channel_id) if guild is not None else None
     if not isinstance(place, Readable) or not isinstance(place, discord.abc.Messageable):
-        raise InvalidInput("link", "points to a channel I cannot see")
-    await check_read_access(interaction, place, "link")
+        raise InvalidInput("link", UNREADABLE)
+    await check_read_access(interaction.user, place, "link")
     try:
         message = await place.fetch_message(message_id)
     except discord.HTTPException:
-        raise InvalidInput("link", "points to a message I cannot read") from None
+        raise InvalidInput("link", UNREADABLE) from None
     return message.content
 
 
@@ -107,7 +121,7 @@ async def read_history(interaction: discord.Interaction, limit: int) -> str:
     """The ``limit`` messages before the command, oldest first, with their authors' names."""
     channel = interaction.channel
     if isinstance(channel, Readable):
-        await check_read_access(interaction, channel, "messages")
+        await check_read_access(interaction.user, channel, "messages")
     elif not isinstance(channel, discord.DMChannel):  # a DM is the member's own to read
         raise InvalidInput("messages", "this channel has no history I can read")
     before = discord.Object(interaction.id)  # not the reply this command just deferred
