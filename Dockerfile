@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The bot on one NVIDIA GPU: `docker compose up -d` (README: Docker). PyTorch's wheel brings
+# The bot on one NVIDIA GPU: `docker compose up -d` (docs/docker.md). PyTorch's wheel brings
 # its own CUDA 13.0 libraries; the base image matches it, so a host driver too old for
 # CUDA 13 is refused when the container starts, with a message naming the version.
 FROM nvidia/cuda:13.0.2-runtime-ubuntu24.04

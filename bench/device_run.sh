@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs a benchmark on a lent GPU machine whose image lacks some of our packages.
-# Wheels for them sit in .whl/ (README.md, Benchmarks); usage: bench/device_run.sh [SCRIPT.py] ARGS...
+# Wheels for them sit in .whl/ (docs/benchmarks.md); usage: bench/device_run.sh [SCRIPT.py] ARGS...
 # (SCRIPT defaults to bench/executor.py).
 set -euo pipefail
 if compgen -G ".whl/*.whl" >/dev/null; then

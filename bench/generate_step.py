@@ -1,6 +1,6 @@
 """What one step of plain (eager) ``generate`` costs for Qwen2.5-0.5B's architecture, at
 batch 1 and batch 16: the per-step overhead that decides how chat and the other
-autoregressive tasks scale on a GPU (README, Benchmarks).
+autoregressive tasks scale on a GPU (docs/benchmarks.md).
 
     python bench/generate_step.py --device cuda
 """

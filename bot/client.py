@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import pkgutil
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import discord
@@ -14,14 +16,15 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import Services
-from bot.cogs.delivery import CancelView, JobWatcher, Place, Reply, ReplyPolicy
-from bot.cogs.images import ImageRequests
-from bot.cogs.markdown import neutralize
+from bot.calls import Calls
 from bot.conversations import Conversations, ConversationStore
+from bot.delivery import CancelView, JobWatcher, Place, Reply, ReplyPolicy
 from bot.executor import Busy, ExecutorError, JobHandle, ShuttingDown
 from bot.guilds import GuildSettings, GuildSettingsStore
+from bot.image_requests import ImageRequests
 from bot.invocations import CommandDisabled
 from bot.localization import NAME, Catalogs, catalogs, name_in, tr
+from bot.markdown import neutralize
 from bot.models import explain
 from bot.quotas import CooldownActive, GpuBudgetExceeded, QuotaExceeded
 from bot.settings import Settings
@@ -29,10 +32,12 @@ from handlers.base import HandlerError, InvalidInput, TaskKind
 
 log = logging.getLogger(__name__)
 
-COGS = (
-    "bot.cogs.tasks", "bot.cogs.conversations", "bot.cogs.admin", "bot.cogs.config",
-    "bot.cogs.images", "bot.cogs.voice",
-)  # fmt: skip
+
+def extensions() -> list[str]:
+    """Every module in ``bot/cogs``, by name: the client imports none of them (they import
+    what they share from below, ``bot/commands.py``), and a new one is loaded as it is."""
+    folder = Path(__file__).with_name("cogs")
+    return [f"bot.cogs.{module.name}" for module in pkgutil.iter_modules([str(folder)])]
 
 
 def friendly(error: BaseException, locale: str | None = None) -> str | None:
@@ -122,6 +127,8 @@ class AssistantBot(commands.Bot):
         self.guild_settings: GuildSettingsStore = services.invoker.guilds
         self.edit_interval = settings.edit_interval_s
         self.image_requests = ImageRequests(services.usage, settings.imagine.reroll_hours * 3600)
+        self.calls = Calls()
+        """Each server's voice call: /speak and reading aloud say speech there."""
         self.conversations = Conversations(
             services.executor, ConversationStore(services.usage), services.invoker.quotas
         )
@@ -214,8 +221,8 @@ class AssistantBot(commands.Bot):
             command.allowed_installs = app_commands.AppInstallationType(guild=True, user=False)
 
     async def setup_hook(self) -> None:
-        for cog in COGS:
-            await self.load_extension(cog)
+        for extension in extensions():
+            await self.load_extension(extension)
         self.declare_places()
         await self.tree.set_translator(CommandTranslator(catalogs()))
         if self.settings.dev_guild is not None:

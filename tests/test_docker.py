@@ -81,7 +81,8 @@ def test_the_image_installs_the_way_the_readme_does() -> None:
     run = re.sub(r"^(--\S+ )+", "", run)  # RUN's own flags (the pip cache mount)
     assert [s.strip() for s in run.split("&&")] == expected
     assert any("-r locks/bot.txt" in step for step in expected)  # the lock, in both
-    assert "Dockerfile" in readme and "pip install -r locks/bot.txt .`" in readme
+    docker_page = (ROOT / "docs" / "docker.md").read_text()
+    assert "Dockerfile" in docker_page and "pip install -r locks/bot.txt .`" in docker_page
 
 
 def test_the_image_runs_the_readme_commands_as_a_user_with_state_on_volumes() -> None:
@@ -120,8 +121,8 @@ def test_compose_reserves_the_gpu_reads_env_restarts_and_checks_health() -> None
 
 def test_documented_container_commands_exist(capsys: pytest.CaptureFixture[str]) -> None:
     readme = (ROOT / "README.md").read_text()
-    docker_section = readme.split("\n## Docker\n", 1)[1].split("\n## ", 1)[0]
-    code = re.findall(r"```\w*\n(.*?)```|`([^`\n]+)`", docker_section, re.S)
+    docker_page = (ROOT / "docs" / "docker.md").read_text()
+    code = re.findall(r"```\w*\n(.*?)```|`([^`\n]+)`", docker_page, re.S)
     texts = [block or span for block, span in code] + [(ROOT / "compose.yaml").read_text()]
     commands = {c for text in texts for c in re.findall(r"python -m bot ([a-z][a-z ]*[a-z])", text)}
     assert {"models pull", "doctor", "usage stats", "health"} <= commands
@@ -130,6 +131,7 @@ def test_documented_container_commands_exist(capsys: pytest.CaptureFixture[str])
             build_parser().parse_args([*command.split(), "--help"])
         assert exit.value.code == 0, f"python -m bot {command}: {capsys.readouterr().err}"
     assert "cp .env.example .env" in readme and "docker compose up -d" in readme
+    assert "](docs/docker.md)" in readme
 
 
 def test_env_example_copied_to_env_gives_the_defaults(

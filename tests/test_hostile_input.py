@@ -31,8 +31,8 @@ from PIL import Image
 
 from bot.cli import MAX_FILE_BYTES, main
 from bot.client import friendly
-from bot.cogs.markdown import MESSAGE_LIMIT
 from bot.cogs.tasks import language_choices
+from bot.markdown import MESSAGE_LIMIT
 from handlers.base import InvalidInput, LoadSpec, Task
 from handlers.chat import MAX_SEED as MAX_CHAT_SEED
 from handlers.chat import ChatRequest, ChatResult, ChatTask

@@ -1,6 +1,8 @@
 """The dependency rules of DESIGN.md, checked on the source: handlers never import the bot,
-the executor imports nothing of the bot outside its package, and settings load without
-torch (every terminal command builds them first)."""
+the executor imports nothing of the bot outside its package, settings load without torch
+(every terminal command builds them first), no module imports itself back through others,
+and the cogs (``bot/cogs``, Discord extensions) are imported by nothing, each other included:
+what they share lives below them (``bot/commands.py``)."""
 
 from __future__ import annotations
 
@@ -49,3 +51,81 @@ def test_settings_import_without_torch(module: str) -> None:
     check = f"import {module}, sys; assert 'torch' not in sys.modules, sorted(sys.modules)"
     done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Which modules of ``bot`` and ``handlers`` each of them imports: every import, at the
+    top, inside a function or only for type checking (``from a import b`` counts as
+    ``a.b`` where that is a module, as ``a`` where ``b`` is a name in it)."""
+    files: dict[str, Path] = {}
+    for top in ("bot", "handlers"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                targets.add(base)
+                targets.update(f"{base}.{alias.name}" for alias in node.names)
+        graph[name] = set()
+        for target in targets:
+            while target and target not in files:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                graph[name].add(target)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in sorted(graph[module]):
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            group = [stack.pop()]
+            while group[-1] != module:
+                group.append(stack.pop())
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return found
+
+
+def test_no_module_imports_itself_back() -> None:
+    assert cycles(module_graph()) == []
+
+
+def test_the_cycle_check_finds_a_cycle_through_type_only_imports() -> None:
+    graph = module_graph()
+    graph["bot.commands"].add("bot.cogs.tasks")  # as an import under TYPE_CHECKING would
+    assert any({"bot.cogs.tasks", "bot.commands"} <= set(group) for group in cycles(graph))
+
+
+def test_nothing_imports_a_cog_and_no_cog_imports_another() -> None:
+    graph = module_graph()
+    cogs = {name for name in graph if name.startswith("bot.cogs.")}
+    assert len(cogs) >= 6
+    assert {name: sorted(targets & cogs) for name, targets in graph.items() if targets & cogs} == {}

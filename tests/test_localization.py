@@ -19,7 +19,7 @@ import simcord.interactions
 from babel.messages.extract import extract_from_dir
 
 from bot.client import friendly
-from bot.cogs.admin import NotAnAdmin
+from bot.commands import NotAnAdmin
 from bot.executor import Busy
 from bot.localization import NAME, Catalogs, Key, catalogs, name_in, tr
 from bot.quotas import CooldownActive

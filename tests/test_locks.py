@@ -1,4 +1,4 @@
-"""The locks (README: Dependencies) agree with pyproject.toml and with each other, and the
+"""The locks (docs/dependencies.md) agree with pyproject.toml and with each other, and the
 README's two commands, the Dockerfile and CI install from them."""
 
 from __future__ import annotations

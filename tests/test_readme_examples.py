@@ -1,6 +1,7 @@
-"""Every ``python -m bot`` command in README.md's fenced blocks runs as printed.
+"""Every ``python -m bot`` command in the fenced blocks of README.md and of the pages in
+``docs/`` runs as printed.
 
-The commands are read from the README itself, so the test follows it: a command added there
+The commands are read from the pages themselves, so the test follows them: a command added there
 is run here, and fails the test until it works or is named in ``NOT_RUN`` with its reason.
 Each runs in a fresh process, in its own folder, against the tiny offline models, with the
 optional ``[...]`` parts left out and each ``a | b`` alternative run in turn.
@@ -26,6 +27,7 @@ from tests import tinymodels
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 PREFIX = ("python", "-m", "bot")
 _COMMAND = re.compile(r"^(?:[A-Z_][A-Z0-9_]*=\S*\s+)*python -m bot\b")
 _FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
@@ -115,7 +117,17 @@ NOT_RUN: dict[str, Refusal] = {
 }
 """Commands as printed (optional parts dropped) that are checked for their refusal instead."""
 
-EXAMPLES = readme_examples(README.read_text(encoding="utf-8"))
+
+def documented_examples() -> list[Example]:
+    """The examples of every page, each command once."""
+    found: dict[str, Example] = {}
+    for page in PAGES:
+        for example in readme_examples(page.read_text(encoding="utf-8")):
+            found.setdefault(example.shown, example)
+    return list(found.values())
+
+
+EXAMPLES = documented_examples()
 
 
 @pytest.fixture(scope="session")
@@ -204,6 +216,17 @@ def test_every_line_of_the_commands_block_is_read_and_every_exception_is_still_t
     lines = [line for line in block.group(1).splitlines() if line.strip()]
     assert lines and all(_COMMAND.match(line) for line in lines), lines
     assert set(NOT_RUN) <= {e.shown for e in EXAMPLES}
+
+
+def test_the_pages_in_docs_are_read_and_linked_from_the_readme() -> None:
+    readme = README.read_text(encoding="utf-8")
+    pages = PAGES[1:]
+    assert pages, "docs/ has no pages"
+    assert [p.name for p in pages if f"](docs/{p.name})" not in readme] == []
+    shown = {e.shown for e in EXAMPLES}
+    for page in pages:
+        assert {e.shown for e in readme_examples(page.read_text(encoding="utf-8"))} <= shown
+    assert "python -m bot models pull" in shown  # a command that only a page in docs/ shows
 
 
 def test_examples_drop_optional_parts_and_split_alternatives() -> None:

@@ -204,8 +204,9 @@ async def test_one_member_cannot_fill_the_queue(harness: Harness) -> None:
 async def test_admin_commands_check_the_permission_when_run(harness: Harness) -> None:
     """Discord hides them from members (test_discord.test_members_cannot_run_admin_commands),
     but a server can change that setting: the command checks again when it runs."""
-    from bot.cogs.admin import Admin, NotAnAdmin
+    from bot.cogs.admin import Admin
     from bot.cogs.config import ServerConfig
+    from bot.commands import NotAnAdmin
 
     commands = {c.name: c for c in Admin.__cog_app_commands__}
     member = SimpleNamespace(id=42, guild_permissions=discord.Permissions.none())

@@ -9,10 +9,12 @@ import logging
 import re
 import sqlite3
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import discord
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,12 +22,12 @@ from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
 from bot import cli
-from bot.cogs.markdown import neutralize
 from bot.executor import Busy
 from bot.guilds import GuildSettingsStore
 from bot.invocations import Caller, Invoker
+from bot.markdown import neutralize
 from bot.quotas import DAY, QuotaExceeded, QuotaPolicy, Quotas
-from bot.usage import UsageLog
+from bot.usage import UsageLog, migrate
 from handlers.chat import ChatResult
 from handlers.classify import ClassifyResult
 from tests.fakes import FakeTask, Item, make_executor
@@ -363,17 +365,89 @@ def masked_links(markdown: str) -> list[str]:
     return found
 
 
+# Discord's inline rules (its fork of simple-markdown), in the order they are tried at each
+# position, as far as they can hide or show a masked link: the rule that matches first wins,
+# spans are read again inside, code is not.
+DISCORD_RULES = [
+    ("code", re.compile(r"```(?:([a-z0-9_+\-.#]+?)\n)?\n*([^\n][\s\S]*?)\n*```", re.I)),
+    ("text", re.compile(r"\\[^0-9A-Za-z\s]")),  # an escape
+    ("text", re.compile(r"<[^: >]+:/[^ >]+>")),  # an autolink: shows where it leads
+    ("text", re.compile(r"https?://[^\s<]+[^<.,:;\"')\]\s]")),  # a bare link: the same
+    ("link", re.compile(
+        r"\[((?:\[[^\]]*\]|[^\[\]]|\](?=[^\[]*\]))*)\]"
+        r"\(\s*<?((?:\([^)]*\)|[^\s\\]|\\.)*?)>?(?:\s+['\"]([\s\S]*?)['\"])?\s*\)"
+    )),
+    ("span", re.compile(r"\b_((?:__|\\[\s\S]|[^\\_])+?)_\b"
+                        r"|\*(?=\S)((?:\*\*|\\[\s\S]|\s+(?:\\[\s\S]|[^\s*\\]|\*\*)|[^\s*\\])+?)"
+                        r"\*(?!\*)")),
+    ("span", re.compile(r"\*\*((?:\\[\s\S]|[^\\])+?)\*\*(?!\*)")),
+    ("span", re.compile(r"__((?:\\[\s\S]|[^\\])+?)__(?!_)")),
+    ("span", re.compile(r"~~([\s\S]+?)~~(?!_)")),
+    ("span", re.compile(r"\|\|([\s\S]+?)\|\|")),
+    ("code", re.compile(r"(`+)([\s\S]*?[^`])\1(?!`)")),
+]  # fmt: skip
+
+
+def discord_masked_links(markdown: str) -> list[str]:
+    """The masked links Discord would show in ``markdown``, by its rules above."""
+    found: list[str] = []
+    at = 0
+    while at < len(markdown):
+        for kind, rule in DISCORD_RULES:
+            match = rule.match(markdown, at)
+            if match is None:
+                continue
+            if kind == "link":
+                found.append(match[2])
+            elif kind == "span":
+                found += discord_masked_links(next(g for g in match.groups() if g is not None))
+            at = match.end()
+            break
+        else:
+            at += 1
+    return found
+
+
 MARKDOWN_PIECES = st.sampled_from([
     "[", "]", "(", ")", "](", "\\", "\\\\", "`", "``", "```", "\n", "\n\n", " ", "*", "_",
     "~~", "||", "<", ">", "> ", "# ", "-# ", "- ", "!", "Claim", "https://evil.example",
     "<https://evil.example>", "[Claim Nitro](https://evil.example)", "```py\n", "\n```\n",
+    "<https://a\n", "x>", "__", "**",
 ])  # fmt: skip
 
 
 @settings(max_examples=1500, deadline=None)
 @given(st.lists(MARKDOWN_PIECES, max_size=30).map("".join))
 def test_no_masked_link_survives_neutralizing(markdown: str) -> None:
-    assert masked_links(neutralize(markdown)) == []
+    """Neither CommonMark (markdown-it-py) nor Discord's rules show a masked link."""
+    neutral = neutralize(markdown)
+    assert masked_links(neutral) == [] and discord_masked_links(neutral) == []
+
+
+MARKDOWN_LINES = st.sampled_from([
+    "```", "```py", "```` ", "", "text", "[Claim Nitro](https://evil.example)", "*a", "b* [x](y)",
+    "<https://a", "x>", "`a", "b`", "> q", "# h", "- [x](y)", "__a", "||a", "~~a", "\\", "a ```b",
+])  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(MARKDOWN_LINES, max_size=12).map("\n".join))
+def test_no_masked_link_survives_neutralizing_code_blocks(markdown: str) -> None:
+    """The same over lines, where code blocks and spans that run over lines meet."""
+    neutral = neutralize(markdown)
+    assert masked_links(neutral) == [] and discord_masked_links(neutral) == []
+
+
+def test_discords_rules_above_see_what_discord_shows() -> None:
+    """The model of Discord's reading, on cases checked in Discord's own rules."""
+    assert discord_masked_links("[Claim](https://evil.example)") == ["https://evil.example"]
+    assert discord_masked_links("\\\\[Claim](https://evil.example)") == ["https://evil.example"]
+    assert discord_masked_links("\\[Claim](https://evil.example)") == []
+    assert discord_masked_links("`[Claim](https://evil.example)`") == []
+    assert discord_masked_links("```\n[Claim](https://evil.example)\n```") == []
+    assert discord_masked_links("*a\n```\nb* [Claim](https://evil.example)\n```") == [
+        "https://evil.example"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -384,6 +458,8 @@ def test_no_masked_link_survives_neutralizing(markdown: str) -> None:
         "`code` and `\\`[Claim Nitro](https://evil.example)`",
         "*a\n```\nb* [Claim Nitro](https://evil.example)\n```",  # Discord: emphasis, then text
         "a ```b\n```\n[Claim Nitro](https://evil.example)\n```",  # Discord: code ends at line 2
+        "```py\n```\ntext\n```\n[Claim Nitro](https://evil.example)\n```\n",  # an empty block
+        "<https://a\n```x>\n[Claim Nitro](https://evil.example)\n```\n",  # an autolink's lines
     ],
 )
 def test_links_that_only_discord_would_show_are_escaped(markdown: str) -> None:
@@ -605,6 +681,50 @@ async def test_a_thread_is_read_only_by_members_who_may_read_its_history(
     assert bot_messages(harness, room)[-1].content.endswith(f"\n{LEFT_OUT}")
 
 
+@pytest.mark.parametrize("stack", [{"read_messages": True}], indirect=True)
+@pytest.mark.simcord(approved_intents=discord.Intents.all())
+async def test_what_the_bot_remembers_is_shown_only_to_members_who_may_read_it(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    notes = s.guild.create_text_channel(
+        "notes", overwrites={s.alice: discord.PermissionOverwrite(read_message_history=False)}
+    )
+    await s.bob.slash(notes, "chat", message="Exam prep", thread=True)
+    await harness.finish()
+    (room,) = notes.threads
+    await harness.bot.conversations.store.fold(
+        await harness.bot.conversations.store.memory(f"thread:{room.id}"), SECRET, 1
+    )
+    shown = await s.alice.slash(room, "conversation memory")
+    await harness.finish()
+    assert shown.ephemeral and "B, D, A, C" not in shown.response.content
+    assert "you cannot read the earlier messages here" in shown.response.content
+    await s.alice.send(room, "memory")
+    await harness.finish()
+    told = bot_messages(harness, room)[-1]
+    assert "B, D, A, C" not in told.content and "cannot read the earlier" in told.content
+    await s.bob.send(room, "memory")  # Bob may read the thread
+    await harness.finish()
+    assert SECRET in bot_messages(harness, room)[-1].content
+
+
+async def test_a_member_without_history_keeps_their_own_slash_question(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    notes = s.guild.create_text_channel(
+        "notes", overwrites={s.alice: discord.PermissionOverwrite(read_message_history=False)}
+    )
+    asked = await s.alice.slash(notes, "chat", message="Name the rivers of Europe")
+    await harness.finish()
+    await s.alice.send(notes, mention(harness, "and of Asia?"), reply_to=asked.response.message)
+    await harness.finish()
+    *_, request = chat_requests(harness)
+    assert [turn.content for turn in request.history] == ["Name the rivers of Europe"]
+    assert bot_messages(harness, notes)[-1].content.endswith(f"\n{LEFT_OUT}")
+
+
 # 25.2 Another member's slash-command input
 
 
@@ -630,13 +750,49 @@ async def test_a_members_slash_question_never_reaches_another_members_prompt(
     assert request.history[0].content == SECRET
 
 
+async def test_a_long_question_that_opens_a_thread_is_shown_whole(harness: Harness) -> None:
+    """A thread's opening question is public, so all of it is shown: what does not fit the
+    first message is attached."""
+    s = await scene(harness)
+    question = "Let us revise. " * 130 + SECRET
+    await s.alice.slash(s.channel, "chat", message=question, thread=True)
+    await harness.finish()
+    (room,) = s.channel.threads
+    asked = bot_messages(harness, room)[0]
+    assert asked.content.startswith("**alice** asked: Let us revise.")
+    (whole,) = asked.attachments
+    assert (await whole.read()).decode() == question
+
+
+async def test_stored_openings_of_unknown_askers_are_forgotten_on_upgrade(tmp_path: Path) -> None:
+    """Openings stored before ``private_to`` name no asker: outside threads they are dropped."""
+    path = tmp_path / "usage.sqlite3"
+    async with aiosqlite.connect(path) as db:
+        await migrate(db, target=5)
+        for conversation in ("slash:1", "reply:2", "thread:3"):
+            await db.execute(
+                "INSERT INTO conversations (id, opening, updated_at) VALUES (?, ?, ?)",
+                (
+                    conversation,
+                    '{"id": 1, "role": "user", "text": "q", "name": "alice"}',
+                    time.time(),
+                ),
+            )
+        await db.commit()
+    async with UsageLog(path):
+        pass
+    kept = rows(path, "SELECT id FROM conversations WHERE opening IS NOT NULL")
+    assert [row["id"] for row in kept] == ["thread:3"]
+
+
 # 25.4 A reference that leads out of the channel
 
 
 @pytest.mark.parametrize("stack", [{"read_messages": True}], indirect=True)
 @pytest.mark.simcord(approved_intents=discord.Intents.all())
+@pytest.mark.parametrize("claimed", ["its own channel", "this channel"])
 async def test_a_reply_that_points_into_another_channel_is_not_followed(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, claimed: str
 ) -> None:
     s = await scene(harness)
     staff = s.guild.create_text_channel(
@@ -649,7 +805,9 @@ async def test_a_reply_that_points_into_another_channel_is_not_followed(
     *_, answer = bot_messages(harness, room)
     assert answer.content == f"echo: {SECRET}"
     # A forged reply (Discord refuses one across channels, so SimCord's check is lifted):
-    # Bob's message in #study claims to reply to the answer in the staff thread.
+    # Bob's message in #study claims to reply to the answer in the staff thread, naming the
+    # thread or #study as where it is.
+    channel = room.id if claimed == "its own channel" else s.channel.id
     backend = harness.env.backend
     with monkeypatch.context() as forging:
         forging.setattr(backend, "normalize_message_reference", lambda channel, ref: ref)
@@ -657,7 +815,7 @@ async def test_a_reply_that_points_into_another_channel_is_not_followed(
             s.channel.id,
             s.bob.id,
             mention(harness, "what did they say?"),
-            reference={"type": 0, "channel_id": str(room.id), "message_id": str(answer.id),
+            reference={"type": 0, "channel_id": str(channel), "message_id": str(answer.id),
                        "fail_if_not_exists": False},
         )  # fmt: skip
     await harness.env.settle()

@@ -14,7 +14,7 @@ import discord
 import numpy as np
 import pytest
 
-from bot.cogs.voice import Playback, Utterance
+from bot.calls import Playback, Utterance
 from bot.read_aloud import speakable, spoken_line
 from handlers.speak import CALL_FRAME_BYTES, SpeakRequest, SpeakResult, SpeakTask, call_pcm
 from tests import tinymodels
@@ -160,7 +160,7 @@ async def test_members_skip_their_own_said_or_waiting(
 ) -> None:
     s, _ = await in_call(harness)
     (voice,) = recording.made
-    playback = harness.bot.get_cog("Voice").playbacks[s.guild.id]  # type: ignore[union-attr]
+    playback = harness.bot.calls.playbacks[s.guild.id]
     long = " ".join(["a"] * 200)  # twenty seconds: 1,000 frames, a second or more here
     await s.alice.slash(s.channel, "speak", text=long)
     await until(lambda: bool(voice.utterances) and len(voice.utterances[0]) > 5)
@@ -224,8 +224,7 @@ async def test_join_keeps_a_call_and_only_a_manager_takes_the_bot_from_listeners
     assert "Joined" in moved.response.content
     first, second = recording.made
     assert not first.connected and second.connected and second.channel.id == other.id
-    cog = harness.bot.get_cog("Voice")
-    assert cog.playbacks[s.guild.id].voice is second  # type: ignore[union-attr]
+    assert harness.bot.calls.playbacks[s.guild.id].voice is second
 
 
 async def test_speak_in_the_call_is_refused_before_any_work_without_a_playback(
@@ -234,7 +233,7 @@ async def test_speak_in_the_call_is_refused_before_any_work_without_a_playback(
     """Connected but without a queue (still connecting, or being left): nothing is run or
     charged for speech that could not be said."""
     s, _ = await in_call(harness)
-    harness.bot.get_cog("Voice").playbacks.clear()  # type: ignore[union-attr]
+    harness.bot.calls.playbacks.clear()
     refused = await s.alice.slash(s.channel, "speak", text="hello", where="call")
     assert refused.ephemeral and "/voice join" in refused.response.content
     await harness.finish()
@@ -501,5 +500,4 @@ async def test_reading_stops_when_the_channel_is_closed_later(
     await s.alice.send(s.channel, "now only for some")
     await harness.finish()
     assert harness.tasks["speak"].runs == []
-    cog = harness.bot.get_cog("Voice")
-    assert cog.playbacks[s.guild.id].reading is None  # type: ignore[union-attr]
+    assert harness.bot.calls.playbacks[s.guild.id].reading is None

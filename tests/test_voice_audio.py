@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soxr
 
-from bot.cogs.voice import PCMSource
+from bot.calls import PCMSource
 from handlers.speak import CALL_FRAME_BYTES, SpeakTask, Speech, call_pcm
 
 

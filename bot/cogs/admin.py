@@ -12,9 +12,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.charts import usage_chart
-from bot.cogs.delivery import NO_MENTIONS
-from bot.cogs.markdown import clip
-from bot.cogs.tasks import caller_of
+from bot.commands import admin_only, caller_of
+from bot.delivery import NO_MENTIONS
+from bot.markdown import clip
 from bot.quotas import duration
 from bot.usage import render_stats
 
@@ -22,28 +22,6 @@ if TYPE_CHECKING:
     from bot.client import AssistantBot
 
     Interaction = discord.Interaction[AssistantBot]
-
-
-class NotAnAdmin(app_commands.CheckFailure):
-    def __init__(self) -> None:
-        super().__init__("this command is for server managers and the bot's owners")
-
-
-def is_admin(interaction: Interaction) -> bool:
-    """Manage Server, or one of the configured owners (the Discord setting can be changed)."""
-    user = interaction.user
-    return str(user.id) in interaction.client.settings.owner_ids or (
-        isinstance(user, discord.Member) and user.guild_permissions.manage_guild
-    )
-
-
-def admin_only() -> app_commands.check:
-    async def predicate(interaction: Interaction) -> bool:
-        if not is_admin(interaction):
-            raise NotAnAdmin
-        return True
-
-    return app_commands.check(predicate)
 
 
 class Admin(commands.Cog):

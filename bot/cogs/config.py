@@ -8,10 +8,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.admin import NotAnAdmin, is_admin
-from bot.cogs.delivery import NO_MENTIONS
-from bot.cogs.markdown import clip, neutralize
-from bot.cogs.tasks import caller_of
+from bot.commands import NotAnAdmin, caller_of, is_admin
+from bot.delivery import NO_MENTIONS
 from bot.guilds import (
     BLOCKED_TERM_MAX_CHARS,
     BLOCKED_TERMS_MAX,
@@ -21,6 +19,7 @@ from bot.guilds import (
     PERSONA_MAX_CHARS,
     GuildSettings,
 )
+from bot.markdown import clip, neutralize
 from bot.quotas import QuotaPolicy
 from handlers.base import InvalidInput
 

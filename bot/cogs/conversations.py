@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import io
 import logging
 import re
 from collections.abc import Callable, Coroutine
@@ -23,15 +24,15 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.client import answer_to
-from bot.cogs.delivery import NO_MENTIONS, InteractionPlace, MessagePlace, Place, Reply
-from bot.cogs.markdown import clip, neutralize
-from bot.cogs.reading import MAX_TEXT_FILE, Readable, may_read_history, read_file
-from bot.cogs.tasks import Text, caller_of, place_caller, render
+from bot.commands import Text, caller_of, place_caller, render
 from bot.conversations import Answer, Conversations, Memory, Turn, command_word
+from bot.delivery import NO_MENTIONS, InteractionPlace, MessagePlace, Place, Reply
 from bot.executor import JobHandle
 from bot.guilds import GuildSettings
 from bot.invocations import Caller, CommandDisabled
 from bot.localization import tr
+from bot.markdown import clip, neutralize
+from bot.reading import MAX_TEXT_FILE, Readable, may_read_history, read_file
 from handlers.base import InvalidInput
 from handlers.chat import ChatRequest
 
@@ -47,8 +48,10 @@ THREAD_NAME_CHARS = 90
 """Discord allows 100; the rest is for the ellipsis."""
 SPOKEN_TO = (discord.MessageType.default, discord.MessageType.reply)
 """Messages a member wrote (not joins, pins or boosts)."""
+UNREADABLE_HERE = "you cannot read the earlier messages here, so I show nothing of them"
 NOTE = "-# "
-"""Starts the bot's own line under an answer; a model's line that starts so is escaped."""
+"""Starts the bot's own lines under an answer (a model's own such line is escaped, or is in
+a code block, which ends with its fence)."""
 
 
 @dataclass(frozen=True)
@@ -166,8 +169,12 @@ class ConversationsCog(commands.Cog, name="Conversations"):
             name=thread_name(question), type=discord.ChannelType.public_thread
         )
         asker = neutralize(interaction.user.display_name)
+        shown = neutralize(question)
+        whole = [discord.File(io.BytesIO(question.encode()), "question.txt")]  # all is shown
         await room.send(
-            f"**{asker}** asked: {clip(neutralize(question), 1800)}", allowed_mentions=NO_MENTIONS
+            f"**{asker}** asked: {clip(shown, 1800)}",
+            files=whole if len(shown) > 1800 else [],
+            allowed_mentions=NO_MENTIONS,
         )
         with contextlib.suppress(discord.HTTPException):
             await room.add_user(interaction.user)
@@ -182,6 +189,11 @@ class ConversationsCog(commands.Cog, name="Conversations"):
     async def show_memory(self, interaction: Interaction) -> None:
         conversation = self._place_conversation(interaction)
         await interaction.response.defer(thinking=True, ephemeral=True)  # before the database
+        channel = interaction.channel
+        if isinstance(channel, discord.Thread) and not await may_read_history(
+            interaction.user, channel
+        ):
+            raise InvalidInput("conversation", UNREADABLE_HERE)
         memory = await self.conversations.store.memory(conversation)
         await interaction.followup.send(
             clip(neutralize(Conversations.describe(memory))),
@@ -239,11 +251,11 @@ class ConversationsCog(commands.Cog, name="Conversations"):
         if isinstance(channel, discord.Thread) and channel.owner_id == me.id:
             return Route(f"thread:{channel.id}")
         reference = message.reference
-        if _is_reply(message) and _in_channel(reference, channel):
+        if _is_reply(message):
             assert reference is not None and reference.message_id is not None
             store = self.conversations.store
             answers = await store.answers_among([reference.message_id])
-            if reference.message_id in answers:
+            if reference.message_id in answers and await _parent(message) is not None:
                 source = answers[reference.message_id].conversation_id
                 latest = await store.latest_answer(source)
                 if latest is None or reference.message_id >= latest:
@@ -275,7 +287,10 @@ class ConversationsCog(commands.Cog, name="Conversations"):
                     await store.reset(conversation, message.id, caller.guild_id)
                     answer = reset_notice(locale_of(message))
                 else:
-                    answer = Conversations.describe(await store.memory(conversation))
+                    memory = await store.memory(conversation)
+                    if not await self._may_read_earlier(message, route, memory):
+                        raise InvalidInput("memory", UNREADABLE_HERE)
+                    answer = Conversations.describe(memory)
             sent = await self._say(message, clip(neutralize(answer)))
             await store.record_answers(conversation, [sent.id], is_turn=False)
             bot.invoker.record_command(f"chat-{word}", caller)
@@ -365,8 +380,10 @@ class ConversationsCog(commands.Cog, name="Conversations"):
                 turns, complete = await self._turns(conversation, newest, memory)
             else:
                 own = await self._turn(newest, {}, is_newest=True)
-                memory, turns, complete = Memory(conversation), [own] if own else [], True
-                left_out = True
+                asked = memory.opening  # the member's own /chat question is theirs to keep
+                kept = asked if asked and asked.private_to == caller.user_id else None
+                memory, turns = Memory(conversation, opening=kept), [own] if own else []
+                complete = left_out = True
             request = await conversations.prepare(memory, turns, base, caller.user_id, complete)
             return request, left_out
 
@@ -470,17 +487,9 @@ class ConversationsCog(commands.Cog, name="Conversations"):
                 return list(reversed(chain)), False
             reference = current.reference
             assert reference is not None and reference.message_id is not None
-            if reference.message_id <= cutoff or not _in_channel(reference, newest.channel):
-                break
-            parent = reference.resolved if isinstance(reference.resolved, discord.Message) else None
-            parent = parent or reference.cached_message
-            if parent is not None and parent.channel.id != newest.channel.id:
-                break  # a reference that claims this channel for another's message
+            parent = await _parent(current) if reference.message_id > cutoff else None
             if parent is None:
-                try:
-                    parent = await newest.channel.fetch_message(reference.message_id)
-                except discord.HTTPException:
-                    break
+                break
             chain.append(parent)
             current = parent
         return list(reversed(chain)), True
@@ -547,19 +556,30 @@ def _is_reply(message: discord.Message) -> bool:
     )
 
 
-def _in_channel(reference: discord.MessageReference | None, channel: Any) -> bool:
-    """Whether ``reference`` points into ``channel``: a conversation follows none that
-    leads out of its own channel or thread, forged or stale."""
-    return (
-        reference is not None
-        and reference.message_id is not None
-        and reference.channel_id == channel.id
-    )
+async def _parent(message: discord.Message) -> discord.Message | None:
+    """The message ``message`` replies to, if it is one in the same channel or thread: a
+    conversation follows no reference out of its place, forged or stale."""
+    reference = message.reference
+    if reference is None or reference.channel_id != message.channel.id:
+        return None
+    parent = reference.resolved if isinstance(reference.resolved, discord.Message) else None
+    parent = parent or reference.cached_message
+    if parent is None and reference.message_id is not None:
+        try:
+            parent = await message.channel.fetch_message(reference.message_id)
+        except discord.HTTPException:
+            return None
+    if parent is None or parent.id != reference.message_id:
+        return None
+    return parent if parent.channel.id == message.channel.id else None
 
 
 def _without_notes(content: str) -> str:
     """An answer as the model wrote it, without the bot's own lines under it."""
-    return "\n".join(line for line in content.split("\n") if not line.startswith(NOTE)).strip()
+    lines = content.split("\n")
+    while lines and lines[-1].startswith(NOTE):
+        lines.pop()
+    return "\n".join(lines).strip()
 
 
 def _text_files(message: discord.Message) -> list[discord.Attachment]:

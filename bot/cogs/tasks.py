@@ -3,78 +3,32 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.delivery import InteractionPlace, Reply
-from bot.cogs.images import image_buttons
-from bot.cogs.reading import summarize_source
-from bot.invocations import Caller
+from bot.calls import VoiceUnavailable, speech_render
+from bot.commands import Text, caller_of, run_task, voice_choices
+from bot.image_buttons import image_buttons
 from bot.localization import tr
-from handlers.base import HandlerError, InvalidInput
-from handlers.chat import ChatResult
-from handlers.classify import ClassifyRequest, ClassifyResult, parse_labels
-from handlers.imagine import ImagineRequest, ImagineResult
+from bot.reading import summarize_source
+from handlers.base import InvalidInput
+from handlers.classify import ClassifyRequest, parse_labels
+from handlers.imagine import ImagineRequest
 from handlers.languages import search_languages
-from handlers.sentiment import SentimentRequest, SentimentResult
-from handlers.speak import SpeakRequest, SpeakResult
-from handlers.summarize import SummarizeRequest, SummarizeResult
-from handlers.translate import TranslateRequest, TranslateResult
+from handlers.sentiment import SentimentRequest
+from handlers.speak import SpeakRequest
+from handlers.summarize import SummarizeRequest
+from handlers.translate import TranslateRequest
 
 if TYPE_CHECKING:
     from bot.client import AssistantBot
-    from bot.executor import JobHandle
 
     Interaction = discord.Interaction[AssistantBot]
 
 log = logging.getLogger(__name__)
-
-Text = app_commands.Range[str, 1, 4000]
-
-
-def caller_of(interaction: Interaction) -> Caller:
-    return place_caller(
-        interaction.user, interaction.channel, interaction.channel_id, interaction.guild_id,
-        interaction.client.is_private(interaction),
-    )  # fmt: skip
-
-
-def place_caller(
-    user: discord.User | discord.Member,
-    channel: Any,
-    channel_id: int | None,
-    guild_id: int | None,
-    private: bool,
-) -> Caller:
-    """Who asks and where, as admission sees it, for a command or a message alike."""
-    return Caller(
-        user_id=str(user.id),
-        source="discord",
-        guild_id=guild_id,
-        channel_id=channel_id,
-        parent_id=getattr(channel, "parent_id", None),
-        roles=tuple(role.id for role in user.roles) if isinstance(user, discord.Member) else (),
-        age_restricted=bool(channel is not None and getattr(channel, "is_nsfw", bool)()),
-        private=private,
-    )
-
-
-def voice_names(bot: AssistantBot) -> list[str]:
-    """The speech voices offered; none when the voice table could not be loaded (/speak
-    then says why)."""
-    try:
-        return bot.executor.tasks["speak"].voice_names()  # type: ignore[attr-defined]
-    except HandlerError:
-        return []
-
-
-def voice_choices(bot: AssistantBot, current: str) -> list[app_commands.Choice[str]]:
-    return [app_commands.Choice(name=n, value=n) for n in voice_names(bot) if current in n][:25]
 
 
 def language_choices(
@@ -95,32 +49,6 @@ def language_choices(
     return choices[:25]
 
 
-def render(result: Any) -> Reply:
-    """How each task's result looks in Discord: what the model wrote, and the bot's note."""
-    match result:
-        case SummarizeResult():
-            note = f"-# summarised from {result.chunks} parts" if result.chunks > 1 else ""
-            return Reply(result.summary, note)
-        case TranslateResult():
-            return Reply(result.text, f"-# {result.source} → {result.target}")
-        case ImagineResult():
-            note = f"-# seed {result.seed} · {result.width}x{result.height} · {result.steps} steps"
-            if result.flagged:
-                note += f" · {result.flagged} withheld by the safety filter"
-            files = [(f"imagine-{result.seed + k}.png", png) for k, png in enumerate(result.images)]
-            return Reply(note=note, files=files)
-        case SpeakResult():
-            return Reply(note=f"-# {result.seconds:.1f} s", files=[("speech.ogg", result.ogg)])
-        case SentimentResult():
-            return Reply(f"**{result.label}** ({result.score:.0%})")
-        case ClassifyResult():
-            rows = zip(result.labels, result.scores, strict=True)
-            return Reply("\n".join(f"`{score:6.1%}` {label}" for label, score in rows))
-        case ChatResult():
-            return Reply(result.text) if result.text else Reply(note="*(no answer)*")
-    raise TypeError(f"no rendering for {type(result).__name__}")
-
-
 class Tasks(commands.Cog):
     def __init__(self, bot: AssistantBot) -> None:
         self.bot = bot
@@ -139,57 +67,15 @@ class Tasks(commands.Cog):
             self.bot.tree.remove_command(menu.name, type=menu.type)
 
     async def summarize_message(self, interaction: Interaction, message: discord.Message) -> None:
-        await self.run(interaction, "summarize", SummarizeRequest(message.content))
+        await run_task(interaction, "summarize", SummarizeRequest(message.content))
 
     async def translate_message(self, interaction: Interaction, message: discord.Message) -> None:
         """Into the language of the member's Discord client."""
         target = str(interaction.locale)
-        await self.run(interaction, "translate", TranslateRequest(message.content, target))
+        await run_task(interaction, "translate", TranslateRequest(message.content, target))
 
     async def speak_message(self, interaction: Interaction, message: discord.Message) -> None:
-        await self.run(interaction, "speak", SpeakRequest(message.content))
-
-    async def run(
-        self,
-        interaction: Interaction,
-        task: str,
-        request: Any = None,
-        read: Callable[[], Awaitable[Any]] | None = None,
-        render_result: Callable[[Any], Reply] = render,
-        then: Callable[[JobHandle], None] | None = None,
-    ) -> None:
-        """Admit (a refusal answers privately at once), defer, then do what may be slow:
-        ``read`` the request if it isn't given, store an image's options for its buttons.
-        Then a watcher follows the job, replying as the reply policy says (``render_result``
-        shapes the result), and ``then`` is told of the job (speech said in a call)."""
-        bot = self.bot
-        policy = bot.reply_policy(interaction)
-        with bot.invoker.admit(task, caller_of(interaction), request) as admission:
-            await interaction.response.defer(thinking=True, ephemeral=policy.ephemeral)
-            if read is not None:
-                request = await read()
-            final_view = (
-                await self._image_buttons(interaction, request) if task == "imagine" else None
-            )
-            handle = admission.submit(request)
-        if then is not None:
-            then(handle)
-        place = InteractionPlace(interaction, policy)
-        bot.follow(handle, place, render_result, interaction.user.id, final_view)
-
-    async def _image_buttons(
-        self, interaction: Interaction, request: ImagineRequest
-    ) -> discord.ui.View | None:
-        """Reroll, Variations and Delete; their request is stored first, so that a button
-        never points at nothing. Without the database the images still come, buttonless."""
-        try:
-            key = await self.bot.image_requests.save(
-                request, interaction.user.id, interaction.guild_id
-            )
-        except sqlite3.Error as exc:
-            log.warning("cannot store an image request, so no buttons: %s", exc)
-            return None
-        return image_buttons(key)
+        await run_task(interaction, "speak", SpeakRequest(message.content))
 
     @app_commands.command(description="Summarize a text, a file or the channel's last messages")
     @app_commands.describe(
@@ -222,7 +108,7 @@ class Tasks(commands.Cog):
         async def read() -> SummarizeRequest:
             return SummarizeRequest(await source(), length)
 
-        await self.run(interaction, "summarize", read=read)
+        await run_task(interaction, "summarize", read=read)
 
     @app_commands.command(description="Translate a text into another language")
     @app_commands.describe(
@@ -235,7 +121,7 @@ class Tasks(commands.Cog):
         self, interaction: Interaction, text: Text, to: str | None = None, source: str = "auto"
     ) -> None:
         target = to or str(interaction.locale)
-        await self.run(interaction, "translate", TranslateRequest(text, target, source))
+        await run_task(interaction, "translate", TranslateRequest(text, target, source))
 
     @translate.autocomplete("to")
     async def _targets(
@@ -271,7 +157,7 @@ class Tasks(commands.Cog):
         count: app_commands.Range[int, 1, 4] = 1,
     ) -> None:
         request = ImagineRequest(prompt, negative, steps, guidance, seed, size, count)
-        await self.run(interaction, "imagine", request)
+        await run_task(interaction, "imagine", request, final_view=image_buttons)
 
     @imagine.autocomplete("size")
     async def _sizes(
@@ -295,25 +181,23 @@ class Tasks(commands.Cog):
         language: str = "en",
         where: Literal["file", "call"] | None = None,
     ) -> None:
-        from bot.cogs.voice import Voice, VoiceUnavailable, speech_render  # voice needs tasks
-
         if voice is None and (guild := self.bot.settings_for(interaction)) is not None:
             voice = guild.member_voices.get(interaction.user.id)  # /voice myvoice
-        calls = self.bot.get_cog("Voice")
-        playback = calls.call_with(interaction) if isinstance(calls, Voice) else None
+        calls = self.bot.calls
+        playback = calls.with_member(interaction.guild_id, interaction.user)
         if where is None:
             where = "call" if playback is not None else "file"
         request = SpeakRequest(text, voice, language, for_call=where == "call")
         if where == "file":
-            await self.run(interaction, "speak", request)
+            await run_task(interaction, "speak", request)
             return
-        if not isinstance(calls, Voice) or playback is None:
+        if playback is None:
             error = VoiceUnavailable("join my voice channel (or `/voice join` yours) first")
             self.bot.invoker.record_refusal("speak", caller_of(interaction), error)
             raise error
         channel = playback.voice.channel.mention  # type: ignore[attr-defined]
         member = interaction.user.id
-        await self.run(
+        await run_task(
             interaction, "speak", request, render_result=speech_render(channel),
             then=lambda handle: calls.say(playback, member, handle),
         )  # fmt: skip
@@ -334,7 +218,7 @@ class Tasks(commands.Cog):
     @app_commands.command(description="Is a text positive or negative?")
     @app_commands.describe(text="The text to rate")
     async def sentiment(self, interaction: Interaction, text: Text) -> None:
-        await self.run(interaction, "sentiment", SentimentRequest(text))
+        await run_task(interaction, "sentiment", SentimentRequest(text))
 
     @app_commands.command(description="Sort a text into your own labels")
     @app_commands.describe(
@@ -350,7 +234,7 @@ class Tasks(commands.Cog):
         multi_label: bool = False,
     ) -> None:
         request = ClassifyRequest(text, parse_labels(labels), multi_label)
-        await self.run(interaction, "classify", request)
+        await run_task(interaction, "classify", request)
 
 
 async def setup(bot: AssistantBot) -> None:

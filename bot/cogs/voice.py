@@ -1,6 +1,7 @@
 """Speech in the study group's call: /voice join and leave, /speak said in the call,
-reading a text channel aloud (/voice read, a voice per member with /voice myvoice), and a
-playback queue per server (skip your own, managers skip any or clear).
+reading a text channel aloud (/voice read, a voice per member with /voice myvoice), and the
+playback queue of each server's call (``bot/calls.py``: skip your own, managers skip any or
+clear).
 
 Speech is synthesized through the executor like every /speak (same caps, quotas and fair
 queue) and rendered as the call plays it where the model runs (``SpeakRequest.for_call``),
@@ -13,201 +14,51 @@ before it are ready. The voice connection is a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-from collections import defaultdict, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.admin import is_admin
-from bot.cogs.delivery import NO_MENTIONS, Reply
-from bot.cogs.tasks import caller_of, place_caller, voice_choices, voice_names
+from bot.calls import Calls, Playback, VoiceUnavailable, voice_channel_of
+from bot.commands import caller_of, is_admin, place_caller, voice_choices, voice_names
+from bot.delivery import NO_MENTIONS
 from bot.read_aloud import speakable, spoken_line
 from bot.voice_audio import missing_voice_support
-from handlers.base import HandlerError, InvalidInput
-from handlers.speak import CALL_FRAME_BYTES, SpeakRequest
+from handlers.base import InvalidInput
+from handlers.speak import SpeakRequest
 
 if TYPE_CHECKING:
     from bot.client import AssistantBot
-    from bot.executor import JobHandle
 
     Interaction = discord.Interaction[AssistantBot]
 
 log = logging.getLogger(__name__)
 
 
-class VoiceUnavailable(HandlerError):
-    """Voice cannot work here; the message says why, in one line."""
-
-
-class PCMSource(discord.AudioSource):
-    """Ready 48 kHz stereo PCM, handed over a 20 ms frame at a time."""
-
-    def __init__(self, pcm: bytes) -> None:
-        self._pcm = memoryview(pcm)
-        self._size = CALL_FRAME_BYTES
-        self._at = 0
-
-    def read(self) -> bytes:
-        frame = bytes(self._pcm[self._at : self._at + self._size])
-        self._at += self._size
-        return frame if len(frame) == self._size else b""
-
-
-@dataclass(eq=False)
-class Utterance:
-    requester_id: int
-    audio: asyncio.Future[bytes]
-    """Voice PCM, once synthesized; an exception if that failed."""
-    job: JobHandle | None = None
-    """The speak job making it: cancelled when the utterance is dropped, so that nobody's
-    device time or quota goes to speech nobody will hear."""
-
-    def drop(self, reason: str) -> None:
-        self.audio.cancel()
-        if self.job is not None:
-            self.job.cancel(reason)
-
-
-@dataclass
-class Playback:
-    """One server's utterances, played in order on its voice connection: each starts when
-    it is ready and the one before it has ended. Driven by callbacks (the speech's future,
-    the player's end, a timer), so nothing waits on the event loop between utterances."""
-
-    voice: discord.VoiceProtocol
-    idle_s: float
-    on_idle: Callable[[], None]
-    """Told when nothing was said or waiting for ``idle_s``."""
-    reading: int | None = None
-    """The text channel whose new messages are read aloud, if any."""
-    waiting: deque[Utterance] = field(default_factory=deque)
-    current: Utterance | None = None
-    closed: bool = False
-    _idle: asyncio.TimerHandle | None = None
-
-    def __post_init__(self) -> None:
-        self._rest()
-
-    def add(self, utterance: Utterance) -> None:
-        self.waiting.append(utterance)
-        self._rest()
-        utterance.audio.add_done_callback(lambda _: self._advance())
-
-    def _rest(self) -> None:
-        """(Re)start the idle timer; it only fires while nothing plays or waits."""
-        if self._idle is not None:
-            self._idle.cancel()
-        if not self.closed:
-            loop = asyncio.get_running_loop()
-            self._idle = loop.call_later(self.idle_s, self._idle_over)
-
-    def _idle_over(self) -> None:
-        if self.closed:
-            return
-        if self.current is not None or self.waiting:
-            self._rest()
-            return
-        self.on_idle()
-
-    def skip(self, member_id: int, manager: bool) -> Literal["playing", "waiting"] | None:
-        """Stop what is playing if it is the member's (anyone's, for a manager); else drop
-        the member's next utterance still waiting. Which it was, or None."""
-        current = self.current
-        if current is not None and (manager or current.requester_id == member_id):
-            self.voice.stop()  # type: ignore[attr-defined]
-            return "playing"
-        for utterance in self.waiting:
-            if utterance.requester_id == member_id:
-                self.waiting.remove(utterance)
-                utterance.drop("skipped by the requester")
-                self._advance()
-                return "waiting"
-        return None
-
-    def clear(self, reason: str = "dropped from the call's queue by a server manager") -> int:
-        """Drop everything waiting and stop what plays; how many were dropped."""
-        dropped = list(self.waiting)
-        self.waiting.clear()
-        for utterance in dropped:
-            utterance.drop(reason)
-        if self.current is not None:
-            self.voice.stop()  # type: ignore[attr-defined]
-        return len(dropped)
-
-    def close(self) -> None:
-        self.closed = True
-        if self._idle is not None:
-            self._idle.cancel()
-        self.clear("the bot left the call before it was said")
-
-    def _advance(self) -> None:
-        """Play the next utterance, if nothing plays and it is ready."""
-        while not self.closed and self.current is None and self.waiting:
-            utterance = self.waiting[0]
-            if not utterance.audio.done():
-                return
-            self.waiting.popleft()
-            audio = utterance.audio
-            if audio.cancelled() or audio.exception() is not None:
-                continue  # the job failed or was cancelled: its reply says so
-            self._start(utterance, audio.result())
-
-    def _start(self, utterance: Utterance, pcm: bytes) -> None:
-        loop = asyncio.get_running_loop()
-
-        def after(error: Exception | None) -> None:  # on the player's thread
-            if error is not None:
-                log.warning("playing speech failed: %s", error)
-            with contextlib.suppress(RuntimeError):  # the bot's loop has closed
-                loop.call_soon_threadsafe(self._ended, utterance)
-
-        try:
-            self.voice.play(PCMSource(pcm), after=after)  # type: ignore[attr-defined]
-        except Exception as exc:  # discord.ClientException while the connection reconnects
-            log.warning("cannot play speech in the call, so it is skipped: %s", exc)
-            return
-        self.current = utterance
-
-    def _ended(self, utterance: Utterance) -> None:
-        if self.current is utterance:
-            self.current = None
-        self._rest()
-        self._advance()
-
-
 class Voice(commands.GroupCog, group_name="voice", group_description="Speech in your call"):
     def __init__(self, bot: AssistantBot) -> None:
         self.bot = bot
-        self.playbacks: dict[int, Playback] = {}
+        self.calls = bot.calls
         self._leaving: set[asyncio.Future[None]] = set()
         self._moving: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         """Per server: one join or leave at a time, so two never undo each other."""
         super().__init__()
 
     async def cog_unload(self) -> None:
-        for playback in self.playbacks.values():
+        for playback in self.calls.playbacks.values():
             playback.close()
             await playback.voice.disconnect(force=True)
-        self.playbacks.clear()
-
-    def _member_channel(self, interaction: Interaction) -> discord.VoiceChannel | None:
-        user = interaction.user
-        state = getattr(user, "voice", None)
-        channel = getattr(state, "channel", None)
-        return channel if isinstance(channel, discord.VoiceChannel) else None
+        self.calls.playbacks.clear()
 
     @app_commands.command(description="Join your voice channel to speak there")
     @app_commands.guild_only()
     async def join(self, interaction: Interaction) -> None:
         assert interaction.guild is not None
-        channel = self._member_channel(interaction)
+        channel = voice_channel_of(interaction.user)
         if channel is None:
             raise VoiceUnavailable("join a voice channel first, then ask me to join it")
         rights = channel.permissions_for(interaction.guild.me)
@@ -229,7 +80,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
             )
         await interaction.response.defer(ephemeral=True, thinking=True)
         async with self._moving[guild.id]:
-            playback = self.playbacks.get(guild.id)
+            playback = self.calls.playbacks.get(guild.id)
             if playback is not None and getattr(playback.voice.channel, "id", None) == channel.id:
                 await interaction.followup.send(
                     f"🔊 I am in {channel.mention} already.",
@@ -247,7 +98,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
                 self.bot.settings.voice.idle_minutes * 60,
                 lambda: self._let_go(guild_id, joined),
             )
-            self.playbacks[guild_id] = joined
+            self.calls.playbacks[guild_id] = joined
         await interaction.followup.send(
             f"🔊 Joined {channel.mention}: `/speak` there is said aloud.",
             ephemeral=True,
@@ -276,7 +127,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
         anyone's."""
         assert interaction.guild is not None
         here = getattr(interaction.guild.voice_client, "channel", None)
-        member = self._member_channel(interaction)
+        member = voice_channel_of(interaction.user)
         if here is None or is_admin(interaction) or not self._listeners(here):
             return
         if member is None or member.id != here.id:
@@ -287,7 +138,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
         return [m for m in getattr(channel, "members", []) if not m.bot]
 
     async def _leave(self, guild_id: int, voice: discord.VoiceProtocol) -> None:
-        playback = self.playbacks.pop(guild_id, None)
+        playback = self.calls.playbacks.pop(guild_id, None)
         if playback is not None:
             playback.close()
         await voice.disconnect(force=True)
@@ -298,7 +149,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
 
         async def leave() -> None:
             async with self._moving[guild_id]:
-                if self.playbacks.get(guild_id) is playback:
+                if self.calls.playbacks.get(guild_id) is playback:
                     log.info("leaving the voice channel of server %d: nothing said", guild_id)
                     await self._leave(guild_id, playback.voice)
 
@@ -313,19 +164,19 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
         """Leave when the last member leaves the call; forget a call the bot was taken out
         of (disconnected by a moderator)."""
         guild = member.guild
-        playback = self.playbacks.get(guild.id)
+        playback = self.calls.playbacks.get(guild.id)
         if playback is None:
             return
         channel = getattr(playback.voice, "channel", None)
         if member.id == guild.me.id and after.channel is None:
             if before.channel is not None and getattr(channel, "id", None) != before.channel.id:
                 return  # the end of a call left for the one the bot is in now
-            self.playbacks.pop(guild.id, None)
+            self.calls.playbacks.pop(guild.id, None)
             playback.close()
             return
         if isinstance(channel, discord.VoiceChannel) and not self._listeners(channel):
             async with self._moving[guild.id]:
-                if self.playbacks.get(guild.id) is playback and not self._listeners(channel):
+                if self.calls.playbacks.get(guild.id) is playback and not self._listeners(channel):
                     log.info("leaving the voice channel of server %d: nobody is in it", guild.id)
                     await self._leave(guild.id, playback.voice)
 
@@ -334,7 +185,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
     )
     @app_commands.guild_only()
     async def skip(self, interaction: Interaction) -> None:
-        playback = self.playbacks.get(interaction.guild_id or 0)
+        playback = self.calls.playbacks.get(interaction.guild_id or 0)
         skipped = playback.skip(interaction.user.id, is_admin(interaction)) if playback else None
         if skipped is None:
             raise VoiceUnavailable("nothing of yours is being said or waiting to be")
@@ -345,7 +196,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
     @app_commands.command(description="Drop everything waiting to be said (server managers)")
     @app_commands.guild_only()
     async def clear(self, interaction: Interaction) -> None:
-        playback = self.playbacks.get(interaction.guild_id or 0)
+        playback = self.calls.playbacks.get(interaction.guild_id or 0)
         if not is_admin(interaction):
             raise VoiceUnavailable("only server managers can clear what everyone asked for")
         dropped = playback.clear() if playback is not None else 0
@@ -365,7 +216,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
         max_chars: app_commands.Range[int, 20, 2000] | None = None,
     ) -> None:
         assert interaction.guild is not None
-        playback = self.playbacks.get(interaction.guild.id)
+        playback = self.calls.playbacks.get(interaction.guild.id)
         if playback is None:
             raise VoiceUnavailable("I am not in a voice channel here: `/voice join` first")
         self._check_in_call(interaction, "change what is read in")
@@ -463,7 +314,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
         """A new message in the channel read aloud: said in its author's voice, admitted
         like their own /speak (their caps and quotas)."""
         guild = message.guild
-        playback = self.playbacks.get(guild.id) if guild is not None else None
+        playback = self.calls.playbacks.get(guild.id) if guild is not None else None
         if playback is None or playback.reading != message.channel.id or message.author.bot:
             return
         assert guild is not None
@@ -498,51 +349,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
         except Exception as exc:  # busy, over quota, invalid: that message is not read
             log.info("not reading a message aloud: %s", exc)
             return
-        self._queue(playback, author.id, handle)
-
-    def call_with(self, interaction: Interaction) -> Playback | None:
-        """The call the member is in with the bot here, if any (not one still connecting
-        or being left)."""
-        playback = self.playbacks.get(interaction.guild_id or 0)
-        here = getattr(playback.voice, "channel", None) if playback is not None else None
-        member = self._member_channel(interaction)
-        if playback is None or playback.closed or here is None or member is None:
-            return None
-        return playback if here.id == member.id else None
-
-    def say(self, playback: Playback, requester_id: int, handle: JobHandle) -> None:
-        """Queue the job's speech in the call; it plays when it and those before it are."""
-        if playback.closed:  # left while the reply was being deferred
-            handle.cancel("the bot left the call before it was said")
-            return
-        self._queue(playback, requester_id, handle)
-
-    @staticmethod
-    def _queue(playback: Playback, requester_id: int, handle: JobHandle) -> None:
-        """The job's speech, in line: a ``for_call`` request's, rendered for the call where
-        the model ran, so it plays as it comes."""
-        audio: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-
-        def synthesized() -> None:
-            if audio.done():  # dropped meanwhile
-                return
-            if handle.error is not None:
-                audio.set_exception(handle.error)
-            else:
-                audio.set_result(handle.peek_result().pcm)
-
-        handle.add_done_callback(synthesized)
-        playback.add(Utterance(requester_id, audio, handle))
-
-
-def speech_render(channel: str) -> Callable[[Any], Any]:
-    """The reply under a /speak for the call: where, and how long. It comes when the speech
-    is ready, which may be before its turn to be said."""
-
-    def render(result: Any) -> Reply:
-        return Reply(note=f"-# 🔊 in line to be said in {channel} · {result.seconds:.1f} s")
-
-    return render
+        Calls.queue(playback, author.id, handle)
 
 
 async def setup(bot: AssistantBot) -> None:

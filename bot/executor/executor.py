@@ -350,7 +350,7 @@ class Executor:
         started = self._clock()
         run = BatchRun(task, key[1], batch.jobs, asyncio.get_running_loop())
         for job in batch.jobs:
-            job.batch = run
+            job.on_abandon = run.abandoned_changed
             if job.future.done():  # cancelled since the batch was chosen: the device skips it
                 continue
             if job.deadline is not None:

@@ -8,12 +8,9 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Generator, Hashable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from handlers.base import Task, TaskKind
-
-if TYPE_CHECKING:
-    from bot.executor.backend import BatchRun
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +72,8 @@ class Job:
     """Its share of its batch's device time, once the batch is done."""
     abandoned: bool = False
     """Set when nobody awaits the result any more (cancelled, timed out); read by the worker."""
-    batch: BatchRun | None = None
-    """The batch it runs in, once it runs."""
+    on_abandon: Callable[[], None] | None = None
+    """Set by the batch it runs in, once it runs: told when the job is abandoned."""
     deadline: asyncio.TimerHandle | None = None
     streamed: Any = None
     """The last partial output its listeners were sent."""
@@ -97,8 +94,8 @@ class Job:
     def abandon(self) -> None:
         """Nobody wants the result any more: a batch stops once all its jobs are abandoned."""
         self.abandoned = True
-        if self.batch is not None:
-            self.batch.abandoned_changed()
+        if self.on_abandon is not None:
+            self.on_abandon()
 
     def emit(self, event: JobEvent) -> None:
         """Tell every listener; one that raises is reported, never stops the others."""

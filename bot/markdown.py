@@ -14,9 +14,10 @@ _HEADING = re.compile(  # a heading or subtext at a line's start, also in quotes
 _FENCE = re.compile(r"```[^`\n]*\n")
 """A code block's first line, at a line's start."""
 _LINK_CLOSE = re.compile(r"\]\s*\(")
-DELIMITERS = frozenset("`*_~|")
-"""What opens a Discord span (code, emphasis, underline, strikethrough, spoiler) that may
-run over lines and end inside a code block, leaving the rest of the block as text."""
+_SPANS = {"`": "`", "*": "*", "_": "_", "~": "~", "|": "|", "<": ">"}
+"""What opens a Discord span that may run over lines (code, emphasis, underline,
+strikethrough, spoiler, an autolink), and what may close it: inside a code block, which
+leaves the rest of the block as text."""
 
 
 def neutralize(text: str) -> str:
@@ -31,14 +32,14 @@ def neutralize(text: str) -> str:
     Only a code block that every renderer sees as one is skipped (``_code_block_end``);
     elsewhere, inline code included, every ``[`` that may open a link is escaped.
     """
-    closers = [m.start() for m in _LINK_CLOSE.finditer(text)]
-    last_closer = closers[-1] if closers else -1
+    link_closes = [m.start() for m in _LINK_CLOSE.finditer(text)]
+    last_link_close = link_closes[-1] if link_closes else -1
     out: list[str] = []
-    opened: set[str] = set()  # delimiters met outside code blocks so far
+    closers: set[str] = set()  # what may close a span opened outside code blocks so far
     at, end = 0, len(text)
     while at < end:
         if at == 0 or text[at - 1] == "\n":
-            block_end = _code_block_end(text, at, opened)
+            block_end = _code_block_end(text, at, closers)
             if block_end is not None:
                 out.append(text[at:block_end])
                 at = block_end
@@ -46,16 +47,16 @@ def neutralize(text: str) -> str:
             heading = _HEADING.match(text, at)
             if heading is not None:
                 out.append(heading.group() + "\\")
-                opened.update(DELIMITERS.intersection(heading.group()))
+                closers.update(_SPANS[c] for c in heading.group() if c in _SPANS)
                 at = heading.end()
         char = text[at]
         if char == "\\" and at + 1 < end and _escapable(text[at + 1]):
             out.append(text[at : at + 2])
             at += 2
             continue
-        if char in DELIMITERS:
-            opened.add("```" if text.startswith("```", at) else char)
-        out.append("\\[" if char == "[" and at < last_closer else char)
+        if char in _SPANS:
+            closers.add("```" if text.startswith("```", at) else _SPANS[char])
+        out.append("\\[" if char == "[" and at < last_link_close else char)
         at += 1
     return "".join(out)
 
@@ -66,29 +67,32 @@ def _escapable(char: str) -> bool:
     return not (char.isascii() and char.isalnum()) and not char.isspace()
 
 
-def _code_block_end(text: str, at: int, opened: set[str]) -> int | None:
+def _code_block_end(text: str, at: int, closers: set[str]) -> int | None:
     """Where the code block starting at ``at`` (a line's start) ends, after its closing
     fence; None unless every renderer sees one there.
 
     CommonMark's fenced block and Discord's code block agree on a block whose opening
-    fence starts its line with exactly three backticks and whose closing fence, the next
-    three backticks in the text, is exactly three alone on a line. Discord has no block
-    structure, though: a span opened earlier (``opened``) may close inside the block, and
-    the rest of it is then text; so may three backticks met earlier. Such a block is not
-    skipped.
+    fence starts its line with exactly three backticks, whose closing fence, the next
+    three backticks in the text, is exactly three alone on a line, and with something
+    other than line breaks between them (Discord's block needs a character of content, and
+    would take the closing fence for it). Discord has no block structure, though: a span
+    opened earlier may close inside the block (one of ``closers`` is in it), and the rest
+    of it is then text; so may three backticks met earlier. Such a block is not skipped.
     """
     opening = _FENCE.match(text, at)
-    if opening is None or text.startswith("````", at) or "```" in opened:
+    if opening is None or text.startswith("````", at) or "```" in closers:
         return None
     close = text.find("```", opening.end())
     if close < 0 or text[close - 1] != "\n" or text.startswith("````", close):
+        return None
+    if not text[opening.end() : close].strip("\n"):
         return None
     line_end = text.find("\n", close)
     line_end = len(text) if line_end < 0 else line_end
     if text[close + 3 : line_end].strip(" \t"):
         return None
     inside = text[at + 3 : close]
-    if any(delimiter in inside for delimiter in opened):
+    if any(closer in inside for closer in closers):
         return None
     return line_end
 

@@ -36,7 +36,10 @@ async def may_read_history(member: discord.abc.User, place: Readable) -> bool:
     current = place.guild.get_member(member.id) or member
     if not isinstance(current, discord.Member):
         return False
-    allowed = place.permissions_for(current)
+    try:
+        allowed = place.permissions_for(current)
+    except discord.ClientException:  # a thread whose channel is not in the cache
+        return False
     if not (allowed.view_channel and allowed.read_message_history):
         return False
     if isinstance(place, discord.Thread) and place.is_private() and not allowed.manage_threads:

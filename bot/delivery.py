@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 import discord
 
-from bot.cogs.markdown import MESSAGE_LIMIT, clip, neutralize, split_text
 from bot.executor import JobCancelled, JobEvent, JobHandle, JobState
 from bot.localization import name_in, tr
+from bot.markdown import MESSAGE_LIMIT, clip, neutralize, split_text
 from bot.models import explain
 
 log = logging.getLogger(__name__)
