@@ -535,6 +535,8 @@ async def test_image_buttons_reroll_vary_and_delete(harness: Harness) -> None:
     again = harness.tasks["imagine"].runs[-1][0]
     assert (again.prompt, again.count) == ("a red fox", 1) and again.seed != 42
     assert reroll.response.attachments
+    rerolled = [c["label"] for row in reroll.response.components for c in row["components"]]
+    assert rerolled == ["Reroll", "Variations", "Delete"]  # a rerolled image has its buttons
     await s.bob.click(message, label="Variations")
     await harness.finish()
     assert harness.tasks["imagine"].runs[-1][0].count == 4

@@ -218,15 +218,36 @@ def test_every_line_of_the_commands_block_is_read_and_every_exception_is_still_t
     assert set(NOT_RUN) <= {e.shown for e in EXAMPLES}
 
 
-def test_the_pages_in_docs_are_read_and_linked_from_the_readme() -> None:
+def test_every_page_in_docs_is_linked_from_the_readme_and_read_here() -> None:
     readme = README.read_text(encoding="utf-8")
     pages = PAGES[1:]
     assert pages, "docs/ has no pages"
     assert [p.name for p in pages if f"](docs/{p.name})" not in readme] == []
-    shown = {e.shown for e in EXAMPLES}
-    for page in pages:
-        assert {e.shown for e in readme_examples(page.read_text(encoding="utf-8"))} <= shown
-    assert "python -m bot models pull" in shown  # a command that only a page in docs/ shows
+    assert "python -m bot models pull" not in readme  # shown only in docs/ ...
+    assert "python -m bot models pull" in {e.shown for e in EXAMPLES}  # ... and run here
+
+
+def anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_between_the_pages_resolve() -> None:
+    broken = []
+    for page in PAGES:
+        text = re.sub(r"`[^`\n]*`", "", page.read_text(encoding="utf-8"))  # code is no link
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, fragment = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.name}: {target}")
+            elif fragment and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", linked.read_text(encoding="utf-8"), re.M)
+                if fragment not in {anchor(h) for h in headings}:
+                    broken.append(f"{page.name}: {target}")
+    assert broken == []
 
 
 def test_examples_drop_optional_parts_and_split_alternatives() -> None:

@@ -23,7 +23,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.calls import Calls, Playback, VoiceUnavailable, voice_channel_of
+from bot.calls import Playback, VoiceUnavailable, voice_channel_of
 from bot.commands import caller_of, is_admin, place_caller, voice_choices, voice_names
 from bot.delivery import NO_MENTIONS
 from bot.read_aloud import speakable, spoken_line
@@ -349,7 +349,7 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
         except Exception as exc:  # busy, over quota, invalid: that message is not read
             log.info("not reading a message aloud: %s", exc)
             return
-        Calls.queue(playback, author.id, handle)
+        self.calls.queue(playback, author.id, handle)
 
 
 async def setup(bot: AssistantBot) -> None:
