@@ -33,6 +33,7 @@ from handlers.classify import ClassifyResult
 from tests.fakes import FakeTask, Item, make_executor
 from tests.test_discord import (  # noqa: F401 - harness, simcord_bot, stack: fixtures
     Harness,
+    Scene,
     harness,
     scene,
     simcord_bot,
@@ -630,6 +631,21 @@ def bot_messages(h: Harness, channel: Any) -> list[discord.Message]:
     return [m for m in channel.history() if h.bot.user and m.author.id == h.bot.user.id]
 
 
+def notes_alice_cannot_read_back(s: Scene) -> Any:
+    """A channel where Alice may talk but not read Read Message History."""
+    no_history = discord.PermissionOverwrite(read_message_history=False)
+    return s.guild.create_text_channel("notes", overwrites={s.alice: no_history})
+
+
+async def bobs_thread_alice_cannot_read_back(h: Harness, s: Scene) -> Any:
+    """A thread Bob opened with /chat in that channel."""
+    notes = notes_alice_cannot_read_back(s)
+    await s.bob.slash(notes, "chat", message="Exam prep", thread=True)
+    await h.finish()
+    (room,) = notes.threads
+    return room
+
+
 # 25.1 Conversations read with the member's own permissions
 
 
@@ -637,9 +653,7 @@ async def test_a_reply_chain_is_read_only_by_members_who_may_read_history(
     harness: Harness,
 ) -> None:
     s = await scene(harness)
-    notes = s.guild.create_text_channel(
-        "notes", overwrites={s.alice: discord.PermissionOverwrite(read_message_history=False)}
-    )
+    notes = notes_alice_cannot_read_back(s)
     await s.bob.send(notes, mention(harness, SECRET))
     await harness.finish()
     (answer,) = bot_messages(harness, notes)
@@ -665,12 +679,7 @@ async def test_a_thread_is_read_only_by_members_who_may_read_its_history(
     harness: Harness,
 ) -> None:
     s = await scene(harness)
-    notes = s.guild.create_text_channel(
-        "notes", overwrites={s.alice: discord.PermissionOverwrite(read_message_history=False)}
-    )
-    await s.bob.slash(notes, "chat", message="Exam prep", thread=True)
-    await harness.finish()
-    (room,) = notes.threads
+    room = await bobs_thread_alice_cannot_read_back(harness, s)
     await s.bob.send(room, SECRET)
     await harness.finish()
     await s.alice.send(room, "what did I miss?")
@@ -687,12 +696,7 @@ async def test_what_the_bot_remembers_is_shown_only_to_members_who_may_read_it(
     harness: Harness,
 ) -> None:
     s = await scene(harness)
-    notes = s.guild.create_text_channel(
-        "notes", overwrites={s.alice: discord.PermissionOverwrite(read_message_history=False)}
-    )
-    await s.bob.slash(notes, "chat", message="Exam prep", thread=True)
-    await harness.finish()
-    (room,) = notes.threads
+    room = await bobs_thread_alice_cannot_read_back(harness, s)
     await harness.bot.conversations.store.fold(
         await harness.bot.conversations.store.memory(f"thread:{room.id}"), SECRET, 1
     )
@@ -713,9 +717,7 @@ async def test_a_member_without_history_keeps_their_own_slash_question(
     harness: Harness,
 ) -> None:
     s = await scene(harness)
-    notes = s.guild.create_text_channel(
-        "notes", overwrites={s.alice: discord.PermissionOverwrite(read_message_history=False)}
-    )
+    notes = notes_alice_cannot_read_back(s)
     asked = await s.alice.slash(notes, "chat", message="Name the rivers of Europe")
     await harness.finish()
     await s.alice.send(notes, mention(harness, "and of Asia?"), reply_to=asked.response.message)
