@@ -22,6 +22,7 @@ from bot.cli import main
 from bot.doctor import Row, Status, chat_batching, check_login, memory_rows, render
 from bot.models import pull, requirements
 from bot.settings import Settings
+from bot.usage import migrations
 from tests import tinymodels
 from tests.localhub import LocalHub
 
@@ -30,6 +31,8 @@ TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GaBcDe.Secret_signature-partXYZ0123456789"
 """Shaped like a bot token; its first part is BOT_USER_ID in base64url."""
 WEIGHTS = 1024
 """float32 numbers in every placed model: 4 KiB on disk, 2 KiB once loaded as float16."""
+LATEST = migrations()[-1][0]
+"""The usage database's newest schema."""
 
 
 @pytest.fixture(autouse=True)
@@ -133,7 +136,7 @@ def test_a_healthy_configuration_passes(
     assert status(output, "gpu") == ("ok", "none: CPU by configuration (BOT_DEVICE=cpu)")
     assert status(output, "database") == (
         "ok",
-        f"{tmp_path / 'data' / 'usage.sqlite3'}: schema 5 of 5 (created)",
+        f"{tmp_path / 'data' / 'usage.sqlite3'}: schema {LATEST} of {LATEST} (created)",
     )
     sentiment = status(output, "model sentiment")
     assert sentiment[0] == "ok" and sentiment[1].endswith(", ~2.0 KiB as float16")
@@ -147,7 +150,7 @@ def test_a_healthy_configuration_passes(
 
     # A second run finds the database as the first left it.
     assert main(["doctor"]) == 0
-    assert status(capsys.readouterr().out, "database")[1].endswith("schema 5 of 5")
+    assert status(capsys.readouterr().out, "database")[1].endswith(f"schema {LATEST} of {LATEST}")
 
 
 def test_continuous_batching_shows_its_kv_cache_beside_the_chat_weights(
