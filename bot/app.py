@@ -28,6 +28,7 @@ from handlers.imagine import ImagineTask, configured_native_size
 from handlers.sentiment import SentimentTask
 from handlers.speak import SpeakTask
 from handlers.summarize import SummarizeTask
+from handlers.transcribe import TranscribeTask
 from handlers.translate import TranslateTask
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,12 @@ def build_tasks(settings: Settings) -> dict[str, Task[Any, Any]]:
         "sentiment": SentimentTask(max_chars=settings.max_text_chars),
         "classify": ClassifyTask(max_chars=settings.max_text_chars),
         "chat": chat_task(settings),
+        "transcribe": TranscribeTask(
+            max_seconds=settings.transcribe.max_seconds,
+            max_bytes=settings.transcribe.max_bytes,
+            no_speech_threshold=settings.transcribe.no_speech_threshold,
+            pieces_per_call=settings.transcribe.pieces_per_call,
+        ),
     }
 
 

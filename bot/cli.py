@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from handlers.imagine import ImagineRequest, ImagineResult
     from handlers.speak import SpeakRequest, SpeakResult
     from handlers.summarize import SummarizeRequest
+    from handlers.transcribe import TranscribeRequest, TranscribeResult
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,27 @@ def _classify_request(args: argparse.Namespace) -> Any:
     return ClassifyRequest(args.text, parse_labels(args.labels), args.multi_label)
 
 
+def _transcribe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, help="audio or video: ogg, wav, mp3, m4a, mp4...")
+    parser.add_argument("--language", help="the language spoken (default: detected)")
+    parser.add_argument("--timestamps", action="store_true", help="a line per segment with times")
+
+
+def _transcribe_request(args: argparse.Namespace) -> TranscribeRequest:
+    from handlers.transcribe import TranscribeRequest
+
+    path: Path = args.file
+    if not path.is_file():
+        raise InvalidInput("file", f"{quote(str(path))} is not a file")
+    return TranscribeRequest(path.read_bytes(), args.language, args.timestamps)
+
+
+def _render_transcribe(result: TranscribeResult, args: argparse.Namespace) -> tuple[str, dict]:
+    data = asdict(result)
+    text = result.timed() if result.timestamps else result.text
+    return text, data
+
+
 def _chat_request(args: argparse.Namespace) -> ChatRequest:
     from handlers.chat import ChatRequest
 
@@ -248,6 +270,12 @@ ASK_COMMANDS: dict[str, AskCommand] = {
     ),
     "chat": AskCommand(
         "talk to the chat model", _chat_arguments, _chat_request, lambda r, a: (r.text, asdict(r))
+    ),
+    "transcribe": AskCommand(
+        "write down what is said in an audio or video file",
+        _transcribe_arguments,
+        _transcribe_request,
+        _render_transcribe,
     ),
 }
 

@@ -11,6 +11,7 @@ import discord
 from discord import app_commands
 
 from bot.delivery import InteractionPlace, Reply
+from bot.hearing import render_transcript
 from bot.invocations import Caller
 from handlers.base import HandlerError
 from handlers.chat import ChatResult
@@ -19,6 +20,7 @@ from handlers.imagine import ImagineResult
 from handlers.sentiment import SentimentResult
 from handlers.speak import SpeakResult
 from handlers.summarize import SummarizeResult
+from handlers.transcribe import TranscribeResult
 from handlers.translate import TranslateResult
 
 if TYPE_CHECKING:
@@ -115,6 +117,8 @@ def render(result: Any) -> Reply:
             return Reply("\n".join(f"`{score:6.1%}` {label}" for label, score in rows))
         case ChatResult():
             return Reply(result.text) if result.text else Reply(note="*(no answer)*")
+        case TranscribeResult():
+            return render_transcript(result)
     raise TypeError(f"no rendering for {type(result).__name__}")
 
 

@@ -220,6 +220,18 @@ class ConversationStore:
                 (message_id, conversation_id, int(is_turn), self.usage.clock()),
             )
 
+    async def record_transcript(self, conversation_id: str, message_id: int, text: str) -> None:
+        """What a member's voice message was heard as, for when the conversation is read back."""
+        await self._write(
+            "INSERT OR REPLACE INTO transcripts (message_id, conversation_id, text, created_at) "
+            "VALUES (?, ?, ?, ?)",
+            (message_id, conversation_id, text, self.usage.clock()),
+        )
+
+    async def transcript(self, message_id: int) -> str | None:
+        rows = await self._read("SELECT text FROM transcripts WHERE message_id = ?", (message_id,))
+        return rows[0]["text"] if rows else None
+
     async def answers_among(self, message_ids: Sequence[int]) -> dict[int, Answer]:
         """Which of these messages the bot posted in a conversation, and in which."""
         if not message_ids:

@@ -50,6 +50,9 @@ class Reply:
     """The bot's own line under it (``-# seed 7 ...``), posted as it is."""
     files: Sequence[tuple[str, bytes]] = ()
     """(file name, contents)."""
+    heading: str = ""
+    """The bot's own lines above the text (what a voice message was heard as), posted as
+    they are: whatever they quote must be neutralized already."""
 
 
 class CancelView(discord.ui.View):
@@ -437,7 +440,7 @@ async def deliver(
                   place.locale, mebibytes=limit // 2**20)  # fmt: skip
         reply, files = Reply(note=note), []
     text = neutralize(reply.text)
-    content = f"{text}\n{reply.note}" if text and reply.note else text or reply.note
+    content = "\n".join(part for part in (reply.heading, text, reply.note) if part)
     pieces = split_text(content) if content else [""]
     if len(pieces) > MAX_SPLIT_MESSAGES:
         files.append(("result.txt", reply.text.encode()))

@@ -71,6 +71,13 @@ class GuildSettings(BaseModel):
     read_aloud_max_chars: int | None = Field(default=None, ge=20, le=2000)
     """Longest part of a message read aloud here (/voice read max_chars); None uses
     BOT_VOICE__MAX_CHARS."""
+    voice_replies: bool = False
+    """Members who ask for it (/voice replies) get a voice message back when they talk to
+    the bot in voice messages here."""
+    voice_reply_members: list[int] = Field(default_factory=list)
+    """Members who asked for spoken answers to their voice messages (/voice replies)."""
+    auto_transcribe_channels: list[int] = Field(default_factory=list)
+    """Channels (and their threads) where every voice message gets its transcript."""
     classroom_safe: bool = False
     """One switch for a school's server: images only in age-restricted channels, each one
     screened by the safety classifier, a default negative prompt and a list of refused
@@ -97,6 +104,11 @@ class GuildSettings(BaseModel):
             if place is not None and place in self.channel_personas:
                 return self.channel_personas[place]
         return self.persona
+
+
+DIRECT_MESSAGES = 0
+"""Where the choices members make in direct messages with the bot are kept: no server's
+rules apply there, so only members' own choices (``voice_reply_members``) are read."""
 
 
 class GuildSettingsStore:

@@ -102,8 +102,14 @@ def describe(request: Any, admitted: bool = True) -> tuple[dict[str, Any], dict[
     counts as free text, so nothing a member wrote reaches the log by accident. Other
     string options (a language, a voice, a size) are kept only for admitted requests,
     which passed validation and so hold known names; a refused one keeps its numbers.
+    Files (bytes: a recording) are never kept, whatever ``BOT_LOG_PROMPTS`` says; their
+    size is the row's ``input_size``.
     """
-    values = dataclasses.asdict(request)
+    values = {
+        name: value
+        for name, value in dataclasses.asdict(request).items()
+        if not isinstance(value, bytes)
+    }
     declared = getattr(type(request), "USER_TEXT", None)
     private = (
         declared

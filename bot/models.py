@@ -63,6 +63,7 @@ KNOWN_LICENCES = {
     "distilbert/distilbert-base-uncased-finetuned-sst-2-english": "apache-2.0",
     "facebook/bart-large-mnli": "mit",
     "Qwen/Qwen2.5-0.5B-Instruct": "apache-2.0",
+    "openai/whisper-large-v3-turbo": "mit",
 }
 """Licences of the defaults (README, Default models), for when no model card is at hand."""
 

@@ -50,6 +50,8 @@ class ModelSettings(BaseModel):
     """NLI model for zero-shot /classify (MIT)."""
     chat: str = "Qwen/Qwen2.5-0.5B-Instruct"
     """Instruction-tuned chat model for /chat (Apache-2.0)."""
+    transcribe: str = "openai/whisper-large-v3-turbo"
+    """Any Whisper-family speech recogniser for /transcribe and voice messages (MIT)."""
 
 
 class SummarizeSettings(BaseModel):
@@ -130,6 +132,20 @@ class OpenAIEngineSettings(BaseModel):
     """Answers streaming from the server at once; more wait in the bot's fair queue."""
     timeout_s: float = Field(default=60.0, gt=0)
     """Longest silence from the server, connecting or between two pieces of an answer."""
+
+
+class TranscribeSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    max_seconds: float = Field(default=900.0, gt=0)
+    """Longest recording /transcribe and voice messages accept, in seconds (15 minutes)."""
+    max_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
+    """Largest file /transcribe downloads, in bytes."""
+    no_speech_threshold: float = Field(default=0.6, ge=0, le=1)
+    """A 30-second piece the model thinks holds no speech with at least this probability is
+    left out rather than transcribed (1 keeps every piece that is not silent)."""
+    pieces_per_call: int = Field(default=16, ge=1)
+    """Most 30-second pieces, of all waiting files together, in one forward pass."""
 
 
 class VoiceSettings(BaseModel):
@@ -425,6 +441,8 @@ class Settings(BaseSettings):
     """/speak options (BOT_SPEAK__VOICES, ...)."""
     chat: ChatSettings = ChatSettings()
     """/chat options (BOT_CHAT__SYSTEM_PROMPT, ...)."""
+    transcribe: TranscribeSettings = TranscribeSettings()
+    """/transcribe and voice messages (BOT_TRANSCRIBE__MAX_SECONDS, ...)."""
     voice: VoiceSettings = VoiceSettings()
     """Voice channels (BOT_VOICE__IDLE_MINUTES)."""
     text: TaskClassSettings = TaskClassSettings.of(TaskKind.TEXT)

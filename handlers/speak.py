@@ -12,8 +12,9 @@ VITS samples durations and latent noise over the whole padded batch, so a VITS r
 reproducible for a given batch, but its batch mates change the draws: the same words, another
 take (its checkpoint's ``noise_scale`` and ``noise_scale_duration`` set how different).
 
-Output: WAV (PCM 16-bit) and OGG/Opus, which Discord plays inline. Opus only exists at 8,
-12, 16, 24 and 48 kHz; models at other rates (22.05 kHz VITS checkpoints) get OGG/Vorbis.
+Output: WAV (PCM 16-bit) and OGG/Opus, which Discord plays inline and sends voice messages
+as. Opus only exists at 8, 12, 16, 24 and 48 kHz; speech at other rates (22.05 kHz VITS
+checkpoints) is resampled to 48 kHz for it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from transformers import (
     VitsModel,
 )
 
+from handlers.audio import waveform
 from handlers.base import (
     BatchContext,
     HandlerError,
@@ -104,6 +106,8 @@ class SpeakResult:
     ogg: bytes
     sample_rate: int
     seconds: float
+    waveform: bytes = b""
+    """The bars Discord draws for it as a voice message (up to 256 levels, 0-255)."""
     pcm: bytes = b""
     """For a call (``SpeakRequest.for_call``): 48 kHz stereo 16-bit PCM in whole 20 ms
     frames, and no files (``wav`` and ``ogg`` are empty)."""
@@ -251,10 +255,13 @@ def seeded(device: str) -> Iterator[None]:
 
 
 def encode_ogg(samples: np.ndarray, sample_rate: int) -> bytes:
-    """OGG/Opus where Opus supports the rate, OGG/Vorbis elsewhere."""
-    subtype = "OPUS" if sample_rate in OPUS_RATES else "VORBIS"
+    """OGG/Opus, what Discord plays inline and sends voice messages as; a rate Opus lacks
+    (22.05 kHz VITS checkpoints) is resampled to 48 kHz first."""
+    if sample_rate not in OPUS_RATES:
+        samples = soxr.resample(samples, sample_rate, CALL_RATE)
+        sample_rate = CALL_RATE
     buffer = io.BytesIO()
-    sf.write(buffer, samples, sample_rate, format="OGG", subtype=subtype)
+    sf.write(buffer, samples, sample_rate, format="OGG", subtype="OPUS")
     return buffer.getvalue()
 
 
@@ -465,6 +472,7 @@ class SpeakTask(Task[SpeakRequest, SpeakResult]):
             ogg=encode_ogg(samples, output.sample_rate),
             sample_rate=output.sample_rate,
             seconds=seconds,
+            waveform=waveform(samples),
         )
 
     # Models

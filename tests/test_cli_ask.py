@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import soundfile
 from PIL import Image
@@ -43,6 +44,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
         "imagine": tinymodels.build_pipeline,
         "speak": tinymodels.build_speecht5,
         "vocoder": tinymodels.build_hifigan,
+        "transcribe": tinymodels.build_whisper,
     }
 
     def get(task: str) -> Path:
@@ -174,6 +176,24 @@ def test_speak_writes_ogg_or_wav(
     assert "error: voice: unknown voice 'nobody'" in capsys.readouterr().err
 
 
+def test_transcribe_prints_the_words_or_a_timed_line_per_part(
+    built: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tone = 0.3 * np.sin(np.arange(16_000 * 35) * 0.1).astype(np.float32)
+    soundfile.write(tmp_path / "lecture.ogg", tone, 16_000, format="OGG", subtype="OPUS")
+    assert ask("transcribe", built("transcribe"), "lecture.ogg", "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["text"] and result["language"] in tinymodels.WHISPER_LANGUAGES
+    assert len(result["segments"]) == 2 and round(result["seconds"]) == 35
+    assert ask("transcribe", built("transcribe"), "lecture.ogg", "--timestamps") == 0
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.startswith("[0:00 - 0:2") and second.split("]")[0].endswith(" - 0:35")
+    (tmp_path / "notes.txt").write_text("not a recording")  # found out where it is decoded
+    assert ask("transcribe", built("transcribe"), "notes.txt") == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error == "error: file: is not an audio or video file I can read"
+
+
 @pytest.mark.parametrize(
     ("task", "args", "message"),
     [
@@ -185,15 +205,20 @@ def test_speak_writes_ogg_or_wav(
         ("imagine", ["cat", "--steps", "0"], "error: steps: "),
         ("imagine", ["cat", "--out", "cat.jpg"], "error: out: must end in .png\n"),
         ("speak", ["hi", "--out", "hi.mp3"], "error: out: must end in .ogg or .wav\n"),
+        ("transcribe", ["/nonexistent.ogg"], "error: file: '/nonexistent.ogg' is not a file\n"),
+        ("transcribe", ["voice.ogg", "--language", "klingon"], "error: language: unknown"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
     built: Callable[[str], Path],
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     task: str,
     args: list[str],
     message: str,
 ) -> None:
+    tone = np.zeros(1600, np.float32)
+    soundfile.write(tmp_path / "voice.ogg", tone, 16_000, format="OGG", subtype="OPUS")
     assert ask(task, built(task), *args) == 2
     captured = capsys.readouterr()
     assert captured.out == ""

@@ -37,6 +37,7 @@ from handlers.imagine import ImagineResult, ImagineTask
 from handlers.sentiment import SentimentResult, SentimentTask
 from handlers.speak import SpeakResult, SpeakTask
 from handlers.summarize import SummarizeResult, SummarizeTask
+from handlers.transcribe import Segment, TranscribeResult, TranscribeTask
 from handlers.translate import TranslateResult, TranslateTask
 from tests.fakes import limits
 
@@ -53,15 +54,24 @@ def ogg() -> bytes:
     return buffer.getvalue()
 
 
+WAVEFORM = bytes([0, 128, 255, 64])
+
 RESPONSES: dict[str, Callable[[Any], Any]] = {
     "summarize": lambda r: SummarizeResult(f"summary: {r.text[:30]}", 1),
     "translate": lambda r: TranslateResult(f"[fr] {r.text}", "en", "fr"),
     "imagine": lambda r: ImagineResult([png()] * r.count, r.seed or 7, 8, 8, 4, 7.5, 0),
-    "speak": lambda r: SpeakResult(b"RIFF", ogg(), 16000, 0.1),
+    "speak": lambda r: SpeakResult(b"RIFF", ogg(), 16000, 0.1, WAVEFORM),
     "sentiment": lambda r: SentimentResult("POSITIVE", 0.93),
     "classify": lambda r: ClassifyResult(list(r.labels), [1 / len(r.labels)] * len(r.labels)),
     "chat": lambda r: ChatResult(
         {"long": "word " * 1000, "huge": "x" * 9000}.get(r.message, f"echo: {r.message}"), 3, True
+    ),
+    "transcribe": lambda r: TranscribeResult(
+        "we meet on friday",
+        r.language or "en",
+        2.0,
+        (Segment(0.0, 2.0, "we meet on friday"),),
+        r.timestamps,
     ),
 }
 REAL = {
@@ -72,6 +82,7 @@ REAL = {
     "sentiment": SentimentTask(),
     "classify": ClassifyTask(),
     "chat": ChatTask(),
+    "transcribe": TranscribeTask(),
 }
 
 

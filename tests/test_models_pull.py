@@ -230,6 +230,7 @@ def test_requirements_cover_every_configured_source_once() -> None:
         ("speak fr", "facebook/mms-tts-fra", "model"),
         ("sentiment", "distilbert/distilbert-base-uncased-finetuned-sst-2-english", "model"),
         ("chat", "Qwen/Qwen2.5-0.5B-Instruct", "model"),
+        ("transcribe", "openai/whisper-large-v3-turbo", "model"),
     ]
     with pytest.raises(ValueError, match="unknown task"):
         requirements(settings, ["dance"])

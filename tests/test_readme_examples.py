@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pytest
+import soundfile
 
 from bot.cli import build_parser
 from tests import tinymodels
@@ -154,6 +156,7 @@ def tiny_env(tmp_path_factory: pytest.TempPathFactory, tiny_chat: Path) -> dict[
         "BOT_MODELS__SENTIMENT": str(tinymodels.build_classifier(root / "sentiment")),
         "BOT_MODELS__CLASSIFY": str(tinymodels.build_nli(root / "classify")),
         "BOT_MODELS__CHAT": str(tiny_chat),
+        "BOT_MODELS__TRANSCRIBE": str(tinymodels.build_whisper(root / "transcribe")),
         "BOT_SPEAK__VOCODER": str(tinymodels.build_hifigan(root / "vocoder")),
         "BOT_SPEAK__VOICES": str(tinymodels.build_voices_npy(root / "voices.npy")),
     }
@@ -178,6 +181,8 @@ def run(example: Example, env: dict[str, str], folder: Path) -> subprocess.Compl
 def test_the_readme_command_runs(
     example: Example, tiny_env: dict[str, str], tmp_path: Path
 ) -> None:
+    lecture = 0.3 * np.sin(np.arange(32_000) * 0.1).astype(np.float32)  # `ask transcribe` hears it
+    soundfile.write(tmp_path / "lecture.ogg", lecture, 16_000, format="OGG", subtype="OPUS")
     done = run(example, tiny_env, tmp_path)
     refusal = NOT_RUN.get(example.shown)
     if refusal is not None:

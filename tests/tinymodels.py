@@ -34,6 +34,7 @@ from tokenizers import (
     normalizers,
     pre_tokenizers,
     processors,
+    trainers,
 )
 from transformers import (
     BartConfig,
@@ -46,6 +47,7 @@ from transformers import (
     CLIPTokenizer,
     DistilBertConfig,
     DistilBertForSequenceClassification,
+    GenerationConfig,
     M2M100Config,
     M2M100ForConditionalGeneration,
     M2M100Tokenizer,
@@ -68,6 +70,11 @@ from transformers import (
     VitsConfig,
     VitsModel,
     VitsTokenizer,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+    WhisperTokenizerFast,
 )
 from transformers.models.m2m_100.tokenization_m2m_100 import FAIRSEQ_LANGUAGE_CODES
 
@@ -664,6 +671,78 @@ def build_safety_classifier(
     return directory
 
 
+WHISPER_LANGUAGES = ("en", "de", "fr", "es", "ja")
+WHISPER_SPECIALS = (
+    "<|endoftext|>", "<|startoftranscript|>", *(f"<|{code}|>" for code in WHISPER_LANGUAGES),
+    "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>",
+    "<|notimestamps|>",
+)  # fmt: skip
+
+
+def whisper_tokenizer() -> WhisperTokenizerFast:
+    """Byte-level BPE trained on ``WORDS`` with Whisper's special and timestamp tokens."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[]
+    )
+    bpe.train_from_iterator([" ".join(WORDS)] * 20, trainer)
+    end = "<|endoftext|>"
+    tokenizer = WhisperTokenizerFast(
+        tokenizer_object=bpe, unk_token=end, bos_token=end, eos_token=end, pad_token=end
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": list(WHISPER_SPECIALS)})
+    tokenizer.add_tokens([f"<|{i * 0.02:.2f}|>" for i in range(1501)])
+    return tokenizer
+
+
+def build_whisper(directory: Path) -> Path:
+    """A tiny multilingual Whisper (one layer each side, 80 mel bins, 5 languages).
+
+    Random weights favour special and timestamp tokens, which decode to nothing: its output
+    layer is untied and scaled so that it writes whole words.
+    """
+    tokenizer = whisper_tokenizer()
+    ids = tokenizer.convert_tokens_to_ids
+    end, start = ids("<|endoftext|>"), ids("<|startoftranscript|>")
+    config = WhisperConfig(
+        vocab_size=len(tokenizer), num_mel_bins=80, d_model=32, encoder_layers=1,
+        decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=1500,
+        max_target_positions=64, pad_token_id=end, bos_token_id=end, eos_token_id=end,
+        decoder_start_token_id=start, suppress_tokens=[], begin_suppress_tokens=[],
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(config).eval()
+    vocab = tokenizer.get_vocab()
+    wordy = [
+        i for token, i in vocab.items()
+        if i < 300 and len(word := tokenizer.convert_tokens_to_string([token]).strip()) > 2
+        and word.isalpha()
+    ]  # fmt: skip
+    scale = torch.full((len(tokenizer), 1), 0.01)
+    scale[wordy] = 20.0
+    with torch.no_grad():
+        model.proj_out.weight.copy_(model.model.decoder.embed_tokens.weight * scale)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=start, eos_token_id=end, pad_token_id=end, bos_token_id=end,
+        is_multilingual=True, max_length=64,
+        lang_to_id={f"<|{code}|>": ids(f"<|{code}|>") for code in WHISPER_LANGUAGES},
+        task_to_id={"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")},
+        no_timestamps_token_id=ids("<|notimestamps|>"), prev_sot_token_id=ids("<|startofprev|>"),
+        max_initial_timestamp_index=50, begin_suppress_tokens=[],
+        # Generation ends at max_length: an end token would come first and leave nothing.
+        suppress_tokens=[ids(token) for token in WHISPER_SPECIALS],
+    )  # fmt: skip
+    model.save_pretrained(directory)
+    WhisperProcessor(
+        feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer
+    ).save_pretrained(directory)
+    return directory
+
+
 def build_every_task(root: Path) -> dict[str, Path]:
     """A tiny model for every task under ``root``, by task name, plus what speech reads
     beside its model (``vocoder``, ``voices``): what a whole bot serves from."""
@@ -677,4 +756,5 @@ def build_every_task(root: Path) -> dict[str, Path]:
         "sentiment": build_classifier(root / "sentiment"),
         "classify": build_nli(root / "classify"),
         "chat": build_chat(root / "chat"),
+        "transcribe": build_whisper(root / "transcribe"),
     }

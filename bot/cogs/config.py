@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 Rule = Literal[
     "channels", "commands", "quotas", "cooldowns", "exempt_roles", "blocked_terms", "personas",
-    "read_aloud", "everything",
+    "read_aloud", "voice_replies", "auto_transcribe", "everything",
 ]  # fmt: skip
 """What ``/config reset`` puts back to the bot's defaults."""
 
@@ -43,6 +43,8 @@ RESETS: dict[str, tuple[str, ...]] = {
     "blocked_terms": ("blocked_terms",),
     "personas": ("persona", "channel_personas"),
     "read_aloud": ("read_aloud_max_chars",),
+    "voice_replies": ("voice_replies",),
+    "auto_transcribe": ("auto_transcribe_channels",),
     "everything": tuple(GuildSettings.model_fields),
 }
 
@@ -122,6 +124,10 @@ def render_settings(
             if guild.read_aloud_max_chars is not None
             else f"{read_aloud_max_chars} characters of a message (bot default)"
         ),
+        "- Voice messages answered with a voice message: "
+        + ("yes, for members who ask (/voice replies)" if guild.voice_replies else "no"),
+        "- Voice messages transcribed in: "
+        + (", ".join(f"<#{c}>" for c in guild.auto_transcribe_channels) or "no channel"),
     ]
     return "\n".join(lines)
 
@@ -388,6 +394,31 @@ class ServerConfig(commands.GroupCog, group_name="config", group_description="Th
     async def chat_threads(self, interaction: Interaction, on: bool) -> None:
         done = "Every /chat now opens a thread." if on else "/chat answers in the channel."
         await self._change(interaction, done, chat_threads=on)
+
+    @app_commands.command(description="Answer voice messages with a voice message too")
+    @app_commands.describe(on="For members who ask for it with /voice replies")
+    async def voice_replies(self, interaction: Interaction, on: bool) -> None:
+        done = (
+            "Members who ask for it (/voice replies) now hear the answers to their voice messages."
+            if on
+            else "Voice messages are answered in text only."
+        )
+        await self._change(interaction, done, voice_replies=on)
+
+    @app_commands.command(description="Transcribe every voice message in a channel, or stop")
+    @app_commands.describe(channel="The channel (its threads follow it)", on="Transcribe there")
+    async def auto_transcribe(
+        self, interaction: Interaction, channel: SettableChannel, on: bool
+    ) -> None:
+        chosen = set(self._settings(interaction).auto_transcribe_channels)
+        chosen = chosen | {channel.id} if on else chosen - {channel.id}
+        done = f"Voice messages in <#{channel.id}> are {'now' if on else 'no longer'} transcribed."
+        if on and not self.bot.settings.read_messages:
+            done += (
+                " ⚠️ This bot does not read messages, so Discord does not show it voice messages "
+                "that are not said to it; its owner can set BOT_READ_MESSAGES=true."
+            )
+        await self._change(interaction, done, auto_transcribe_channels=sorted(chosen))
 
     @app_commands.command(description="Put a rule back to the bot's defaults")
     @app_commands.describe(rule="The rule; everything resets every setting of this server")

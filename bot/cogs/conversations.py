@@ -29,12 +29,15 @@ from bot.conversations import Answer, Conversations, Memory, Turn, command_word
 from bot.delivery import NO_MENTIONS, InteractionPlace, MessagePlace, Place, Reply
 from bot.executor import JobHandle
 from bot.guilds import GuildSettings
+from bot.hearing import HEARD, heard_heading, is_voice_message, read_sound, sound_of
 from bot.invocations import Caller, CommandDisabled
 from bot.localization import tr
 from bot.markdown import clip, neutralize
 from bot.reading import MAX_TEXT_FILE, Readable, may_read_history, read_file
+from bot.voice_replies import VoiceReplies
 from handlers.base import InvalidInput
 from handlers.chat import ChatRequest
+from handlers.transcribe import TranscribeResult
 
 if TYPE_CHECKING:
     from bot.client import AssistantBot
@@ -83,6 +86,9 @@ class ConversationsCog(commands.Cog, name="Conversations"):
     def __init__(self, bot: AssistantBot) -> None:
         self.bot = bot
         self._pending: set[asyncio.Task[None]] = set()
+        self.voice_replies = VoiceReplies(
+            bot.invoker, bot.guild_settings, bot.settings.speak.max_chars
+        )
 
     @property
     def conversations(self) -> Conversations:
@@ -269,7 +275,8 @@ class ConversationsCog(commands.Cog, name="Conversations"):
     async def _converse(self, message: discord.Message, route: Route) -> None:
         bot = self.bot
         text = self._own_text(message)
-        if not text and not _text_files(message):
+        spoken = not text and is_voice_message(message)
+        if not text and not spoken and not _text_files(message):
             if bot.user is not None and bot.user.id in message.raw_mentions:
                 await self._say(
                     message,
@@ -302,8 +309,12 @@ class ConversationsCog(commands.Cog, name="Conversations"):
             )
             bot.invoker.record_refusal("chat", caller, error)
             raise error
-        base = self._base_request(text, caller, DEFAULT_TEMPERATURE, message.id)
-        with bot.invoker.admit("chat", caller) as admission:
+        heading = ""
+        with bot.invoker.admit("chat", caller) as admission:  # before hearing: chat's quota too
+            if spoken:
+                text = await self._hear(message, caller, conversation)
+                heading = heard_heading(text)
+            base = self._base_request(text, caller, DEFAULT_TEMPERATURE, message.id)
             async with message.channel.typing():
                 request, left_out = await self._prepare(
                     route, caller.guild_id, base, caller, message
@@ -322,7 +333,23 @@ class ConversationsCog(commands.Cog, name="Conversations"):
                 "I read only your message: you cannot read the earlier messages here.",
                 locale_of(message),
             )
-        self._follow(conversation, handle, place, message.author.id, note)
+        self._follow(conversation, handle, place, message.author.id, note, heading)
+        if spoken:
+            self.voice_replies.answer(message, caller, handle)
+
+    async def _hear(self, message: discord.Message, caller: Caller, conversation: str) -> str:
+        """A voice message's words, heard as the member's own turn (their quota, their
+        queue place) and kept for when the conversation is read back."""
+        bot = self.bot
+        attachment = sound_of(message)
+        assert attachment is not None
+        with bot.invoker.admit("transcribe", caller) as admission:
+            async with message.channel.typing():
+                request = await read_sound(attachment, bot.settings.transcribe.max_bytes)
+                handle = admission.submit(request)
+                result: TranscribeResult = await handle
+        await self.conversations.store.record_transcript(conversation, message.id, result.text)
+        return result.text
 
     async def _begin(self, route: Route, guild_id: int | None, opening: Turn | None = None) -> None:
         """Make sure the conversation is stored: a branch with what it keeps of the
@@ -418,16 +445,18 @@ class ConversationsCog(commands.Cog, name="Conversations"):
 
     def _follow(
         self, conversation: str, handle: JobHandle, place: Place, requester_id: int,
-        note: str = "",
+        note: str = "", heading: str = "",
     ) -> None:  # fmt: skip
-        """Show the answer (with the bot's ``note`` under it), then remember which messages
-        hold it, so a reply continues."""
+        """Show the answer (with the bot's ``note`` under it and ``heading`` above it), then
+        remember which messages hold it, so a reply continues."""
 
         def rendered(result: Any) -> Reply:
             reply = render(result)
-            if not note:
-                return reply
-            return dataclasses.replace(reply, note="\n".join(filter(None, (reply.note, note))))
+            return dataclasses.replace(
+                reply,
+                note="\n".join(filter(None, (reply.note, note))),
+                heading="\n".join(filter(None, (heading, reply.heading))),
+            )
 
         watcher = self.bot.follow(handle, place, rendered, requester_id)
 
@@ -511,6 +540,8 @@ class ConversationsCog(commands.Cog, name="Conversations"):
         text = self._own_text(message)
         if command_word(text) is not None:
             return None
+        if not text and is_voice_message(message):
+            text = await self.conversations.store.transcript(message.id) or ""
         for name, content in await _read_text_files(message, strict=is_newest):
             text = f"{text}\n\n[file {name}]\n{content}".strip()
         if not text:
@@ -575,8 +606,11 @@ async def _parent(message: discord.Message) -> discord.Message | None:
 
 
 def _without_notes(content: str) -> str:
-    """An answer as the model wrote it, without the bot's own lines under it."""
+    """An answer as the model wrote it, without the bot's own lines under it, nor the
+    transcript of a voice message above it."""
     lines = content.split("\n")
+    if lines and lines[0].startswith(HEARD):
+        lines = lines[lines.index("") + 1 :] if "" in lines else []
     while lines and lines[-1].startswith(NOTE):
         lines.pop()
     return "\n".join(lines).strip()

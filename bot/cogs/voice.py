@@ -26,6 +26,7 @@ from discord.ext import commands
 from bot.calls import Playback, VoiceUnavailable, voice_channel_of
 from bot.commands import caller_of, is_admin, place_caller, voice_choices, voice_names
 from bot.delivery import NO_MENTIONS
+from bot.guilds import DIRECT_MESSAGES
 from bot.read_aloud import speakable, spoken_line
 from bot.voice_audio import missing_voice_support
 from handlers.base import InvalidInput
@@ -270,6 +271,28 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
         """Longest part of a message read aloud here."""
         chosen = self.bot.guild_settings.get(guild_id).read_aloud_max_chars
         return chosen or self.bot.settings.voice.max_chars
+
+    @app_commands.command(description="Answer my voice messages with a voice message too")
+    @app_commands.describe(on="Spoken answers to your voice messages (where the server allows)")
+    async def replies(self, interaction: Interaction, on: bool) -> None:
+        where = interaction.guild_id if not self.bot.is_private(interaction) else None
+        key = DIRECT_MESSAGES if where is None else where
+        await interaction.response.defer(ephemeral=True, thinking=True)  # a disk write
+        store = self.bot.guild_settings
+        members = set(store.get(key).voice_reply_members)
+        members = members | {interaction.user.id} if on else members - {interaction.user.id}
+        await store.update(key, voice_reply_members=sorted(members))
+        if not on:
+            done = "🔇 Your voice messages are answered in text only."
+        elif where is not None and not store.get(where).voice_replies:
+            done = (
+                "🗣️ Noted, but this server answers voice messages in text only: its managers "
+                "can turn spoken answers on with /config voice_replies."
+            )
+        else:
+            done = "🗣️ Your voice messages are now answered with a voice message too."
+        await interaction.followup.send(done, ephemeral=True)
+        self._record(interaction, "replies")
 
     @app_commands.command(description="The voice you are read aloud with here")
     @app_commands.describe(voice="A voice (empty: the bot's default)")
