@@ -89,6 +89,7 @@ def build_tasks(settings: Settings) -> dict[str, Task[Any, Any]]:
             max_seconds=settings.transcribe.max_seconds,
             max_bytes=settings.transcribe.max_bytes,
             no_speech_threshold=settings.transcribe.no_speech_threshold,
+            log_prob_threshold=settings.transcribe.log_prob_threshold,
             pieces_per_call=settings.transcribe.pieces_per_call,
         ),
     }

@@ -444,7 +444,8 @@ async def deliver(
     pieces = split_text(content) if content else [""]
     if len(pieces) > MAX_SPLIT_MESSAGES:
         files.append(("result.txt", reply.text.encode()))
-        pieces = [clip(text, PREVIEW_CHARS) + "\n" + tr("*(full text attached)*", place.locale)]
+        preview = clip(text, PREVIEW_CHARS) + "\n" + tr("*(full text attached)*", place.locale)
+        pieces = ["\n".join(part for part in (reply.heading, preview) if part)]
     first = await place.final(content=pieces[0], attachments=_files(files), view=view)
     if first is None:
         return await place.post_instead(pieces, files, view)

@@ -58,6 +58,17 @@ async def check_read_access(member: discord.abc.User, place: Readable, option: s
         raise InvalidInput(option, UNREADABLE)
 
 
+async def check_here(interaction: discord.Interaction, option: str) -> None:
+    """Refuse, naming ``option``, unless the member may read the history of the place the
+    interaction came from: their own DM, or a server place they may read. One the bot
+    cannot see (not in its cache) is refused rather than taken as readable."""
+    place = interaction.channel
+    if isinstance(place, Readable):
+        await check_read_access(interaction.user, place, option)
+    elif interaction.guild_id is not None or not isinstance(place, discord.DMChannel):
+        raise InvalidInput(option, UNREADABLE)
+
+
 def summarize_source(
     interaction: discord.Interaction,
     text: str | None,

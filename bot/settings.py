@@ -142,8 +142,11 @@ class TranscribeSettings(BaseModel):
     max_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
     """Largest file /transcribe downloads, in bytes."""
     no_speech_threshold: float = Field(default=0.6, ge=0, le=1)
-    """A 30-second piece the model thinks holds no speech with at least this probability is
-    left out rather than transcribed (1 keeps every piece that is not silent)."""
+    """A 30-second piece the model thinks holds no speech with more than this probability,
+    and whose words it is unsure of (BOT_TRANSCRIBE__LOG_PROB_THRESHOLD), is left out as
+    silence (1 keeps every piece that is not silent): Whisper's own rule."""
+    log_prob_threshold: float = Field(default=-1.0, le=0)
+    """Words whose mean log-probability is below this count as unsure."""
     pieces_per_call: int = Field(default=16, ge=1)
     """Most 30-second pieces, of all waiting files together, in one forward pass."""
 

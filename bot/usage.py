@@ -335,11 +335,14 @@ class UsageLog:
                 )
                 idle = now - self.conversations_ttl_s
                 await self._db.execute("DELETE FROM conversations WHERE updated_at < ?", (idle,))
-                for table in ("chat_answers", "transcripts"):
-                    await self._db.execute(
-                        f"DELETE FROM {table} WHERE conversation_id NOT IN "
-                        "(SELECT id FROM conversations)"
-                    )
+                await self._db.execute(
+                    "DELETE FROM chat_answers WHERE conversation_id NOT IN "
+                    "(SELECT id FROM conversations)"
+                )
+                await self._db.execute(
+                    "DELETE FROM transcripts WHERE conversation_id NOT IN "
+                    "(SELECT id FROM conversations)"
+                )
                 await self._db.commit()
         except (sqlite3.Error, ValueError) as exc:
             log.warning("could not apply usage retention: %s", exc)

@@ -43,8 +43,10 @@ async def send_voice_message(
     params = handle_message_parameters(
         file=discord.File(io.BytesIO(ogg), VOICE_MESSAGE_FILENAME),
         flags=discord.MessageFlags(voice=True),
-        message_reference=(
-            discord.utils.MISSING if reference is None else reference.to_message_reference_dict()
+        message_reference=(  # a reply to a message deleted meanwhile is still posted
+            discord.utils.MISSING
+            if reference is None
+            else reference.to_reference(fail_if_not_exists=False).to_dict()
         ),
         allowed_mentions=discord.AllowedMentions.none(),
         mention_author=False,

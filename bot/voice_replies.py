@@ -9,11 +9,14 @@ by the speak task under the member's quota, with their chosen voice.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import discord
 
+from bot.conversations import ConversationStore
 from bot.executor import JobHandle
 from bot.guilds import DIRECT_MESSAGES, GuildSettingsStore
 from bot.invocations import Caller, Invoker
@@ -25,11 +28,22 @@ log = logging.getLogger(__name__)
 
 
 class VoiceReplies:
-    def __init__(self, invoker: Invoker, guilds: GuildSettingsStore, max_chars: int) -> None:
+    def __init__(
+        self,
+        invoker: Invoker,
+        guilds: GuildSettingsStore,
+        store: ConversationStore,
+        max_chars: int,
+        languages: Callable[[], list[str]],
+    ) -> None:
         self.invoker = invoker
         self.guilds = guilds
+        self.store = store
         self.max_chars = max_chars
         """The longest text the speak task takes: a longer answer is said in part."""
+        self.languages = languages
+        """The languages the speak task says: an answer in another is not read in a voice
+        that cannot say it."""
         self._pending: set[asyncio.Task[None]] = set()
 
     def wanted(self, message: discord.Message) -> bool:
@@ -39,19 +53,48 @@ class VoiceReplies:
         guild = self.guilds.get(message.guild.id)
         return guild.voice_replies and member in guild.voice_reply_members
 
-    def answer(self, message: discord.Message, caller: Caller, chat: JobHandle) -> None:
-        """Once ``chat`` has answered ``message``, say the answer back in a voice message,
-        if the server and the member want that."""
+    def answer(
+        self,
+        message: discord.Message,
+        caller: Caller,
+        chat: JobHandle,
+        posted: asyncio.Future[list[discord.Message]],
+        conversation: str,
+        language: str,
+    ) -> None:
+        """Once ``chat`` has answered ``message`` (heard in ``language``) and the answer is
+        ``posted``, say it back in a voice message replying to it, if the server and the
+        member want that; a reply to that continues ``conversation``."""
         if not self.wanted(message):
             return
-        task = asyncio.create_task(self._answer(message, caller, chat))
+        if language not in self.languages():
+            log.info("no spoken answer in %s: the speak task has no voice for it", language)
+            return
+        channel = message.channel
+        if isinstance(channel, discord.abc.GuildChannel | discord.Thread):
+            me = channel.guild.me
+            if me is None or not channel.permissions_for(me).send_voice_messages:
+                log.info("no spoken answer in channel %s: no Send Voice Messages", channel.id)
+                return  # checked before the speech is made, so nobody is charged for it
+        task = asyncio.create_task(
+            self._answer(message, caller, chat, posted, conversation, language)
+        )
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _answer(self, message: discord.Message, caller: Caller, chat: JobHandle) -> None:
+    async def _answer(
+        self,
+        message: discord.Message,
+        caller: Caller,
+        chat: JobHandle,
+        posted: asyncio.Future[list[discord.Message]],
+        conversation: str,
+        language: str,
+    ) -> None:
         try:
             answer: Any = await chat
-        except Exception:
+            shown = await asyncio.shield(posted)
+        except (Exception, asyncio.CancelledError):
             return  # the failure is already shown where the answer would be
         text = speakable(getattr(answer, "text", ""))
         if not text:
@@ -62,10 +105,22 @@ class VoiceReplies:
             voice = self.guilds.get(message.guild.id).member_voices.get(message.author.id)
         try:
             with self.invoker.admit("speak", caller) as admission:
-                handle = admission.submit(SpeakRequest(line, voice))
+                handle = admission.submit(SpeakRequest(line, voice, language))
             speech = await handle
-            await send_voice_message(
-                message.channel, speech.ogg, speech.seconds, speech.waveform, message
-            )
         except Exception as exc:  # the text answer stands; the spoken one is a bonus
             log.info("no spoken answer to message %s: %s", message.id, exc)
+            return
+        # Under the written answer, so that a reply to it reads the answer back too.
+        reference = shown[-1] if shown else message
+        try:
+            sent = await send_voice_message(
+                message.channel, speech.ogg, speech.seconds, speech.waveform, reference
+            )
+        except discord.HTTPException as exc:  # made and charged: at least as a file
+            log.info("a spoken answer went as a file, not a voice message: %s", exc)
+            sent = await reference.reply(
+                file=discord.File(io.BytesIO(speech.ogg), "answer.ogg"),
+                mention_author=False,
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
+        await self.store.record_answers(conversation, [sent.id], is_turn=False)

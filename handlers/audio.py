@@ -9,6 +9,7 @@ MOV and other video files. Every file is resampled with soxr, mixed to mono.
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,10 @@ import soxr
 
 from handlers.base import InvalidInput
 
+_SHORT_DATA = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+"""libsndfile's note that a file's sound data is shorter than its header says."""
+WHOLE_SHARE = 0.9
+"""A file that decodes to less than this share of the length it declares is cut off."""
 WAVEFORM_POINTS = 256
 """The most amplitude bytes Discord accepts for a voice message's waveform."""
 
@@ -46,6 +51,17 @@ def too_long(seconds: float, max_seconds: float) -> InvalidInput:
     )
 
 
+def check_whole(seconds: float, expected: float) -> None:
+    """Refuse a file that holds clearly less sound than it says it does: cut off in
+    transit. (A file that says nothing of its length cannot be checked here.)"""
+    if expected > 0 and seconds < expected * WHOLE_SHARE:
+        raise InvalidInput(
+            "file",
+            f"is cut off: it holds {clock(seconds)} of the {clock(expected)} it should; "
+            "send it again",
+        )
+
+
 def decode(data: bytes, rate: int, max_seconds: float) -> np.ndarray:
     """Mono float32 samples at ``rate``; ``InvalidInput("file")`` for what cannot be heard:
     not audio, damaged, no sound track, or longer than ``max_seconds`` (checked from the
@@ -58,6 +74,10 @@ def decode(data: bytes, rate: int, max_seconds: float) -> np.ndarray:
             if file.frames / native > max_seconds:
                 raise too_long(file.frames / native, max_seconds)
             samples = file.read(dtype="float32", always_2d=True)
+            seconds = samples.shape[0] / native
+            check_whole(seconds, file.frames / native)
+            if short := _SHORT_DATA.search(file.extra_info):  # libsndfile clamps a cut WAV
+                check_whole(seconds, seconds * int(short[1]) / max(int(short[2]), 1))
     except sf.LibsndfileError:
         samples, native = _decode_with_av(data, max_seconds)
     except RuntimeError as exc:  # libsndfile gave up part-way: a damaged file
@@ -95,10 +115,14 @@ def _decode_with_av(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
                 frames += pieces[-1].shape[0]
                 if frames / rate > max_seconds:  # a header that understated the length
                     raise too_long(frames / rate, max_seconds)
+            if declared is not None:
+                check_whole(frames / rate, declared)
     except InvalidInput:
         raise
-    except av.error.InvalidDataError as exc:
-        raise InvalidInput("file", "is not an audio or video file I can read") from exc
+    except av.error.InvalidDataError as exc:  # a damaged header looks the same to FFmpeg
+        raise InvalidInput(
+            "file", "is not an audio or video file I can read, or is damaged"
+        ) from exc
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         raise InvalidInput("file", "is damaged and cannot be read") from exc
     if not pieces:

@@ -7,10 +7,12 @@ forward: a 15-minute lecture and three voice messages share the same calls. Each
 costs the same (Whisper pads to 30 s), so pieces batch without waste.
 
 Nothing is invented from silence: a piece quieter than -60 dBFS never reaches the model, and
-a piece the model itself judges to hold no speech (its ``<|nospeech|>`` probability at the
-first decoding step, as OpenAI's Whisper reads it) is left out. The same first step gives
-the language, when the member did not name one: heard in the file's first piece (as Whisper
-decides it), so one file is transcribed in one language, whatever it is batched with.
+a piece the model itself judges to hold no speech is left out by Whisper's own rule: its
+``<|nospeech|>`` probability at the first decoding step is high and the words it would write
+are unsure (their mean log-probability is low), so speech the model hears well is kept.
+The same first step gives the language, when the member did not name one: heard in the
+file's first piece (as Whisper decides it), so one file is transcribed in one language,
+whatever it is batched with.
 """
 
 from __future__ import annotations
@@ -22,11 +24,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
-from transformers.modeling_outputs import BaseModelOutput
+from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor, LogitsProcessor
 from transformers.models.whisper.tokenization_whisper import LANGUAGES as WHISPER_LANGUAGES
 
-from handlers.audio import clock, decode, mib
+from handlers.audio import check_whole, clock, decode, mib
 from handlers.base import (
     BatchContext,
     HandlerError,
@@ -49,14 +50,44 @@ CUT_SEARCH_S = 5.0
 FRAME_S = 0.1
 QUIET_RMS = 10 ** (-60 / 20)
 """-60 dBFS: a piece below it is silence, left out without asking the model."""
-TRUNCATED_SHARE = 0.9
-"""A voice message that decodes to less than this share of the length Discord gave is cut off."""
+COST_PER_SECOND = 4
 TIME_STEP_S = 0.02
 """What one of Whisper's timestamp tokens counts: <|0.00|>, <|0.02|>, ..."""
 OPUS_BYTES_PER_S = 4_000
 """About 32 kbit/s: a voice message's size to seconds, to estimate a file's work up front."""
 NO_SPEECH_TOKENS = ("<|nospeech|>", "<|nocaptions|>")
 """The token whose probability says "no speech" (renamed after Whisper's first release)."""
+
+
+class MeanLogProb(LogitsProcessor):
+    """The mean log-probability of the tokens greedy decoding picks, per row, taken as they
+    are picked (the last processor sees the final scores, whose highest is the pick), so no
+    step's scores are kept."""
+
+    def __init__(self, eos_token_id: int | list[int] | None) -> None:
+        ids = eos_token_id if isinstance(eos_token_id, list) else [eos_token_id]
+        self.eos = [i for i in ids if i is not None]
+        self.total: torch.Tensor | None = None
+        self.count: torch.Tensor | None = None
+        self.ended: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
+        best = torch.log_softmax(scores.float(), dim=-1).max(dim=-1).values
+        best = torch.nan_to_num(best, neginf=0.0)
+        if self.total is None or self.count is None or self.ended is None:
+            self.total = torch.zeros_like(best)
+            self.count = torch.zeros_like(best)
+            self.ended = torch.zeros_like(best, dtype=torch.bool)
+        elif self.eos:
+            self.ended |= torch.isin(input_ids[:, -1], torch.tensor(self.eos, device=best.device))
+        self.total += torch.where(self.ended, 0.0, best)
+        self.count += (~self.ended).float()
+        return scores
+
+    def mean(self, row: int) -> float:
+        if self.total is None or self.count is None or self.count[row] == 0:
+            return 0.0
+        return float(self.total[row] / self.count[row])
 
 
 class NoSpeech(HandlerError):
@@ -181,11 +212,13 @@ class TranscribeTask(Task[TranscribeRequest, TranscribeResult]):
         max_seconds: float = 900.0,
         max_bytes: int = 25 * 1024 * 1024,
         no_speech_threshold: float = 0.6,
+        log_prob_threshold: float = -1.0,
         pieces_per_call: int = 16,
     ) -> None:
         self.max_seconds = max_seconds
         self.max_bytes = max_bytes
         self.no_speech_threshold = no_speech_threshold
+        self.log_prob_threshold = log_prob_threshold
         self.pieces_per_call = pieces_per_call
 
     def validate(self, request: TranscribeRequest) -> None:
@@ -217,7 +250,9 @@ class TranscribeTask(Task[TranscribeRequest, TranscribeResult]):
         return min(len(request.audio) / OPUS_BYTES_PER_S, self.max_seconds)
 
     def cost(self, request: TranscribeRequest) -> int:
-        return max(1, math.ceil(self.seconds_of(request) / PIECE_S))
+        """Four units a second of audio: the audio class's budget (BOT_AUDIO__MAX_COST, 4000)
+        then holds at most 1,000 s of audio in one batch, which must end within its limit."""
+        return max(1, math.ceil(self.seconds_of(request) * COST_PER_SECOND))
 
     def work(self, request: TranscribeRequest) -> float:
         return max(1.0, self.seconds_of(request))
@@ -280,13 +315,8 @@ class TranscribeTask(Task[TranscribeRequest, TranscribeResult]):
     ) -> tuple[Transcript, list[Piece]]:
         samples = decode(request.audio, SAMPLE_RATE, self.max_seconds)
         seconds = samples.size / SAMPLE_RATE
-        expected = request.expected_seconds
-        if expected is not None and seconds < expected * TRUNCATED_SHARE:
-            raise InvalidInput(
-                "file",
-                f"is cut off: it holds {clock(seconds)} of the {clock(expected)} Discord "
-                "reported; send it again",
-            )
+        if request.expected_seconds is not None:
+            check_whole(seconds, request.expected_seconds)
         language = whisper_language(request.language) if request.language else None
         if language is not None and model.language_ids and language not in model.language_ids:
             raise InvalidInput("language", f"{quote(language)} is not a language this model hears")
@@ -320,36 +350,34 @@ class TranscribeTask(Task[TranscribeRequest, TranscribeResult]):
             logits = model.model(encoder_outputs=encoded, decoder_input_ids=first).logits[:, -1]
             log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()
         self._detect(model, group, transcripts, log_probs)
-        keep: list[int] = []
-        for index, piece in enumerate(group):
-            no_speech = (
-                math.exp(float(log_probs[index, model.no_speech_id]))
-                if model.no_speech_id is not None
-                else 0.0
-            )
-            if no_speech > self.no_speech_threshold:
-                transcripts[piece.owner].skipped += 1
-            else:
-                keep.append(index)
-        if not keep:
-            return
-        timestamps = transcripts[group[keep[0]].owner].timestamps
+        timestamps = transcripts[group[0].owner].timestamps
         options: dict[str, Any] = {"return_timestamps": timestamps}
         if model.language_ids:
-            options["language"] = [transcripts[group[i].owner].language for i in keep]
+            options["language"] = [transcripts[p.owner].language for p in group]
             options["task"] = "transcribe"
-        hidden = encoded.last_hidden_state[keep]
+        confidence = MeanLogProb(model.model.generation_config.eos_token_id)
         with torch.inference_mode():
             tokens = model.model.generate(
-                encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+                encoder_outputs=encoded,
                 stopping_criteria=[StopWhenAbandoned(ctx)],
+                logits_processor=[confidence],
                 **options,
             )
         raise_if_stopped(ctx)
         tokenizer = model.processor.tokenizer
-        for row, index in enumerate(keep):
-            piece = group[index]
+        for row, piece in enumerate(group):
             transcript = transcripts[piece.owner]
+            no_speech = (
+                math.exp(float(log_probs[row, model.no_speech_id]))
+                if model.no_speech_id is not None
+                else 0.0
+            )
+            if (
+                no_speech > self.no_speech_threshold
+                and confidence.mean(row) < self.log_prob_threshold
+            ):
+                transcript.skipped += 1  # Whisper's own rule: likely silence, and unsure words
+                continue
             end = piece.start + piece.samples.size / SAMPLE_RATE
             decoded = tokenizer.decode(
                 tokens[row], skip_special_tokens=True, output_offsets=timestamps

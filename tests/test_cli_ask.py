@@ -191,7 +191,7 @@ def test_transcribe_prints_the_words_or_a_timed_line_per_part(
     (tmp_path / "notes.txt").write_text("not a recording")  # found out where it is decoded
     assert ask("transcribe", built("transcribe"), "notes.txt") == 2
     error = capsys.readouterr().err.splitlines()[-1]
-    assert error == "error: file: is not an audio or video file I can read"
+    assert error == "error: file: is not an audio or video file I can read, or is damaged"
 
 
 @pytest.mark.parametrize(

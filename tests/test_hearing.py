@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import sqlite3
 from typing import Any
 
 import discord
@@ -17,7 +18,7 @@ import soundfile
 
 from handlers.chat import ChatTurn
 from handlers.transcribe import TranscribeRequest
-from tests.test_chat_discord import answers, requests
+from tests.test_chat_discord import answers, mention, requests
 from tests.test_config import manager
 from tests.test_discord import (  # noqa: F401 - harness, simcord_bot, stack: fixtures
     WAVEFORM,
@@ -27,6 +28,7 @@ from tests.test_discord import (  # noqa: F401 - harness, simcord_bot, stack: fi
     simcord_bot,
     stack,
 )
+from tests.test_trust import Clock
 
 VOICE_FLAG = 1 << 13
 
@@ -231,3 +233,106 @@ async def test_auto_transcribe_is_set_per_channel_by_managers(harness: Harness) 
     await harness.finish()
     await voice_message(harness, s.bob, s.channel)
     assert len(transcribed(harness)) == 2
+
+
+@pytest.mark.parametrize(
+    "stack", [{"direct_messages": "all", "quotas": {"chat": 1}}], indirect=True
+)
+async def test_a_voice_message_past_the_chat_quota_is_not_transcribed(harness: Harness) -> None:
+    s = await scene(harness)
+    await s.alice.send_dm("hello")
+    await harness.finish()
+    refusal = await voice_message(harness, s.alice, s.alice.user.dm_channel)
+    assert refusal is not None and "used all 1 chat requests" in refusal.content
+    assert transcribed(harness) == [] and len(requests(harness)) == 1
+
+
+async def test_a_voice_reply_to_an_answer_continues_the_conversation(harness: Harness) -> None:
+    """Without the Message Content intent: a reply to the bot reaches it whole."""
+    s = await scene(harness)
+    await s.alice.send(s.channel, mention(harness, "what is osmosis?"))
+    await harness.finish()
+    (first,) = answers(harness, s.channel)
+    answer = await voice_message(harness, s.alice, s.channel, reply_to=first)
+    assert answer is not None and answer.content.startswith("-# 🎙️\n> we meet on friday\n\n")
+    assert requests(harness)[-1].history == (
+        ChatTurn("user", "what is osmosis?", "alice"),
+        ChatTurn("assistant", "echo: what is osmosis?"),
+    )
+
+
+@pytest.mark.parametrize("stack", [{"direct_messages": "all"}], indirect=True)
+async def test_a_transcript_is_forgotten_with_its_conversation(harness: Harness) -> None:
+    s = await scene(harness)
+    usage = harness.bot.usage
+    clock = Clock(usage.clock())
+    usage.clock = clock
+    await s.alice.send_dm("hello")
+    await harness.finish()
+    await voice_message(harness, s.alice, s.alice.user.dm_channel)
+    with sqlite3.connect(harness.db) as db:
+        assert db.execute("SELECT text FROM transcripts").fetchall() == [("we meet on friday",)]
+    clock.now += usage.conversations_ttl_s + 1
+    await usage.apply_retention()
+    with sqlite3.connect(harness.db) as db:
+        assert db.execute("SELECT * FROM transcripts").fetchall() == []
+
+
+async def test_spoken_answers_in_a_server_need_its_managers_and_the_member(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    owner = await manager(harness, s.guild)
+    chosen = await s.alice.slash(s.channel, "voice replies", on=True)
+    assert "this server answers voice messages in text only" in chosen.response.content
+    await s.alice.send(s.channel, mention(harness, "hello"))
+    await harness.finish()
+    (first,) = answers(harness, s.channel)
+    await voice_message(harness, s.alice, s.channel, reply_to=first)
+    assert harness.tasks["speak"].runs == []  # the server has not allowed it
+    await owner.slash(s.channel, "config voice_replies", on=True)
+    await harness.finish()
+    await voice_message(harness, s.alice, s.channel, reply_to=first)
+    (spoken,) = await spoken_answers(harness, s.channel)
+    (written,) = [m for m in answers(harness, s.channel) if m.content.startswith("-# 🎙️")][1:]
+    assert spoken.reference is not None and spoken.reference.message_id == written.id
+    # A reply to the spoken answer goes on with the conversation.
+    await voice_message(harness, s.alice, s.channel, reply_to=spoken)
+    assert len(requests(harness)) == 4
+    assert requests(harness)[-1].history[-1] == ChatTurn("assistant", "echo: we meet on friday")
+
+
+@pytest.mark.parametrize("stack", [{"read_messages": True}], indirect=True)
+@pytest.mark.simcord(approved_intents=discord.Intents.all())
+async def test_auto_transcribe_stays_out_of_conversations_and_private_servers(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    owner = await manager(harness, s.guild)
+    await owner.slash(s.channel, "config auto_transcribe", channel=s.channel, on=True)
+    await s.alice.send(s.channel, mention(harness, "hello"))
+    await harness.finish()
+    (answer,) = answers(harness, s.channel)
+    await voice_message(harness, s.alice, s.channel, reply_to=answer)
+    assert len(transcribed(harness)) == 1 and len(requests(harness)) == 2  # heard once, by chat
+    transcript = await voice_message(harness, s.bob, s.channel)
+    assert transcript is not None and len(requests(harness)) == 2
+    await voice_message(harness, s.alice, s.channel, reply_to=transcript)
+    assert len(transcribed(harness)) == 3 and len(requests(harness)) == 2  # a transcript, no chat
+    private = await owner.slash(s.channel, "config replies", visibility="private")
+    await harness.finish()
+    assert private is not None
+    before = len(answers(harness, s.channel))
+    await voice_message(harness, s.bob, s.channel)
+    assert len(transcribed(harness)) == 3 and len(answers(harness, s.channel)) == before
+
+
+async def test_the_transcribe_menu_reads_with_the_members_permissions(harness: Harness) -> None:
+    s = await scene(harness)
+    no_history = discord.PermissionOverwrite(read_message_history=False)
+    notes = s.guild.create_text_channel("notes", overwrites={s.alice: no_history})
+    await voice_message(harness, s.bob, notes)
+    (message,) = [m for m in notes.history() if m.author.id == s.bob.id]
+    refused = await s.alice.context_menu(notes, "Transcribe", message)
+    await harness.finish()
+    assert "cannot read" in refused.response.content and transcribed(harness) == []

@@ -46,6 +46,7 @@ BUILDERS = {
     "distilbert/distilbert-base-uncased-finetuned-sst-2-english": tinymodels.build_classifier,
     "facebook/bart-large-mnli": tinymodels.build_nli,
     "Qwen/Qwen2.5-0.5B-Instruct": tinymodels.build_chat,
+    "openai/whisper-large-v3-turbo": tinymodels.build_whisper,
 }
 """A tiny stand-in for each default model and dataset, under the default's own id."""
 DATASETS = {"regisss/cmu-arctic-xvectors"}

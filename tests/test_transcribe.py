@@ -494,11 +494,21 @@ def test_a_quiet_piece_is_skipped_and_the_rest_is_heard(model: SpeechModel, spy:
 
 
 def test_pieces_the_model_hears_no_speech_in_are_left_out(model: SpeechModel, spy: Spy) -> None:
-    task = TranscribeTask(no_speech_threshold=0.0)  # any no-speech chance at all leaves it out
-    output = one(model, TranscribeRequest(voice_message(40.0)), task)
+    """Whisper's rule: left out when likely silence *and* unsure of its words. The tiny
+    model writes its words with confidence, so only both thresholds at their loosest
+    leave its pieces out; either alone keeps them."""
+    request = TranscribeRequest(voice_message(40.0))
+    either = (
+        TranscribeTask(no_speech_threshold=0.0),  # any no-speech chance, but sure words
+        TranscribeTask(log_prob_threshold=0.0),  # unsure words, but no likely silence
+    )
+    for task in either:
+        result = one(model, request, task)
+        assert isinstance(result, TranscribeResult) and result.skipped == 0
+    output = one(model, request, TranscribeTask(no_speech_threshold=0.0, log_prob_threshold=0.0))
 
     assert_clear_refusal(output, NoSpeech, None, "no speech", "0:40")
-    assert spy.encoded == [2] and spy.generated == []  # asked, then nothing was written
+    assert spy.encoded[-1] == 2  # heard, then nothing of it kept
 
 
 def test_audio_over_the_limit_is_refused_from_its_header(
@@ -725,3 +735,17 @@ def test_words_after_the_last_timestamp_are_kept(
         "timestamp (tokenizer offsets end at the last timestamp token); keep the rest of the "
         "piece as a segment from the last timestamp to the piece's end"
     )
+
+
+@pytest.mark.parametrize(("format", "subtype"), [("WAV", "PCM_16"), ("MP3", "MPEG_LAYER_III")])
+def test_an_upload_cut_off_in_transit_is_refused(
+    model: SpeechModel, spy: Spy, format: str, subtype: str
+) -> None:
+    """An upload says how long it is in its header; half of one is refused, not half heard."""
+    buffer = io.BytesIO()
+    tone = 0.3 * np.sin(np.arange(20 * RATE) * 0.05).astype(np.float32)
+    sf.write(buffer, tone, RATE, format=format, subtype=subtype)
+    whole = buffer.getvalue()
+    output = one(model, TranscribeRequest(whole[: len(whole) // 2]))
+    assert_clear_refusal(output, InvalidInput, "file", "cut off", "of the 0:20", "again")
+    assert spy.encoded == []

@@ -413,6 +413,11 @@ class ServerConfig(commands.GroupCog, group_name="config", group_description="Th
         chosen = set(self._settings(interaction).auto_transcribe_channels)
         chosen = chosen | {channel.id} if on else chosen - {channel.id}
         done = f"Voice messages in <#{channel.id}> are {'now' if on else 'no longer'} transcribed."
+        if on and self._settings(interaction).ephemeral:
+            done += (
+                " ⚠️ Replies are private in this server, so no transcript is posted until "
+                "they are public again (/config replies)."
+            )
         if on and not self.bot.settings.read_messages:
             done += (
                 " ⚠️ This bot does not read messages, so Discord does not show it voice messages "

@@ -86,8 +86,13 @@ class ConversationsCog(commands.Cog, name="Conversations"):
     def __init__(self, bot: AssistantBot) -> None:
         self.bot = bot
         self._pending: set[asyncio.Task[None]] = set()
+        speak = bot.executor.tasks.get("speak")
         self.voice_replies = VoiceReplies(
-            bot.invoker, bot.guild_settings, bot.settings.speak.max_chars
+            bot.invoker,
+            bot.guild_settings,
+            bot.conversations.store,
+            bot.settings.speak.max_chars,
+            lambda: speak.languages() if speak is not None else [],  # type: ignore[attr-defined]
         )
 
     @property
@@ -309,10 +314,10 @@ class ConversationsCog(commands.Cog, name="Conversations"):
             )
             bot.invoker.record_refusal("chat", caller, error)
             raise error
-        heading = ""
+        heading, language = "", ""
         with bot.invoker.admit("chat", caller) as admission:  # before hearing: chat's quota too
             if spoken:
-                text = await self._hear(message, caller, conversation)
+                text, language = await self._hear(message, caller, conversation)
                 heading = heard_heading(text)
             base = self._base_request(text, caller, DEFAULT_TEMPERATURE, message.id)
             async with message.channel.typing():
@@ -333,13 +338,15 @@ class ConversationsCog(commands.Cog, name="Conversations"):
                 "I read only your message: you cannot read the earlier messages here.",
                 locale_of(message),
             )
-        self._follow(conversation, handle, place, message.author.id, note, heading)
+        posted = self._follow(conversation, handle, place, message.author.id, note, heading)
         if spoken:
-            self.voice_replies.answer(message, caller, handle)
+            self.voice_replies.answer(message, caller, handle, posted, conversation, language)
 
-    async def _hear(self, message: discord.Message, caller: Caller, conversation: str) -> str:
-        """A voice message's words, heard as the member's own turn (their quota, their
-        queue place) and kept for when the conversation is read back."""
+    async def _hear(
+        self, message: discord.Message, caller: Caller, conversation: str
+    ) -> tuple[str, str]:
+        """A voice message's words and language, heard as the member's own turn (their
+        quota, their queue place) and kept for when the conversation is read back."""
         bot = self.bot
         attachment = sound_of(message)
         assert attachment is not None
@@ -349,7 +356,7 @@ class ConversationsCog(commands.Cog, name="Conversations"):
                 handle = admission.submit(request)
                 result: TranscribeResult = await handle
         await self.conversations.store.record_transcript(conversation, message.id, result.text)
-        return result.text
+        return result.text, result.language
 
     async def _begin(self, route: Route, guild_id: int | None, opening: Turn | None = None) -> None:
         """Make sure the conversation is stored: a branch with what it keeps of the
@@ -446,9 +453,9 @@ class ConversationsCog(commands.Cog, name="Conversations"):
     def _follow(
         self, conversation: str, handle: JobHandle, place: Place, requester_id: int,
         note: str = "", heading: str = "",
-    ) -> None:  # fmt: skip
+    ) -> asyncio.Future[list[discord.Message]]:  # fmt: skip
         """Show the answer (with the bot's ``note`` under it and ``heading`` above it), then
-        remember which messages hold it, so a reply continues."""
+        remember which messages hold it, so a reply continues; returns what shows it."""
 
         def rendered(result: Any) -> Reply:
             reply = render(result)
@@ -467,6 +474,7 @@ class ConversationsCog(commands.Cog, name="Conversations"):
             self._spawn(self.conversations.store.record_answers(conversation, ids))
 
         watcher.finished.add_done_callback(delivered)
+        return watcher.finished
 
     # Reading a conversation back from Discord
 

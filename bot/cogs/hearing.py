@@ -13,12 +13,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.client import answer_to
 from bot.commands import caller_of, place_caller, run_task
-from bot.delivery import NO_MENTIONS, MessagePlace
+from bot.delivery import MessagePlace
 from bot.hearing import check_sound, is_voice_message, read_sound, render_transcript, sound_of
 from bot.localization import tr
-from bot.reading import MESSAGE_LINK, UNREADABLE, Readable, check_read_access
+from bot.reading import MESSAGE_LINK, UNREADABLE, Readable, check_here, check_read_access
 from handlers.base import InvalidInput
 from handlers.languages import search_languages
 from handlers.transcribe import TranscribeRequest, whisper_language, whisper_languages
@@ -69,7 +68,7 @@ class AnotherLanguage(
 
 class LanguageForm(discord.ui.Modal):
     def __init__(self, message_id: int, locale: str | None) -> None:
-        super().__init__(title=tr("Transcribe in another language", locale))
+        super().__init__(title=tr("Transcribe in another language", locale), timeout=600)
         self.message_id = message_id
         self.language: discord.ui.TextInput[LanguageForm] = discord.ui.TextInput(
             label=tr("Language", locale),
@@ -82,12 +81,15 @@ class LanguageForm(discord.ui.Modal):
     async def on_submit(self, interaction: Interaction) -> None:  # type: ignore[override]
         bot = interaction.client
         try:
-            language = whisper_language(self.language.value)
+            try:
+                language = whisper_language(self.language.value)
+            except InvalidInput as exc:
+                bot.invoker.record_refusal("transcribe", caller_of(interaction), exc)
+                raise
 
             async def read() -> TranscribeRequest:
+                await check_here(interaction, "message")
                 channel = interaction.channel
-                if isinstance(channel, Readable):
-                    await check_read_access(interaction.user, channel, "message")
                 if not isinstance(channel, discord.abc.Messageable):
                     raise InvalidInput("message", UNREADABLE)
                 try:
@@ -182,9 +184,7 @@ class Hearing(commands.Cog):
             raise
 
         async def read() -> TranscribeRequest:
-            place = interaction.channel
-            if isinstance(place, Readable):
-                await check_read_access(interaction.user, place, "message")
+            await check_here(interaction, "message")
             return await read_sound(attachment, self.max_bytes)
 
         await run_task(interaction, "transcribe", read=read, render_result=render_transcript)
@@ -212,37 +212,33 @@ class Hearing(commands.Cog):
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        if not self._auto_transcribed(message):
+        if not await self._auto_transcribed(message):
             return
         try:
             await self._auto_transcribe(message)
-        except Exception as exc:
-            try:
-                await message.reply(
-                    answer_to(exc, message.guild.preferred_locale.value if message.guild else None),
-                    mention_author=False,
-                    allowed_mentions=NO_MENTIONS,
-                )
-            except discord.HTTPException as failed:
-                log.warning("could not report an error to a member: %s", failed)
+        except Exception as exc:  # nobody asked: a refusal (a quota, a cooldown) stays quiet
+            log.info("no automatic transcript of message %s: %s", message.id, exc)
 
-    def _auto_transcribed(self, message: discord.Message) -> bool:
+    async def _auto_transcribed(self, message: discord.Message) -> bool:
         """A member's voice message in a channel (or a thread of one) the server chose,
-        that is not said to the bot (a conversation answers those, transcript included)."""
+        that is not said to the bot (a conversation answers those, transcript included),
+        in a server whose replies are public."""
         if message.author.bot or message.guild is None or not is_voice_message(message):
             return False
-        channels = set(self.bot.guild_settings.get(message.guild.id).auto_transcribe_channels)
+        guild = self.bot.guild_settings.get(message.guild.id)
         channel = message.channel
-        if not {channel.id, getattr(channel, "parent_id", None)} & channels:
+        if guild.ephemeral or not {channel.id, getattr(channel, "parent_id", None)} & set(
+            guild.auto_transcribe_channels
+        ):
             return False
         me = self.bot.user
-        if me is None:
-            return False
-        if isinstance(channel, discord.Thread) and channel.owner_id == me.id:
+        if me is None or (isinstance(channel, discord.Thread) and channel.owner_id == me.id):
             return False
         reference = message.reference
-        replied = reference.resolved if reference is not None else None
-        return not (isinstance(replied, discord.Message) and replied.author.id == me.id)
+        if reference is None or reference.message_id is None:
+            return True
+        answers = await self.bot.conversations.store.answers_among([reference.message_id])
+        return reference.message_id not in answers
 
     async def _auto_transcribe(self, message: discord.Message) -> None:
         assert message.guild is not None

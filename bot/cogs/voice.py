@@ -284,6 +284,11 @@ class Voice(commands.GroupCog, group_name="voice", group_description="Speech in 
         await store.update(key, voice_reply_members=sorted(members))
         if not on:
             done = "🔇 Your voice messages are answered in text only."
+        elif where is None and self.bot.settings.direct_messages != "all":
+            done = (
+                "🗣️ Noted, but this bot does not hear voice messages in direct messages; "
+                "talk to it in a server (its owner can set BOT_DIRECT_MESSAGES=all)."
+            )
         elif where is not None and not store.get(where).voice_replies:
             done = (
                 "🗣️ Noted, but this server answers voice messages in text only: its managers "
