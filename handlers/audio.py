@@ -105,7 +105,10 @@ def _decode_with_av(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
             declared = _seconds(stream, container)
             if declared is not None and declared > max_seconds:
                 raise too_long(declared, max_seconds)
-            rate = stream.codec_context.sample_rate or stream.rate
+            codec = stream.codec_context  # None for a stream FFmpeg cannot decode
+            rate = (codec.sample_rate if codec is not None else 0) or getattr(
+                stream, "sample_rate", 0
+            )
             if not rate:
                 raise InvalidInput("file", "has a sound track of unknown sample rate")
             pieces: list[np.ndarray] = []

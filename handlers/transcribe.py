@@ -17,6 +17,7 @@ whatever it is batched with.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from handlers.base import (
     raise_if_stopped,
 )
 from handlers.languages import LANGUAGES, UNSPACED, resolve_language
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
 """What every Whisper checkpoint's feature extractor expects."""
@@ -291,6 +294,10 @@ class TranscribeTask(Task[TranscribeRequest, TranscribeResult]):
                 transcript, own = self._pieces(model, owner, request)
             except HandlerError as exc:
                 outputs[owner] = exc
+                continue
+            except Exception as exc:  # a decoder's own bug: this file fails, not its batch
+                log.warning("could not decode a file to transcribe: %r", exc)
+                outputs[owner] = InvalidInput("file", "is damaged and cannot be read")
                 continue
             transcripts[owner] = transcript
             pieces.extend(own)

@@ -37,6 +37,19 @@ def _process_switches_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None
     executor_log.setLevel(level)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread, and steadily while other work shares the CPUs:
+    torch's spinning threads wait on each other there (ten to twenty times the latency was
+    common on a shared 2-core machine). A module asks for it with ``pytestmark``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_chat(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny chat model (built once): conversations are counted with its tokenizer."""

@@ -15,7 +15,7 @@ import math
 import os
 import sys
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,10 @@ from tests.test_discord import (  # noqa: F401 - fixtures, found by name
     stack,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 BASE = settings(
     derandomize=True,
@@ -76,6 +79,7 @@ INVISIBLE = (
     "\u00ad\x00\x07\x1b\x7f\x1c\x1f"  # soft hyphen and control characters
     " \t\n\r\x0b\x0c\u00a0\u2028\u2029\u3000"  # spaces and line breaks
 )
+
 MARKUP = (
     "@everyone",
     "@here",
@@ -412,15 +416,6 @@ def load_model(model_dirs: dict[str, Path]) -> Callable[[Task[Any, Any], Any], A
         return loaded[source]
 
     return get
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread on a shared CPU (see tests/test_imagine.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # Checks

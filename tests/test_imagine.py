@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,10 @@ from handlers.imagine import (
 )
 from tests.tinymodels import NATIVE_SIZE, Verdict, build_pipeline, build_safety_classifier
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 STEPS = 3
 
@@ -53,16 +55,6 @@ class Context:
 
     def partial(self, index: int, data: object) -> None:
         raise AssertionError("images are not streamed")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread: on a busy CPU, two threads wait on each other
-    (a run of ten times the latency was common on a shared 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

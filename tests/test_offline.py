@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile
 from datasets import config as datasets_config
@@ -22,6 +23,7 @@ from bot.settings import Settings
 from handlers.chat import ChatRequest
 from handlers.sentiment import SentimentRequest
 from handlers.speak import SpeakRequest
+from handlers.transcribe import TranscribeRequest
 from tests import tinymodels
 from tests.localhub import LocalHub
 
@@ -81,6 +83,13 @@ def cache(hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pat
     return cache
 
 
+def speech_ogg() -> bytes:
+    buffer = io.BytesIO()
+    tone = 0.3 * np.sin(np.arange(32_000) * 0.1).astype(np.float32)
+    soundfile.write(buffer, tone, 16_000, format="OGG", subtype="OPUS")
+    return buffer.getvalue()
+
+
 def offline_settings(tmp_path: Path, **overrides: object) -> Settings:
     return Settings(
         _env_file=None, device="cpu", usage={"path": tmp_path / "usage.sqlite3"}, **overrides
@@ -97,6 +106,9 @@ async def test_the_services_start_offline_from_the_cache_and_serve(
         # Speech needs the model, its vocoder and the voice dataset, all from the cache.
         speech = services.invoker.submit("speak", SpeakRequest("Hello there."), CALLER)
         assert (await speech).seconds > 0
+        # A recording crosses into the model worker, and its words come back.
+        heard = services.invoker.submit("transcribe", TranscribeRequest(speech_ogg()), CALLER)
+        assert (await heard).text
 
 
 async def test_a_model_never_pulled_names_the_pull_command(cache: Path, tmp_path: Path) -> None:

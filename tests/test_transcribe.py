@@ -10,7 +10,7 @@ import json
 import math
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from transformers import WhisperForConditionalGeneration
 
 import handlers.audio
+import handlers.transcribe as transcribe_module
 from bot.executor import Executor, ExecutorConfig, JobCancelled, LocalBackend, ModelRegistry
 from bot.executor.job import JobEvent
 from bot.invocations import Admission, Caller, Invoker, describe
@@ -42,11 +45,14 @@ from handlers.transcribe import (
 )
 from tests.tinymodels import WHISPER_LANGUAGES, build_whisper
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::UserWarning",
-    "ignore::FutureWarning",
-    "ignore:__array__ implementation:DeprecationWarning",  # the tokenizer reading a tensor
-)
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore::UserWarning",
+        "ignore::FutureWarning",
+        "ignore:__array__ implementation:DeprecationWarning",  # the tokenizer reading a tensor
+    ),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 RATE = 48_000
 """What Discord records voice messages at."""
@@ -144,16 +150,6 @@ class Spy:
 
     encoded: list[int] = field(default_factory=list)
     generated: list[int] = field(default_factory=list)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The tiny model runs fastest on one thread, and steadily while other work shares the
-    CPUs (torch's spinning threads wait on each other then: forwards take 20 times longer)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -749,3 +745,57 @@ def test_an_upload_cut_off_in_transit_is_refused(
     output = one(model, TranscribeRequest(whole[: len(whole) // 2]))
     assert_clear_refusal(output, InvalidInput, "file", "cut off", "of the 0:20", "again")
     assert spy.encoded == []
+
+
+def encoded(format: str, subtype: str) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, tone(3.0, rate=16_000), 16_000, format=format, subtype=subtype)
+    return buffer.getvalue()
+
+
+DAMAGEABLE = {
+    "ogg": encoded("OGG", "OPUS"),
+    "wav": encoded("WAV", "PCM_16"),
+    "flac": encoded("FLAC", "PCM_16"),
+    "mp3": encoded("MP3", "MPEG_LAYER_III"),
+    "m4a": with_av("ipod", "aac"),
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    base=st.sampled_from(["ogg", "wav", "flac", "mp3", "m4a"]),
+    changes=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), min_size=1, max_size=20),
+    keep=st.floats(0.05, 1.0),
+)
+def test_damaged_files_of_every_kind_are_refused_in_one_line(
+    base: str, changes: list[tuple[float, int]], keep: float
+) -> None:
+    """Bytes overwritten and files cut short: decoding either hears them or refuses them
+    with the file's line, never with a decoder's own exception."""
+    data = bytearray(DAMAGEABLE[base])
+    for where, value in changes:
+        data[int(where * (len(data) - 1))] = value
+    try:
+        decode(bytes(data[: max(1, int(len(data) * keep))]), 16_000, 900.0)
+    except InvalidInput as exc:
+        assert exc.option == "file"
+
+
+def test_a_decoder_bug_fails_its_file_not_the_batch(
+    model: SpeechModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = voice_message(2.0)
+    real = transcribe_module.decode
+
+    def flaky(data: bytes, rate: int, max_seconds: float) -> np.ndarray:
+        if data == broken:
+            raise AttributeError("a decoder's own bug")
+        return real(data, rate, max_seconds)
+
+    monkeypatch.setattr(transcribe_module, "decode", flaky)
+    bad, good = transcribe(
+        model, [TranscribeRequest(broken), TranscribeRequest(voice_message(3.0))]
+    )
+    assert_clear_refusal(bad, InvalidInput, "file", "damaged")
+    assert isinstance(good, TranscribeResult) and good.text

@@ -13,9 +13,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.commands import caller_of, place_caller, run_task
+from bot.commands import caller_of, place_caller, render, run_task
 from bot.delivery import MessagePlace
-from bot.hearing import check_sound, is_voice_message, read_sound, render_transcript, sound_of
+from bot.hearing import check_sound, is_voice_message, read_sound, sound_of
 from bot.localization import tr
 from bot.reading import MESSAGE_LINK, UNREADABLE, Readable, check_here, check_read_access
 from handlers.base import InvalidInput
@@ -102,7 +102,7 @@ class LanguageForm(discord.ui.Modal):
                 max_bytes = bot.settings.transcribe.max_bytes
                 return await read_sound(attachment, max_bytes, language)
 
-            await run_task(interaction, "transcribe", read=read, render_result=render_transcript)
+            await run_task(interaction, "transcribe", read=read)
         except Exception as exc:  # a form has no command tree to report it
             await bot.report_error(interaction, exc)
 
@@ -159,7 +159,7 @@ class Hearing(commands.Cog):
             attachment = file or await self._linked_sound(interaction, link or "")
             return await read_sound(attachment, self.max_bytes, language, timestamps)
 
-        await run_task(interaction, "transcribe", read=read, render_result=render_transcript)
+        await run_task(interaction, "transcribe", read=read)
 
     @transcribe.autocomplete("language")
     async def _languages(
@@ -187,7 +187,7 @@ class Hearing(commands.Cog):
             await check_here(interaction, "message")
             return await read_sound(attachment, self.max_bytes)
 
-        await run_task(interaction, "transcribe", read=read, render_result=render_transcript)
+        await run_task(interaction, "transcribe", read=read)
 
     async def _linked_sound(self, interaction: Interaction, link: str) -> discord.Attachment:
         """The sound of the message at ``link``, read with the member's own permissions."""
@@ -254,7 +254,7 @@ class Hearing(commands.Cog):
         place = MessagePlace(message.channel, message.author, message, locale=locale)
         again = discord.ui.View(timeout=None)
         again.add_item(AnotherLanguage(message.author.id, message.id, locale))
-        self.bot.follow(handle, place, render_transcript, message.author.id, again)
+        self.bot.follow(handle, place, render, message.author.id, again)
 
 
 async def setup(bot: AssistantBot) -> None:
