@@ -310,10 +310,12 @@ class TimedGenerate:
         task = self.task
         rows = int(kwargs["encoder_outputs"].last_hidden_state.shape[0])
         seconds = task.group_seconds
-        if len(seconds) != rows:  # a piece was left out as holding no speech
+        if len(seconds) != rows:  # not the group this bench saw: count full pieces
             seconds = [PIECE_S] * rows
         lengths = [task.tokens_for(s) for s in seconds]
-        processors = LogitsProcessorList([EndAfter(lengths, self.end)])
+        # The handler's own processors (its confidence measure) stay last, as it puts them.
+        own = list(kwargs.pop("logits_processor", None) or [])
+        processors = LogitsProcessorList([EndAfter(lengths, self.end), *own])
         with task.stages.timing("generate", self.device):
             out = self.inner(*args, logits_processor=processors, **kwargs)
         with task.stages.lock:
