@@ -24,6 +24,7 @@ from bot.usage import UsageLog
 from handlers.base import Task
 from handlers.chat import ChatTask
 from handlers.classify import ClassifyTask
+from handlers.describe import DescribeTask
 from handlers.imagine import ImagineTask, configured_native_size
 from handlers.sentiment import SentimentTask
 from handlers.speak import SpeakTask
@@ -91,6 +92,13 @@ def build_tasks(settings: Settings) -> dict[str, Task[Any, Any]]:
             no_speech_threshold=settings.transcribe.no_speech_threshold,
             log_prob_threshold=settings.transcribe.log_prob_threshold,
             pieces_per_call=settings.transcribe.pieces_per_call,
+        ),
+        "describe": DescribeTask(
+            max_images=settings.describe.max_images,
+            max_bytes=settings.describe.max_bytes,
+            max_pixels=settings.describe.max_pixels,
+            max_chars=settings.max_text_chars,
+            default_new_tokens=settings.describe.default_new_tokens,
         ),
     }
 

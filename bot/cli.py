@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from bot.executor import JobHandle
     from handlers.chat import ChatRequest
     from handlers.classify import ClassifyResult
+    from handlers.describe import DescribeRequest
     from handlers.imagine import ImagineRequest, ImagineResult
     from handlers.speak import SpeakRequest, SpeakResult
     from handlers.summarize import SummarizeRequest
@@ -233,6 +234,21 @@ def _render_transcribe(result: TranscribeResult, args: argparse.Namespace) -> tu
     return text, data
 
 
+def _describe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", type=Path, help="an image file: png, jpg, webp, gif...")
+    parser.add_argument("question", nargs="?", default="", help="what to ask (default: describe)")
+    parser.add_argument("--max-tokens", type=int, help="longest answer in tokens")
+
+
+def _describe_request(args: argparse.Namespace) -> DescribeRequest:
+    from handlers.describe import DescribeRequest
+
+    path: Path = args.image
+    if not path.is_file():
+        raise InvalidInput("image", f"{quote(str(path))} is not a file")
+    return DescribeRequest((path.read_bytes(),), args.question, args.max_tokens)
+
+
 def _chat_request(args: argparse.Namespace) -> ChatRequest:
     from handlers.chat import ChatRequest
 
@@ -270,6 +286,12 @@ ASK_COMMANDS: dict[str, AskCommand] = {
     ),
     "chat": AskCommand(
         "talk to the chat model", _chat_arguments, _chat_request, lambda r, a: (r.text, asdict(r))
+    ),
+    "describe": AskCommand(
+        "describe images, or answer a question about them",
+        _describe_arguments,
+        _describe_request,
+        lambda r, a: (r.text, asdict(r)),
     ),
     "transcribe": AskCommand(
         "write down what is said in an audio or video file",

@@ -13,9 +13,11 @@ from discord import app_commands
 from bot.delivery import InteractionPlace, Reply
 from bot.hearing import render_transcript
 from bot.invocations import Caller
+from bot.seeing import render_description
 from handlers.base import HandlerError
 from handlers.chat import ChatResult
 from handlers.classify import ClassifyResult
+from handlers.describe import DescribeResult
 from handlers.imagine import ImagineResult
 from handlers.sentiment import SentimentResult
 from handlers.speak import SpeakResult
@@ -119,6 +121,8 @@ def render(result: Any) -> Reply:
             return Reply(result.text) if result.text else Reply(note="*(no answer)*")
         case TranscribeResult():
             return render_transcript(result)
+        case DescribeResult():
+            return render_description(result)
     raise TypeError(f"no rendering for {type(result).__name__}")
 
 

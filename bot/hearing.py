@@ -13,7 +13,7 @@ import discord
 
 from bot.delivery import Reply
 from bot.markdown import neutralize
-from handlers.audio import clock, mib
+from handlers.audio import clock, over
 from handlers.base import InvalidInput
 from handlers.languages import LANGUAGES
 from handlers.transcribe import TranscribeRequest, TranscribeResult
@@ -50,7 +50,7 @@ def check_sound(attachment: discord.Attachment, max_bytes: int) -> None:
     if not has_sound(attachment):
         raise InvalidInput("file", "is not an audio or video file")
     if attachment.size > max_bytes:
-        raise InvalidInput("file", f"is {mib(attachment.size)}; the limit is {mib(max_bytes)}")
+        raise InvalidInput("file", over(attachment.size, max_bytes))
 
 
 async def read_sound(

@@ -95,6 +95,13 @@ def size_of(value: Any) -> int:
     return 0
 
 
+def _is_file(value: Any) -> bool:
+    """Bytes, or a tuple or list of them (a message's images)."""
+    if isinstance(value, tuple | list):
+        return bool(value) and all(isinstance(item, bytes) for item in value)
+    return isinstance(value, bytes)
+
+
 def describe(request: Any, admitted: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """(options, what the member wrote) of a request dataclass.
 
@@ -102,13 +109,11 @@ def describe(request: Any, admitted: bool = True) -> tuple[dict[str, Any], dict[
     counts as free text, so nothing a member wrote reaches the log by accident. Other
     string options (a language, a voice, a size) are kept only for admitted requests,
     which passed validation and so hold known names; a refused one keeps its numbers.
-    Files (bytes: a recording) are never kept, whatever ``BOT_LOG_PROMPTS`` says; their
-    size is the row's ``input_size``.
+    Files (bytes: a recording, a message's images) are never kept, whatever
+    ``BOT_LOG_PROMPTS`` says; their size is the row's ``input_size``.
     """
     values = {
-        name: value
-        for name, value in dataclasses.asdict(request).items()
-        if not isinstance(value, bytes)
+        name: value for name, value in dataclasses.asdict(request).items() if not _is_file(value)
     }
     declared = getattr(type(request), "USER_TEXT", None)
     private = (

@@ -64,6 +64,7 @@ KNOWN_LICENCES = {
     "facebook/bart-large-mnli": "mit",
     "Qwen/Qwen2.5-0.5B-Instruct": "apache-2.0",
     "openai/whisper-large-v3-turbo": "mit",
+    "HuggingFaceTB/SmolVLM-500M-Instruct": "apache-2.0",
 }
 """Licences of the defaults (README, Default models), for when no model card is at hand."""
 

@@ -52,6 +52,8 @@ class ModelSettings(BaseModel):
     """Instruction-tuned chat model for /chat (Apache-2.0)."""
     transcribe: str = "openai/whisper-large-v3-turbo"
     """Any Whisper-family speech recogniser for /transcribe and voice messages (MIT)."""
+    describe: str = "HuggingFaceTB/SmolVLM-500M-Instruct"
+    """Any image-text-to-text model for /describe and the Describe image menu (Apache-2.0)."""
 
 
 class SummarizeSettings(BaseModel):
@@ -132,6 +134,20 @@ class OpenAIEngineSettings(BaseModel):
     """Answers streaming from the server at once; more wait in the bot's fair queue."""
     timeout_s: float = Field(default=60.0, gt=0)
     """Longest silence from the server, connecting or between two pieces of an answer."""
+
+
+class DescribeSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    max_images: int = Field(default=4, ge=1, le=10)
+    """Most images described at once (a message has at most 10)."""
+    max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    """Largest image file downloaded, in bytes."""
+    max_pixels: int = Field(default=1024 * 1024, ge=64 * 64)
+    """A larger image is scaled down to this many pixels before the model's processor
+    applies its own rules."""
+    default_new_tokens: int = Field(default=256, ge=1)
+    """Longest description, in tokens."""
 
 
 class TranscribeSettings(BaseModel):
@@ -444,6 +460,8 @@ class Settings(BaseSettings):
     """/speak options (BOT_SPEAK__VOICES, ...)."""
     chat: ChatSettings = ChatSettings()
     """/chat options (BOT_CHAT__SYSTEM_PROMPT, ...)."""
+    describe: DescribeSettings = DescribeSettings()
+    """/describe and the Describe image menu (BOT_DESCRIBE__MAX_IMAGES, ...)."""
     transcribe: TranscribeSettings = TranscribeSettings()
     """/transcribe and voice messages (BOT_TRANSCRIBE__MAX_SECONDS, ...)."""
     voice: VoiceSettings = VoiceSettings()

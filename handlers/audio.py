@@ -45,6 +45,14 @@ def mib(size: int) -> str:
     return f"{tenths // 10} MiB" if tenths % 10 == 0 else f"{tenths / 10:.1f} MiB"
 
 
+def over(size: int, limit: int) -> str:
+    """Why a file is refused for its size: in bytes when both round to the same figure."""
+    shown, most = mib(size), mib(limit)
+    if shown == most:
+        return f"is {size:,} bytes; the limit is {limit:,} bytes"
+    return f"is {shown}; the limit is {most}"
+
+
 def too_long(seconds: float, max_seconds: float) -> InvalidInput:
     return InvalidInput(
         "file", f"is {clock(seconds)} long; the limit is {clock(max_seconds)} of audio"

@@ -222,7 +222,7 @@ class _RowSampler(LogitsProcessor):
         return bool(self.rows)
 
 
-class _BatchStreamer(BaseStreamer):
+class BatchStreamer(BaseStreamer):
     """Sends each job its text so far every ``every`` tokens (generate feeds one column a step)."""
 
     def __init__(
@@ -469,7 +469,7 @@ class ChatTask(Task[ChatRequest, ChatResult]):
         else:
             chosen = ([prompts[i] for i in fitting], [requests[i] for i in fitting])
             answers = iter(
-                self._generate(model, *chosen, limit, _Rows(ctx, fitting)) if fitting else []
+                self._generate(model, *chosen, limit, Rows(ctx, fitting)) if fitting else []
             )
         return [
             next(answers)
@@ -530,7 +530,7 @@ class ChatTask(Task[ChatRequest, ChatResult]):
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=sorted(model.stop_ids),
                 logits_processor=[sampler] if sampler.active else None,
-                streamer=_BatchStreamer(tokenizer, ctx, len(requests), model.stop_ids),
+                streamer=BatchStreamer(tokenizer, ctx, len(requests), model.stop_ids),
                 stopping_criteria=[StopWhenAbandoned(ctx)],
             )
         if ctx.should_stop():
@@ -544,7 +544,7 @@ class ChatTask(Task[ChatRequest, ChatResult]):
         return results
 
 
-class _Rows:
+class Rows:
     """The batch context of a batch's subset of rows, renumbered from 0."""
 
     def __init__(self, ctx: BatchContext, rows: list[int]) -> None:

@@ -28,7 +28,7 @@ import torch
 from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor, LogitsProcessor
 from transformers.models.whisper.tokenization_whisper import LANGUAGES as WHISPER_LANGUAGES
 
-from handlers.audio import check_whole, clock, decode, mib
+from handlers.audio import check_whole, clock, decode, over
 from handlers.base import (
     BatchContext,
     HandlerError,
@@ -228,9 +228,7 @@ class TranscribeTask(Task[TranscribeRequest, TranscribeResult]):
         if not request.audio:
             raise InvalidInput("file", "is empty")
         if len(request.audio) > self.max_bytes:
-            raise InvalidInput(
-                "file", f"is {mib(len(request.audio))}; the limit is {mib(self.max_bytes)}"
-            )
+            raise InvalidInput("file", over(len(request.audio), self.max_bytes))
         if request.expected_seconds is not None and request.expected_seconds > self.max_seconds:
             raise InvalidInput(
                 "file",

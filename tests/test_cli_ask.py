@@ -45,6 +45,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
         "speak": tinymodels.build_speecht5,
         "vocoder": tinymodels.build_hifigan,
         "transcribe": tinymodels.build_whisper,
+        "describe": tinymodels.build_vision,
     }
 
     def get(task: str) -> Path:

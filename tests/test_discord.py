@@ -33,6 +33,7 @@ from bot.usage import UsageLog
 from handlers.base import BatchContext, LoadSpec, Task, TaskKind, raise_if_stopped
 from handlers.chat import ChatResult, ChatTask
 from handlers.classify import ClassifyResult, ClassifyTask
+from handlers.describe import DescribeResult, DescribeTask
 from handlers.imagine import ImagineResult, ImagineTask
 from handlers.sentiment import SentimentResult, SentimentTask
 from handlers.speak import SpeakResult, SpeakTask
@@ -66,6 +67,9 @@ RESPONSES: dict[str, Callable[[Any], Any]] = {
     "chat": lambda r: ChatResult(
         {"long": "word " * 1000, "huge": "x" * 9000}.get(r.message, f"echo: {r.message}"), 3, True
     ),
+    "describe": lambda r: DescribeResult(
+        f"{len(r.images)} image(s): a teal square", 5, len(r.images)
+    ),
     "transcribe": lambda r: TranscribeResult(
         "we meet on friday",
         r.language or "en",
@@ -83,6 +87,7 @@ REAL = {
     "classify": ClassifyTask(),
     "chat": ChatTask(),
     "transcribe": TranscribeTask(),
+    "describe": DescribeTask(),
 }
 
 

@@ -231,6 +231,7 @@ def test_requirements_cover_every_configured_source_once() -> None:
         ("sentiment", "distilbert/distilbert-base-uncased-finetuned-sst-2-english", "model"),
         ("chat", "Qwen/Qwen2.5-0.5B-Instruct", "model"),
         ("transcribe", "openai/whisper-large-v3-turbo", "model"),
+        ("describe", "HuggingFaceTB/SmolVLM-500M-Instruct", "model"),
     ]
     with pytest.raises(ValueError, match="unknown task"):
         requirements(settings, ["dance"])

@@ -48,6 +48,10 @@ from transformers import (
     DistilBertConfig,
     DistilBertForSequenceClassification,
     GenerationConfig,
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
+    Idefics3ImageProcessor,
+    Idefics3Processor,
     M2M100Config,
     M2M100ForConditionalGeneration,
     M2M100Tokenizer,
@@ -743,6 +747,65 @@ def build_whisper(directory: Path) -> Path:
     return directory
 
 
+IDEFICS3_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+"""SmolVLM's chat template (Idefics3): images as ``<image>``, turns end with
+``<end_of_utterance>``."""
+
+
+def build_vision(directory: Path) -> Path:
+    """A tiny Idefics3 (SmolVLM's architecture): a one-layer SigLIP-style encoder over 32-px
+    tiles, a two-layer Llama, the Idefics3 processor splitting images into tiles, and
+    SmolVLM's chat template."""
+    tokenizer = wordpiece_tokenizer(max_length=4096)
+    tiles = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
+    tokenizer.add_special_tokens(
+        {
+            "eos_token": "<end_of_utterance>",
+            "additional_special_tokens": ["<image>", "<fake_token_around_image>",
+                                          "<global-img>", *tiles],
+        }
+    )  # fmt: skip
+    end = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+    config = Idefics3Config(
+        text_config={
+            "model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": 32,
+            "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "max_position_embeddings": 4096,
+            "pad_token_id": tokenizer.pad_token_id, "eos_token_id": end,
+        },
+        vision_config={
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
+        },
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Idefics3ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # a zero row: random weights still answer with words
+        model.lm_head.weight[end] = 0
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = end
+    processor = Idefics3Processor(
+        image_processor=Idefics3ImageProcessor(
+            size={"longest_edge": 64}, max_image_size={"longest_edge": 32}
+        ),
+        tokenizer=tokenizer,
+        chat_template=IDEFICS3_TEMPLATE,
+        image_seq_len=4,  # (32 px / 8 px patches)^2 / scale_factor^2
+    )
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
 def build_every_task(root: Path) -> dict[str, Path]:
     """A tiny model for every task under ``root``, by task name, plus what speech reads
     beside its model (``vocoder``, ``voices``): what a whole bot serves from."""
@@ -757,4 +820,5 @@ def build_every_task(root: Path) -> dict[str, Path]:
         "classify": build_nli(root / "classify"),
         "chat": build_chat(root / "chat"),
         "transcribe": build_whisper(root / "transcribe"),
+        "describe": build_vision(root / "describe"),
     }

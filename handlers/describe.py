@@ -1,0 +1,241 @@
+"""Describe: what an image shows, or the answer to a question about it, from a small
+vision-language model.
+
+Any model of transformers' image-text-to-text family loads (``AutoModelForImageTextToText``
+and ``AutoProcessor``), and every prompt is built by the processor's own chat template, so
+SmolVLM, Idefics3, LLaVA or Qwen2.5-VL checkpoints all serve. Images are opened where the
+model runs, with Pillow under its decompression-bomb limit; an animated image is described
+by its first frame (the result says so); one larger than ``max_pixels`` is scaled down
+before the processor applies its own rules. The requests of a batch generate together,
+left-padded, each streaming its text so far, as chat does.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import struct
+import warnings
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from handlers.audio import over
+from handlers.base import (
+    BatchContext,
+    BatchStopped,
+    HandlerError,
+    InvalidInput,
+    LoadSpec,
+    StopWhenAbandoned,
+    Task,
+    TaskKind,
+    check_text,
+    from_pretrained,
+)
+from handlers.chat import BatchStreamer, Rows, stop_token_ids
+
+log = logging.getLogger(__name__)
+
+DESCRIBE = "Describe this image in a few sentences. Read out any text it contains."
+DESCRIBE_EACH = (
+    "Describe each image in turn, in a few sentences, reading out any text it contains. "
+    "After each description, write one short line of alt text starting with 'Alt text:'."
+)
+"""What the Describe image menu asks: a description of each image, and its alt text."""
+
+
+@dataclass(frozen=True)
+class DescribeRequest:
+    USER_TEXT: ClassVar[frozenset[str]] = frozenset({"question"})
+    """The question is the member's; the images (bytes) never reach the log at all."""
+
+    images: tuple[bytes, ...]
+    """The files as the member sent them (PNG, JPEG, WebP, GIF...)."""
+    question: str = ""
+    """What to ask about them; empty asks for a description."""
+    max_new_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class DescribeResult:
+    text: str
+    tokens: int
+    images: int
+    first_frames: int = 0
+    """How many of the images were animated and described by their first frame."""
+
+
+@dataclass
+class VisionModel:
+    processor: Any
+    model: torch.nn.Module
+    device: str
+    dtype: torch.dtype
+    stop_ids: frozenset[int]
+
+
+@dataclass(frozen=True)
+class Opened:
+    image: Image.Image
+    animated: bool
+
+
+def open_image(data: bytes, max_pixels: int) -> Opened:
+    """An RGB image of at most ``max_pixels``; ``InvalidInput("image")`` for what is not an
+    image, is damaged, or would expand past Pillow's decompression-bomb limit."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            animated = bool(getattr(image, "is_animated", False))
+            image.seek(0)
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidInput(
+            "image", "is too large to open safely (more pixels than the bot's image limit)"
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidInput("image", "is not an image I can read") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
+        raise InvalidInput("image", "is damaged and cannot be read") from exc  # cut short
+    image = image.convert("RGB")
+    if width * height > max_pixels:
+        scale = math.sqrt(max_pixels / (width * height))
+        new_width, new_height = max(1, int(width * scale)), max(1, int(height * scale))
+        if new_width * new_height > max_pixels:  # a side rounded up to one pixel
+            if new_width >= new_height:
+                new_width = max(1, max_pixels // new_height)
+            else:
+                new_height = max(1, max_pixels // new_width)
+        image = image.resize((new_width, new_height))
+    return Opened(image, animated)
+
+
+class DescribeTask(Task[DescribeRequest, DescribeResult]):
+    name = "describe"
+    kind = TaskKind.IMAGE
+
+    def __init__(
+        self,
+        max_images: int = 4,
+        max_bytes: int = 20 * 1024 * 1024,
+        max_pixels: int = 1024 * 1024,
+        max_chars: int = 2000,
+        default_new_tokens: int = 256,
+        max_new_tokens: int = 1024,
+    ) -> None:
+        self.max_images = max_images
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+        self.max_chars = max_chars
+        self.default_new_tokens = default_new_tokens
+        self.max_new_tokens = max_new_tokens
+
+    def new_tokens(self, request: DescribeRequest) -> int:
+        return request.max_new_tokens or self.default_new_tokens
+
+    def validate(self, request: DescribeRequest) -> None:
+        if not request.images:
+            raise InvalidInput("image", "attach an image")
+        if len(request.images) > self.max_images:
+            raise InvalidInput(
+                "image", f"{len(request.images)} images; at most {self.max_images} at a time"
+            )
+        for data in request.images:
+            if not data:
+                raise InvalidInput("image", "is empty")
+            if len(data) > self.max_bytes:
+                raise InvalidInput("image", over(len(data), self.max_bytes))
+        check_text("question", request.question, self.max_chars, required=False)
+        tokens = request.max_new_tokens
+        if tokens is not None and not 1 <= tokens <= self.max_new_tokens:
+            raise InvalidInput("max_new_tokens", f"must be between 1 and {self.max_new_tokens}")
+
+    def batch_key(self, request: DescribeRequest) -> Hashable:
+        return self.new_tokens(request)
+
+    def cost(self, request: DescribeRequest) -> int:
+        """Pixels, as the image class counts them: each image at most ``max_pixels``."""
+        return len(request.images) * self.max_pixels
+
+    def work(self, request: DescribeRequest) -> float:
+        return float(len(request.images) * 1000 + self.new_tokens(request))
+
+    def load(self, spec: LoadSpec) -> VisionModel:
+        processor = AutoProcessor.from_pretrained(spec.source, trust_remote_code=False)
+        processor.tokenizer.padding_side = "left"  # generation continues every row's end
+        model = from_pretrained(AutoModelForImageTextToText, spec).to(spec.device).eval()
+        stops = stop_token_ids(processor.tokenizer, model.generation_config)
+        return VisionModel(processor, model, spec.device, spec.dtype, stops)
+
+    def model_bytes(self, model: VisionModel) -> int:
+        return super().model_bytes(model.model)
+
+    def run_batch(
+        self, model: VisionModel, requests: Sequence[DescribeRequest], ctx: BatchContext
+    ) -> list[Any]:
+        outputs: list[Any] = [None] * len(requests)
+        opened: dict[int, list[Opened]] = {}
+        for row, request in enumerate(requests):
+            try:
+                opened[row] = [open_image(data, self.max_pixels) for data in request.images]
+            except HandlerError as exc:
+                outputs[row] = exc
+            except Exception as exc:  # a decoder's own bug: this request fails, not its batch
+                log.warning("could not open an image to describe: %r", exc)
+                outputs[row] = InvalidInput("image", "is damaged and cannot be read")
+        rows = list(opened)
+        if not rows:
+            return outputs
+        processor = model.processor
+        prompts = [
+            processor.apply_chat_template(
+                [{"role": "user", "content": [
+                    *({"type": "image"} for _ in opened[row]),
+                    {"type": "text", "text": requests[row].question or DESCRIBE},
+                ]}],
+                add_generation_prompt=True,
+            )
+            for row in rows
+        ]  # fmt: skip
+        inputs = processor(
+            text=prompts,
+            images=[[o.image for o in opened[row]] for row in rows],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,  # the chat template wrote them
+        ).to(model.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        subset = Rows(ctx, rows)
+        tokenizer = processor.tokenizer
+        with torch.inference_mode():
+            generated = model.model.generate(
+                **inputs,
+                max_new_tokens=self.new_tokens(requests[rows[0]]),
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=sorted(model.stop_ids),
+                streamer=BatchStreamer(tokenizer, subset, len(rows), model.stop_ids),
+                stopping_criteria=[StopWhenAbandoned(subset)],
+            )
+        if ctx.should_stop():
+            raise BatchStopped
+        for row, tokens in zip(rows, generated[:, inputs["input_ids"].shape[1] :].tolist(),
+                               strict=True):  # fmt: skip
+            end = next((i for i, token in enumerate(tokens) if token in model.stop_ids), None)
+            kept = tokens if end is None else tokens[:end]
+            outputs[row] = DescribeResult(
+                text=tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                tokens=len(kept),
+                images=len(opened[row]),
+                first_frames=sum(o.animated for o in opened[row]),
+            )
+        return outputs

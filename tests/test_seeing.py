@@ -1,0 +1,127 @@
+"""Seeing on Discord through SimCord: /describe and the Describe image menu, and their
+refusals in one line. The describe task is scripted (tests/test_discord.py); the handler is
+tested with a tiny Idefics3 in tests/test_describe.py."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import discord
+from PIL import Image
+
+from bot.cogs.seeing import PROMPT_CHARS, prompt_from
+from handlers.audio import over
+from handlers.describe import DESCRIBE_EACH, DescribeRequest
+from tests.test_discord import (  # noqa: F401 - harness, simcord_bot, stack: fixtures
+    Harness,
+    harness,
+    scene,
+    simcord_bot,
+    stack,
+)
+
+
+def png(color: str = "teal", size: int = 16) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def described(h: Harness) -> list[DescribeRequest]:
+    return [request for run in h.tasks["describe"].runs for request in run]
+
+
+async def posted(h: Harness, member: Any, channel: Any, *files: tuple[str, bytes]) -> Any:
+    await member.send(channel, "look", attachments=list(files))
+    return next(m for m in channel.history() if m.author.id == member.id)
+
+
+async def test_describe_an_image_with_a_question(harness: Harness) -> None:
+    s = await scene(harness)
+    result = await s.alice.slash(
+        s.channel, "describe", image=("board.png", png()), question="What does it say?"
+    )
+    await harness.finish()
+    assert "a teal square" in result.response.content and not result.ephemeral
+    (request,) = described(harness)
+    assert request.images == (png(),) and request.question == "What does it say?"
+
+
+async def test_describe_refuses_in_one_line_before_downloading(harness: Harness) -> None:
+    s = await scene(harness)
+    notes = await s.alice.slash(s.channel, "describe", image=("notes.txt", b"hello"))
+    assert notes.ephemeral and notes.response.content == "**image**: is not an image"
+    harness.bot.settings.describe.max_bytes = 10
+    big = await s.alice.slash(s.channel, "describe", image=("big.png", png()))
+    assert big.ephemeral and "; the limit is 10 bytes" in big.response.content
+    assert described(harness) == []
+    await harness.bot.usage.flush()
+    assert [r["status"] for r in harness.rows() if r["task"] == "describe"] == ["invalid"] * 2
+
+
+async def test_the_menu_describes_each_image_of_a_message(harness: Harness) -> None:
+    s = await scene(harness)
+    message = await posted(harness, s.bob, s.channel, ("a.png", png("red")), ("b.png", png()))
+    result = await s.alice.context_menu(s.channel, "Describe image", message)
+    await harness.finish()
+    assert "2 image(s)" in result.response.content
+    (request,) = described(harness)
+    assert request.images == (png("red"), png()) and request.question == DESCRIBE_EACH
+    text = await s.bob.send(s.channel, "no picture here")
+    none = await s.alice.context_menu(s.channel, "Describe image", text)
+    assert none.ephemeral and none.response.content == "**message**: has no image"
+    harness.bot.settings.describe.max_images = 1
+    many = await s.alice.context_menu(s.channel, "Describe image", message)
+    assert many.ephemeral and "2 images; at most 1 at a time" in many.response.content
+    assert len(described(harness)) == 1
+
+
+async def test_the_menu_reads_with_the_members_permissions(harness: Harness) -> None:
+    s = await scene(harness)
+    no_history = discord.PermissionOverwrite(read_message_history=False)
+    notes = s.guild.create_text_channel("notes", overwrites={s.alice: no_history})
+    message = await posted(harness, s.bob, notes, ("answers.png", png()))
+    refused = await s.alice.context_menu(notes, "Describe image", message)
+    await harness.finish()
+    assert "cannot read" in refused.response.content and described(harness) == []
+
+
+async def test_describe_follows_the_direct_message_policy_and_the_servers_switch(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    dan = harness.env.create_user("dan")  # text-only direct messages: not even offered there
+    assert "summarize" in dan.available_commands()
+    assert "describe" not in dan.available_commands()
+    await harness.bot.guild_settings.update(s.guild.id, enabled_commands=["chat"])
+    off = await s.alice.slash(s.channel, "describe", image=("a.png", png()))
+    assert off.ephemeral and "/describe is turned off in this server" in off.response.content
+    assert described(harness) == []
+
+
+async def test_imagine_this_draws_the_description(harness: Harness) -> None:
+    s = await scene(harness)
+    result = await s.alice.slash(s.channel, "describe", image=("board.png", png()))
+    await harness.finish()
+    drawn = await s.bob.click(result.response, label="Imagine this")
+    await harness.finish()
+    (request,) = [r for run in harness.tasks["imagine"].runs for r in run]
+    assert request.prompt == "1 image(s): a teal square"
+    assert [a.filename for a in drawn.response.attachments] == ["imagine-7.png"]
+
+
+def test_a_prompt_is_the_description_without_notes_or_alt_text() -> None:
+    description = "A whiteboard with a formula.\nAlt text: a whiteboard\n-# 👁️ a note\n" + (
+        "word " * 200
+    )
+    prompt = prompt_from(description)
+    assert prompt.startswith("A whiteboard with a formula. word word")
+    assert "Alt text" not in prompt and "note" not in prompt
+    assert len(prompt) <= PROMPT_CHARS and prompt.endswith("word")
+
+
+def test_a_size_just_over_a_limit_never_reads_as_the_limit() -> None:
+    assert over(2**20 + 1, 2**20) == "is 1,048,577 bytes; the limit is 1,048,576 bytes"
+    assert over(25 * 2**20 + 2**19, 25 * 2**20) == "is 25.5 MiB; the limit is 25 MiB"
+    assert over(300 * 1024, 100) == "is 300 KiB; the limit is 100 bytes"
