@@ -208,7 +208,7 @@ class AssistantBot(commands.Bot):
         allows. Never user installs, which would reach servers without the bot."""
         policy = self.settings.direct_messages
         for command in self.tree.get_commands():
-            task = self.executor.tasks.get(command.name.lower())
+            task = self.executor.tasks.get(command.extras.get("task", command.name.lower()))
             if command.guild_only or policy == "off":
                 dms = False
             elif task is not None:

@@ -38,6 +38,9 @@ if TYPE_CHECKING:  # the executor brings torch; a terminal command may not need 
 log = logging.getLogger(__name__)
 
 IMAGE_TASKS = frozenset({"imagine"})
+SHOWN_IMAGE_TASKS = frozenset({"describe"})
+"""Tasks that look at members' images: a classroom-safe server refuses them until the safety
+classifier screens what they are shown (#28)."""
 """Tasks whose output a guild may confine to age-restricted channels."""
 
 DirectMessages = Literal["off", "text-only", "all"]
@@ -213,6 +216,18 @@ class Invoker:
         self.log_prompts = log_prompts
         self.direct_messages: DirectMessages = direct_messages
 
+    def allows(self, task: str, caller: Caller) -> bool:
+        """Whether ``caller`` may use ``task`` where they are (the direct-message policy and
+        the server's rules), recording nothing: to offer only buttons that can work."""
+        try:
+            if caller.private:
+                self._check_private(task)
+            elif caller.guild_id is not None:
+                self._check_guild(self.guilds.get(caller.guild_id), task, caller)
+        except CommandDisabled:
+            return False
+        return True
+
     def admit(self, task: str, caller: Caller, request: Any = None) -> Admission:
         """Check everything that needs no I/O, in one synchronous step, and reserve the
         member's quota; a refusal is recorded and raised.
@@ -295,6 +310,11 @@ class Invoker:
         allowed = guild.allowed_channels
         if allowed is not None and not {caller.channel_id, caller.parent_id} & set(allowed):
             raise CommandDisabled(f"/{task} cannot be used in this channel")
+        if task in SHOWN_IMAGE_TASKS and guild.classroom_safe:
+            raise CommandDisabled(
+                f"/{task} cannot yet screen the images it is shown, so it is off in this "
+                "classroom-safe server"
+            )
         if (
             task in IMAGE_TASKS
             and guild.images_where == "age_restricted_only"

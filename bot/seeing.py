@@ -7,6 +7,7 @@ Images are opened in the worker, never on the event loop.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import PurePath
 
 import discord
@@ -31,8 +32,11 @@ def images_of(message: discord.Message) -> list[discord.Attachment]:
     return [a for a in message.attachments if is_image(a)]
 
 
-def check_images(attachments: list[discord.Attachment], max_images: int, max_bytes: int) -> None:
-    """Refuse, before downloading, what is not an image, too many, or too large to fetch."""
+def check_images(
+    attachments: list[discord.Attachment], max_images: int, max_bytes: int, age_restricted: bool
+) -> None:
+    """Refuse, before downloading, what is not an image, too many, too large to fetch, or
+    marked explicit by Discord outside an age-restricted channel."""
     if len(attachments) > max_images:
         raise InvalidInput("image", f"{len(attachments)} images; at most {max_images} at a time")
     for attachment in attachments:
@@ -40,18 +44,26 @@ def check_images(attachments: list[discord.Attachment], max_images: int, max_byt
             raise InvalidInput("image", "is not an image")
         if attachment.size > max_bytes:
             raise InvalidInput("image", over(attachment.size, max_bytes))
+        if attachment.flags.contains_explicit_media and not age_restricted:
+            raise InvalidInput(
+                "image", "is marked explicit by Discord; ask in an age-restricted channel"
+            )
 
 
 async def read_images(
-    attachments: list[discord.Attachment], max_images: int, max_bytes: int, question: str = ""
+    attachments: list[discord.Attachment], question: str = "", max_new_tokens: int | None = None
 ) -> DescribeRequest:
-    """The request for some images: checked, then downloaded (never opened here)."""
-    check_images(attachments, max_images, max_bytes)
+    """The request for some images, checked already: downloaded (never opened here)."""
     try:
         images = tuple([await attachment.read() for attachment in attachments])
     except discord.HTTPException as exc:
         raise InvalidInput("image", "could not be downloaded from Discord; try again") from exc
-    return DescribeRequest(images, question)
+    return DescribeRequest(images, question, max_new_tokens)
+
+
+def hidden(reply: Reply) -> Reply:
+    """A description of a spoiler image, behind a spoiler too."""
+    return dataclasses.replace(reply, text=f"||{reply.text}||") if reply.text else reply
 
 
 def render_description(result: DescribeResult) -> Reply:

@@ -139,13 +139,13 @@ class OpenAIEngineSettings(BaseModel):
 class DescribeSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True)
 
-    max_images: int = Field(default=4, ge=1, le=10)
-    """Most images described at once (a message has at most 10)."""
-    max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
-    """Largest image file downloaded, in bytes."""
-    max_pixels: int = Field(default=1024 * 1024, ge=64 * 64)
+    max_images: int = Field(default=4, ge=1, le=8)
+    """Most images described at once (SmolVLM's window holds about 8 of them)."""
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    """Largest image file downloaded, in bytes (Discord's own upload limit, 10 MiB)."""
+    max_pixels: int = Field(default=2048 * 2048, ge=64 * 64)
     """A larger image is scaled down to this many pixels before the model's processor
-    applies its own rules."""
+    applies its own rules (SmolVLM's reads up to 2048 px a side: text stays legible)."""
     default_new_tokens: int = Field(default=256, ge=1)
     """Longest description, in tokens."""
 

@@ -126,6 +126,8 @@ class Task(ABC, Generic[RequestT, ResultT]):
     kind: ClassVar[TaskKind]
     remote: ClassVar[bool] = False
     """Answered by another server: it needs no device, and runs beside the devices."""
+    pipeline: ClassVar[bool] = False
+    """Loads a diffusers pipeline, whose files lie in one folder per component."""
 
     def prepare(self) -> None:
         """Load what ``validate`` needs (a language detector, a voice table) ahead of time.

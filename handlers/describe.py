@@ -16,13 +16,12 @@ import io
 import logging
 import math
 import struct
-import warnings
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from handlers.audio import over
@@ -41,6 +40,8 @@ from handlers.base import (
 from handlers.chat import BatchStreamer, Rows, stop_token_ids
 
 log = logging.getLogger(__name__)
+
+COST_PER_IMAGE = 2**20
 
 DESCRIBE = "Describe this image in a few sentences. Read out any text it contains."
 DESCRIBE_EACH = (
@@ -89,22 +90,30 @@ class Opened:
 def open_image(data: bytes, max_pixels: int) -> Opened:
     """An RGB image of at most ``max_pixels``; ``InvalidInput("image")`` for what is not an
     image, is damaged, or would expand past Pillow's decompression-bomb limit."""
+    too_large = InvalidInput(
+        "image", "is too large to open safely (more pixels than the bot's image limit)"
+    )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            animated = bool(getattr(image, "is_animated", False))
-            image.seek(0)
-            image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidInput(
-            "image", "is too large to open safely (more pixels than the bot's image limit)"
-        ) from exc
+        image = Image.open(io.BytesIO(data))  # reads the header only
+        width, height = image.size
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and width * height > limit:  # not a thread-unsafe warning filter
+            raise too_large
+        animated = bool(getattr(image, "is_animated", False))
+        image.seek(0)
+        image.load()
+    except Image.DecompressionBombError as exc:
+        raise too_large from exc
     except UnidentifiedImageError as exc:
         raise InvalidInput("image", "is not an image I can read") from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
         raise InvalidInput("image", "is damaged and cannot be read") from exc  # cut short
+    image = ImageOps.exif_transpose(image)  # a phone photo the right way up
+    width, height = image.size
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        backdrop = Image.new("RGB", image.size, "white")  # black text on a clear PNG stays legible
+        backdrop.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        image = backdrop
     image = image.convert("RGB")
     if width * height > max_pixels:
         scale = math.sqrt(max_pixels / (width * height))
@@ -125,8 +134,8 @@ class DescribeTask(Task[DescribeRequest, DescribeResult]):
     def __init__(
         self,
         max_images: int = 4,
-        max_bytes: int = 20 * 1024 * 1024,
-        max_pixels: int = 1024 * 1024,
+        max_bytes: int = 10 * 1024 * 1024,
+        max_pixels: int = 2048 * 2048,
         max_chars: int = 2000,
         default_new_tokens: int = 256,
         max_new_tokens: int = 1024,
@@ -159,18 +168,24 @@ class DescribeTask(Task[DescribeRequest, DescribeResult]):
             raise InvalidInput("max_new_tokens", f"must be between 1 and {self.max_new_tokens}")
 
     def batch_key(self, request: DescribeRequest) -> Hashable:
-        return self.new_tokens(request)
+        """The answer's length, and the number of images: every image adds hundreds of
+        prompt tokens, and a batch is padded to its longest prompt."""
+        return self.new_tokens(request), len(request.images)
 
     def cost(self, request: DescribeRequest) -> int:
-        """Pixels, as the image class counts them: each image at most ``max_pixels``."""
-        return len(request.images) * self.max_pixels
+        """A megapixel of the image class's budget for each image, so that its default
+        (BOT_IMAGE__MAX_COST, 4 Mpx) batches four one-image requests, as its batch cap does."""
+        return len(request.images) * COST_PER_IMAGE
 
     def work(self, request: DescribeRequest) -> float:
         return float(len(request.images) * 1000 + self.new_tokens(request))
 
     def load(self, spec: LoadSpec) -> VisionModel:
         processor = AutoProcessor.from_pretrained(spec.source, trust_remote_code=False)
-        processor.tokenizer.padding_side = "left"  # generation continues every row's end
+        tokenizer = processor.tokenizer
+        tokenizer.padding_side = "left"  # generation continues every row's end
+        if tokenizer.pad_token is None:  # a batch must be padded with something
+            tokenizer.pad_token = tokenizer.eos_token
         model = from_pretrained(AutoModelForImageTextToText, spec).to(spec.device).eval()
         stops = stop_token_ids(processor.tokenizer, model.generation_config)
         return VisionModel(processor, model, spec.device, spec.dtype, stops)
@@ -211,9 +226,7 @@ class DescribeTask(Task[DescribeRequest, DescribeResult]):
             return_tensors="pt",
             padding=True,
             add_special_tokens=False,  # the chat template wrote them
-        ).to(model.device)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        ).to(model.device, dtype=model.dtype)  # pixels cast as they move: half the copy
         subset = Rows(ctx, rows)
         tokenizer = processor.tokenizer
         with torch.inference_mode():

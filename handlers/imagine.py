@@ -234,6 +234,7 @@ def encode_png(pixels: np.ndarray) -> bytes:
 class ImagineTask(Task[ImagineRequest, ImagineResult]):
     name = "imagine"
     kind = TaskKind.IMAGE
+    pipeline = True
 
     def __init__(
         self,

@@ -34,7 +34,7 @@ def described(h: Harness) -> list[DescribeRequest]:
 
 async def posted(h: Harness, member: Any, channel: Any, *files: tuple[str, bytes]) -> Any:
     await member.send(channel, "look", attachments=list(files))
-    return next(m for m in channel.history() if m.author.id == member.id)
+    return max((m for m in channel.history() if m.author.id == member.id), key=lambda m: m.id)
 
 
 async def test_describe_an_image_with_a_question(harness: Harness) -> None:
@@ -125,3 +125,65 @@ def test_a_size_just_over_a_limit_never_reads_as_the_limit() -> None:
     assert over(2**20 + 1, 2**20) == "is 1,048,577 bytes; the limit is 1,048,576 bytes"
     assert over(25 * 2**20 + 2**19, 25 * 2**20) == "is 25.5 MiB; the limit is 25 MiB"
     assert over(300 * 1024, 100) == "is 300 KiB; the limit is 100 bytes"
+
+
+async def flagged(h: Harness, member: Any, channel: Any, name: str, flags: int) -> Any:
+    """A member's message with one image whose attachment carries Discord's ``flags``."""
+    backend = h.env.backend
+    (attachment,) = backend.store_attachments(channel.id, [(name, png())])
+    attachment.update(content_type="image/png", flags=flags)
+    backend.create_message(channel.id, member.id, "", attachments=[attachment])
+    await h.env.settle()
+    return max((m for m in channel.history() if m.author.id == member.id), key=lambda m: m.id)
+
+
+async def test_imagine_this_is_offered_only_where_imagine_works(harness: Harness) -> None:
+    s = await scene(harness, images_anywhere=False)  # images only in age-restricted channels
+    result = await s.alice.slash(s.channel, "describe", image=("board.png", png()))
+    await harness.finish()
+    assert "a teal square" in result.response.content
+    assert not result.response.components  # nothing to press that would only refuse
+
+
+async def test_a_spoiler_is_described_behind_a_spoiler_and_explicit_media_is_refused(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    spoiler = await flagged(harness, s.bob, s.channel, "SPOILER_plot.png", 0)
+    hidden = await s.alice.context_menu(s.channel, "Describe image", spoiler)
+    await harness.finish()
+    assert hidden.response.content.startswith("||1 image(s): a teal square||")
+    assert not hidden.response.components
+    explicit = await flagged(harness, s.bob, s.channel, "photo.png", 16)  # contains explicit media
+    refused = await s.alice.context_menu(s.channel, "Describe image", explicit)
+    assert refused.ephemeral and "marked explicit by Discord" in refused.response.content
+    assert len(described(harness)) == 1
+
+
+async def test_classroom_safe_servers_do_not_describe_images_yet(harness: Harness) -> None:
+    s = await scene(harness)
+    await harness.bot.guild_settings.update(s.guild.id, classroom_safe=True)
+    refused = await s.alice.slash(s.channel, "describe", image=("a.png", png()))
+    assert refused.ephemeral and "off in this classroom-safe server" in refused.response.content
+    assert described(harness) == []
+
+
+async def test_the_menu_gives_each_image_its_share_of_the_answer(harness: Harness) -> None:
+    s = await scene(harness)
+    message = await posted(harness, s.bob, s.channel, ("a.png", png("red")), ("b.png", png()))
+    await s.alice.context_menu(s.channel, "Describe image", message)
+    await harness.finish()
+    (request,) = described(harness)
+    assert request.max_new_tokens == 2 * harness.bot.settings.describe.default_new_tokens
+
+
+def test_the_menu_is_not_offered_where_direct_messages_are_text_only(harness: Harness) -> None:
+    menus = {c.name: c for c in harness.bot.tree.get_commands(type=discord.AppCommandType.message)}
+    assert menus["Describe image"].allowed_contexts.dm_channel is False
+    assert menus["Summarize"].allowed_contexts.dm_channel is True
+
+
+def test_a_prompt_drops_escapes_and_the_bots_own_lines() -> None:
+    text = "\\# A \\[slide\\] on **mitosis**\n**Alt text:** a slide\n*(full text attached)*"
+    assert prompt_from(text) == "# A [slide] on **mitosis**"
+    assert prompt_from("*(no description)*") == ""

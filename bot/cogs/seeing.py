@@ -4,17 +4,18 @@ Imagine this button that draws one with /imagine (as Midjourney's /describe offe
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.commands import Text, caller_of, run_task
+from bot.commands import Text, caller_of, render, run_task
 from bot.image_buttons import image_buttons
 from bot.localization import tr
 from bot.reading import check_here
-from bot.seeing import check_images, images_of, read_images
+from bot.seeing import check_images, hidden, images_of, read_images
 from handlers.base import InvalidInput
 from handlers.describe import DESCRIBE_EACH, DescribeRequest
 from handlers.imagine import ImagineRequest
@@ -25,20 +26,29 @@ if TYPE_CHECKING:
     Interaction = discord.Interaction[AssistantBot]
 
 
+MAX_MENU_TOKENS = 1024
+"""The most a menu's descriptions of several images may take together."""
 PROMPT_CHARS = 400
 """The start of a description that becomes a prompt: image models read little more (CLIP
 stops at 77 tokens)."""
 
 
+_ALT_TEXT = re.compile(r"^\W*alt[\s-]*text\b", re.IGNORECASE)
+_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|>~<])")
+
+
 def prompt_from(description: str) -> str:
-    """A description as an /imagine prompt: the model's words, without the bot's notes or
-    alt-text lines, cut at a word near ``PROMPT_CHARS``."""
-    lines = [line.strip() for line in description.splitlines()]
-    kept = [
-        line
-        for line in lines
-        if line and not line.startswith("-#") and not line.lower().startswith("alt text")
-    ]
+    """A description as an /imagine prompt: the model's words, without the bot's notes,
+    its *(...)* lines, alt-text lines or markdown escapes, cut at a word near
+    ``PROMPT_CHARS``."""
+    kept = []
+    for line in description.splitlines():
+        line = _ESCAPE.sub(r"\1", line).strip().strip("|")
+        if not line or line.startswith("-#") or _ALT_TEXT.match(line):
+            continue
+        if line.startswith("*(") and line.endswith(")*"):
+            continue
+        kept.append(line)
     text = re.sub(r"\s+", " ", " ".join(kept)).strip()
     if len(text) <= PROMPT_CHARS:
         return text
@@ -71,7 +81,9 @@ class ImagineThis(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"see
             message = interaction.message
             prompt = prompt_from(message.content if message is not None else "")
             if not prompt:
-                raise InvalidInput("prompt", "this description has no words to draw from")
+                error = InvalidInput("prompt", "this description has no words to draw from")
+                bot.invoker.record_refusal("imagine", caller_of(interaction), error)
+                raise error
             request = ImagineRequest(prompt)
             await run_task(interaction, "imagine", request, final_view=image_buttons)
         except Exception as exc:  # a button has no command tree to report it
@@ -87,7 +99,9 @@ async def imagine_this(interaction: Interaction, request: DescribeRequest) -> di
 class Seeing(commands.Cog):
     def __init__(self, bot: AssistantBot) -> None:
         self.bot = bot
-        self.menu = app_commands.ContextMenu(name="Describe image", callback=self.describe_message)
+        self.menu = app_commands.ContextMenu(
+            name="Describe image", callback=self.describe_message, extras={"task": "describe"}
+        )
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.menu)
@@ -97,9 +111,33 @@ class Seeing(commands.Cog):
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
         self.bot.remove_dynamic_items(ImagineThis)
 
-    def _limits(self) -> tuple[int, int]:
+    def _check(self, interaction: Interaction, images: list[discord.Attachment]) -> None:
+        """Refuse at once (and record it) what can never be described here."""
         describe = self.bot.settings.describe
-        return describe.max_images, describe.max_bytes
+        caller = caller_of(interaction)
+        try:
+            if not images:
+                raise InvalidInput("message", "has no image")
+            check_images(images, describe.max_images, describe.max_bytes, caller.age_restricted)
+        except InvalidInput as exc:
+            self.bot.invoker.record_refusal("describe", caller, exc)
+            raise
+
+    async def _run(
+        self,
+        interaction: Interaction,
+        images: list[discord.Attachment],
+        read: Callable[[], Awaitable[DescribeRequest]],
+    ) -> None:
+        """Described (behind a spoiler when an image is one), with Imagine this under it
+        where /imagine can be used."""
+        spoiler = any(image.is_spoiler() for image in images)
+        offer = self.bot.invoker.allows("imagine", caller_of(interaction)) and not spoiler
+        await run_task(
+            interaction, "describe", read=read,
+            render_result=(lambda result: hidden(render(result))) if spoiler else render,
+            final_view=imagine_this if offer else None,
+        )  # fmt: skip
 
     @app_commands.command(description="Describe an image, or ask a question about it")
     @app_commands.describe(
@@ -108,33 +146,25 @@ class Seeing(commands.Cog):
     async def describe(
         self, interaction: Interaction, image: discord.Attachment, question: Text | None = None
     ) -> None:
-        try:
-            check_images([image], *self._limits())
-        except InvalidInput as exc:
-            self.bot.invoker.record_refusal("describe", caller_of(interaction), exc)
-            raise
+        self._check(interaction, [image])
 
         async def read() -> DescribeRequest:
-            return await read_images([image], *self._limits(), question or "")
+            return await read_images([image], question or "")
 
-        await run_task(interaction, "describe", read=read, final_view=imagine_this)
+        await self._run(interaction, [image], read)
 
     async def describe_message(self, interaction: Interaction, message: discord.Message) -> None:
         """Each image of the message described, with a line of alt text for each."""
         images = images_of(message)
-        try:
-            if not images:
-                raise InvalidInput("message", "has no image")
-            check_images(images, *self._limits())
-        except InvalidInput as exc:
-            self.bot.invoker.record_refusal("describe", caller_of(interaction), exc)
-            raise
+        self._check(interaction, images)
+        describe = self.bot.settings.describe
+        tokens = min(describe.default_new_tokens * len(images), MAX_MENU_TOKENS)
 
         async def read() -> DescribeRequest:
             await check_here(interaction, "message")
-            return await read_images(images, *self._limits(), DESCRIBE_EACH)
+            return await read_images(images, DESCRIBE_EACH, tokens)
 
-        await run_task(interaction, "describe", read=read, final_view=imagine_this)
+        await self._run(interaction, images, read)
 
 
 async def setup(bot: AssistantBot) -> None:

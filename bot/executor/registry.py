@@ -18,7 +18,7 @@ import torch
 
 from bot.executor.backend import LoadedModelInfo
 from bot.executor.errors import DeviceUnavailable, ModelNotDownloaded, not_downloaded
-from handlers.base import LoadSpec, Task, TaskKind
+from handlers.base import LoadSpec, Task
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,7 @@ class ModelRegistry:
         except Exception as exc:
             if not not_downloaded(exc):
                 raise
-            pipeline = task.kind is TaskKind.IMAGE
-            raise ModelNotDownloaded(task.name, source, pipeline=pipeline) from exc
+            raise ModelNotDownloaded(task.name, source, pipeline=task.pipeline) from exc
         size = task.model_bytes(model)
         with self._lock:
             self._resident[key] = _Resident(task.name, source, model, size, time.monotonic(), task)
