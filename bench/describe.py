@@ -83,12 +83,11 @@ import resource
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import AsyncExitStack, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +109,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import handlers.describe as describe_handler  # noqa: E402
+from bench.stages import Stages, Timed, batch_sizes, sync  # noqa: E402
 from bot.executor import Executor, ExecutorConfig, LocalBackend, ModelRegistry  # noqa: E402
 from bot.executor.config import default_limits  # noqa: E402
 from handlers.base import BatchContext, LoadSpec  # noqa: E402
@@ -157,11 +157,6 @@ QUESTIONS = (
 )
 """Asked in turn; empty asks for the default description."""
 MODES = ("one_at_a_time", "batched", "batched_wide")
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 # --- the models ---------------------------------------------------------------------------
@@ -315,36 +310,6 @@ class GenerateCall:
     """Of all rows."""
 
 
-@dataclass
-class Stages:
-    """Seconds spent in each part of ``run_batch`` and the shape of each ``generate`` call:
-    written on the inference thread, read between runs."""
-
-    seconds: Counter[str] = field(default_factory=Counter)
-    generate_calls: list[GenerateCall] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @contextmanager
-    def timing(self, stage: str, device: str = "cpu") -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            sync(device)
-            with self.lock:
-                self.seconds[stage] += time.perf_counter() - started
-
-    def add(self, stage: str, seconds: float) -> None:
-        with self.lock:
-            self.seconds[stage] += seconds
-
-    def take(self) -> tuple[Counter[str], list[GenerateCall]]:
-        with self.lock:
-            taken = self.seconds, self.generate_calls
-            self.seconds, self.generate_calls = Counter(), []
-        return taken
-
-
 class NoEnd(LogitsProcessor):
     """Suppresses every end token: a random-weight model's rows all run to the cap, as the
     module's docstring says."""
@@ -413,20 +378,6 @@ class TimedGenerate:
         return getattr(self.inner, name)
 
 
-class _Timed:
-    """A callable whose calls are timed; its other attributes pass through."""
-
-    def __init__(self, inner: Any, stages: Stages, stage: str) -> None:
-        self._inner, self._stages, self._stage = inner, stages, stage
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with self._stages.timing(self._stage):
-            return self._inner(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
 class TimedDescribe(DescribeTask):
     """The bot's describe handler, unchanged, with its stages timed and its stand-in model's
     rows running to ``max_new_tokens`` (see ``NoEnd``)."""
@@ -438,7 +389,7 @@ class TimedDescribe(DescribeTask):
 
     def load(self, spec: LoadSpec) -> VisionModel:
         model = super().load(spec)
-        model.processor = _Timed(model.processor, self.stages, "processor")
+        model.processor = Timed(model.processor, self.stages, "processor")
         model.model.generate = TimedGenerate(self.stages, model)
         self.loaded = model
         return model
@@ -510,11 +461,6 @@ async def batched(executor: Executor, images: list[BenchImage], tokens: int) -> 
     return list(await asyncio.gather(*(wait(handle) for handle in handles)))
 
 
-def batch_sizes(executor: Executor) -> Counter[int]:
-    stats = {m.task: m for m in executor.snapshot().models}.get("describe")
-    return Counter(stats.batch_sizes) if stats else Counter()
-
-
 async def measure(
     name: str,
     executor: Executor,
@@ -524,7 +470,7 @@ async def measure(
     device: str,
 ) -> tuple[dict[str, Any], list[Outcome]]:
     """One run of one mode: its figures, and each image's outcome."""
-    before = batch_sizes(executor)
+    before = batch_sizes(executor, "describe")
     task.stages.take()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -535,7 +481,7 @@ async def measure(
     sync(device)
     wall = time.perf_counter() - started
     seconds, calls = task.stages.take()
-    sizes = batch_sizes(executor) - before
+    sizes = batch_sizes(executor, "describe") - before
     done = [o.done_s for o in outcomes]
     generated = sum(o.tokens for o in outcomes)
     known = seconds["open_images"] + seconds["processor"]

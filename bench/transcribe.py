@@ -66,12 +66,10 @@ import resource
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +91,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.stages import Stages, Timed, batch_sizes, sync  # noqa: E402
 from bot.executor import Executor, ExecutorConfig, LocalBackend, ModelRegistry  # noqa: E402
 from bot.executor.config import default_limits  # noqa: E402
 from handlers.base import BatchContext, LoadSpec  # noqa: E402
@@ -121,11 +120,6 @@ MIN_TOKENS = 4
 PROMPT_TOKENS = 4
 """<|startoftranscript|>, the language, <|transcribe|>, <|notimestamps|>."""
 MODES = ("one_at_a_time", "batched")
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 # --- the models ---------------------------------------------------------------------------
@@ -250,33 +244,6 @@ def make_files(voice: int, long: int, long_seconds: float, seed: int) -> list[Au
 # --- the handler, timed -------------------------------------------------------------------
 
 
-@dataclass
-class Stages:
-    """Seconds spent in each part of ``run_batch`` and the shape of each ``generate`` call:
-    written on the inference thread, read between runs."""
-
-    seconds: Counter[str] = field(default_factory=Counter)
-    generate_calls: list[tuple[int, int, int]] = field(default_factory=list)
-    """(pieces, decoding steps, tokens of all pieces) per call."""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @contextmanager
-    def timing(self, stage: str, device: str = "cpu") -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            sync(device)
-            with self.lock:
-                self.seconds[stage] += time.perf_counter() - started
-
-    def take(self) -> tuple[Counter[str], list[tuple[int, int, int]]]:
-        with self.lock:
-            taken = self.seconds, self.generate_calls
-            self.seconds, self.generate_calls = Counter(), []
-        return taken
-
-
 class EndAfter(LogitsProcessor):
     """Ends each row after its own number of new tokens (the end token, suppressed till
     then, is forced): what a random-weight model, which never ends by itself, says."""
@@ -326,20 +293,6 @@ class TimedGenerate:
         return getattr(self.inner, name)
 
 
-class _Timed:
-    """A callable whose calls are timed; its other attributes pass through."""
-
-    def __init__(self, inner: Any, stages: Stages, stage: str) -> None:
-        self._inner, self._stages, self._stage = inner, stages, stage
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with self._stages.timing(self._stage):
-            return self._inner(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
 class TimedTranscribe(TranscribeTask):
     """The bot's transcribe handler, unchanged, with its stages timed and its stand-in
     model's pieces ending as real speech would (see ``tokens_for``)."""
@@ -359,7 +312,7 @@ class TimedTranscribe(TranscribeTask):
 
     def load(self, spec: LoadSpec) -> SpeechModel:
         model = super().load(spec)
-        model.processor.feature_extractor = _Timed(model.processor.feature_extractor,
+        model.processor.feature_extractor = Timed(model.processor.feature_extractor,
                                                    self.stages, "features")  # fmt: skip
         model.model.generate = TimedGenerate(self, model)
         self.loaded = model
@@ -439,16 +392,11 @@ async def batched(executor: Executor, files: list[AudioFile]) -> list[Outcome]:
 RUNS = {"one_at_a_time": one_at_a_time, "batched": batched}
 
 
-def batch_sizes(executor: Executor) -> Counter[int]:
-    stats = {m.task: m for m in executor.snapshot().models}.get("transcribe")
-    return Counter(stats.batch_sizes) if stats else Counter()
-
-
 async def measure(
     name: str, executor: Executor, task: TimedTranscribe, files: list[AudioFile], device: str
 ) -> tuple[dict[str, Any], list[Outcome]]:
     """One run of one mode: its figures, and each file's outcome."""
-    before = batch_sizes(executor)
+    before = batch_sizes(executor, "transcribe")
     task.stages.take()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -458,7 +406,7 @@ async def measure(
     sync(device)
     wall = time.perf_counter() - started
     seconds, calls = task.stages.take()
-    sizes = batch_sizes(executor) - before
+    sizes = batch_sizes(executor, "transcribe") - before
     audio = sum(f.seconds for f in files)
     voice = [o.done_s for f, o in zip(files, outcomes, strict=True) if f.voice]
     long = [o.done_s for f, o in zip(files, outcomes, strict=True) if not f.voice]
