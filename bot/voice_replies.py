@@ -93,9 +93,12 @@ class VoiceReplies:
     ) -> None:
         try:
             answer: Any = await chat
-            shown = await asyncio.shield(posted)
-        except (Exception, asyncio.CancelledError):
+        except Exception:
             return  # the failure is already shown where the answer would be
+        await asyncio.wait([posted])  # the written answer first: the spoken one replies to it
+        if posted.cancelled() or posted.exception() is not None:
+            return
+        shown = posted.result()
         text = speakable(getattr(answer, "text", ""))
         if not text:
             return
