@@ -1,6 +1,6 @@
 """Hearing: /transcribe, the Transcribe menu on a message, and auto-transcribe in the
-channels a server chose, whose transcripts carry a button for their speaker to hear them
-again in another language. (Voice messages said to the bot are conversations: see
+channels a server chose, whose transcripts carry a button for their speaker to have them
+transcribed again in another language. (Voice messages said to the bot are conversations: see
 ``conversations.py``.)"""
 
 from __future__ import annotations
