@@ -46,6 +46,12 @@ class VoiceReplies:
         that cannot say it."""
         self._pending: set[asyncio.Task[None]] = set()
 
+    async def settle(self) -> None:
+        """Until every spoken answer under way is sent (or has failed): at unload, so that
+        none is cut off, and for whoever must see them all."""
+        while self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
     def wanted(self, message: discord.Message) -> bool:
         member = message.author.id
         if message.guild is None:

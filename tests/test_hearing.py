@@ -5,7 +5,6 @@ tested with a tiny Whisper in tests/test_transcribe.py."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import sqlite3
@@ -62,14 +61,12 @@ async def voice_message(
 
 
 async def spoken_answers(h: Harness, channel: Any) -> list[discord.Message]:
-    """The bot's voice messages, once the one that follows an answer has been sent."""
-    for _ in range(200):
-        spoken = [m for m in answers(h, channel) if m.flags.voice]
-        if spoken:
-            return spoken
-        await asyncio.sleep(0.01)
-        await h.env.settle()
-    return []
+    """The bot's voice messages, once every one that follows an answer has been sent."""
+    cog = h.bot.get_cog("Conversations")
+    assert cog is not None
+    await cog.voice_replies.settle()  # type: ignore[attr-defined]
+    await h.env.settle()
+    return [m for m in answers(h, channel) if m.flags.voice]
 
 
 def transcribed(h: Harness) -> list[TranscribeRequest]:

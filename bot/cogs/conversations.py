@@ -95,6 +95,9 @@ class ConversationsCog(commands.Cog, name="Conversations"):
             lambda: speak.languages() if speak is not None else [],  # type: ignore[attr-defined]
         )
 
+    async def cog_unload(self) -> None:
+        await self.voice_replies.settle()
+
     @property
     def conversations(self) -> Conversations:
         return self.bot.conversations
