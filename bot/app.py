@@ -99,6 +99,9 @@ def build_tasks(settings: Settings) -> dict[str, Task[Any, Any]]:
             max_pixels=settings.describe.max_pixels,
             max_chars=settings.max_text_chars,
             default_new_tokens=settings.describe.default_new_tokens,
+            context_tokens=settings.describe.context_tokens,
+            safety_model=imagine.safety_model,
+            safety_threshold=imagine.safety_threshold,
         ),
     }
 

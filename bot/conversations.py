@@ -50,6 +50,8 @@ class Turn:
     private_to: str | None = None
     """The only member whose prompts may hold this turn (a slash command's input, which
     only its asker saw); None for what everyone in the conversation saw."""
+    images: int = 0
+    """How many images the message showed."""
 
     def may_reach(self, user_id: str) -> bool:
         return self.private_to is None or self.private_to == user_id
@@ -59,7 +61,9 @@ class Turn:
 
     def line(self) -> str:
         """The turn as a line of a transcript to summarise."""
-        return f"{self.name or ('assistant' if self.role == 'assistant' else 'user')}: {self.text}"
+        who = self.name or ("assistant" if self.role == "assistant" else "user")
+        shown = f" [showed {self.images} image(s)]" if self.images else ""
+        return f"{who}: {self.text}{shown}"
 
 
 @dataclass(frozen=True)
@@ -232,6 +236,29 @@ class ConversationStore:
         rows = await self._read("SELECT text FROM transcripts WHERE message_id = ?", (message_id,))
         return rows[0]["text"] if rows else None
 
+    async def record_description(
+        self, conversation_id: str, message_id: int, position: int, text: str
+    ) -> None:
+        """What an image of a member's message shows, for when the model is no longer shown
+        the image itself."""
+        await self._write(
+            "INSERT OR REPLACE INTO image_descriptions "
+            "(message_id, position, conversation_id, text, created_at) VALUES (?, ?, ?, ?, ?)",
+            (message_id, position, conversation_id, text, self.usage.clock()),
+        )
+
+    async def descriptions(self, message_ids: Sequence[int]) -> dict[tuple[int, int], str]:
+        """The stored descriptions of these messages' images, by (message, position)."""
+        if not message_ids:
+            return {}
+        marks = ", ".join("?" * len(message_ids))
+        rows = await self._read(
+            "SELECT message_id, position, text FROM image_descriptions "
+            f"WHERE message_id IN ({marks})",
+            message_ids,
+        )
+        return {(row["message_id"], row["position"]): row["text"] for row in rows}
+
     async def answers_among(self, message_ids: Sequence[int]) -> dict[int, Answer]:
         """Which of these messages the bot posted in a conversation, and in which."""
         if not message_ids:
@@ -364,6 +391,18 @@ class Conversations:
         user_id: str,
         complete: bool = True,
     ) -> ChatRequest:
+        """``prepare_turns``' request alone."""
+        request, _ = await self.prepare_turns(memory, turns, base, user_id, complete)
+        return request
+
+    async def prepare_turns(
+        self,
+        memory: Memory,
+        turns: Sequence[Turn],
+        base: ChatRequest,
+        user_id: str,
+        complete: bool = True,
+    ) -> tuple[ChatRequest, list[Turn]]:
         """The request for the newest of ``turns`` (oldest first), with the earlier ones as
         its history and the summary of what came before.
 
@@ -373,8 +412,13 @@ class Conversations:
         never folded into it (a private opening stays until a reset). ``complete`` is False
         when the front end could not read back every turn since the summary (it reads a
         bounded number of messages): the older half of what it read is then folded even if
-        it fits, so that no turn ever slips past unsummarised.
+        it fits, so that no turn ever slips past unsummarised. Also returns the turns the
+        request holds, its history's and then the newest.
         """
+
+        def kept(fitted: ChatRequest, offered: Sequence[Turn]) -> list[Turn]:
+            return [*offered[len(offered) - len(fitted.history) :], last]
+
         live = [turn for turn in turns if turn.id > memory.cutoff and turn.may_reach(user_id)]
         opening = memory.opening
         # A private opening is in no summary: it stays its asker's until a reset.
@@ -392,14 +436,14 @@ class Conversations:
         forced = max(len(history) - MAX_TURNS, 0 if complete else len(history) // 2)
         overflow = max(overflow, forced)
         if not overflow:
-            return fitted
+            return fitted, kept(fitted, history)
         summary = await self._fold(memory, history[:overflow], user_id)
         if summary is None:
-            return fitted
+            return fitted, kept(fitted, history)
         # A longer summary may leave room for fewer turns; those are folded next time.
         request = dataclasses.replace(request, summary=summary)
         fitted, _ = await asyncio.to_thread(fit, window, request, history[overflow:])
-        return fitted
+        return fitted, kept(fitted, history[overflow:])
 
     async def _fold(self, memory: Memory, turns: Sequence[Turn], user_id: str) -> str | None:
         """The summary with ``turns`` folded in, stored; None (and the turns left out of this

@@ -38,10 +38,10 @@ if TYPE_CHECKING:  # the executor brings torch; a terminal command may not need 
 log = logging.getLogger(__name__)
 
 IMAGE_TASKS = frozenset({"imagine"})
-SHOWN_IMAGE_TASKS = frozenset({"describe"})
-"""Tasks that look at members' images: a classroom-safe server refuses them until the safety
-classifier screens what they are shown (#28)."""
 """Tasks whose output a guild may confine to age-restricted channels."""
+SHOWN_IMAGE_TASKS = frozenset({"describe"})
+"""Tasks that look at members' images: in a classroom-safe server the safety classifier
+screens every image they are shown, and without one they are off."""
 
 DirectMessages = Literal["off", "text-only", "all"]
 """Which commands work where no server's rules apply (see ``Caller.private``)."""
@@ -186,6 +186,14 @@ class Admission:
         handle.add_done_callback(lambda: invoker._ended(self.row_id, handle))
         return handle
 
+    def release(self) -> None:
+        """The invocation goes on as another task's (a conversation turn the vision model
+        answers is describe's): its reservation is released and it leaves no row."""
+        if not self.settled:
+            self.settled = True
+            if self.reservation is not None:
+                self.reservation.release()
+
     def refuse(self, error: BaseException) -> None:
         """The invocation ends without a job: release the reservation, record one row."""
         if self.settled:
@@ -219,14 +227,20 @@ class Invoker:
     def allows(self, task: str, caller: Caller) -> bool:
         """Whether ``caller`` may use ``task`` where they are (the direct-message policy and
         the server's rules), recording nothing: to offer only buttons that can work."""
+        return self.why_not(task, caller) is None
+
+    def why_not(self, task: str, caller: Caller) -> CommandDisabled | None:
+        """What keeps ``caller`` from ``task`` where they are, if anything; records nothing."""
         try:
+            if task not in self.executor.tasks:
+                raise CommandDisabled(f"/{task} is not served by this bot")
             if caller.private:
                 self._check_private(task)
             elif caller.guild_id is not None:
                 self._check_guild(self.guilds.get(caller.guild_id), task, caller)
-        except CommandDisabled:
-            return False
-        return True
+        except CommandDisabled as exc:
+            return exc
+        return None
 
     def admit(self, task: str, caller: Caller, request: Any = None) -> Admission:
         """Check everything that needs no I/O, in one synchronous step, and reserve the
@@ -303,17 +317,17 @@ class Invoker:
                 f"/{task} works in servers only; in direct messages this bot answers text commands"
             )
 
-    @staticmethod
-    def _check_guild(guild: GuildSettings, task: str, caller: Caller) -> None:
+    def _check_guild(self, guild: GuildSettings, task: str, caller: Caller) -> None:
         if guild.enabled_commands is not None and task not in guild.enabled_commands:
             raise CommandDisabled(f"/{task} is turned off in this server")
         allowed = guild.allowed_channels
         if allowed is not None and not {caller.channel_id, caller.parent_id} & set(allowed):
             raise CommandDisabled(f"/{task} cannot be used in this channel")
-        if task in SHOWN_IMAGE_TASKS and guild.classroom_safe:
+        screens = getattr(self.executor.tasks[task], "safety_model", None) is not None
+        if task in SHOWN_IMAGE_TASKS and guild.classroom_safe and not screens:
             raise CommandDisabled(
-                f"/{task} cannot yet screen the images it is shown, so it is off in this "
-                "classroom-safe server"
+                f"/{task} is off in this classroom-safe server until the bot's owner sets an "
+                "image safety filter (BOT_IMAGINE__SAFETY_MODEL) to screen the images it is shown"
             )
         if (
             task in IMAGE_TASKS
@@ -325,6 +339,8 @@ class Invoker:
     def apply_guild_rules(self, guild: GuildSettings, task: str, request: Any) -> Any:
         """What a server adds to a request: its refused words and negative prompt for
         images, and, when classroom-safe, a safety filter that must be there."""
+        if task in SHOWN_IMAGE_TASKS:
+            return dataclasses.replace(request, screen=True) if guild.classroom_safe else request
         if task not in IMAGE_TASKS:
             return request
         handler = self.executor.tasks[task]

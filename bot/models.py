@@ -169,7 +169,7 @@ def requirements(settings: Settings, tasks: Sequence[str] = ()) -> list[Requirem
         if task == "translate":
             for pair, model in settings.translate.pair_models.items():
                 found.append(Requirement(task, pair, model, "BOT_TRANSLATE__PAIR_MODELS"))
-        elif task == "imagine" and settings.imagine.safety_model:
+        elif task in ("imagine", "describe") and settings.imagine.safety_model:
             found.append(
                 Requirement(task, "safety model", settings.imagine.safety_model,
                             "BOT_IMAGINE__SAFETY_MODEL")

@@ -8,9 +8,14 @@ Images are opened in the worker, never on the event loop.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import PurePath
+from urllib.parse import urlsplit
 
 import discord
+from discord.http import HTTPClient
 
 from bot.delivery import Reply
 from handlers.audio import over
@@ -19,6 +24,30 @@ from handlers.describe import DescribeRequest, DescribeResult
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 """What a file with no content type is taken to be an image by."""
+DISCORD_MEDIA_HOSTS = ("media.discordapp.net", "cdn.discordapp.com")
+"""Where Discord serves the images it unfurled from links: nothing else is fetched, so a
+message cannot make the bot request an address of its choosing."""
+
+
+@dataclass(frozen=True)
+class Picture:
+    """An image a message shows: an attached file, an image Discord unfurled from a link in
+    it, or either of a message it forwards."""
+
+    message_id: int
+    position: int
+    """Its place among the message's pictures: with the message, what its description is
+    kept under."""
+    size: int | None
+    """Bytes, where Discord says before the download (not for an unfurled link)."""
+    spoiler: bool
+    explicit: bool
+    """Discord's own explicit-content flag."""
+    fetch: Callable[[], Awaitable[bytes]]
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.message_id, self.position
 
 
 def is_image(attachment: discord.Attachment) -> bool:
@@ -28,37 +57,86 @@ def is_image(attachment: discord.Attachment) -> bool:
     return PurePath(attachment.filename).suffix.lower() in IMAGE_SUFFIXES
 
 
-def images_of(message: discord.Message) -> list[discord.Attachment]:
-    return [a for a in message.attachments if is_image(a)]
+def _unfurled(embed: discord.Embed) -> tuple[str, discord.AttachmentFlags] | None:
+    """The proxied address and flags of the image an embed shows, if Discord serves it."""
+    for media in (embed.image, embed.thumbnail if embed.type in ("image", "article") else None):
+        url = getattr(media, "proxy_url", None) if media else None
+        if url:
+            parts = urlsplit(url)
+            if parts.scheme == "https" and parts.hostname in DISCORD_MEDIA_HOSTS:
+                return url, media.flags  # type: ignore[union-attr]
+    return None
+
+
+def pictures_of(message: discord.Message, http: HTTPClient) -> list[Picture]:
+    """Every image ``message`` shows, its attachments first, then its forwards'."""
+    sources: list[tuple[list[discord.Attachment], list[discord.Embed]]] = [
+        (message.attachments, message.embeds),
+        *((snapshot.attachments, snapshot.embeds) for snapshot in message.message_snapshots),
+    ]
+    found: list[Picture] = []
+    for attachments, embeds in sources:
+        for attachment in attachments:
+            if is_image(attachment):
+                found.append(Picture(
+                    message.id, len(found), attachment.size, attachment.is_spoiler(),
+                    attachment.flags.contains_explicit_media, attachment.read,
+                ))  # fmt: skip
+        for embed in embeds:
+            unfurled = _unfurled(embed)
+            if unfurled is not None:
+                url, flags = unfurled
+                found.append(Picture(
+                    message.id, len(found), None, False, flags.contains_explicit_media,
+                    functools.partial(http.get_from_cdn, url),
+                ))  # fmt: skip
+    return found
+
+
+def attached(message_id: int, attachment: discord.Attachment) -> Picture:
+    """One attached file as a picture (a command's option)."""
+    return Picture(
+        message_id, 0, attachment.size, attachment.is_spoiler(),
+        attachment.flags.contains_explicit_media, attachment.read,
+    )  # fmt: skip
 
 
 def check_images(
-    attachments: list[discord.Attachment], max_images: int, max_bytes: int, age_restricted: bool
+    pictures: Sequence[Picture], max_images: int, max_bytes: int, age_restricted: bool
 ) -> None:
-    """Refuse, before downloading, what is not an image, too many, too large to fetch, or
-    marked explicit by Discord outside an age-restricted channel."""
-    if len(attachments) > max_images:
-        raise InvalidInput("image", f"{len(attachments)} images; at most {max_images} at a time")
-    for attachment in attachments:
-        if not is_image(attachment):
-            raise InvalidInput("image", "is not an image")
-        if attachment.size > max_bytes:
-            raise InvalidInput("image", over(attachment.size, max_bytes))
-        if attachment.flags.contains_explicit_media and not age_restricted:
+    """Refuse, before downloading, too many images, one too large to fetch, or one marked
+    explicit by Discord outside an age-restricted channel."""
+    if len(pictures) > max_images:
+        raise InvalidInput("image", f"{len(pictures)} images; at most {max_images} at a time")
+    for picture in pictures:
+        if picture.size is not None and picture.size > max_bytes:
+            raise InvalidInput("image", over(picture.size, max_bytes))
+        if picture.explicit and not age_restricted:
             raise InvalidInput(
                 "image", "is marked explicit by Discord; ask in an age-restricted channel"
             )
 
 
-async def read_images(
-    attachments: list[discord.Attachment], question: str = "", max_new_tokens: int | None = None
-) -> DescribeRequest:
-    """The request for some images, checked already: downloaded (never opened here)."""
+async def download(pictures: Sequence[Picture], max_bytes: int) -> tuple[bytes, ...]:
+    """The images' files (checked already, never opened here), none over ``max_bytes``."""
     try:
-        images = tuple([await attachment.read() for attachment in attachments])
+        images = tuple([await picture.fetch() for picture in pictures])
     except discord.HTTPException as exc:
         raise InvalidInput("image", "could not be downloaded from Discord; try again") from exc
-    return DescribeRequest(images, question, max_new_tokens)
+    for data in images:
+        if len(data) > max_bytes:  # an unfurled image, whose size nobody said before
+            raise InvalidInput("image", over(len(data), max_bytes))
+    return images
+
+
+async def read_images(
+    pictures: Sequence[Picture],
+    max_bytes: int,
+    question: str = "",
+    max_new_tokens: int | None = None,
+) -> DescribeRequest:
+    """The request for some images, checked already: downloaded (never opened here)."""
+    return DescribeRequest(await download(pictures, max_bytes), question, max_new_tokens)
 
 
 def hidden(reply: Reply) -> Reply:

@@ -148,6 +148,15 @@ class DescribeSettings(BaseModel):
     applies its own rules (SmolVLM's reads up to 2048 px a side: text stays legible)."""
     default_new_tokens: int = Field(default=256, ge=1)
     """Longest description, in tokens."""
+    conversation_images: int = Field(default=2, ge=0, le=8)
+    """How many of a conversation's newest images the vision model is shown when it answers
+    a turn: while the turns the model reads hold one, it answers them, with the persona and
+    memory. Older images reach it as a line describing each, made once and kept with the
+    conversation's memory. 0: the chat model answers every turn, with each image as that
+    line."""
+    context_tokens: int = Field(default=8192, ge=512)
+    """The most a conversation turn's prompt, its images and the answer may take on the
+    vision model (below the model's own limit); the oldest turns are left out first."""
 
 
 class TranscribeSettings(BaseModel):

@@ -343,6 +343,10 @@ class UsageLog:
                     "DELETE FROM transcripts WHERE conversation_id NOT IN "
                     "(SELECT id FROM conversations)"
                 )
+                await self._db.execute(
+                    "DELETE FROM image_descriptions WHERE conversation_id NOT IN "
+                    "(SELECT id FROM conversations)"
+                )
                 await self._db.commit()
         except (sqlite3.Error, ValueError) as exc:
             log.warning("could not apply usage retention: %s", exc)

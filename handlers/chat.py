@@ -155,6 +155,11 @@ class ChatWindow:
         return text[: offsets[tokens][0]] if tokens > 0 else ""
 
 
+def with_summary(system: str, summary: str) -> str:
+    """The system prompt, with what a conversation's earlier turns were folded into."""
+    return f"{system}\n\nEarlier in this conversation: {summary}" if summary else system
+
+
 def model_context(config: Any) -> int | None:
     """Positions the model was built for, under whichever name its config uses."""
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
@@ -425,9 +430,7 @@ class ChatTask(Task[ChatRequest, ChatResult]):
         """The conversation as chat-template messages; a member's turns carry their name,
         and turns in a row from one side are joined, as many templates require them to
         alternate."""
-        system = request.system or self.system_prompt
-        if request.summary:
-            system = f"{system}\n\nEarlier in this conversation: {request.summary}"
+        system = with_summary(request.system or self.system_prompt, request.summary)
         turns = [*request.history, ChatTurn("user", request.message, request.name)]
         if turns[0].role == "assistant":  # cut after a member's turn: templates want one first
             turns.insert(0, ChatTurn("user", CONTINUING))

@@ -17,7 +17,7 @@ import logging
 import math
 import struct
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -36,12 +36,26 @@ from handlers.base import (
     TaskKind,
     check_text,
     from_pretrained,
+    module_bytes,
 )
-from handlers.chat import BatchStreamer, Rows, stop_token_ids
+from handlers.chat import (
+    CONTINUING,
+    MAX_TURNS,
+    BatchStreamer,
+    ChatTurn,
+    Rows,
+    model_context,
+    stop_token_ids,
+    with_summary,
+)
+from handlers.safety import SafetyClassifier
 
 log = logging.getLogger(__name__)
 
 COST_PER_IMAGE = 2**20
+CONVERSATION_CHARS = 2**16
+"""A bound on each text of a conversation turn, checked before anything is tokenised: the
+front end has already fitted them to the chat model's window."""
 
 DESCRIBE = "Describe this image in a few sentences. Read out any text it contains."
 DESCRIBE_EACH = (
@@ -49,18 +63,38 @@ DESCRIBE_EACH = (
     "After each description, write one short line of alt text starting with 'Alt text:'."
 )
 """What the Describe image menu asks: a description of each image, and its alt text."""
+IN_BRIEF = "Describe this image in one or two sentences, and quote any text it shows."
+"""What an image of a conversation is remembered by once the model is no longer shown it."""
 
 
 @dataclass(frozen=True)
 class DescribeRequest:
-    USER_TEXT: ClassVar[frozenset[str]] = frozenset({"question"})
-    """The question is the member's; the images (bytes) never reach the log at all."""
+    USER_TEXT: ClassVar[frozenset[str]] = frozenset(
+        {"question", "system", "summary", "history", "name"}
+    )
+    """What members wrote; the images (bytes) never reach the log at all."""
 
     images: tuple[bytes, ...]
     """The files as the member sent them (PNG, JPEG, WebP, GIF...)."""
     question: str = ""
     """What to ask about them; empty asks for a description."""
     max_new_tokens: int | None = None
+    system: str | None = None
+    """Set, the question is the newest turn of a conversation with this system prompt (its
+    persona), ``summary`` and ``history`` before it; None asks about the images alone."""
+    summary: str = ""
+    history: tuple[ChatTurn, ...] = ()
+    name: str | None = None
+    """Who asked the question, in a conversation."""
+    images_per_turn: tuple[int, ...] = ()
+    """In a conversation, how many of ``images`` each turn of ``history`` and then the
+    question shows, in order; empty: the question shows them all."""
+    screen: bool = False
+    """Refuse an image the safety classifier flags (a classroom-safe server)."""
+
+    def counts(self) -> list[int]:
+        """Images shown by each turn: those of ``history``, then the question's."""
+        return list(self.images_per_turn) or [0] * len(self.history) + [len(self.images)]
 
 
 @dataclass(frozen=True)
@@ -79,6 +113,9 @@ class VisionModel:
     device: str
     dtype: torch.dtype
     stop_ids: frozenset[int]
+    context: int
+    """Tokens a prompt, its images and the answer may take together."""
+    safety: SafetyClassifier | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +176,9 @@ class DescribeTask(Task[DescribeRequest, DescribeResult]):
         max_chars: int = 2000,
         default_new_tokens: int = 256,
         max_new_tokens: int = 1024,
+        context_tokens: int = 8192,
+        safety_model: str | None = None,
+        safety_threshold: float = 0.5,
     ) -> None:
         self.max_images = max_images
         self.max_bytes = max_bytes
@@ -146,6 +186,11 @@ class DescribeTask(Task[DescribeRequest, DescribeResult]):
         self.max_chars = max_chars
         self.default_new_tokens = default_new_tokens
         self.max_new_tokens = max_new_tokens
+        self.context_tokens = context_tokens
+        """The most a prompt, its images and the answer may take, below the model's own."""
+        self.safety_model = safety_model
+        """The classifier that screens images in classroom-safe servers (/imagine's)."""
+        self.safety_threshold = safety_threshold
 
     def new_tokens(self, request: DescribeRequest) -> int:
         return request.max_new_tokens or self.default_new_tokens
@@ -162,10 +207,34 @@ class DescribeTask(Task[DescribeRequest, DescribeResult]):
                 raise InvalidInput("image", "is empty")
             if len(data) > self.max_bytes:
                 raise InvalidInput("image", over(len(data), self.max_bytes))
-        check_text("question", request.question, self.max_chars, required=False)
         tokens = request.max_new_tokens
         if tokens is not None and not 1 <= tokens <= self.max_new_tokens:
             raise InvalidInput("max_new_tokens", f"must be between 1 and {self.max_new_tokens}")
+        if request.screen and self.safety_model is None:
+            raise InvalidInput("image", "cannot be screened: the bot has no image safety filter")
+        if request.system is None:
+            if request.history or request.summary or request.images_per_turn:
+                raise InvalidInput("system", "a conversation needs its system prompt")
+            check_text("question", request.question, self.max_chars, required=False)
+            return
+        for field, text in (("question", request.question), ("system", request.system),
+                            ("summary", request.summary)):  # fmt: skip
+            check_text(field, text, CONVERSATION_CHARS, required=False)
+        if len(request.history) > MAX_TURNS:
+            raise InvalidInput("history", f"has more than {MAX_TURNS} turns")
+        for turn in request.history:
+            if turn.role not in ("user", "assistant"):
+                raise InvalidInput("history", f"has a turn with the role {turn.role!r}")
+            check_text("history", turn.content, CONVERSATION_CHARS, required=False)
+        counts = request.counts()
+        if (
+            len(counts) != len(request.history) + 1
+            or min(counts) < 0
+            or sum(counts) != len(request.images)
+        ):
+            raise InvalidInput(
+                "images_per_turn", "must give each turn's number of the images, in order"
+            )
 
     def batch_key(self, request: DescribeRequest) -> Hashable:
         """The answer's length, and the number of images: every image adds hundreds of
@@ -188,19 +257,97 @@ class DescribeTask(Task[DescribeRequest, DescribeResult]):
             tokenizer.pad_token = tokenizer.eos_token
         model = from_pretrained(AutoModelForImageTextToText, spec).to(spec.device).eval()
         stops = stop_token_ids(processor.tokenizer, model.generation_config)
-        return VisionModel(processor, model, spec.device, spec.dtype, stops)
+        config = getattr(model.config, "text_config", None) or model.config
+        context = min(model_context(config) or self.context_tokens, self.context_tokens)
+        safety = None
+        if self.safety_model is not None:
+            safety = SafetyClassifier.load(self.safety_model, spec, self.safety_threshold)
+        return VisionModel(processor, model, spec.device, spec.dtype, stops, context, safety)
 
     def model_bytes(self, model: VisionModel) -> int:
-        return super().model_bytes(model.model)
+        return module_bytes(model.model, *([model.safety.model] if model.safety else []))
+
+    def messages(self, request: DescribeRequest) -> list[dict[str, Any]]:
+        """The chat-template messages: the question after its images, or, in a conversation,
+        the persona and summary, then each turn after the images it showed (turns in a row
+        from one side joined, as many templates require them to alternate)."""
+        question = request.question or DESCRIBE
+        if request.system is None:
+            parts = [*({"type": "image"} for _ in request.images)]
+            return [{"role": "user", "content": [*parts, {"type": "text", "text": question}]}]
+        turns = [*request.history, ChatTurn("user", question, request.name)]
+        counts = request.counts()
+        if turns[0].role == "assistant":  # cut after a member's turn: templates want one first
+            turns.insert(0, ChatTurn("user", CONTINUING))
+            counts.insert(0, 0)
+        system = with_summary(request.system, request.summary)
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": [{"type": "text", "text": system}]}
+        ]
+        for turn, count in zip(turns, counts, strict=True):
+            text = f"{turn.name}: {turn.content}" if turn.name else turn.content
+            parts = [*({"type": "image"} for _ in range(count)), {"type": "text", "text": text}]
+            if messages[-1]["role"] == turn.role:
+                messages[-1]["content"] += [{"type": "text", "text": "\n\n"}, *parts]
+            else:
+                messages.append({"role": turn.role, "content": parts})
+        return messages
+
+    def _prompt(self, processor: Any, request: DescribeRequest) -> str:
+        return processor.apply_chat_template(self.messages(request), add_generation_prompt=True)
+
+    def _fit(
+        self, model: VisionModel, request: DescribeRequest, images: list[Image.Image]
+    ) -> DescribeRequest:
+        """A conversation cut to the model's window with its images: the oldest turns go
+        first, never one that shows an image; refused when even those do not fit."""
+        budget = model.context - self.new_tokens(request)
+
+        def tokens(cut: DescribeRequest) -> int:
+            inputs = model.processor(
+                text=[self._prompt(model.processor, cut)], images=[images],
+                add_special_tokens=False,
+            )  # fmt: skip
+            return len(inputs["input_ids"][0])
+
+        if request.system is None or tokens(request) <= budget:
+            return request
+        counts = request.counts()
+        first_shown = next(i for i, count in enumerate(counts) if count)
+        history = request.history
+        starts = [
+            i for i in range(1, first_shown + 1) if i == len(history) or history[i].role == "user"
+        ]  # cuts just before a member's turn, keeping every turn that shows an image
+
+        def cut(start: int) -> DescribeRequest:
+            return replace(
+                request,
+                history=history[start:],
+                images_per_turn=tuple(counts[start:]),
+            )
+
+        fitting = [start for start in starts if tokens(cut(start)) <= budget][:1]
+        if not fitting:
+            raise InvalidInput(
+                "image",
+                "these images and the conversation around them do not fit the model's "
+                f"window of {model.context} tokens; show fewer images, or reply `reset`",
+            )
+        return cut(fitting[0])
 
     def run_batch(
         self, model: VisionModel, requests: Sequence[DescribeRequest], ctx: BatchContext
     ) -> list[Any]:
         outputs: list[Any] = [None] * len(requests)
         opened: dict[int, list[Opened]] = {}
+        fitted: dict[int, DescribeRequest] = {}
         for row, request in enumerate(requests):
             try:
-                opened[row] = [open_image(data, self.max_pixels) for data in request.images]
+                images = [open_image(data, self.max_pixels) for data in request.images]
+                if request.screen:
+                    self._screen(model, [o.image for o in images])
+                fitted[row] = self._fit(model, request, [o.image for o in images])
+                opened[row] = images
             except HandlerError as exc:
                 outputs[row] = exc
             except Exception as exc:  # a decoder's own bug: this request fails, not its batch
@@ -210,18 +357,8 @@ class DescribeTask(Task[DescribeRequest, DescribeResult]):
         if not rows:
             return outputs
         processor = model.processor
-        prompts = [
-            processor.apply_chat_template(
-                [{"role": "user", "content": [
-                    *({"type": "image"} for _ in opened[row]),
-                    {"type": "text", "text": requests[row].question or DESCRIBE},
-                ]}],
-                add_generation_prompt=True,
-            )
-            for row in rows
-        ]  # fmt: skip
         inputs = processor(
-            text=prompts,
+            text=[self._prompt(processor, fitted[row]) for row in rows],
             images=[[o.image for o in opened[row]] for row in rows],
             return_tensors="pt",
             padding=True,
@@ -252,3 +389,16 @@ class DescribeTask(Task[DescribeRequest, DescribeResult]):
                 first_frames=sum(o.animated for o in opened[row]),
             )
         return outputs
+
+    @staticmethod
+    def _screen(model: VisionModel, images: list[Image.Image]) -> None:
+        """Refuse images the safety classifier flags, as /imagine withholds what it draws."""
+        if model.safety is None:
+            raise InvalidInput("image", "cannot be screened: the bot has no image safety filter")
+        flagged = sum(model.safety.flags(images))
+        if flagged:
+            raise InvalidInput(
+                "image",
+                f"{flagged} of the images looks unsafe to the safety filter, and this server "
+                "is classroom-safe, so I do not describe it",
+            )

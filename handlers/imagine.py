@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from huggingface_hub import try_to_load_from_cache
 from PIL import Image, ImageDraw, ImageFont
-from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from handlers.base import (
     BatchContext,
@@ -48,6 +47,7 @@ from handlers.base import (
     raise_if_stopped,
 )
 from handlers.errors import terms_pattern
+from handlers.safety import SafetyClassifier
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,6 @@ MAX_SEED = 2**32 - 1
 
 MAX_GUIDANCE = 30.0
 MIN_SIDE, MAX_SIDE = 64, 2048
-
-NSFW_LABELS = frozenset({"nsfw", "porn", "hentai", "sexy", "explicit", "unsafe"})
-"""Classifier labels (lower case) whose probabilities add up to an image's unsafe score."""
 
 ASSUMED_NATIVE = 768
 """Budget for a request without ``size`` before the model is known: SD 2.1's native size."""
@@ -102,13 +99,6 @@ class ImagineResult:
     guidance: float
     flagged: int
     """How many of ``images`` are notices because the safety filter withheld them."""
-
-
-@dataclass
-class SafetyClassifier:
-    processor: Any
-    model: torch.nn.Module
-    unsafe_labels: list[int]
 
 
 @dataclass
@@ -336,19 +326,7 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         self._speed_up(pipe, native, spec.source)
         safety = None
         if self.safety_model is not None:
-            safety_spec = LoadSpec(self.safety_model, spec.device, spec.dtype)
-            classifier = from_pretrained(AutoModelForImageClassification, safety_spec)
-            processor = AutoImageProcessor.from_pretrained(
-                self.safety_model, trust_remote_code=False
-            )
-            labels = classifier.config.id2label
-            unsafe = [i for i, label in labels.items() if label.lower() in NSFW_LABELS]
-            if not unsafe:
-                raise ValueError(
-                    f"{self.safety_model} has no label among {sorted(NSFW_LABELS)}: "
-                    f"{sorted(labels.values())}"
-                )
-            safety = SafetyClassifier(processor, classifier.to(spec.device).eval(), unsafe)
+            safety = SafetyClassifier.load(self.safety_model, spec, self.safety_threshold)
         return ImagineModel(pipe, native, safety)
 
     def _speed_up(self, pipe: Any, native: int, source: str) -> None:
@@ -433,7 +411,7 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
             # The pipeline's own safety checker, where it has one, has already voted.
             flagged = getattr(output, "nsfw_content_detected", None) or [False] * len(pixels)
             if model.safety is not None:
-                unsafe = self._classify(model.safety, pixels)
+                unsafe = model.safety.flags(pixels)
                 flagged = [a or b for a, b in zip(flagged, unsafe, strict=True)]
         kept = [None if flag else image for image, flag in zip(pixels, flagged, strict=True)]
 
@@ -444,14 +422,6 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
             start += request.count
             outputs.append(ImagineOutput(mine, seed, width, height, steps, guidance))
         return outputs
-
-    def _classify(self, safety: SafetyClassifier, pixels: list[np.ndarray]) -> list[bool]:
-        """Whether each image's unsafe labels together score above the threshold."""
-        inputs = safety.processor(images=pixels, return_tensors="pt")
-        values = inputs["pixel_values"].to(safety.model.device, safety.model.dtype)
-        probs = safety.model(pixel_values=values).logits.float().softmax(dim=-1)
-        scores = probs[:, safety.unsafe_labels].sum(dim=-1)
-        return (scores > self.safety_threshold).tolist()
 
     def finish(self, output: ImagineOutput) -> ImagineResult:
         images = [

@@ -4,6 +4,7 @@ with Pillow."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import itertools
 import json
@@ -36,7 +37,7 @@ from bot.executor import (
 from bot.executor.job import JobEvent
 from bot.invocations import Admission, Caller, Invoker, describe
 from handlers.base import BatchStopped, InvalidInput, LoadSpec
-from handlers.chat import BatchStreamer
+from handlers.chat import BatchStreamer, ChatTurn
 from handlers.describe import (
     DESCRIBE,
     DescribeRequest,
@@ -45,7 +46,7 @@ from handlers.describe import (
     VisionModel,
     open_image,
 )
-from tests.tinymodels import build_vision
+from tests.tinymodels import Verdict, build_safety_classifier, build_vision
 
 pytestmark = [
     pytest.mark.filterwarnings(
@@ -599,8 +600,8 @@ def test_describe_keeps_the_images_out_of_the_logged_options() -> None:
             "lists of bytes as well"
         )
         assert "secret-picture" not in stored and len(stored) < 200
-        assert private == {"question": QUESTION}
-    assert describe(request)[0] == {"max_new_tokens": 40}
+        assert private["question"] == QUESTION and private["history"] == ()
+    assert describe(request)[0] == {"max_new_tokens": 40, "images_per_turn": (), "screen": False}
 
 
 @pytest.mark.parametrize("log_prompts", [False, True], ids=["prompts-off", "prompts-logged"])
@@ -743,10 +744,102 @@ def test_the_cli_s_usage_row_holds_the_question_but_no_image(
         ).fetchall()
     assert [status for status, *_ in rows] == ["ok", "invalid"], rows
     (_, options, prompt, size), (_, refused_options, _, refused_size) = rows
-    assert json.loads(prompt) == {"question": QUESTION}
+    assert json.loads(prompt)["question"] == QUESTION
     assert (size, refused_size) == (len(picture("red")) + len(QUESTION), len(secret))
     for stored in (options, refused_options):
         assert "secret-picture" not in stored and "PNG" not in stored, (
             f"BUG bot/invocations.py describe: the usage database's options hold the image "
             f"bytes: {stored[:80]}..."
         )
+
+
+# 8. A turn of a conversation, with its persona, memory and earlier images
+
+PERSONA = "You are the biology study group's tutor."
+
+
+def conversation(**changes: Any) -> DescribeRequest:
+    """Alice showed a red image, the bot answered, and now Bob shows a blue one."""
+    request = DescribeRequest(
+        (picture("red"), picture("blue")),
+        "which one is brighter?",
+        max_new_tokens=4,
+        system=PERSONA,
+        summary="they revise cell biology",
+        history=(
+            ChatTurn("user", "hello everyone", "carol"),
+            ChatTurn("assistant", "hello carol"),
+            ChatTurn("user", "look at this slide", "alice"),
+            ChatTurn("assistant", "a red slide"),
+        ),
+        name="bob",
+        images_per_turn=(0, 0, 1, 0, 1),
+    )
+    return dataclasses.replace(request, **changes)
+
+
+def test_a_turn_reaches_the_model_with_each_image_in_the_turn_that_showed_it(
+    model: VisionModel, spy: Spy
+) -> None:
+    result = one(model, conversation())
+
+    assert isinstance(result, DescribeResult) and result.images == 2
+    prompt = model.processor.tokenizer.decode(spy.prompts[0][0])
+    said = [as_said(model, text) for text in (
+        PERSONA, "they revise cell biology", "carol: hello everyone", "hello carol",
+        "alice: look at this slide", "a red slide", "bob: which one is brighter?",
+    )]  # fmt: skip
+    places = [prompt.index(text) for text in said]
+    assert places == sorted(places), prompt
+    images = [i for i in range(len(prompt)) if prompt.startswith("<global-img>", i)]
+    assert len(images) == 2
+    # Alice's image inside her turn, before her words; Bob's inside his.
+    assert places[3] < images[0] < places[4] < places[5] < images[1] < places[6]
+    assert [len(row) for row in spy.images[-1]] == [2]
+
+
+def test_a_conversation_is_refused_when_its_images_are_not_counted_right() -> None:
+    task = DescribeTask()
+    assert refusal(task, conversation(images_per_turn=(0, 0, 1, 0, 0))).option == (
+        "images_per_turn"
+    )
+    assert refusal(task, conversation(images_per_turn=(1, 1))).option == "images_per_turn"
+    assert refusal(task, conversation(system=None)).option == "system"
+    task.validate(conversation())
+
+
+def test_older_turns_are_left_out_to_fit_the_window_never_one_with_an_image(
+    vision_dir: Path, model: VisionModel, spy: Spy
+) -> None:
+    whole = one(model, conversation())
+    assert isinstance(whole, DescribeResult)
+    length = len(spy.prompts[-1][0])
+    small = DescribeTask(context_tokens=length)  # 4 new tokens over: carol's turns go
+    cut_model = dataclasses.replace(model, context=length)
+    result = one(cut_model, conversation(), small)
+    assert isinstance(result, DescribeResult)
+    prompt = model.processor.tokenizer.decode(spy.prompts[-1][0])
+    assert as_said(model, "carol: hello everyone") not in prompt
+    assert as_said(model, "alice: look at this slide") in prompt
+    assert prompt.count("<global-img>") == 2
+
+    tiny = dataclasses.replace(model, context=60)
+    refused = one(tiny, conversation(), DescribeTask(context_tokens=60))
+    assert_clear_refusal(refused, "image", "do not fit", "reset")
+
+
+def test_a_classroom_safe_request_is_screened_by_the_safety_classifier(
+    vision_dir: Path, tmp_path: Path, model: VisionModel
+) -> None:
+    flagged_dir = build_safety_classifier(tmp_path / "always", Verdict.ALWAYS)
+    spec = LoadSpec(str(vision_dir), "cpu", torch.float32)
+    screened = DescribeTask(safety_model=str(flagged_dir))
+    loaded = screened.load(spec)
+    assert loaded.safety is not None
+    request = DescribeRequest((picture("red"),), QUESTION, 2, screen=True)
+    assert_clear_refusal(one(loaded, request, screened), "image", "safety filter", "classroom")
+    unscreened = dataclasses.replace(request, screen=False)
+    assert isinstance(one(loaded, unscreened, screened), DescribeResult)
+    passing = DescribeTask(safety_model=str(build_safety_classifier(tmp_path / "n", Verdict.NEVER)))
+    assert isinstance(one(passing.load(spec), request, passing), DescribeResult)
+    assert refusal(DescribeTask(), request).option == "image"  # no filter: never unscreened

@@ -12,7 +12,7 @@ from PIL import Image
 
 from bot.cogs.seeing import PROMPT_CHARS, prompt_from
 from handlers.audio import over
-from handlers.describe import DESCRIBE_EACH, DescribeRequest
+from handlers.describe import DESCRIBE_EACH, IN_BRIEF, DescribeRequest
 from tests.test_discord import (  # noqa: F401 - harness, simcord_bot, stack: fixtures
     Harness,
     harness,
@@ -160,12 +160,21 @@ async def test_a_spoiler_is_described_behind_a_spoiler_and_explicit_media_is_ref
     assert len(described(harness)) == 1
 
 
-async def test_classroom_safe_servers_do_not_describe_images_yet(harness: Harness) -> None:
+async def test_classroom_safe_servers_screen_images_or_refuse_without_a_filter(
+    harness: Harness,
+) -> None:
     s = await scene(harness)
     await harness.bot.guild_settings.update(s.guild.id, classroom_safe=True)
     refused = await s.alice.slash(s.channel, "describe", image=("a.png", png()))
     assert refused.ephemeral and "off in this classroom-safe server" in refused.response.content
+    assert "BOT_IMAGINE__SAFETY_MODEL" in refused.response.content
     assert described(harness) == []
+    harness.tasks["describe"].real.safety_model = "a-safety-classifier"  # type: ignore[attr-defined]
+    result = await s.alice.slash(s.channel, "describe", image=("a.png", png()))
+    await harness.finish()
+    assert "a teal square" in result.response.content
+    (request,) = described(harness)
+    assert request.screen  # the worker's classifier judges it before the model sees it
 
 
 async def test_the_menu_gives_each_image_its_share_of_the_answer(harness: Harness) -> None:
@@ -187,3 +196,180 @@ def test_a_prompt_drops_escapes_and_the_bots_own_lines() -> None:
     text = "\\# A \\[slide\\] on **mitosis**\n**Alt text:** a slide\n*(full text attached)*"
     assert prompt_from(text) == "# A [slide] on **mitosis**"
     assert prompt_from("*(no description)*") == ""
+
+
+# Images in conversations
+
+
+def chats(h: Harness) -> list[Any]:
+    return [request for run in h.tasks["chat"].runs for request in run]
+
+
+def mention(h: Harness, text: str) -> str:
+    assert h.bot.user is not None
+    return f"{h.bot.user.mention} {text}"
+
+
+async def talk(h: Harness, member: Any, channel: Any, text: str, **kwargs: Any) -> Any:
+    """A member's message, then the bot's last answer once every job has its reply."""
+    await member.send(channel, text, **kwargs)
+    await h.finish()
+    assert h.bot.user is not None
+    return [m for m in channel.history() if m.author.id == h.bot.user.id][-1]
+
+
+async def test_a_mention_with_an_image_is_answered_by_the_vision_model(harness: Harness) -> None:
+    s = await scene(harness)
+    answer = await talk(
+        harness, s.alice, s.channel, mention(harness, "what is on this slide?"),
+        attachments=[("slide.png", png("red"))],
+    )  # fmt: skip
+    assert answer.content == "1 image(s): a teal square"
+    (request,) = described(harness)
+    assert request.images == (png("red"),) and request.question == "what is on this slide?"
+    assert request.name == "alice" and request.history == () and request.images_per_turn == (1,)
+    assert request.system == harness.bot.settings.chat.system_prompt
+    assert chats(harness) == []
+    await harness.bot.usage.flush()
+    assert [(r["task"], r["status"]) for r in harness.rows()] == [("describe", "ok")]
+
+
+async def test_an_earlier_image_is_still_seen_and_past_the_budget_becomes_its_description(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    harness.bot.settings.describe.conversation_images = 1
+    first = await talk(
+        harness, s.alice, s.channel, mention(harness, "what is this?"),
+        attachments=[("cell.png", png("red"))],
+    )  # fmt: skip
+    second = await talk(harness, s.alice, s.channel, "and its nucleus?", reply_to=first)
+    *_, follow_up = described(harness)
+    assert follow_up.images == (png("red"),) and follow_up.images_per_turn == (1, 0, 0)
+    assert follow_up.history[0].content == "what is this?"
+    await talk(
+        harness, s.bob, s.channel, mention(harness, "compare with mine"), reply_to=second,
+        attachments=[("mine.png", png("blue"))],
+    )  # fmt: skip
+    *_, brief, third = described(harness)
+    assert brief.images == (png("red"),) and brief.question == IN_BRIEF
+    assert third.images == (png("blue"),) and third.images_per_turn == (0, 0, 0, 0, 1)
+    assert third.history[0].content == "what is this?\n[image: 1 image(s): a teal square]"
+    count = len(described(harness))
+    await talk(harness, s.bob, s.channel, mention(harness, "thanks"), reply_to=second)
+    assert len(described(harness)) == count + 1  # the description is kept, not made again
+
+
+async def test_a_text_only_chat_is_handed_each_image_as_its_description(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    harness.bot.settings.describe.conversation_images = 0
+    answer = await talk(
+        harness, s.alice, s.channel, mention(harness, "what is this?"),
+        attachments=[("cell.png", png("red"))],
+    )  # fmt: skip
+    (brief,) = described(harness)
+    assert brief.images == (png("red"),) and brief.question == IN_BRIEF
+    (request,) = chats(harness)
+    assert request.message == "what is this?\n[image: 1 image(s): a teal square]"
+    assert answer.content.startswith("echo: what is this?")
+
+
+async def test_a_member_who_cannot_read_the_chain_is_not_shown_its_images(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    no_history = discord.PermissionOverwrite(read_message_history=False)
+    notes = s.guild.create_text_channel("notes", overwrites={s.alice: no_history})
+    shown = await talk(
+        harness, s.bob, notes, mention(harness, "the answers"),
+        attachments=[("answers.png", png("red"))],
+    )  # fmt: skip
+    await talk(harness, s.alice, notes, mention(harness, "what were they?"), reply_to=shown)
+    (bobs,) = described(harness)
+    assert bobs.images == (png("red"),)
+    (request,) = chats(harness)  # alice's turn: her own words, nothing of bob's image
+    assert request.message == "what were they?" and request.history == ()
+
+
+async def test_images_in_a_conversation_are_refused_in_one_line(harness: Harness) -> None:
+    s = await scene(harness)
+    harness.bot.settings.describe.max_images = 1
+    many = await talk(
+        harness, s.alice, s.channel, mention(harness, "these?"),
+        attachments=[("a.png", png()), ("b.png", png())],
+    )  # fmt: skip
+    assert "2 images; at most 1 at a time" in many.content
+    backend = harness.env.backend
+    (photo,) = backend.store_attachments(s.channel.id, [("photo.png", png())])
+    photo.update(content_type="image/png", flags=16)  # Discord: contains explicit media
+    backend.create_message(s.channel.id, s.alice.id, mention(harness, "this?"), attachments=[photo])
+    await harness.env.settle()
+    await harness.finish()
+    assert harness.bot.user is not None
+    *_, explicit = [m for m in s.channel.history() if m.author.id == harness.bot.user.id]
+    assert "marked explicit by Discord" in explicit.content
+    assert described(harness) == [] and chats(harness) == []
+    await harness.bot.guild_settings.update(s.guild.id, enabled_commands=["chat"])
+    off = await talk(
+        harness, s.alice, s.channel, mention(harness, "this?"), attachments=[("a.png", png())]
+    )
+    assert "/describe is turned off in this server" in off.content
+    assert described(harness) == [] and chats(harness) == []
+
+
+async def test_an_image_in_a_direct_message_follows_the_policy(harness: Harness) -> None:
+    s = await scene(harness)
+    backend = harness.env.backend
+    files = backend.store_attachments(backend.get_dm_channel(s.alice.id).id, [("a.png", png())])
+    await s.alice.send_dm("what is this?", attachments=files)
+    await harness.finish()
+    dm = s.alice.user.dm_channel
+    (answer,) = [m for m in dm.history() if m.author.id != s.alice.id]
+    assert "works in servers only" in answer.content
+    assert described(harness) == [] and chats(harness) == []
+
+
+def unfurled(h: Harness, host: str, data: bytes) -> dict[str, Any]:
+    """An embed as Discord unfurls a link to an image, its copy served from ``host``."""
+    proxied = f"https://{host}/external/abc/https/example.org/cat.png"
+    h.env.backend.cdn._blobs[proxied] = data
+    image = {"url": "https://example.org/cat.png", "proxy_url": proxied, "width": 16,
+             "height": 16}  # fmt: skip
+    return {"type": "image", "url": "https://example.org/cat.png", "thumbnail": image}
+
+
+async def test_an_image_unfurled_from_a_link_is_seen_from_discords_media_proxy_only(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    backend = harness.env.backend
+    assert harness.bot.user is not None
+    backend.create_message(
+        s.channel.id, s.alice.id, mention(harness, "https://example.org/cat.png what breed?"),
+        embeds=[unfurled(harness, "media.discordapp.net", png("orange"))],
+    )  # fmt: skip
+    await harness.env.settle()
+    await harness.finish()
+    (request,) = described(harness)
+    assert request.images == (png("orange"),)
+    backend.create_message(
+        s.channel.id, s.alice.id, mention(harness, "and this one?"),
+        embeds=[unfurled(harness, "evil.example", png("black"))],
+    )  # fmt: skip
+    await harness.env.settle()
+    await harness.finish()
+    assert len(described(harness)) == 1  # never fetched from elsewhere: a text turn
+    assert chats(harness)[-1].message == "and this one?"
+
+
+async def test_the_menu_describes_the_images_of_a_forwarded_message(harness: Harness) -> None:
+    s = await scene(harness)
+    original = await posted(harness, s.bob, s.channel, ("diagram.png", png("red")))
+    elsewhere = s.guild.create_text_channel("elsewhere")
+    forward = await s.alice.forward(original, elsewhere)
+    await s.alice.context_menu(elsewhere, "Describe image", forward)
+    await harness.finish()
+    (request,) = described(harness)
+    assert request.images == (png("red"),)

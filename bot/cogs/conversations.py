@@ -27,16 +27,18 @@ from bot.client import answer_to
 from bot.commands import Text, caller_of, place_caller, render
 from bot.conversations import Answer, Conversations, Memory, Turn, command_word
 from bot.delivery import NO_MENTIONS, InteractionPlace, MessagePlace, Place, Reply
-from bot.executor import JobHandle
+from bot.executor import ExecutorError, JobHandle
 from bot.guilds import GuildSettings
 from bot.hearing import HEARD, heard_heading, is_voice_message, read_sound, sound_of
 from bot.invocations import Caller, CommandDisabled
 from bot.localization import tr
 from bot.markdown import clip, neutralize
 from bot.reading import MAX_TEXT_FILE, Readable, may_read_history, read_file
+from bot.seeing import Picture, check_images, download, hidden, pictures_of
 from bot.voice_replies import VoiceReplies
-from handlers.base import InvalidInput
+from handlers.base import HandlerError, InvalidInput
 from handlers.chat import ChatRequest
+from handlers.describe import IN_BRIEF, DescribeRequest, DescribeResult
 from handlers.transcribe import TranscribeResult
 
 if TYPE_CHECKING:
@@ -52,6 +54,13 @@ THREAD_NAME_CHARS = 90
 SPOKEN_TO = (discord.MessageType.default, discord.MessageType.reply)
 """Messages a member wrote (not joins, pins or boosts)."""
 UNREADABLE_HERE = "you cannot read the earlier messages here, so I show nothing of them"
+UNSEEN = "an image I could not look at"
+EXPLICIT = "an image Discord marks explicit, not shown outside age-restricted channels"
+BRIEF_TOKENS = 96
+"""The longest line describing an earlier image."""
+DESCRIBED_AT_ONCE = 8
+"""The most earlier images of a conversation described for one turn (the newest; they are
+kept, so a long thread's images are described over its next turns, never all at once)."""
 NOTE = "-# "
 """Starts the bot's own lines under an answer (a model's own such line is escaped, or is in
 a code block, which ends with its fence)."""
@@ -67,6 +76,22 @@ class Route:
     answers, not its latest."""
     at: int = 0
     """The answer it branches off at."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A turn read back and fitted to the model."""
+
+    request: ChatRequest
+    left_out: bool
+    """Earlier messages were left out: the member may not read them."""
+    per_turn: list[list[Picture]]
+    """The images the vision model is shown, by the turns the request holds (its
+    history's, then the newest); none: the chat model answers."""
+
+    @property
+    def shown(self) -> list[Picture]:
+        return [picture for turn in self.per_turn for picture in turn]
 
 
 def seed_of(snowflake: int) -> int:
@@ -141,8 +166,8 @@ class ConversationsCog(commands.Cog, name="Conversations"):
                 conversation = f"slash:{interaction.id}"
                 place = InteractionPlace(interaction, policy)
             route = Route(conversation)
-            request, _ = await self._prepare(route, interaction.guild_id, base, caller, opening)
-            handle = admission.submit(request)
+            prepared = await self._prepare(route, interaction.guild_id, base, caller, opening)
+            handle = admission.submit(prepared.request)
         self._follow(conversation, handle, place, interaction.user.id)
 
     def _opens_thread(self, interaction: Interaction, asked: bool | None) -> bool:
@@ -284,7 +309,8 @@ class ConversationsCog(commands.Cog, name="Conversations"):
         bot = self.bot
         text = self._own_text(message)
         spoken = not text and is_voice_message(message)
-        if not text and not spoken and not _text_files(message):
+        pictures = self._pictures(message)
+        if not text and not spoken and not _text_files(message) and not pictures:
             if bot.user is not None and bot.user.id in message.raw_mentions:
                 await self._say(
                     message,
@@ -317,6 +343,8 @@ class ConversationsCog(commands.Cog, name="Conversations"):
             )
             bot.invoker.record_refusal("chat", caller, error)
             raise error
+        if pictures:
+            self._check_pictures(pictures, caller)
         heading, language = "", ""
         with bot.invoker.admit("chat", caller) as admission:  # before hearing: chat's quota too
             if spoken:
@@ -324,10 +352,16 @@ class ConversationsCog(commands.Cog, name="Conversations"):
                 heading = heard_heading(text)
             base = self._base_request(text, caller, DEFAULT_TEMPERATURE, message.id)
             async with message.channel.typing():
-                request, left_out = await self._prepare(
-                    route, caller.guild_id, base, caller, message
-                )
-            handle = admission.submit(request)
+                prepared = await self._prepare(route, caller.guild_id, base, caller, message)
+                seen = await self._seen(prepared)
+            if seen is None:
+                handle = admission.submit(prepared.request)
+            else:  # the vision model answers: the turn is describe's, on its quota
+                with bot.invoker.admit("describe", caller) as seeing:
+                    handle = seeing.submit(seen)
+                admission.release()
+        left_out = prepared.left_out
+        hide = any(picture.spoiler for picture in prepared.shown)
         place = MessagePlace(
             message.channel,
             message.author,
@@ -341,7 +375,7 @@ class ConversationsCog(commands.Cog, name="Conversations"):
                 "I read only your message: you cannot read the earlier messages here.",
                 locale_of(message),
             )
-        posted = self._follow(conversation, handle, place, message.author.id, note, heading)
+        posted = self._follow(conversation, handle, place, message.author.id, note, heading, hide)
         if spoken:
             self.voice_replies.answer(message, caller, handle, posted, conversation, language)
 
@@ -398,12 +432,13 @@ class ConversationsCog(commands.Cog, name="Conversations"):
         base: ChatRequest,
         caller: Caller,
         newest: discord.Message | Turn,
-    ) -> tuple[ChatRequest, bool]:
+    ) -> Prepared:
         """Read the conversation up to ``newest`` (the member's message, or the question
         /chat opens a conversation with), fit it to the model and fold what does not fit;
-        one turn at a time per conversation. Also says whether earlier messages were left
-        out because the member may not read them: then nothing of them, of their summary or
-        of the conversation's opening reaches the model, only the member's own message."""
+        one turn at a time per conversation. Earlier messages the member may not read are
+        left out: then nothing of them, of their summary or of the conversation's opening
+        reaches the model, only the member's own message. The newest images the vision
+        model is shown are picked; older ones become their description in their turn."""
         conversations = self.conversations
         conversation = route.conversation
         async with conversations.lock(conversation):
@@ -412,17 +447,141 @@ class ConversationsCog(commands.Cog, name="Conversations"):
             memory = await conversations.store.memory(conversation)
             left_out = False
             if isinstance(newest, Turn):
-                turns, complete = [newest], True
+                turns, complete, chain = [newest], True, []
             elif await self._may_read_earlier(newest, route, memory):
-                turns, complete = await self._turns(conversation, newest, memory)
+                turns, complete, chain = await self._turns(conversation, newest, memory)
             else:
                 own = await self._turn(newest, {}, is_newest=True)
                 asked = memory.opening  # the member's own /chat question is theirs to keep
                 kept = asked if asked and asked.private_to == caller.user_id else None
                 memory, turns = Memory(conversation, opening=kept), [own] if own else []
                 complete = left_out = True
-            request = await conversations.prepare(memory, turns, base, caller.user_id, complete)
-            return request, left_out
+                chain = [newest]
+            pictures = {m.id: self._pictures(m) for m in chain if not self._is_mine(m)}
+            turns, shown = await self._picture_turns(turns, pictures, caller, conversation)
+            request, kept_turns = await conversations.prepare_turns(
+                memory, turns, base, caller.user_id, complete
+            )
+            keys = {picture.key for picture in shown}
+            per_turn = [
+                [p for p in pictures.get(turn.id, []) if p.key in keys] for turn in kept_turns
+            ]
+            return Prepared(request, left_out, per_turn)
+
+    def _pictures(self, message: discord.Message) -> list[Picture]:
+        return pictures_of(message, self.bot.http)
+
+    def _is_mine(self, message: discord.Message) -> bool:
+        return self.bot.user is not None and message.author.id == self.bot.user.id
+
+    def _sees(self, caller: Caller) -> bool:
+        """Whether the vision model may look at images for ``caller`` where they are."""
+        return self.bot.invoker.allows("describe", caller)
+
+    def _check_pictures(self, pictures: list[Picture], caller: Caller) -> None:
+        """Refuse, before anything is read, images the member's message shows that the vision
+        model may not see here: not allowed, too many, too large, or marked explicit."""
+        bot = self.bot
+        describe = bot.settings.describe
+        try:
+            error = bot.invoker.why_not("describe", caller)
+            if error is not None:
+                raise error
+            check_images(pictures, describe.max_images, describe.max_bytes, caller.age_restricted)
+        except (CommandDisabled, InvalidInput) as exc:
+            bot.invoker.record_refusal("describe", caller, exc)
+            raise
+
+    async def _picture_turns(
+        self,
+        turns: list[Turn],
+        pictures: dict[int, list[Picture]],
+        caller: Caller,
+        conversation: str,
+    ) -> tuple[list[Turn], list[Picture]]:
+        """The turns with each image the model is not shown as a line describing it, and
+        the images it is shown: the conversation's newest (all of the newest message's)."""
+        describe = self.bot.settings.describe
+        visible = [
+            picture
+            for turn in turns
+            for picture in pictures.get(turn.id, [])
+            if not picture.explicit or caller.age_restricted
+        ]
+        newest = len(pictures.get(turns[-1].id, [])) if turns else 0
+        budget = 0
+        if self._sees(caller) and describe.conversation_images:
+            budget = max(min(describe.conversation_images, describe.max_images), newest)
+        shown = visible[len(visible) - budget :] if budget else []
+        keys = {p.key for p in shown}
+        lines = await self._descriptions(
+            [p for p in visible if p.key not in keys], caller, conversation
+        )
+        rewritten = []
+        for turn in turns:
+            added = [
+                f"[image: {lines.get(p.key, EXPLICIT)}]"
+                for p in pictures.get(turn.id, [])
+                if p.key not in keys
+            ]
+            text = "\n".join(filter(None, (turn.text, *added)))
+            rewritten.append(dataclasses.replace(turn, text=text) if added else turn)
+        return rewritten, shown
+
+    async def _descriptions(
+        self, pictures: list[Picture], caller: Caller, conversation: str
+    ) -> dict[tuple[int, int], str]:
+        """A line describing each picture: stored, or described now (together, so the
+        executor batches them) and stored; a placeholder where it cannot be."""
+        store = self.conversations.store
+        lines = await store.descriptions(sorted({p.message_id for p in pictures}))
+        missing = [p for p in pictures if p.key not in lines]
+        if not self._sees(caller):
+            return {**lines, **{p.key: UNSEEN for p in missing}}
+        lines |= {p.key: UNSEEN for p in missing[:-DESCRIBED_AT_ONCE]}  # the newest first
+        missing = missing[-DESCRIBED_AT_ONCE:]
+        if not missing:
+            return lines
+        made = await asyncio.gather(*(self._describe(p, caller) for p in missing))
+        for picture, line in zip(missing, made, strict=True):
+            if line is not None:
+                mid, position = picture.key
+                await store.record_description(conversation, mid, position, line)
+        return {**lines, **{p.key: line or UNSEEN for p, line in zip(missing, made, strict=True)}}
+
+    async def _describe(self, picture: Picture, caller: Caller) -> str | None:
+        """One image in a line, on the member's GPU time; None when it cannot be."""
+        bot = self.bot
+        try:
+            (data,) = await download([picture], bot.settings.describe.max_bytes)
+            request = DescribeRequest((data,), IN_BRIEF, BRIEF_TOKENS)
+            guild = self._guild(caller)
+            if guild is not None:
+                request = bot.invoker.apply_guild_rules(guild, "describe", request)
+            handle = bot.executor.submit("describe", request, user_id=caller.user_id)
+            result: DescribeResult = await handle
+        except (ExecutorError, HandlerError, CommandDisabled) as exc:
+            log.info("could not describe an earlier image of a conversation: %s", exc)
+            return None
+        if handle.gpu_s is not None:
+            bot.invoker.quotas.charge_gpu(caller.user_id, handle.gpu_s)
+        return " ".join(result.text.split()) or None
+
+    async def _seen(self, prepared: Prepared) -> DescribeRequest | None:
+        """The turn as the vision model's, when the turns it holds show images it may see."""
+        if not prepared.shown:
+            return None
+        request = prepared.request
+        images = await download(prepared.shown, self.bot.settings.describe.max_bytes)
+        return DescribeRequest(
+            images,
+            request.message,
+            system=request.system or self.bot.settings.chat.system_prompt,
+            summary=request.summary,
+            history=request.history,
+            name=request.name,
+            images_per_turn=tuple(len(turn) for turn in prepared.per_turn),
+        )
 
     async def _may_read_earlier(
         self, newest: discord.Message, route: Route, memory: Memory
@@ -455,13 +614,14 @@ class ConversationsCog(commands.Cog, name="Conversations"):
 
     def _follow(
         self, conversation: str, handle: JobHandle, place: Place, requester_id: int,
-        note: str = "", heading: str = "",
+        note: str = "", heading: str = "", hide: bool = False,
     ) -> asyncio.Future[list[discord.Message]]:  # fmt: skip
-        """Show the answer (with the bot's ``note`` under it and ``heading`` above it), then
-        remember which messages hold it, so a reply continues; returns what shows it."""
+        """Show the answer (with the bot's ``note`` under it and ``heading`` above it, behind
+        a spoiler when it speaks of a spoiler image), then remember which messages hold it,
+        so a reply continues; returns what shows it."""
 
         def rendered(result: Any) -> Reply:
-            reply = render(result)
+            reply = hidden(render(result)) if hide else render(result)
             return dataclasses.replace(
                 reply,
                 note="\n".join(filter(None, (reply.note, note))),
@@ -483,9 +643,10 @@ class ConversationsCog(commands.Cog, name="Conversations"):
 
     async def _turns(
         self, conversation: str, newest: discord.Message, memory: Memory
-    ) -> tuple[list[Turn], bool]:
-        """The conversation's turns after what the memory already holds, oldest first, and
-        whether that is all of them (not cut at ``BOT_CHAT__HISTORY_MESSAGES``)."""
+    ) -> tuple[list[Turn], bool, list[discord.Message]]:
+        """The conversation's turns after what the memory already holds, oldest first,
+        whether that is all of them (not cut at ``BOT_CHAT__HISTORY_MESSAGES``), and the
+        messages read."""
         limit = self.bot.settings.chat.history_messages
         if conversation.startswith(("thread:", "dm:")):
             after = discord.Object(memory.cutoff) if memory.cutoff else None
@@ -512,7 +673,7 @@ class ConversationsCog(commands.Cog, name="Conversations"):
             turn = await self._turn(message, answers, is_newest=message is newest)
             if turn is not None:
                 turns[turn.id] = turn
-        return sorted(turns.values(), key=lambda turn: turn.id), complete
+        return sorted(turns.values(), key=lambda turn: turn.id), complete, chain
 
     async def _reply_chain(
         self, newest: discord.Message, limit: int, cutoff: int
@@ -555,9 +716,10 @@ class ConversationsCog(commands.Cog, name="Conversations"):
             text = await self.conversations.store.transcript(message.id) or ""
         for name, content in await _read_text_files(message, strict=is_newest):
             text = f"{text}\n\n[file {name}]\n{content}".strip()
-        if not text:
+        images = len(self._pictures(message))
+        if not text and not images:
             return None
-        return Turn(message.id, "user", text, message.author.display_name)
+        return Turn(message.id, "user", text, message.author.display_name, images=images)
 
     def _own_text(self, message: discord.Message) -> str:
         """What a member wrote, without the mention that called the bot."""

@@ -15,7 +15,7 @@ from bot.commands import Text, caller_of, render, run_task
 from bot.image_buttons import image_buttons
 from bot.localization import tr
 from bot.reading import check_here
-from bot.seeing import check_images, hidden, images_of, read_images
+from bot.seeing import Picture, attached, check_images, hidden, is_image, pictures_of, read_images
 from handlers.base import InvalidInput
 from handlers.describe import DESCRIBE_EACH, DescribeRequest
 from handlers.imagine import ImagineRequest
@@ -111,14 +111,14 @@ class Seeing(commands.Cog):
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
         self.bot.remove_dynamic_items(ImagineThis)
 
-    def _check(self, interaction: Interaction, images: list[discord.Attachment]) -> None:
+    def _check(self, interaction: Interaction, pictures: list[Picture]) -> None:
         """Refuse at once (and record it) what can never be described here."""
         describe = self.bot.settings.describe
         caller = caller_of(interaction)
         try:
-            if not images:
+            if not pictures:
                 raise InvalidInput("message", "has no image")
-            check_images(images, describe.max_images, describe.max_bytes, caller.age_restricted)
+            check_images(pictures, describe.max_images, describe.max_bytes, caller.age_restricted)
         except InvalidInput as exc:
             self.bot.invoker.record_refusal("describe", caller, exc)
             raise
@@ -126,12 +126,12 @@ class Seeing(commands.Cog):
     async def _run(
         self,
         interaction: Interaction,
-        images: list[discord.Attachment],
+        pictures: list[Picture],
         read: Callable[[], Awaitable[DescribeRequest]],
     ) -> None:
         """Described (behind a spoiler when an image is one), with Imagine this under it
         where /imagine can be used."""
-        spoiler = any(image.is_spoiler() for image in images)
+        spoiler = any(picture.spoiler for picture in pictures)
         offer = self.bot.invoker.allows("imagine", caller_of(interaction)) and not spoiler
         await run_task(
             interaction, "describe", read=read,
@@ -146,25 +146,32 @@ class Seeing(commands.Cog):
     async def describe(
         self, interaction: Interaction, image: discord.Attachment, question: Text | None = None
     ) -> None:
-        self._check(interaction, [image])
+        if not is_image(image):
+            error = InvalidInput("image", "is not an image")
+            self.bot.invoker.record_refusal("describe", caller_of(interaction), error)
+            raise error
+        pictures = [attached(interaction.id, image)]
+        self._check(interaction, pictures)
+        max_bytes = self.bot.settings.describe.max_bytes
 
         async def read() -> DescribeRequest:
-            return await read_images([image], question or "")
+            return await read_images(pictures, max_bytes, question or "")
 
-        await self._run(interaction, [image], read)
+        await self._run(interaction, pictures, read)
 
     async def describe_message(self, interaction: Interaction, message: discord.Message) -> None:
-        """Each image of the message described, with a line of alt text for each."""
-        images = images_of(message)
-        self._check(interaction, images)
+        """Each image of the message (attached, unfurled from a link, or forwarded)
+        described, with a line of alt text for each."""
+        pictures = pictures_of(message, self.bot.http)
+        self._check(interaction, pictures)
         describe = self.bot.settings.describe
-        tokens = min(describe.default_new_tokens * len(images), MAX_MENU_TOKENS)
+        tokens = min(describe.default_new_tokens * len(pictures), MAX_MENU_TOKENS)
 
         async def read() -> DescribeRequest:
             await check_here(interaction, "message")
-            return await read_images(images, DESCRIBE_EACH, tokens)
+            return await read_images(pictures, describe.max_bytes, DESCRIBE_EACH, tokens)
 
-        await self._run(interaction, images, read)
+        await self._run(interaction, pictures, read)
 
 
 async def setup(bot: AssistantBot) -> None:
