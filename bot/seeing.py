@@ -58,8 +58,11 @@ def is_image(attachment: discord.Attachment) -> bool:
 
 
 def _unfurled(embed: discord.Embed) -> tuple[str, discord.AttachmentFlags] | None:
-    """The proxied address and flags of the image an embed shows, if Discord serves it."""
-    for media in (embed.image, embed.thumbnail if embed.type in ("image", "article") else None):
+    """The proxied address and flags of the image a link to an image unfurled into, if
+    Discord serves it (a web page's preview picture is not what the member shows)."""
+    if embed.type != "image":
+        return None
+    for media in (embed.image, embed.thumbnail):
         url = getattr(media, "proxy_url", None) if media else None
         if url:
             parts = urlsplit(url)

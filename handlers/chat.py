@@ -155,6 +155,16 @@ class ChatWindow:
         return text[: offsets[tokens][0]] if tokens > 0 else ""
 
 
+def check_history(history: Sequence[ChatTurn], max_chars: int) -> None:
+    """Cheap bounds on a conversation's earlier turns, before anything is tokenised."""
+    if len(history) > MAX_TURNS:
+        raise InvalidInput("history", f"has more than {MAX_TURNS} turns")
+    for turn in history:
+        if turn.role not in ("user", "assistant"):
+            raise InvalidInput("history", f"has a turn with the role {turn.role!r}")
+        check_text("history", turn.content, max_chars, required=False)
+
+
 def with_summary(system: str, summary: str) -> str:
     """The system prompt, with what a conversation's earlier turns were folded into."""
     return f"{system}\n\nEarlier in this conversation: {summary}" if summary else system
@@ -331,12 +341,7 @@ class ChatTask(Task[ChatRequest, ChatResult]):
             raise InvalidInput("temperature", "must be between 0 and 2")
         if not 0 <= request.seed <= MAX_SEED:
             raise InvalidInput("seed", f"must be between 0 and {MAX_SEED}")
-        if len(request.history) > MAX_TURNS:
-            raise InvalidInput("history", f"has more than {MAX_TURNS} turns")
-        for turn in request.history:
-            if turn.role not in ("user", "assistant"):
-                raise InvalidInput("history", f"has a turn with the role {turn.role!r}")
-            check_text("history", turn.content, context_chars, required=False)
+        check_history(request.history, context_chars)
         if self._chars(request) > context_chars:
             raise InvalidInput("history", "is longer than the model's context")
 

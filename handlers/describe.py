@@ -8,6 +8,11 @@ model runs, with Pillow under its decompression-bomb limit; an animated image is
 by its first frame (the result says so); one larger than ``max_pixels`` is scaled down
 before the processor applies its own rules. The requests of a batch generate together,
 left-padded, each streaming its text so far, as chat does.
+
+A request may also be the newest turn of a conversation (``system`` set): the persona,
+summary and earlier turns go through the same template, each image inside the turn that
+showed it, cut to the model's window by leaving out the oldest turns that show none. In a
+classroom-safe server (``screen``) the safety classifier judges each image first.
 """
 
 from __future__ import annotations
@@ -40,10 +45,10 @@ from handlers.base import (
 )
 from handlers.chat import (
     CONTINUING,
-    MAX_TURNS,
     BatchStreamer,
     ChatTurn,
     Rows,
+    check_history,
     model_context,
     stop_token_ids,
     with_summary,
@@ -149,7 +154,8 @@ def open_image(data: bytes, max_pixels: int) -> Opened:
     width, height = image.size
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         backdrop = Image.new("RGB", image.size, "white")  # black text on a clear PNG stays legible
-        backdrop.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        rgba = image.convert("RGBA")
+        backdrop.paste(rgba, mask=rgba.getchannel("A"))
         image = backdrop
     image = image.convert("RGB")
     if width * height > max_pixels:
@@ -220,12 +226,7 @@ class DescribeTask(Task[DescribeRequest, DescribeResult]):
         for field, text in (("question", request.question), ("system", request.system),
                             ("summary", request.summary)):  # fmt: skip
             check_text(field, text, CONVERSATION_CHARS, required=False)
-        if len(request.history) > MAX_TURNS:
-            raise InvalidInput("history", f"has more than {MAX_TURNS} turns")
-        for turn in request.history:
-            if turn.role not in ("user", "assistant"):
-                raise InvalidInput("history", f"has a turn with the role {turn.role!r}")
-            check_text("history", turn.content, CONVERSATION_CHARS, required=False)
+        check_history(request.history, CONVERSATION_CHARS)
         counts = request.counts()
         if (
             len(counts) != len(request.history) + 1

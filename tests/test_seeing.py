@@ -362,6 +362,14 @@ async def test_an_image_unfurled_from_a_link_is_seen_from_discords_media_proxy_o
     await harness.finish()
     assert len(described(harness)) == 1  # never fetched from elsewhere: a text turn
     assert chats(harness)[-1].message == "and this one?"
+    article = {**unfurled(harness, "media.discordapp.net", png("white")), "type": "article"}
+    backend.create_message(
+        s.channel.id, s.alice.id, mention(harness, "https://example.org/news summarise it"),
+        embeds=[article],
+    )  # fmt: skip
+    await harness.env.settle()
+    await harness.finish()
+    assert len(described(harness)) == 1  # a page's preview picture is not an image shown
 
 
 async def test_the_menu_describes_the_images_of_a_forwarded_message(harness: Harness) -> None:

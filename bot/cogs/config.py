@@ -87,7 +87,7 @@ def render_settings(
             "negative prompt added"
         )
         if not screened:
-            classroom += " (⚠️ the bot has no safety filter, so /imagine is refused)"
+            classroom += " (⚠️ the bot has no safety filter, so /imagine and /describe are refused)"
     personas = [
         f"<#{channel}>: “{_short(text)}”" for channel, text in guild.channel_personas.items()
     ]
