@@ -9,6 +9,10 @@
 - ``dpm++``: DPM-Solver++ (multistep) at fewer steps (``--fast-steps``, 12 at full size),
   which the diffusers docs give as reaching in about 20 steps what DDIM needs 50 for.
 - ``channels_last``: the UNet's weights in channels-last layout, default steps.
+- ``img2img``: drawing from a picture (diffusers' image-to-image pipeline made from the same
+  one with ``from_pipe``), strength 0.6 (the bot's default), default steps: only that share
+  of the steps runs, plus encoding the picture; ``img2img, one at a time`` is the same
+  without batching, what the bot's batches by strength save.
 - ``compile`` (with ``--compile``): ``torch.compile`` of the UNet, default steps; its
   compilation time (one size, two batch sizes, as the bot warms up) is reported apart.
 
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -36,6 +41,9 @@ if str(ROOT) not in sys.path:
 
 from bench.workloads import BenchImage  # noqa: E402
 from handlers.base import LoadSpec  # noqa: E402
+
+STRENGTH = 0.6
+"""The bot's default strength (BOT_IMAGINE__DEFAULT_STRENGTH)."""
 
 
 def sync(device: str) -> None:
@@ -58,15 +66,29 @@ def images_per_second(pipe: Any, size: int, steps: int, batch: int, device: str)
     return (time.perf_counter() - started) / batch
 
 
-def measure(pipe: Any, size: int, steps: int, args: argparse.Namespace) -> float:
-    images_per_second(pipe, size, steps, args.batch, args.device)  # warm-up
-    runs = [images_per_second(pipe, size, steps, args.batch, args.device)
-            for _ in range(args.repeats)]  # fmt: skip
+def seconds_from_picture(pipe: Any, size: int, steps: int, batch: int, device: str) -> float:
+    picture = Image.new("RGB", (size, size), (200, 120, 40))
+    sync(device)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        pipe(["a lighthouse at dusk"] * batch, image=[picture] * batch, strength=STRENGTH,
+             num_inference_steps=steps, output_type="pt")  # fmt: skip
+    sync(device)
+    return (time.perf_counter() - started) / batch
+
+
+def measure(
+    pipe: Any, size: int, steps: int, args: argparse.Namespace, batch: int | None = None,
+    timed: Any = images_per_second,
+) -> float:  # fmt: skip
+    batch = batch or args.batch
+    timed(pipe, size, steps, batch, args.device)  # warm-up
+    runs = [timed(pipe, size, steps, batch, args.device) for _ in range(args.repeats)]
     return statistics.median(runs)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from diffusers import DPMSolverMultistepScheduler
+    from diffusers import AutoPipelineForImage2Image, DPMSolverMultistepScheduler
 
     bench = BenchImage(args.full_size)
     size, steps = bench.size, bench.steps
@@ -83,6 +105,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pipe.unet.to(memory_format=torch.channels_last)
     rows["channels_last"] = {"steps": steps, "s_per_image": measure(pipe, size, steps, args)}
     pipe.unet.to(memory_format=torch.contiguous_format)
+    drawing = AutoPipelineForImage2Image.from_pipe(pipe)
+    drawing.set_progress_bar_config(disable=True)
+    for name, batch in (("img2img", args.batch), ("img2img, one at a time", 1)):
+        seconds = measure(drawing, size, steps, args, batch, seconds_from_picture)
+        rows[name] = {"steps": int(steps * STRENGTH), "s_per_image": seconds}
     if args.compile:
         pipe.unet = torch.compile(pipe.unet)
         started = time.perf_counter()

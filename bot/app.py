@@ -76,6 +76,8 @@ def build_tasks(settings: Settings) -> dict[str, Task[Any, Any]]:
             scheduler=imagine.scheduler,
             channels_last=imagine.channels_last,
             compile=imagine.compile,
+            default_strength=imagine.default_strength,
+            max_image_bytes=imagine.max_image_bytes,
         ),
         "speak": SpeakTask(
             max_chars=settings.speak.max_chars,

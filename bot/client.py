@@ -171,6 +171,15 @@ class AssistantBot(commands.Bot):
     def outside_servers(self, guild_id: int | None) -> bool:
         return guild_id is None or self.get_guild(guild_id) is None
 
+    def add_menu(self, menu: app_commands.ContextMenu) -> None:
+        """A message menu entry, if the owner chose it (``BOT_MESSAGE_MENUS``: Discord
+        allows five)."""
+        if menu.name in self.settings.message_menus:
+            self.tree.add_command(menu)
+
+    def remove_menu(self, menu: app_commands.ContextMenu) -> None:
+        self.tree.remove_command(menu.name, type=menu.type)
+
     def follow(
         self,
         handle: JobHandle,

@@ -1,7 +1,9 @@
-"""Reroll, Variations and Delete under every generated image, working across restarts.
+"""Reroll, Vary and Delete under every generated image, working across restarts.
 
 The buttons carry a key in their custom id; the request behind it is kept in SQLite
-(``bot/image_requests.py``). ``bot/cogs/images.py`` registers them with the bot.
+(``bot/image_requests.py``). Vary draws one image again from the image it is under, with
+the same prompt and a new seed, a little (subtle) or a lot (strong), as Midjourney's
+V buttons do. ``bot/cogs/images.py`` registers them with the bot.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.commands import run_task
+from bot.seeing import attached, download, is_image
+from handlers.base import InvalidInput
 from handlers.imagine import ImagineRequest
 
 if TYPE_CHECKING:
@@ -24,29 +28,47 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LABELS = {"reroll": "Reroll", "vary": "Variations", "delete": "Delete"}
-STYLES = {"reroll": discord.ButtonStyle.primary, "vary": discord.ButtonStyle.secondary,
-          "delete": discord.ButtonStyle.danger}  # fmt: skip
+LABELS = {"reroll": "Reroll", "subtle": "Vary (subtle)", "strong": "Vary (strong)",
+          "delete": "Delete"}  # fmt: skip
+EACH = {"subtle": "Subtle", "strong": "Strong"}
+"""A Vary button's label, numbered, when the message holds several images."""
+STYLES = {
+    "reroll": discord.ButtonStyle.primary,
+    "subtle": discord.ButtonStyle.secondary,
+    "strong": discord.ButtonStyle.secondary,
+    "delete": discord.ButtonStyle.danger,
+}
+STRENGTHS = {"subtle": 0.35, "strong": 0.75}
+"""How far each Vary button moves from the image: a subtle one keeps its composition and
+most details, a strong one keeps little more than its layout and colours."""
 
 
 class ImageButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"img:(?P<action>reroll|vary|delete):(?P<key>[0-9a-f]{32})",
+    template=r"img:(?P<action>reroll|subtle|strong|delete):(?P<key>[0-9a-f]{32})(?::(?P<index>[0-9]))?",
 ):
-    def __init__(self, action: str, key: str) -> None:
+    def __init__(self, action: str, key: str, index: int | None = None) -> None:
+        # One pair of Vary buttons for each image of the message, numbered.
+        label = LABELS[action] if index is None else f"{EACH[action]} {index + 1}"
+        suffix = "" if index is None else f":{index}"
         super().__init__(
             discord.ui.Button(
-                label=LABELS[action], style=STYLES[action], custom_id=f"img:{action}:{key}"
+                label=label,
+                style=STYLES[action],
+                custom_id=f"img:{action}:{key}{suffix}",
+                row=None if index is None else (1 if action == "subtle" else 2),
             )
         )
         self.action = action
         self.key = key
+        self.index = index
 
     @classmethod
     async def from_custom_id(
         cls, interaction: Interaction, item: discord.ui.Item[Any], match: re.Match[str]
     ) -> ImageButton:
-        return cls(match["action"], match["key"])
+        index = match["index"]
+        return cls(match["action"], match["key"], None if index is None else int(index))
 
     async def callback(self, interaction: Interaction) -> None:
         bot = interaction.client
@@ -54,15 +76,33 @@ class ImageButton(
             if self.action == "delete":
                 await self._delete(interaction)
                 return
-            count = 1 if self.action == "reroll" else bot.settings.imagine.max_count
 
             async def read() -> ImagineRequest:
                 request, _ = await bot.image_requests.get(self.key)
-                return dataclasses.replace(request, seed=None, count=count)
+                request = dataclasses.replace(request, seed=None, count=1)
+                if self.action == "reroll":
+                    return request
+                return await self._varied(interaction, request)
 
             await run_task(interaction, "imagine", read=read, final_view=image_buttons)
         except Exception as exc:  # a button has no command tree to report it
             await bot.report_error(interaction, exc)
+
+    async def _varied(self, interaction: Interaction, request: ImagineRequest) -> ImagineRequest:
+        """The stored request, drawn again from the image this button is under."""
+        message = interaction.message
+        files = [a for a in message.attachments if is_image(a)] if message is not None else []
+        index = self.index or 0
+        if index >= len(files):
+            raise InvalidInput("image", "is no longer on this message")
+        image = files[index]
+        (data,) = await download(
+            [attached(image.id, image)], interaction.client.settings.imagine.max_image_bytes
+        )
+        size = f"{image.width}x{image.height}" if image.width and image.height else None
+        return dataclasses.replace(
+            request, image=data, strength=STRENGTHS[self.action], size=size or request.size
+        )
 
     async def _delete(self, interaction: Interaction) -> None:
         """The member who asked, the bot's owners, or whoever may manage messages in this
@@ -87,8 +127,9 @@ class ImageButton(
 async def image_buttons(
     interaction: Interaction, request: ImagineRequest
 ) -> discord.ui.View | None:
-    """Reroll, Variations and Delete; their request is stored first, so that a button
-    never points at nothing. Without the database the images still come, buttonless."""
+    """Reroll and Delete, and a pair of Vary buttons for each image; their request is
+    stored first, so that a button never points at nothing. Without the database the images
+    still come, buttonless."""
     try:
         key = await interaction.client.image_requests.save(
             request, interaction.user.id, interaction.guild_id
@@ -97,6 +138,13 @@ async def image_buttons(
         log.warning("cannot store an image request, so no buttons: %s", exc)
         return None
     view = discord.ui.View(timeout=None)
-    for action in LABELS:
-        view.add_item(ImageButton(action, key))
+    view.add_item(ImageButton("reroll", key))
+    if request.count == 1:
+        view.add_item(ImageButton("subtle", key))
+        view.add_item(ImageButton("strong", key))
+    else:
+        for action in ("subtle", "strong"):
+            for index in range(request.count):
+                view.add_item(ImageButton(action, key, index))
+    view.add_item(ImageButton("delete", key))
     return view

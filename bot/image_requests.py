@@ -1,11 +1,13 @@
-"""The options of posted images, kept so that their Reroll and Variations buttons work across
+"""The options of posted images, kept so that their Reroll and Vary buttons work across
 restarts (``bot/image_buttons.py``): one row per image in SQLite, by a key the buttons carry."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import uuid
+from typing import Any
 
 from bot.usage import UsageLog
 from handlers.base import HandlerError
@@ -24,9 +26,8 @@ class ImageRequests:
         await self.usage.write_now(
             "INSERT INTO image_requests (id, guild_id, user_id, request, created_at) "
             "VALUES (?, ?, ?, ?, ?)",
-            (key, guild_id, str(user_id), json.dumps(dataclasses.asdict(request)),
-             self.usage.clock()),
-        )  # fmt: skip
+            (key, guild_id, str(user_id), json.dumps(stored(request)), self.usage.clock()),
+        )
         return key
 
     async def get(self, key: str) -> tuple[ImagineRequest, str]:
@@ -41,4 +42,18 @@ class ImageRequests:
             raise HandlerError(
                 f"this image is too old for its buttons (they work for {hours:g} hours)"
             )
-        return ImagineRequest(**json.loads(rows[0]["request"])), rows[0]["user_id"]
+        return restored(json.loads(rows[0]["request"])), rows[0]["user_id"]
+
+
+def stored(request: ImagineRequest) -> dict[str, Any]:
+    """A request as JSON can hold it: the picture it starts from, if any, in base64."""
+    fields = dataclasses.asdict(request)
+    if request.image is not None:
+        fields["image"] = base64.b64encode(request.image).decode()
+    return fields
+
+
+def restored(fields: dict[str, Any]) -> ImagineRequest:
+    if fields.get("image") is not None:
+        fields["image"] = base64.b64decode(fields["image"])
+    return ImagineRequest(**fields)

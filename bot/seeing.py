@@ -44,6 +44,9 @@ class Picture:
     explicit: bool
     """Discord's own explicit-content flag."""
     fetch: Callable[[], Awaitable[bytes]]
+    width: int | None = None
+    """Its size in pixels, where Discord says."""
+    height: int | None = None
 
     @property
     def key(self) -> tuple[int, int]:
@@ -57,9 +60,11 @@ def is_image(attachment: discord.Attachment) -> bool:
     return PurePath(attachment.filename).suffix.lower() in IMAGE_SUFFIXES
 
 
-def _unfurled(embed: discord.Embed) -> tuple[str, discord.AttachmentFlags] | None:
-    """The proxied address and flags of the image a link to an image unfurled into, if
-    Discord serves it (a web page's preview picture is not what the member shows)."""
+def _unfurled(
+    embed: discord.Embed,
+) -> tuple[str, discord.AttachmentFlags, int | None, int | None] | None:
+    """The proxied address, flags and size of the image a link to an image unfurled into,
+    if Discord serves it (a web page's preview picture is not what the member shows)."""
     if embed.type != "image":
         return None
     for media in (embed.image, embed.thumbnail):
@@ -67,7 +72,7 @@ def _unfurled(embed: discord.Embed) -> tuple[str, discord.AttachmentFlags] | Non
         if url:
             parts = urlsplit(url)
             if parts.scheme == "https" and parts.hostname in DISCORD_MEDIA_HOSTS:
-                return url, media.flags  # type: ignore[union-attr]
+                return url, media.flags, media.width, media.height  # type: ignore[union-attr]
     return None
 
 
@@ -81,26 +86,24 @@ def pictures_of(message: discord.Message, http: HTTPClient) -> list[Picture]:
     for attachments, embeds in sources:
         for attachment in attachments:
             if is_image(attachment):
-                found.append(Picture(
-                    message.id, len(found), attachment.size, attachment.is_spoiler(),
-                    attachment.flags.contains_explicit_media, attachment.read,
-                ))  # fmt: skip
+                found.append(attached(message.id, attachment, len(found)))
         for embed in embeds:
             unfurled = _unfurled(embed)
             if unfurled is not None:
-                url, flags = unfurled
+                url, flags, width, height = unfurled
                 found.append(Picture(
                     message.id, len(found), None, False, flags.contains_explicit_media,
-                    functools.partial(http.get_from_cdn, url),
+                    functools.partial(http.get_from_cdn, url), width, height,
                 ))  # fmt: skip
     return found
 
 
-def attached(message_id: int, attachment: discord.Attachment) -> Picture:
-    """One attached file as a picture (a command's option)."""
+def attached(message_id: int, attachment: discord.Attachment, position: int = 0) -> Picture:
+    """An attached file as a picture (of a message, or a command's option)."""
     return Picture(
-        message_id, 0, attachment.size, attachment.is_spoiler(),
+        message_id, position, attachment.size, attachment.is_spoiler(),
         attachment.flags.contains_explicit_media, attachment.read,
+        attachment.width, attachment.height,
     )  # fmt: skip
 
 

@@ -102,9 +102,14 @@ class ImagineSettings(BaseModel):
     """torch.compile the denoiser when the model loads, for each size it offers (minutes on
     a GPU, said in the log; imagine is then loaded at start-up)."""
     reroll_hours: float = Field(default=24, gt=0)
-    """How long the Reroll and Variations buttons of a posted image keep working. The
-    prompt they need is stored that long (whatever BOT_LOG_PROMPTS says) and deleted
-    within ten minutes after."""
+    """How long the Reroll and Vary buttons of a posted image keep working. The prompt
+    they need (and the picture it started from, if any) is stored that long (whatever
+    BOT_LOG_PROMPTS says) and deleted within ten minutes after."""
+    default_strength: float = Field(default=0.6, gt=0, le=1)
+    """How far an image drawn from a picture moves from it when the member does not say
+    (/imagine image: strength:): near 0 keeps the picture, 1 all but ignores it."""
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    """Largest picture /imagine starts from, in bytes (Discord's own upload limit)."""
 
 
 class SpeakSettings(BaseModel):
@@ -134,6 +139,11 @@ class OpenAIEngineSettings(BaseModel):
     """Answers streaming from the server at once; more wait in the bot's fair queue."""
     timeout_s: float = Field(default=60.0, gt=0)
     """Longest silence from the server, connecting or between two pieces of an answer."""
+
+
+MessageMenu = Literal[
+    "Summarize", "Translate", "Speak", "Transcribe", "Describe image", "Imagine from this"
+]
 
 
 class DescribeSettings(BaseModel):
@@ -401,6 +411,12 @@ class Settings(BaseSettings):
     direct_messages: Literal["off", "text-only", "all"] = "text-only"
     """Commands in direct messages with the bot, where no server's rules apply: off, text
     tasks only (no images or speech), or all."""
+    message_menus: list[MessageMenu] = Field(
+        default=["Summarize", "Translate", "Transcribe", "Describe image", "Imagine from this"],
+        max_length=5,
+    )
+    """The entries of a message's Apps menu (JSON list). Discord allows five, and the bot
+    has six: Speak is left out by default (/speak and read-aloud in calls remain)."""
     device: str = "auto"
     """Where models run: auto (cuda, then mps, then cpu), cuda, cuda:1, mps or cpu. Several,
     comma-separated (cuda:0,cuda:1), get a model worker each; a model runs on the device

@@ -17,16 +17,13 @@ classroom-safe server (``screen``) the safety classifier judges each image first
 
 from __future__ import annotations
 
-import io
 import logging
-import math
-import struct
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from handlers.audio import over
@@ -53,6 +50,7 @@ from handlers.chat import (
     stop_token_ids,
     with_summary,
 )
+from handlers.pictures import Opened, open_image
 from handlers.safety import SafetyClassifier
 
 log = logging.getLogger(__name__)
@@ -121,53 +119,6 @@ class VisionModel:
     context: int
     """Tokens a prompt, its images and the answer may take together."""
     safety: SafetyClassifier | None = None
-
-
-@dataclass(frozen=True)
-class Opened:
-    image: Image.Image
-    animated: bool
-
-
-def open_image(data: bytes, max_pixels: int) -> Opened:
-    """An RGB image of at most ``max_pixels``; ``InvalidInput("image")`` for what is not an
-    image, is damaged, or would expand past Pillow's decompression-bomb limit."""
-    too_large = InvalidInput(
-        "image", "is too large to open safely (more pixels than the bot's image limit)"
-    )
-    try:
-        image = Image.open(io.BytesIO(data))  # reads the header only
-        width, height = image.size
-        limit = Image.MAX_IMAGE_PIXELS
-        if limit is not None and width * height > limit:  # not a thread-unsafe warning filter
-            raise too_large
-        animated = bool(getattr(image, "is_animated", False))
-        image.seek(0)
-        image.load()
-    except Image.DecompressionBombError as exc:
-        raise too_large from exc
-    except UnidentifiedImageError as exc:
-        raise InvalidInput("image", "is not an image I can read") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
-        raise InvalidInput("image", "is damaged and cannot be read") from exc  # cut short
-    image = ImageOps.exif_transpose(image)  # a phone photo the right way up
-    width, height = image.size
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        backdrop = Image.new("RGB", image.size, "white")  # black text on a clear PNG stays legible
-        rgba = image.convert("RGBA")
-        backdrop.paste(rgba, mask=rgba.getchannel("A"))
-        image = backdrop
-    image = image.convert("RGB")
-    if width * height > max_pixels:
-        scale = math.sqrt(max_pixels / (width * height))
-        new_width, new_height = max(1, int(width * scale)), max(1, int(height * scale))
-        if new_width * new_height > max_pixels:  # a side rounded up to one pixel
-            if new_width >= new_height:
-                new_width = max(1, max_pixels // new_height)
-            else:
-                new_height = max(1, max_pixels // new_width)
-        image = image.resize((new_width, new_height))
-    return Opened(image, animated)
 
 
 class DescribeTask(Task[DescribeRequest, DescribeResult]):

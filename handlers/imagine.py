@@ -32,8 +32,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 from huggingface_hub import try_to_load_from_cache
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from handlers.audio import over
 from handlers.base import (
     BatchContext,
     InvalidInput,
@@ -47,6 +48,7 @@ from handlers.base import (
     raise_if_stopped,
 )
 from handlers.errors import terms_pattern
+from handlers.pictures import open_image
 from handlers.safety import SafetyClassifier
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,12 @@ class ImagineRequest:
     size: str | None = None
     """``WIDTHxHEIGHT``; None is the model's native square."""
     count: int = 1
+    image: bytes | None = None
+    """A picture to start from (image to image): it is cropped to the size's shape, and
+    the prompt redraws it, as far as ``strength`` says."""
+    strength: float | None = None
+    """How far to move from ``image``: near 0 keeps it, 1 all but ignores it; None is the
+    configured default."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,17 @@ class ImagineModel:
     """A diffusers text-to-image pipeline."""
     native_size: int
     safety: SafetyClassifier | None
+    image_pipe: Any = None
+    """The same weights as an image-to-image pipeline (``from_pipe``: no second copy),
+    made when a request first starts from a picture."""
+
+    def from_picture(self) -> Any:
+        if self.image_pipe is None:
+            from diffusers import AutoPipelineForImage2Image
+
+            self.image_pipe = AutoPipelineForImage2Image.from_pipe(self.pipe)
+            self.image_pipe.set_progress_bar_config(disable=True)
+        return self.image_pipe
 
 
 @dataclass(frozen=True)
@@ -148,6 +167,13 @@ def allowed_sizes(native: int) -> list[tuple[int, int]]:
     long = max(grain, round(native * ratio / grain) * grain)
     short = max(grain, round(native / ratio / grain) * grain)
     return [(native, native), (long, short), (short, long)]
+
+
+def nearest_size(native: int, width: int, height: int) -> str:
+    """The offered size whose shape is closest to a ``width`` x ``height`` picture's."""
+    shape = math.log(width / height)
+    w, h = min(allowed_sizes(native), key=lambda size: abs(math.log(size[0] / size[1]) - shape))
+    return f"{w}x{h}"
 
 
 def format_sizes(native: int) -> list[str]:
@@ -240,7 +266,11 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         scheduler: SchedulerName = "model",
         channels_last: bool = False,
         compile: bool = False,
+        default_strength: float = 0.6,
+        max_image_bytes: int = 10 * 1024 * 1024,
     ) -> None:
+        if not 0 < default_strength <= 1:
+            raise ValueError(f"default_strength must be in (0, 1], got {default_strength}")
         if max_prompt_chars < 1 or max_count < 1:
             raise ValueError("max_prompt_chars and max_count must be positive")
         if not 1 <= default_steps <= max_steps:
@@ -260,6 +290,10 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         self.safety_threshold = safety_threshold
         self.native_size = native_size
         self.blocked = terms_pattern(blocked_terms)
+        """Whole words or phrases an admin refuses in prompts, in any letter case."""
+        self.default_strength = default_strength
+        self.max_image_bytes = max_image_bytes
+        """The largest picture to start from, as downloaded."""
         if scheduler != "model" and scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be model or one of {sorted(SCHEDULERS)}")
         self.scheduler = scheduler
@@ -267,7 +301,6 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         self.compile = compile
         self.compile_backend = "inductor"
         """torch.compile's backend (tests use "eager", which compiles in moments)."""
-        """Whole words or phrases an admin refuses in prompts, in any letter case."""
 
     def size_choices(self) -> list[str] | None:
         """The sizes to offer users, when ``native_size`` is configured (else unknown yet)."""
@@ -292,9 +325,30 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
             size = parse_size(request.size)
             if self.native_size is not None and size not in allowed_sizes(self.native_size):
                 raise size_error(self.native_size)
+        self._check_picture(request)
+
+    def _check_picture(self, request: ImagineRequest) -> None:
+        strength = request.strength
+        if request.image is None:
+            if strength is not None:
+                raise InvalidInput("strength", "applies only when starting from an image")
+            return
+        if not request.image:
+            raise InvalidInput("image", "is empty")
+        if len(request.image) > self.max_image_bytes:
+            raise InvalidInput("image", over(len(request.image), self.max_image_bytes))
+        if strength is not None and not (math.isfinite(strength) and 0 < strength <= 1):
+            raise InvalidInput("strength", "must be more than 0 and at most 1")
+        steps = request.steps or self.default_steps
+        if int(steps * (strength or self.default_strength)) < 1:
+            raise InvalidInput(
+                "strength",
+                f"is too small to take a single step of {steps}: raise the strength or the steps",
+            )
 
     def _settings(self, request: ImagineRequest, native: int | None) -> tuple[Any, ...]:
-        """(width, height, steps, guidance, negative?): what one pipeline call must share.
+        """(width, height, steps, guidance, negative?, strength): what one pipeline call must
+        share; strength is None for a request that starts from no picture.
 
         ``negative?`` is there because SDXL encodes "no negative prompt" as zeros but an empty
         one in a list as text, so mixing both in one call would change the images.
@@ -302,7 +356,10 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         size = parse_size(request.size) if request.size else (native, native)
         steps = request.steps or self.default_steps
         guidance = self.default_guidance if request.guidance is None else request.guidance
-        return (*size, steps, float(guidance), bool(request.negative_prompt))
+        strength = None
+        if request.image is not None:
+            strength = self.default_strength if request.strength is None else request.strength
+        return (*size, steps, float(guidance), bool(request.negative_prompt), strength)
 
     def batch_key(self, request: ImagineRequest) -> Hashable:
         return self._settings(request, self.native_size)
@@ -312,8 +369,11 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         return request.count * width * height
 
     def work(self, request: ImagineRequest) -> float:
-        width, height, steps, *_ = self._settings(request, self.native_size or ASSUMED_NATIVE)
-        return float(request.count * width * height * steps)
+        """Pixels times the steps taken: from a picture, only ``strength`` of them run."""
+        width, height, steps, *_, strength = self._settings(
+            request, self.native_size or ASSUMED_NATIVE
+        )
+        return float(request.count * width * height * steps * (strength or 1))
 
     def load(self, spec: LoadSpec) -> ImagineModel:
         # Imported here: diffusers takes seconds to import, and only image models need it.
@@ -373,18 +433,35 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         settings = {self._settings(r, model.native_size) for r in requests}
         if len(settings) != 1:
             raise ValueError("run_batch needs requests with one batch key")
-        width, height, steps, guidance, negative = settings.pop()
+        width, height, steps, guidance, negative, strength = settings.pop()
         if (width, height) not in allowed_sizes(model.native_size):
             return [size_error(model.native_size) for _ in requests]
+        outputs: list[ImagineOutput | InvalidInput | None] = [None] * len(requests)
+        starts: dict[int, Image.Image] = {}
+        if strength is not None:
+            for row, request in enumerate(requests):
+                try:
+                    starts[row] = self._start(model, request, width, height)
+                except InvalidInput as exc:
+                    outputs[row] = exc
+        rows = [row for row in range(len(requests)) if outputs[row] is None]
+        if not rows:
+            return outputs  # type: ignore[return-value]
 
-        seeds = [random.randint(0, MAX_SEED) if r.seed is None else r.seed for r in requests]
-        prompts, negatives, generators = [], [], []
-        for request, seed in zip(requests, seeds, strict=True):
+        seeds = {
+            row: random.randint(0, MAX_SEED) if requests[row].seed is None else requests[row].seed
+            for row in rows
+        }
+        prompts, negatives, generators, pictures = [], [], [], []
+        for row in rows:
+            request, seed = requests[row], seeds[row]
             for k in range(request.count):
                 prompts.append(request.prompt)
                 negatives.append(request.negative_prompt)
                 # CPU generators: the same seed gives the same image on any device.
                 generators.append(torch.Generator(device="cpu").manual_seed(seed + k))
+                if row in starts:
+                    pictures.append(starts[row])
 
         def on_step(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict:
             ctx.progress(step + 1, getattr(pipe, "num_timesteps", None) or steps)
@@ -393,17 +470,20 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
             raise_if_stopped(ctx)
             return tensors
 
+        shape: dict[str, Any] = {"width": width, "height": height}
+        pipe = model.pipe
+        if strength is not None:  # the picture gives the size
+            pipe, shape = model.from_picture(), {"image": pictures, "strength": strength}
         with torch.inference_mode():
-            output = model.pipe(
+            output = pipe(
                 prompt=prompts,
                 negative_prompt=negatives if negative else None,
-                width=width,
-                height=height,
                 num_inference_steps=steps,
                 guidance_scale=guidance,
                 generator=generators,
                 output_type="pt",
                 callback_on_step_end=on_step,
+                **shape,
             )
             # Quantise on the device: a quarter of the bytes to copy, no big CPU float work.
             images = (output.images * 255).round().clamp(0, 255).to(torch.uint8)
@@ -415,13 +495,32 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
                 flagged = [a or b for a, b in zip(flagged, unsafe, strict=True)]
         kept = [None if flag else image for image, flag in zip(pixels, flagged, strict=True)]
 
-        outputs: list[ImagineOutput | InvalidInput] = []
         start = 0
-        for request, seed in zip(requests, seeds, strict=True):
-            mine = kept[start : start + request.count]
-            start += request.count
-            outputs.append(ImagineOutput(mine, seed, width, height, steps, guidance))
-        return outputs
+        for row in rows:
+            count = requests[row].count
+            mine = kept[start : start + count]
+            start += count
+            outputs[row] = ImagineOutput(mine, seeds[row], width, height, steps, guidance)
+        return outputs  # type: ignore[return-value]
+
+    def _start(
+        self, model: ImagineModel, request: ImagineRequest, width: int, height: int
+    ) -> Image.Image:
+        """The picture to start from, opened safely, screened by the safety classifier
+        where there is one, and cropped to the size's shape."""
+        assert request.image is not None
+        try:
+            opened = open_image(request.image, max(width * height * 4, MAX_SIDE**2))
+        except InvalidInput:
+            raise
+        except Exception as exc:  # a decoder's own bug: this request fails, not its batch
+            log.warning("could not open a picture to draw from: %r", exc)
+            raise InvalidInput("image", "is damaged and cannot be read") from exc
+        if model.safety is not None and any(model.safety.flags([opened.image])):
+            raise InvalidInput(
+                "image", "looks unsafe to the safety filter, so I do not draw from it"
+            )
+        return ImageOps.fit(opened.image, (width, height))
 
     def finish(self, output: ImagineOutput) -> ImagineResult:
         images = [

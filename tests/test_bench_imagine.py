@@ -14,7 +14,14 @@ def test_each_variant_is_timed_against_the_baseline() -> None:
     )
     result = imagine.run(args)
     variants = result["variants"]
-    assert list(variants) == ["baseline", "dpm++", "channels_last"]
+    assert list(variants) == [
+        "baseline",
+        "dpm++",
+        "channels_last",
+        "img2img",
+        "img2img, one at a time",
+    ]
+    assert variants["img2img"]["steps"] == int(variants["baseline"]["steps"] * imagine.STRENGTH)
     assert variants["baseline"]["vs_baseline"] == 1.0
     assert variants["dpm++"]["steps"] < variants["baseline"]["steps"]
     assert all(row["s_per_image"] > 0 for row in variants.values())

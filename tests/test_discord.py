@@ -205,6 +205,7 @@ async def stack(
         read_messages=options.get("read_messages", False),
         direct_messages=options.get("direct_messages", "text-only"),
         log_prompts=options.get("log_prompts", False),
+        **({"message_menus": options["menus"]} if "menus" in options else {}),
     )
     usage = UsageLog(tmp_path / "usage.sqlite3", flush_interval_s=3600)
     await usage.open()
@@ -481,6 +482,10 @@ async def test_progress_edits_are_throttled(harness: Harness) -> None:
     assert len(progress) < 20
 
 
+SPEAKING_MENUS = ["Summarize", "Translate", "Speak", "Transcribe", "Describe image"]
+
+
+@pytest.mark.parametrize("stack", [{"menus": SPEAKING_MENUS}], indirect=True)
 async def test_message_context_menus(harness: Harness) -> None:
     s = await scene(harness)
     message = await s.bob.send(s.channel, "Chapter three covers enzymes. Read it by Friday.")
@@ -495,6 +500,14 @@ async def test_message_context_menus(harness: Harness) -> None:
     spoken = await s.alice.context_menu(s.channel, "Speak", message)
     await harness.finish()
     assert [a.filename for a in spoken.response.attachments] == ["speech.ogg"]
+    menus = harness.bot.tree.get_commands(type=discord.AppCommandType.message)
+    assert sorted(m.name for m in menus) == sorted(SPEAKING_MENUS)  # the owner's five
+
+
+def test_a_sixth_message_menu_is_refused_by_the_settings() -> None:
+    six = [*SPEAKING_MENUS, "Imagine from this"]
+    with pytest.raises(ValueError, match="at most 5"):
+        Settings(_env_file=None, message_menus=six)
 
 
 async def test_translate_defaults_to_the_members_language(harness: Harness) -> None:
@@ -545,17 +558,21 @@ async def test_image_buttons_reroll_vary_and_delete(harness: Harness) -> None:
     await harness.finish()
     message = first.response
     labels = [c["label"] for row in message.components for c in row["components"]]
-    assert labels == ["Reroll", "Variations", "Delete"]
+    assert labels == ["Reroll", "Vary (subtle)", "Vary (strong)", "Delete"]
     reroll = await s.bob.click(message, label="Reroll")
     await harness.finish()
     again = harness.tasks["imagine"].runs[-1][0]
     assert (again.prompt, again.count) == ("a red fox", 1) and again.seed != 42
     assert reroll.response.attachments
     rerolled = [c["label"] for row in reroll.response.components for c in row["components"]]
-    assert rerolled == ["Reroll", "Variations", "Delete"]  # a rerolled image has its buttons
-    await s.bob.click(message, label="Variations")
+    assert rerolled == ["Reroll", "Vary (subtle)", "Vary (strong)", "Delete"]  # its own buttons
+    await s.bob.click(message, label="Vary (strong)")
     await harness.finish()
-    assert harness.tasks["imagine"].runs[-1][0].count == 4
+    varied = harness.tasks["imagine"].runs[-1][0]
+    assert (varied.prompt, varied.count, varied.strength) == ("a red fox", 1, 0.75)
+    assert varied.image == png() and varied.seed != 42  # drawn from the image it is under
+    await harness.bot.usage.flush()
+    assert [r["user_id"] for r in harness.rows()][-1] == str(s.bob.id)  # bob's own request
     refused = await s.bob.click(message, label="Delete")
     assert refused.ephemeral and "Only the member who asked" in refused.response.content
     deleted = await s.alice.click(message, label="Delete")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import itertools
 import json
@@ -28,7 +29,10 @@ from handlers.imagine import (
     ImagineResult,
     ImagineTask,
     allowed_sizes,
+    format_sizes,
+    nearest_size,
     notice_png,
+    parse_size,
 )
 from tests.tinymodels import NATIVE_SIZE, Verdict, build_pipeline, build_safety_classifier
 
@@ -438,3 +442,73 @@ def test_compiling_warms_up_every_offered_size_when_the_model_loads(
     ]
     (result,) = generate(task, model, ImagineRequest("a boat", count=3))
     assert len(result.images) == 3
+
+
+# Starting from a picture (image to image)
+
+
+def photo(color: str = "orange", size: tuple[int, int] = (150, 100)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_a_picture_is_redrawn_at_the_size_asked_sharing_the_pipelines_weights(
+    tiny_dir: Path,
+) -> None:
+    task = make_task()
+    model = load(task, tiny_dir)
+    landscape = nearest_size(NATIVE_SIZE, 150, 100)
+    assert landscape == format_sizes(NATIVE_SIZE)[1]
+    ctx = Context()
+    request = ImagineRequest("a fox", seed=3, image=photo(), size=landscape, strength=0.67)
+    (result,) = generate(task, model, request, ctx=ctx)
+    assert (result.width, result.height) == parse_size(landscape)
+    assert decode(result.images[0]).shape == (result.height, result.width, 3)
+    assert ctx.steps[-1] == (2, 2)  # two of the three steps: strength 0.67
+    assert model.image_pipe is not None and model.image_pipe.unet is model.pipe.unet
+    again = generate(task, model, request)[0]
+    assert_same_image(result.images[0], again.images[0])
+    other = generate(task, model, dataclasses.replace(request, image=photo("navy")))[0]
+    assert np.abs(decode(other.images[0]).astype(int) - decode(result.images[0])).max() > 1
+
+
+def test_pictures_batch_by_strength_and_apart_from_text_only_requests(tiny_dir: Path) -> None:
+    task = make_task()
+    text = ImagineRequest("a fox")
+    subtle = ImagineRequest("a fox", image=photo(), strength=0.35)
+    strong = ImagineRequest("a fox", image=photo(), strength=0.75)
+    default = ImagineRequest("a fox", image=photo())
+    keys = {task.batch_key(r) for r in (text, subtle, strong, default)}
+    assert len(keys) == 4 and task.batch_key(default)[-1] == task.default_strength
+    assert task.work(subtle) < task.work(strong) < task.work(text)
+
+
+def test_a_bad_picture_or_strength_is_refused_in_one_line(tiny_dir: Path) -> None:
+    task = make_task(max_image_bytes=2000)
+    for request, option, words in (
+        (ImagineRequest("a fox", strength=0.5), "strength", "starting from an image"),
+        (ImagineRequest("a fox", image=b""), "image", "empty"),
+        (ImagineRequest("a fox", image=b"x" * 2001), "image", "the limit is 2,000 bytes"),
+        (ImagineRequest("a fox", image=b"x", strength=1.5), "strength", "at most 1"),
+        (ImagineRequest("a fox", image=b"x", strength=0.1), "strength", "single step of 3"),
+    ):
+        with pytest.raises(InvalidInput) as refused:
+            task.validate(request)
+        assert refused.value.option == option and words in str(refused.value), refused.value
+    model = load(make_task(), tiny_dir)
+    good = ImagineRequest("a fox", image=photo(), strength=0.7)
+    outputs = make_task().run_batch(
+        model, [ImagineRequest("a fox", image=b"not a picture", strength=0.7), good], Context()
+    )
+    assert isinstance(outputs[0], InvalidInput) and "not an image" in str(outputs[0])
+    assert isinstance(outputs[1], ImagineOutput)
+
+
+def test_a_picture_the_safety_classifier_flags_is_not_drawn_from(
+    tiny_dir: Path, classifiers: dict[Verdict, Path]
+) -> None:
+    task = make_task(safety_model=str(classifiers[Verdict.ALWAYS]))
+    model = load(task, tiny_dir)
+    (output,) = task.run_batch(model, [ImagineRequest("a fox", image=photo())], Context())
+    assert isinstance(output, InvalidInput) and "safety filter" in str(output)

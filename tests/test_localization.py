@@ -11,7 +11,7 @@ import asyncio
 import string
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import discord
 import pytest
@@ -23,6 +23,7 @@ from bot.commands import NotAnAdmin
 from bot.executor import Busy
 from bot.localization import NAME, Catalogs, Key, catalogs, name_in, tr
 from bot.quotas import CooldownActive
+from bot.settings import MessageMenu
 from tests.test_discord import (  # noqa: F401 - harness, simcord_bot, stack: fixtures
     Harness,
     harness,
@@ -55,8 +56,9 @@ def options_of(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def command_strings(commands: list[dict[str, Any]]) -> set[Key]:
-    """What the translator is asked for: names in the name context, the rest without."""
-    keys: set[Key] = set()
+    """What the translator is asked for: names in the name context, the rest without, and
+    every message menu an owner may choose (BOT_MESSAGE_MENUS), synced or not."""
+    keys: set[Key] = {(None, menu) for menu in get_args(MessageMenu)}
     for command in commands:
         if command.get("type", CHAT_INPUT) != CHAT_INPUT:  # a context menu's name is free text
             keys.add((None, command["name"]))

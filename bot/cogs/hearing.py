@@ -113,11 +113,11 @@ class Hearing(commands.Cog):
         self.menu = app_commands.ContextMenu(name="Transcribe", callback=self.transcribe_message)
 
     async def cog_load(self) -> None:
-        self.bot.tree.add_command(self.menu)
+        self.bot.add_menu(self.menu)
         self.bot.add_dynamic_items(AnotherLanguage)
 
     async def cog_unload(self) -> None:
-        self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
+        self.bot.remove_menu(self.menu)
         self.bot.remove_dynamic_items(AnotherLanguage)
 
     @property

@@ -104,11 +104,11 @@ class Seeing(commands.Cog):
         )
 
     async def cog_load(self) -> None:
-        self.bot.tree.add_command(self.menu)
+        self.bot.add_menu(self.menu)
         self.bot.add_dynamic_items(ImagineThis)
 
     async def cog_unload(self) -> None:
-        self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
+        self.bot.remove_menu(self.menu)
         self.bot.remove_dynamic_items(ImagineThis)
 
     def _check(self, interaction: Interaction, pictures: list[Picture]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Literal
 
@@ -11,6 +12,7 @@ from discord.ext import commands
 
 from bot.calls import VoiceUnavailable, speech_render
 from bot.commands import Text, caller_of, run_task, voice_choices
+from bot.drawing import from_picture, start_picture
 from bot.image_buttons import image_buttons
 from bot.localization import tr
 from bot.reading import summarize_source
@@ -60,11 +62,11 @@ class Tasks(commands.Cog):
 
     async def cog_load(self) -> None:
         for menu in self.menus:
-            self.bot.tree.add_command(menu)
+            self.bot.add_menu(menu)
 
     async def cog_unload(self) -> None:
         for menu in self.menus:
-            self.bot.tree.remove_command(menu.name, type=menu.type)
+            self.bot.remove_menu(menu)
 
     async def summarize_message(self, interaction: Interaction, message: discord.Message) -> None:
         await run_task(interaction, "summarize", SummarizeRequest(message.content))
@@ -144,6 +146,8 @@ class Tasks(commands.Cog):
         seed="Reuse a seed to reproduce an image",
         size="Image size",
         count="How many images",
+        image="A picture to start from (its shape picks the size)",
+        strength="How far to move from the picture: near 0 keeps it, 1 all but ignores it",
     )
     async def imagine(
         self,
@@ -155,9 +159,30 @@ class Tasks(commands.Cog):
         seed: app_commands.Range[int, 0, 2**32 - 1] | None = None,
         size: str | None = None,
         count: app_commands.Range[int, 1, 4] = 1,
+        image: discord.Attachment | None = None,
+        strength: app_commands.Range[float, 0.05, 1.0] | None = None,
     ) -> None:
         request = ImagineRequest(prompt, negative, steps, guidance, seed, size, count)
-        await run_task(interaction, "imagine", request, final_view=image_buttons)
+        if image is None:
+            if strength is not None:
+                request = dataclasses.replace(request, strength=strength)  # refused, named
+            await run_task(interaction, "imagine", request, final_view=image_buttons)
+            return
+        bot = self.bot
+        caller = caller_of(interaction)
+        max_bytes = bot.settings.imagine.max_image_bytes
+        try:
+            picture = start_picture(image, interaction.id, max_bytes, caller.age_restricted)
+        except InvalidInput as exc:
+            bot.invoker.record_refusal("imagine", caller, exc)
+            raise
+        native = bot.executor.tasks["imagine"].native_size  # type: ignore[attr-defined]
+        wanted = dataclasses.replace(request, strength=strength)
+
+        async def read() -> ImagineRequest:
+            return await from_picture(wanted, picture, native, max_bytes)
+
+        await run_task(interaction, "imagine", read=read, final_view=image_buttons)
 
     @imagine.autocomplete("size")
     async def _sizes(

@@ -1,0 +1,101 @@
+"""Drawing from a picture on Discord through SimCord: /imagine image:, the Imagine from this
+menu and its form, the Vary buttons under several images, and their refusals in one line.
+The imagine task is scripted (tests/test_discord.py); the handler draws from pictures with a
+tiny pipeline in tests/test_imagine.py."""
+
+from __future__ import annotations
+
+import discord
+
+from handlers.imagine import ImagineRequest
+from tests.test_discord import (  # noqa: F401 - harness, simcord_bot, stack: fixtures
+    Harness,
+    harness,
+    png,
+    scene,
+    simcord_bot,
+    stack,
+)
+
+
+def drawn(h: Harness) -> list[ImagineRequest]:
+    return [request for run in h.tasks["imagine"].runs for request in run]
+
+
+async def test_imagine_draws_from_an_attached_picture(harness: Harness) -> None:
+    s = await scene(harness)
+    result = await s.alice.slash(
+        s.channel, "imagine", prompt="as a watercolour", image=("cat.png", png(16)), strength=0.5
+    )
+    await harness.finish()
+    assert result.response.attachments and not result.ephemeral
+    (request,) = drawn(harness)
+    assert request.image == png(16) and request.strength == 0.5
+    assert request.prompt == "as a watercolour"
+    await harness.bot.usage.flush()
+    (row,) = [r for r in harness.rows() if r["task"] == "imagine"]
+    assert row["status"] == "ok" and row["input_size"] >= len(png(16))
+    assert "image" not in (row["options"] or "")  # the picture never reaches the log
+
+
+async def test_a_bad_picture_or_strength_is_refused_in_one_line(harness: Harness) -> None:
+    s = await scene(harness)
+    text = await s.alice.slash(s.channel, "imagine", prompt="a cat", image=("a.txt", b"hi"))
+    assert text.ephemeral and text.response.content == "**image**: is not an image"
+    lonely = await s.alice.slash(s.channel, "imagine", prompt="a cat", strength=0.5)
+    assert lonely.ephemeral and "applies only when starting from an image" in (
+        lonely.response.content
+    )
+    harness.bot.settings.imagine.max_image_bytes = 10
+    big = await s.alice.slash(s.channel, "imagine", prompt="a cat", image=("a.png", png()))
+    assert big.ephemeral and "the limit is 10 bytes" in big.response.content
+    assert drawn(harness) == []
+
+
+async def test_the_menu_asks_what_to_draw_then_draws_from_the_messages_image(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    await s.bob.send(s.channel, "my sketch", attachments=[("sketch.png", png(16))])
+    sketch = max((m for m in s.channel.history() if m.author.id == s.bob.id), key=lambda m: m.id)
+    form = await s.alice.context_menu(s.channel, "Imagine from this", sketch)
+    assert form.modal is not None
+    done = await s.alice.submit_modal(form, {"prompt": "a castle", "strength": "0,4"})
+    await harness.finish()
+    assert done.response.attachments
+    (request,) = drawn(harness)
+    assert (request.prompt, request.strength, request.image) == ("a castle", 0.4, png(16))
+    wrong = await s.alice.context_menu(s.channel, "Imagine from this", sketch)
+    refused = await s.alice.submit_modal(wrong, {"prompt": "a castle", "strength": "lots"})
+    assert "is not a number from 0.05 to 1" in refused.response.content
+    words = await s.bob.send(s.channel, "no picture")
+    none = await s.alice.context_menu(s.channel, "Imagine from this", words)
+    assert none.ephemeral and none.response.content == "**message**: has no image"
+    assert len(drawn(harness)) == 1
+
+
+async def test_the_menu_reads_with_the_members_permissions(harness: Harness) -> None:
+    s = await scene(harness)
+    no_history = discord.PermissionOverwrite(read_message_history=False)
+    notes = s.guild.create_text_channel("notes", overwrites={s.alice: no_history})
+    await s.bob.send(notes, "answers", attachments=[("answers.png", png())])
+    message = max((m for m in notes.history() if m.author.id == s.bob.id), key=lambda m: m.id)
+    form = await s.alice.context_menu(notes, "Imagine from this", message)
+    refused = await s.alice.submit_modal(form, {"prompt": "a castle"})
+    await harness.finish()
+    assert "cannot read" in refused.response.content and drawn(harness) == []
+
+
+async def test_several_images_get_numbered_vary_buttons_each_drawing_from_its_own(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    result = await s.alice.slash(s.channel, "imagine", prompt="a fox", count=2)
+    await harness.finish()
+    message = result.response
+    labels = [[c["label"] for c in row["components"]] for row in message.components]
+    assert labels == [["Reroll", "Delete"], ["Subtle 1", "Subtle 2"], ["Strong 1", "Strong 2"]]
+    await s.bob.click(message, label="Subtle 2")
+    await harness.finish()
+    varied = drawn(harness)[-1]
+    assert (varied.strength, varied.count, varied.image) == (0.35, 1, png())
