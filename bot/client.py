@@ -187,12 +187,13 @@ class AssistantBot(commands.Bot):
         render: Callable[[Any], Reply],
         requester_id: int,
         final_view: discord.ui.View | None = None,
+        spoiler: bool = False,
     ) -> JobWatcher:
         """Show a job's progress and result at ``place`` (with a Cancel button only its
-        requester may press), and keep track of it until the reply is final; both in the
-        place's language."""
+        requester may press; text streamed so far behind a ``spoiler`` when asked), and keep
+        track of it until the reply is final; both in the place's language."""
         view = CancelView(handle, requester_id, place.locale)
-        watcher = JobWatcher(place, handle, view, self.edit_interval, render, final_view)
+        watcher = JobWatcher(place, handle, view, self.edit_interval, render, final_view, spoiler)
         self.watchers[handle.id] = watcher
         watcher.finished.add_done_callback(lambda _: self.watchers.pop(handle.id, None))
         return watcher

@@ -13,7 +13,7 @@ from discord import app_commands
 from bot.delivery import InteractionPlace, Reply
 from bot.hearing import render_transcript
 from bot.invocations import Caller
-from bot.seeing import render_description
+from bot.seeing import hidden, render_description
 from handlers.base import HandlerError
 from handlers.chat import ChatResult
 from handlers.classify import ClassifyResult
@@ -124,6 +124,11 @@ def render(result: Any) -> Reply:
         case DescribeResult():
             return render_description(result)
     raise TypeError(f"no rendering for {type(result).__name__}")
+
+
+def spoiled(result: Any) -> Reply:
+    """A result made from a spoiler image, rendered behind a spoiler too."""
+    return hidden(render(result))
 
 
 async def run_task(

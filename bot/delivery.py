@@ -340,8 +340,11 @@ class JobWatcher:
         interval: float,
         render: Callable[[Any], Reply],
         final_view: discord.ui.View | None = None,
+        spoiler: bool = False,
     ) -> None:
         self.place = place
+        self.spoiler = spoiler
+        """The text streamed so far is shown behind a spoiler (an answer about one)."""
         self.handle = handle
         self.view = view
         self.interval = interval
@@ -373,6 +376,8 @@ class JobWatcher:
             self._spawn(self._finish())
             return
         text = describe_progress(self.handle.task, event, self.place.locale)
+        if self.spoiler and text is not None and isinstance(event.partial, str):
+            text = f"||{clip(text, 1990)}||"
         if text is None or text == self._shown:
             return
         self._pending = text

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.commands import run_task
+from bot.commands import render, run_task, spoiled
 from bot.seeing import attached, download, is_image
 from handlers.base import InvalidInput
 from handlers.imagine import ImagineRequest
@@ -45,7 +45,8 @@ most details, a strong one keeps little more than its layout and colours."""
 
 class ImageButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"img:(?P<action>reroll|subtle|strong|delete):(?P<key>[0-9a-f]{32})(?::(?P<index>[0-9]))?",
+    template=r"img:(?P<action>reroll|subtle|strong|vary|delete):(?P<key>[0-9a-f]{32})"
+    r"(?::(?P<index>[0-9]))?",
 ):
     def __init__(self, action: str, key: str, index: int | None = None) -> None:
         # One pair of Vary buttons for each image of the message, numbered.
@@ -68,7 +69,8 @@ class ImageButton(
         cls, interaction: Interaction, item: discord.ui.Item[Any], match: re.Match[str]
     ) -> ImageButton:
         index = match["index"]
-        return cls(match["action"], match["key"], None if index is None else int(index))
+        action = "strong" if match["action"] == "vary" else match["action"]  # posted before Vary
+        return cls(action, match["key"], None if index is None else int(index))
 
     async def callback(self, interaction: Interaction) -> None:
         bot = interaction.client
@@ -84,7 +86,12 @@ class ImageButton(
                     return request
                 return await self._varied(interaction, request)
 
-            await run_task(interaction, "imagine", read=read, final_view=image_buttons)
+            message = interaction.message
+            spoiler = message is not None and any(a.is_spoiler() for a in message.attachments)
+            await run_task(
+                interaction, "imagine", read=read, final_view=image_buttons,
+                render_result=spoiled if spoiler else render,
+            )  # fmt: skip
         except Exception as exc:  # a button has no command tree to report it
             await bot.report_error(interaction, exc)
 

@@ -54,9 +54,10 @@ class Picture:
 
 
 def is_image(attachment: discord.Attachment) -> bool:
+    """A picture the models can read: any image type but a vector drawing (SVG)."""
     content_type = (attachment.content_type or "").split(";")[0].strip().lower()
     if content_type:
-        return content_type.startswith("image/")
+        return content_type.startswith("image/") and content_type != "image/svg+xml"
     return PurePath(attachment.filename).suffix.lower() in IMAGE_SUFFIXES
 
 
@@ -146,8 +147,12 @@ async def read_images(
 
 
 def hidden(reply: Reply) -> Reply:
-    """A description of a spoiler image, behind a spoiler too."""
-    return dataclasses.replace(reply, text=f"||{reply.text}||") if reply.text else reply
+    """What was made from a spoiler image, behind a spoiler too: its text, and its files
+    (Discord blurs a file whose name starts with SPOILER_)."""
+    files = [(name if name.startswith("SPOILER_") else f"SPOILER_{name}", data)
+             for name, data in reply.files]  # fmt: skip
+    text = f"||{reply.text}||" if reply.text else ""
+    return dataclasses.replace(reply, text=text, files=files)
 
 
 def render_description(result: DescribeResult) -> Reply:

@@ -278,14 +278,20 @@ class DescribeTask(Task[DescribeRequest, DescribeResult]):
                 images_per_turn=tuple(counts[start:]),
             )
 
-        fitting = [start for start in starts if tokens(cut(start)) <= budget][:1]
-        if not fitting:
+        if not starts or tokens(cut(starts[-1])) > budget:
             raise InvalidInput(
                 "image",
                 "these images and the conversation around them do not fit the model's "
                 f"window of {model.context} tokens; show fewer images, or reply `reset`",
             )
-        return cut(fitting[0])
+        low, high = 0, len(starts) - 1  # the latest cut fits: find the earliest that does
+        while low < high:  # each try runs the processor, images and all: bisect
+            middle = (low + high) // 2
+            if tokens(cut(starts[middle])) <= budget:
+                high = middle
+            else:
+                low = middle + 1
+        return cut(starts[low])
 
     def run_batch(
         self, model: VisionModel, requests: Sequence[DescribeRequest], ctx: BatchContext
@@ -295,9 +301,7 @@ class DescribeTask(Task[DescribeRequest, DescribeResult]):
         fitted: dict[int, DescribeRequest] = {}
         for row, request in enumerate(requests):
             try:
-                images = [open_image(data, self.max_pixels) for data in request.images]
-                if request.screen:
-                    self._screen(model, [o.image for o in images])
+                request, images = self._open(model, request)
                 fitted[row] = self._fit(model, request, [o.image for o in images])
                 opened[row] = images
             except HandlerError as exc:
@@ -341,6 +345,33 @@ class DescribeTask(Task[DescribeRequest, DescribeResult]):
                 first_frames=sum(o.animated for o in opened[row]),
             )
         return outputs
+
+    def _open(
+        self, model: VisionModel, request: DescribeRequest
+    ) -> tuple[DescribeRequest, list[Opened]]:
+        """The request's images opened (and screened): a bad one fails the request, unless
+        an earlier turn of a conversation showed it, which then goes on without it."""
+        counts = request.counts()
+        turn_of = [turn for turn, count in enumerate(counts) for _ in range(count)]
+        kept: list[Opened] = []
+        data_kept: list[bytes] = []
+        for data, turn in zip(request.images, turn_of, strict=True):
+            try:
+                opened = open_image(data, self.max_pixels)
+                if request.screen:
+                    self._screen(model, [opened.image])
+                kept.append(opened)
+                data_kept.append(data)
+            except HandlerError:
+                if turn == len(counts) - 1:  # the newest message's: the member is told
+                    raise
+                counts[turn] -= 1
+                log.info("an earlier image of a conversation is left out: cannot be seen")
+        if len(kept) == len(request.images):
+            return request, kept
+        if not kept:
+            raise InvalidInput("image", "none of the conversation's images can be read")
+        return replace(request, images=tuple(data_kept), images_per_turn=tuple(counts)), kept
 
     @staticmethod
     def _screen(model: VisionModel, images: list[Image.Image]) -> None:

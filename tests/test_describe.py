@@ -843,3 +843,16 @@ def test_a_classroom_safe_request_is_screened_by_the_safety_classifier(
     passing = DescribeTask(safety_model=str(build_safety_classifier(tmp_path / "n", Verdict.NEVER)))
     assert isinstance(one(passing.load(spec), request, passing), DescribeResult)
     assert refusal(DescribeTask(), request).option == "image"  # no filter: never unscreened
+
+
+def test_an_earlier_image_that_cannot_be_read_is_left_out_not_the_newest(
+    model: VisionModel, spy: Spy
+) -> None:
+    broken = conversation(images=(b"not a picture", picture("blue")))
+    result = one(model, broken)
+    assert isinstance(result, DescribeResult) and result.images == 1
+    prompt = model.processor.tokenizer.decode(spy.prompts[-1][0])
+    assert prompt.count("<global-img>") == 1
+    assert as_said(model, "alice: look at this slide") in prompt  # her words stay
+    refused = one(model, conversation(images=(picture("red"), b"not a picture")))
+    assert_clear_refusal(refused, "image", "not an image")

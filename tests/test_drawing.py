@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import discord
 
+from bot.image_buttons import ImageButton
 from handlers.imagine import ImagineRequest
 from tests.test_discord import (  # noqa: F401 - harness, simcord_bot, stack: fixtures
     Harness,
@@ -99,3 +100,24 @@ async def test_several_images_get_numbered_vary_buttons_each_drawing_from_its_ow
     await harness.finish()
     varied = drawn(harness)[-1]
     assert (varied.strength, varied.count, varied.image) == (0.35, 1, png())
+
+
+async def test_a_variations_button_posted_before_vary_draws_a_strong_variation() -> None:
+    template = ImageButton.__discord_ui_compiled_template__
+    match = template.fullmatch("img:vary:" + "a" * 32)
+    assert match is not None
+    button = await ImageButton.from_custom_id(None, None, match)  # type: ignore[arg-type]
+    assert (button.action, button.index) == ("strong", None)
+
+
+async def test_what_is_drawn_from_a_spoiler_image_is_a_spoiler_too(harness: Harness) -> None:
+    s = await scene(harness)
+    await s.bob.send(s.channel, "ending", attachments=[("SPOILER_end.png", png(16))])
+    secret = max((m for m in s.channel.history() if m.author.id == s.bob.id), key=lambda m: m.id)
+    form = await s.alice.context_menu(s.channel, "Imagine from this", secret)
+    done = await s.alice.submit_modal(form, {"prompt": "a castle"})
+    await harness.finish()
+    assert [a.filename for a in done.response.attachments] == ["SPOILER_imagine-7.png"]
+    varied = await s.bob.click(done.response, label="Vary (subtle)")
+    await harness.finish()
+    assert [a.filename for a in varied.response.attachments] == ["SPOILER_imagine-7.png"]

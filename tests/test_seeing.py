@@ -5,12 +5,14 @@ tested with a tiny Idefics3 in tests/test_describe.py."""
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 from typing import Any
 
 import discord
 from PIL import Image
 
 from bot.cogs.seeing import PROMPT_CHARS, prompt_from
+from bot.seeing import is_image
 from handlers.audio import over
 from handlers.describe import DESCRIBE_EACH, IN_BRIEF, DescribeRequest
 from tests.test_discord import (  # noqa: F401 - harness, simcord_bot, stack: fixtures
@@ -381,3 +383,58 @@ async def test_the_menu_describes_the_images_of_a_forwarded_message(harness: Har
     await harness.finish()
     (request,) = described(harness)
     assert request.images == (png("red"),)
+
+
+async def test_an_earlier_image_too_large_to_show_never_breaks_the_conversation(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    first = await talk(
+        harness, s.alice, s.channel, mention(harness, "look"),
+        attachments=[("big.png", png("red"))],
+    )  # fmt: skip
+    harness.bot.settings.describe.max_bytes = 10  # the image is now too large to fetch
+    later = await talk(harness, s.bob, s.channel, mention(harness, "and?"), reply_to=first)
+    assert later.content.startswith("echo: and?")  # the chat model answers, nothing refused
+    *_, request = chats(harness)
+    assert request.history[0].content == "look\n[image: an image not shown here " + (
+        "(marked explicit by Discord, or too large)]"
+    )
+    assert len(described(harness)) == 1
+
+
+async def test_an_answer_about_a_spoiler_image_streams_behind_a_spoiler(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    harness.tasks["describe"].hold = True
+    backend = harness.env.backend
+    (secret,) = backend.store_attachments(s.channel.id, [("SPOILER_end.png", png())])
+    secret.update(content_type="image/png")
+    backend.create_message(
+        s.channel.id, s.alice.id, mention(harness, "who is it?"), attachments=[secret]
+    )
+    await harness.env.settle()
+    assert harness.tasks["describe"].entered.wait(5)
+    (watcher,) = harness.bot.watchers.values()
+    assert watcher.spoiler
+    harness.tasks["describe"].gate.set()
+    await harness.finish()
+    assert harness.bot.user is not None
+    *_, answer = [m for m in s.channel.history() if m.author.id == harness.bot.user.id]
+    assert answer.content.startswith("||1 image(s): a teal square||")
+
+
+def test_a_vector_drawing_is_not_an_image_the_models_can_read() -> None:
+    svg = discord.Attachment(
+        data={
+            "id": 1,
+            "filename": "logo.svg",
+            "size": 10,
+            "url": "https://x",
+            "proxy_url": "https://x",
+            "content_type": "image/svg+xml",
+        },
+        state=SimpleNamespace(http=None),  # type: ignore[arg-type]
+    )
+    assert not is_image(svg)

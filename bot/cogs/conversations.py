@@ -27,7 +27,7 @@ from bot.client import answer_to
 from bot.commands import Text, caller_of, place_caller, render
 from bot.conversations import Answer, Conversations, Memory, Turn, command_word
 from bot.delivery import NO_MENTIONS, InteractionPlace, MessagePlace, Place, Reply
-from bot.executor import ExecutorError, JobHandle
+from bot.executor import JobHandle
 from bot.guilds import GuildSettings
 from bot.hearing import HEARD, heard_heading, is_voice_message, read_sound, sound_of
 from bot.invocations import Caller, CommandDisabled
@@ -36,7 +36,7 @@ from bot.markdown import clip, neutralize
 from bot.reading import MAX_TEXT_FILE, Readable, may_read_history, read_file
 from bot.seeing import Picture, check_images, download, hidden, pictures_of
 from bot.voice_replies import VoiceReplies
-from handlers.base import HandlerError, InvalidInput
+from handlers.base import InvalidInput
 from handlers.chat import ChatRequest
 from handlers.describe import IN_BRIEF, DescribeRequest, DescribeResult
 from handlers.transcribe import TranscribeResult
@@ -55,10 +55,10 @@ SPOKEN_TO = (discord.MessageType.default, discord.MessageType.reply)
 """Messages a member wrote (not joins, pins or boosts)."""
 UNREADABLE_HERE = "you cannot read the earlier messages here, so I show nothing of them"
 UNSEEN = "an image I could not look at"
-EXPLICIT = "an image Discord marks explicit, not shown outside age-restricted channels"
+UNSHOWN = "an image not shown here (marked explicit by Discord, or too large)"
 BRIEF_TOKENS = 96
 """The longest line describing an earlier image."""
-DESCRIBED_AT_ONCE = 8
+DESCRIBED_AT_ONCE = 4
 """The most earlier images of a conversation described for one turn (the newest; they are
 kept, so a long thread's images are described over its next turns, never all at once)."""
 NOTE = "-# "
@@ -88,6 +88,8 @@ class Prepared:
     per_turn: list[list[Picture]]
     """The images the vision model is shown, by the turns the request holds (its
     history's, then the newest); none: the chat model answers."""
+    spoiler: bool = False
+    """An image of those turns, shown or described, is a spoiler: so is the answer."""
 
     @property
     def shown(self) -> list[Picture]:
@@ -357,11 +359,11 @@ class ConversationsCog(commands.Cog, name="Conversations"):
             if seen is None:
                 handle = admission.submit(prepared.request)
             else:  # the vision model answers: the turn is describe's, on its quota
+                admission.release()
                 with bot.invoker.admit("describe", caller) as seeing:
                     handle = seeing.submit(seen)
-                admission.release()
         left_out = prepared.left_out
-        hide = any(picture.spoiler for picture in prepared.shown)
+        hide = prepared.spoiler
         place = MessagePlace(
             message.channel,
             message.author,
@@ -463,10 +465,11 @@ class ConversationsCog(commands.Cog, name="Conversations"):
                 memory, turns, base, caller.user_id, complete
             )
             keys = {picture.key for picture in shown}
+            held = [p for turn in kept_turns for p in pictures.get(turn.id, [])]
             per_turn = [
                 [p for p in pictures.get(turn.id, []) if p.key in keys] for turn in kept_turns
             ]
-            return Prepared(request, left_out, per_turn)
+            return Prepared(request, left_out, per_turn, any(p.spoiler for p in held))
 
     def _pictures(self, message: discord.Message) -> list[Picture]:
         return pictures_of(message, self.bot.http)
@@ -502,11 +505,12 @@ class ConversationsCog(commands.Cog, name="Conversations"):
         """The turns with each image the model is not shown as a line describing it, and
         the images it is shown: the conversation's newest (all of the newest message's)."""
         describe = self.bot.settings.describe
-        visible = [
+        visible = [  # the newest message's passed these checks already (_check_pictures)
             picture
             for turn in turns
             for picture in pictures.get(turn.id, [])
-            if not picture.explicit or caller.age_restricted
+            if (not picture.explicit or caller.age_restricted)
+            and (picture.size is None or picture.size <= describe.max_bytes)
         ]
         newest = len(pictures.get(turns[-1].id, [])) if turns else 0
         budget = 0
@@ -520,7 +524,7 @@ class ConversationsCog(commands.Cog, name="Conversations"):
         rewritten = []
         for turn in turns:
             added = [
-                f"[image: {lines.get(p.key, EXPLICIT)}]"
+                f"[image: {lines.get(p.key, UNSHOWN)}]"
                 for p in pictures.get(turn.id, [])
                 if p.key not in keys
             ]
@@ -531,8 +535,9 @@ class ConversationsCog(commands.Cog, name="Conversations"):
     async def _descriptions(
         self, pictures: list[Picture], caller: Caller, conversation: str
     ) -> dict[tuple[int, int], str]:
-        """A line describing each picture: stored, or described now (together, so the
-        executor batches them) and stored; a placeholder where it cannot be."""
+        """A line describing each picture: stored, or described now and stored; a
+        placeholder where it cannot be (kept too for an image that will never be described,
+        damaged or refused by the safety filter, so it is not tried again)."""
         store = self.conversations.store
         lines = await store.descriptions(sorted({p.message_id for p in pictures}))
         missing = [p for p in pictures if p.key not in lines]
@@ -542,45 +547,69 @@ class ConversationsCog(commands.Cog, name="Conversations"):
         missing = missing[-DESCRIBED_AT_ONCE:]
         if not missing:
             return lines
-        made = await asyncio.gather(*(self._describe(p, caller) for p in missing))
-        for picture, line in zip(missing, made, strict=True):
-            if line is not None:
+        # As many at once as the member may have jobs queued: the executor batches them.
+        slots = asyncio.Semaphore(self.bot.executor.config.max_per_user)
+
+        async def described(picture: Picture) -> str:
+            async with slots:
+                line, lasting = await self._describe(picture, caller)
+            if lasting:
                 mid, position = picture.key
                 await store.record_description(conversation, mid, position, line)
-        return {**lines, **{p.key: line or UNSEEN for p, line in zip(missing, made, strict=True)}}
+            return line
 
-    async def _describe(self, picture: Picture, caller: Caller) -> str | None:
-        """One image in a line, on the member's GPU time; None when it cannot be."""
+        made = await asyncio.gather(*(described(p) for p in missing))
+        return lines | {p.key: line for p, line in zip(missing, made, strict=True)}
+
+    async def _describe(self, picture: Picture, caller: Caller) -> tuple[str, bool]:
+        """One image in a line, as the member's own describe job (quota, usage row), and
+        whether that line is for good: a placeholder is, for an image that cannot be read
+        or that the safety filter refuses; not when the bot was only busy."""
         bot = self.bot
         try:
-            (data,) = await download([picture], bot.settings.describe.max_bytes)
-            request = DescribeRequest((data,), IN_BRIEF, BRIEF_TOKENS)
-            guild = self._guild(caller)
-            if guild is not None:
-                request = bot.invoker.apply_guild_rules(guild, "describe", request)
-            handle = bot.executor.submit("describe", request, user_id=caller.user_id)
+            with bot.invoker.admit("describe", caller) as admission:
+                (data,) = await download([picture], bot.settings.describe.max_bytes)
+                handle = admission.submit(DescribeRequest((data,), IN_BRIEF, BRIEF_TOKENS))
             result: DescribeResult = await handle
-        except (ExecutorError, HandlerError, CommandDisabled) as exc:
-            log.info("could not describe an earlier image of a conversation: %s", exc)
-            return None
-        if handle.gpu_s is not None:
-            bot.invoker.quotas.charge_gpu(caller.user_id, handle.gpu_s)
-        return " ".join(result.text.split()) or None
+        except InvalidInput as exc:  # damaged, too large, not an image, flagged
+            log.info("an earlier image of a conversation cannot be described: %s", exc)
+            return UNSEEN, True
+        except Exception as exc:  # busy, over quota, turned off meanwhile: another time
+            log.info("could not describe an earlier image of a conversation now: %s", exc)
+            return UNSEEN, False
+        line = " ".join(result.text.split())
+        return line or UNSEEN, True
 
     async def _seen(self, prepared: Prepared) -> DescribeRequest | None:
         """The turn as the vision model's, when the turns it holds show images it may see."""
         if not prepared.shown:
             return None
         request = prepared.request
-        images = await download(prepared.shown, self.bot.settings.describe.max_bytes)
+        max_bytes = self.bot.settings.describe.max_bytes
+        *earlier, newest = prepared.per_turn
+        images: list[bytes] = []
+        counts: list[int] = []
+        for turn in earlier:  # an earlier image that cannot be fetched is left out
+            fetched: list[bytes] = []
+            for picture in turn:
+                try:
+                    fetched += await download([picture], max_bytes)
+                except InvalidInput as exc:
+                    log.info("an earlier image of a conversation is left out: %s", exc)
+            images += fetched
+            counts.append(len(fetched))
+        images += await download(newest, max_bytes)  # the member's own: said if it fails
+        counts.append(len(newest))
+        if not images:
+            return None
         return DescribeRequest(
-            images,
+            tuple(images),
             request.message,
             system=request.system or self.bot.settings.chat.system_prompt,
             summary=request.summary,
             history=request.history,
             name=request.name,
-            images_per_turn=tuple(len(turn) for turn in prepared.per_turn),
+            images_per_turn=tuple(counts),
         )
 
     async def _may_read_earlier(
@@ -628,7 +657,7 @@ class ConversationsCog(commands.Cog, name="Conversations"):
                 heading="\n".join(filter(None, (heading, reply.heading))),
             )
 
-        watcher = self.bot.follow(handle, place, rendered, requester_id)
+        watcher = self.bot.follow(handle, place, rendered, requester_id, spoiler=hide)
 
         def delivered(finished: asyncio.Future[list[discord.Message]]) -> None:
             if finished.cancelled() or not finished.result():

@@ -11,11 +11,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.commands import Text, caller_of, render, run_task
+from bot.commands import Text, caller_of, render, run_task, spoiled
 from bot.image_buttons import image_buttons
 from bot.localization import tr
 from bot.reading import check_here
-from bot.seeing import Picture, attached, check_images, hidden, is_image, pictures_of, read_images
+from bot.seeing import Picture, attached, check_images, is_image, pictures_of, read_images
 from handlers.base import InvalidInput
 from handlers.describe import DESCRIBE_EACH, DescribeRequest
 from handlers.imagine import ImagineRequest
@@ -135,7 +135,7 @@ class Seeing(commands.Cog):
         offer = self.bot.invoker.allows("imagine", caller_of(interaction)) and not spoiler
         await run_task(
             interaction, "describe", read=read,
-            render_result=(lambda result: hidden(render(result))) if spoiler else render,
+            render_result=spoiled if spoiler else render,
             final_view=imagine_this if offer else None,
         )  # fmt: skip
 

@@ -11,7 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.calls import VoiceUnavailable, speech_render
-from bot.commands import Text, caller_of, run_task, voice_choices
+from bot.commands import Text, caller_of, render, run_task, spoiled, voice_choices
 from bot.drawing import from_picture, start_picture
 from bot.image_buttons import image_buttons
 from bot.localization import tr
@@ -182,7 +182,10 @@ class Tasks(commands.Cog):
         async def read() -> ImagineRequest:
             return await from_picture(wanted, picture, native, max_bytes)
 
-        await run_task(interaction, "imagine", read=read, final_view=image_buttons)
+        await run_task(
+            interaction, "imagine", read=read, final_view=image_buttons,
+            render_result=spoiled if picture.spoiler else render,
+        )  # fmt: skip
 
     @imagine.autocomplete("size")
     async def _sizes(
