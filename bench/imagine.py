@@ -13,6 +13,10 @@
   one with ``from_pipe``), strength 0.6 (the bot's default), default steps: only that share
   of the steps runs, plus encoding the picture; ``img2img, one at a time`` is the same
   without batching, what the bot's batches by strength save.
+- ``previews, every step`` and ``previews, every 2 s``: the baseline while a small JPEG
+  preview of the batch's first image is decoded with a tiny autoencoder (TAESD's
+  architecture, random weights) every step (the worst case) or as often as the bot's
+  default edit interval allows; the target is at most 5% over the baseline.
 - ``compile`` (with ``--compile``): ``torch.compile`` of the UNet, default steps; its
   compilation time (one size, two batch sizes, as the bot warms up) is reported apart.
 
@@ -41,6 +45,7 @@ if str(ROOT) not in sys.path:
 
 from bench.workloads import BenchImage  # noqa: E402
 from handlers.base import LoadSpec  # noqa: E402
+from handlers.imagine import PREVIEW_SIDE, encode_jpeg  # noqa: E402
 
 STRENGTH = 0.6
 """The bot's default strength (BOT_IMAGINE__DEFAULT_STRENGTH)."""
@@ -77,6 +82,34 @@ def seconds_from_picture(pipe: Any, size: int, steps: int, batch: int, device: s
     return (time.perf_counter() - started) / batch
 
 
+def previewing(decoder: Any, every_s: float) -> Any:
+    """A step callback that sends previews as the bot's does: decoded, encoded, dropped."""
+
+    def timed(pipe: Any, size: int, steps: int, batch: int, device: str) -> float:
+        last = time.monotonic()
+
+        def on_step(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict:
+            nonlocal last
+            if step + 1 < steps and time.monotonic() - last >= every_s:
+                with torch.inference_mode():
+                    image = decoder.decode(tensors["latents"][:1].to(decoder.dtype)).sample
+                pixels = ((image / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8)
+                encode_jpeg(pixels[0].permute(1, 2, 0).cpu().numpy(), PREVIEW_SIDE)
+                last = time.monotonic()
+            return tensors
+
+        sync(device)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            pipe(["a lighthouse at dusk"] * batch, height=size, width=size,
+                 num_inference_steps=steps, output_type="pt",
+                 callback_on_step_end=on_step)  # fmt: skip
+        sync(device)
+        return (time.perf_counter() - started) / batch
+
+    return timed
+
+
 def measure(
     pipe: Any, size: int, steps: int, args: argparse.Namespace, batch: int | None = None,
     timed: Any = images_per_second,
@@ -88,7 +121,11 @@ def measure(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from diffusers import AutoPipelineForImage2Image, DPMSolverMultistepScheduler
+    from diffusers import (
+        AutoencoderTiny,
+        AutoPipelineForImage2Image,
+        DPMSolverMultistepScheduler,
+    )
 
     bench = BenchImage(args.full_size)
     size, steps = bench.size, bench.steps
@@ -110,6 +147,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name, batch in (("img2img", args.batch), ("img2img, one at a time", 1)):
         seconds = measure(drawing, size, steps, args, batch, seconds_from_picture)
         rows[name] = {"steps": int(steps * STRENGTH), "s_per_image": seconds}
+    decoder = AutoencoderTiny().to(args.device, pipe.vae.dtype).eval()  # TAESD's shape
+    for name, every_s in (("previews, every step", 0.0), ("previews, every 2 s", 2.0)):
+        seconds = measure(pipe, size, steps, args, timed=previewing(decoder, every_s))
+        rows[name] = {"steps": steps, "s_per_image": seconds}
     if args.compile:
         pipe.unet = torch.compile(pipe.unet)
         started = time.perf_counter()

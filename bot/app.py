@@ -78,6 +78,8 @@ def build_tasks(settings: Settings) -> dict[str, Task[Any, Any]]:
             compile=imagine.compile,
             default_strength=imagine.default_strength,
             max_image_bytes=imagine.max_image_bytes,
+            preview_model=imagine.preview_model if imagine.previews else None,
+            preview_every_s=settings.edit_interval_s,
         ),
         "speak": SpeakTask(
             max_chars=settings.speak.max_chars,

@@ -382,6 +382,7 @@ async def _ask(settings: Settings, args: argparse.Namespace) -> int:
     if args.model and not remote:
         await asyncio.to_thread(offline_unless_reachable, [args.model])
     stream = args.task == "chat" and not args.json
+    settings.imagine.previews = False  # a terminal shows none: nothing to load for them
     caller = Caller(f"cli:{getpass.getuser()}", source="cli", enforce_quotas=False)
     async with running(settings, [args.task], worker="thread") as services:
         handle = services.invoker.submit(args.task, request, caller, model=args.model)

@@ -126,11 +126,6 @@ def render(result: Any) -> Reply:
     raise TypeError(f"no rendering for {type(result).__name__}")
 
 
-def spoiled(result: Any) -> Reply:
-    """A result made from a spoiler image, rendered behind a spoiler too."""
-    return hidden(render(result))
-
-
 async def run_task(
     interaction: Interaction,
     task: str,
@@ -139,12 +134,14 @@ async def run_task(
     render_result: Callable[[Any], Reply] = render,
     then: Callable[[JobHandle], None] | None = None,
     final_view: Callable[[Interaction, Any], Awaitable[discord.ui.View | None]] | None = None,
+    spoiler: bool = False,
 ) -> None:
     """Admit (a refusal answers privately at once), defer, then do what may be slow:
     ``read`` the request if it isn't given, make the ``final_view`` the result will carry
     (an image's buttons store its options). Then a watcher follows the job, replying as the
     reply policy says (``render_result`` shapes the result), and ``then`` is told of the
-    job (speech said in a call)."""
+    job (speech said in a call). A ``spoiler`` result (made from a spoiler image) is
+    rendered, and previewed, behind a spoiler."""
     bot = interaction.client
     policy = bot.reply_policy(interaction)
     with bot.invoker.admit(task, caller_of(interaction), request) as admission:
@@ -156,4 +153,5 @@ async def run_task(
     if then is not None:
         then(handle)
     place = InteractionPlace(interaction, policy)
-    bot.follow(handle, place, render_result, interaction.user.id, view)
+    rendered = (lambda result: hidden(render_result(result))) if spoiler else render_result
+    bot.follow(handle, place, rendered, interaction.user.id, view, spoiler)

@@ -127,8 +127,11 @@ class Place(ABC):
         """Largest upload, in bytes, the reply may carry."""
 
     @abstractmethod
-    async def show(self, content: str, view: discord.ui.View) -> None:
-        """Put progress in the reply; a failure is logged, never fatal."""
+    async def show(
+        self, content: str, view: discord.ui.View, preview: discord.File | None = None
+    ) -> None:
+        """Put progress in the reply (with a ``preview`` of an image being made, which
+        replaces the last one); a failure is logged, never fatal."""
 
     @abstractmethod
     async def final(self, **fields: Any) -> discord.Message | None:
@@ -161,9 +164,12 @@ class InteractionPlace(Place):
     def filesize_limit(self) -> int:
         return self.interaction.filesize_limit
 
-    async def show(self, content: str, view: discord.ui.View) -> None:
+    async def show(
+        self, content: str, view: discord.ui.View, preview: discord.File | None = None
+    ) -> None:
         if not self.interaction.is_expired():
-            await edit(self.interaction, content=content, view=view)
+            files = {} if preview is None else {"attachments": [preview]}
+            await edit(self.interaction, content=content, view=view, **files)
 
     async def final(self, **fields: Any) -> discord.Message | None:
         if self.interaction.is_expired():
@@ -253,12 +259,18 @@ class MessagePlace(Place):
             self.posted(sent)
         return sent
 
-    async def show(self, content: str, view: discord.ui.View) -> None:
+    async def show(
+        self, content: str, view: discord.ui.View, preview: discord.File | None = None
+    ) -> None:
         try:
             if self.reply is None:
-                self.reply = await self._send(content, view=view)
+                files = {} if preview is None else {"files": [preview]}
+                self.reply = await self._send(content, view=view, **files)
             else:
-                await self.reply.edit(content=content, view=view, allowed_mentions=NO_MENTIONS)
+                files = {} if preview is None else {"attachments": [preview]}
+                await self.reply.edit(
+                    content=content, view=view, allowed_mentions=NO_MENTIONS, **files
+                )
         except discord.HTTPException as exc:
             log.warning("could not show progress in a reply: %s", exc)
 
@@ -357,6 +369,8 @@ class JobWatcher:
         self._last_edit = -float("inf")
         self._shown: str | None = None
         self._pending: str | None = None
+        self._preview: bytes | None = None
+        """The newest preview of an image being made, not shown yet."""
         self._timer: asyncio.TimerHandle | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -375,10 +389,14 @@ class JobWatcher:
                 self._timer.cancel()
             self._spawn(self._finish())
             return
-        text = describe_progress(self.handle.task, event, self.place.locale)
-        if self.spoiler and text is not None and isinstance(event.partial, str):
-            text = f"||{clip(text, 1990)}||"
-        if text is None or text == self._shown:
+        if isinstance(event.partial, bytes):  # a preview: the progress line stays
+            self._preview = event.partial
+            text = self._pending or self._shown
+        else:
+            text = describe_progress(self.handle.task, event, self.place.locale)
+            if self.spoiler and text is not None and isinstance(event.partial, str):
+                text = f"||{clip(text, 1990)}||"
+        if text is None or (text == self._shown and self._preview is None):
             return
         self._pending = text
         wait = self._last_edit + self.interval - self._loop.time()
@@ -392,13 +410,16 @@ class JobWatcher:
         if self._pending is None or self.finished.done():
             return
         text, self._pending = self._pending, None
+        preview, self._preview = self._preview, None
         self._shown, self._last_edit = text, self._loop.time()
-        self._spawn(self._edit_progress(text))
+        self._spawn(self._edit_progress(text, preview))
 
-    async def _edit_progress(self, text: str) -> None:
+    async def _edit_progress(self, text: str, preview: bytes | None) -> None:
+        name = "SPOILER_preview.jpg" if self.spoiler else "preview.jpg"
+        file = None if preview is None else discord.File(io.BytesIO(preview), filename=name)
         async with self._lock:
             if not self.finished.done():
-                await self.place.show(text, self.view)
+                await self.place.show(text, self.view, file)
 
     async def _finish(self) -> None:
         async with self._lock:
@@ -465,5 +486,5 @@ async def show_failure(place: Place, error: BaseException) -> None:
     """A job that ended without a result: say why in place of its progress message."""
     prefix = "🛑" if isinstance(error, JobCancelled) else "⚠️"
     text = clip(f"{prefix} {neutralize(explain(error))}")
-    if await place.final(content=text, view=None) is None:
+    if await place.final(content=text, view=None, attachments=[]) is None:  # no preview left
         await place.post_instead([text], [], None)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.commands import render, run_task, spoiled
+from bot.commands import run_task
 from bot.seeing import attached, download, is_image
 from handlers.base import InvalidInput
 from handlers.imagine import ImagineRequest
@@ -90,7 +90,7 @@ class ImageButton(
             spoiler = message is not None and any(a.is_spoiler() for a in message.attachments)
             await run_task(
                 interaction, "imagine", read=read, final_view=image_buttons,
-                render_result=spoiled if spoiler else render,
+                spoiler=spoiler,
             )  # fmt: skip
         except Exception as exc:  # a button has no command tree to report it
             await bot.report_error(interaction, exc)

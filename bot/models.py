@@ -65,6 +65,7 @@ KNOWN_LICENCES = {
     "Qwen/Qwen2.5-0.5B-Instruct": "apache-2.0",
     "openai/whisper-large-v3-turbo": "mit",
     "HuggingFaceTB/SmolVLM-500M-Instruct": "apache-2.0",
+    "madebyollin/taesd": "mit",
 }
 """Licences of the defaults (README, Default models), for when no model card is at hand."""
 
@@ -166,6 +167,9 @@ def requirements(settings: Settings, tasks: Sequence[str] = ()) -> list[Requirem
                 task, "model", source, f"BOT_MODELS__{task.upper()}", pipeline=task == "imagine"
             )
         )
+        if task == "imagine" and settings.imagine.previews:
+            found.append(Requirement(task, "preview model", settings.imagine.preview_model,
+                                     "BOT_IMAGINE__PREVIEW_MODEL"))  # fmt: skip
         if task == "translate":
             for pair, model in settings.translate.pair_models.items():
                 found.append(Requirement(task, pair, model, "BOT_TRANSLATE__PAIR_MODELS"))

@@ -110,6 +110,13 @@ class ImagineSettings(BaseModel):
     (/imagine image: strength:): near 0 keeps the picture, 1 all but ignores it."""
     max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     """Largest picture /imagine starts from, in bytes (Discord's own upload limit)."""
+    previews: bool = True
+    """While an image is made, its reply shows a small preview as often as
+    BOT_EDIT_INTERVAL_S allows. Only where each can be screened: with a pipeline that has
+    its own safety checker (SD 1.x), only when BOT_IMAGINE__SAFETY_MODEL is set too."""
+    preview_model: str = "madebyollin/taesd"
+    """The tiny autoencoder that draws previews, of the image model's family: taesd for
+    SD 1.x and 2.x, taesdxl for SDXL, taesd3 for SD3, taef1 for FLUX."""
 
 
 class SpeakSettings(BaseModel):

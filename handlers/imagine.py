@@ -8,6 +8,15 @@ answers a size it does not offer with an ``InvalidInput`` outcome for that reque
 Safety: the pipeline's own safety checker (SD 1.x ships one) and an optional image classifier
 both vote; a flagged image never leaves ``run_batch``, and ``finish`` draws a notice in its place.
 
+From a picture: a request with ``image`` runs the image-to-image pipeline made from the loaded
+one (``from_pipe``, the same weights), the picture opened in the worker, screened by the
+classifier and cropped to the size's shape; requests batch by strength.
+
+Previews: with a tiny autoencoder (TAESD) loaded beside the pipeline, each request's first
+image is decoded into a small JPEG every ``preview_every_s`` while it forms and sent as the
+job's partial output, screened by the classifier; a pipeline whose own checker would judge
+only the finished images gets none without a classifier.
+
 Speed: another scheduler (DPM-Solver++ reaches in about 20 steps what DDIM needs 50 for;
 the bot's default, where the model's own scheduler allows the swap), and, each opt-in, the
 denoiser's weights in channels-last layout (faster convolutions on recent GPUs),
@@ -67,6 +76,9 @@ MAX_SEED = 2**32 - 1
 MAX_GUIDANCE = 30.0
 MIN_SIDE, MAX_SIDE = 64, 2048
 
+PREVIEW_SIDE = 256
+"""Previews are at most this many pixels a side: a glimpse, quick to send."""
+
 ASSUMED_NATIVE = 768
 """Budget for a request without ``size`` before the model is known: SD 2.1's native size."""
 
@@ -118,6 +130,8 @@ class ImagineModel:
     image_pipe: Any = None
     """The same weights as an image-to-image pipeline (``from_pipe``: no second copy),
     made when a request first starts from a picture."""
+    preview: Any = None
+    """A tiny autoencoder (TAESD) that decodes glimpses of the images being made."""
 
     def from_picture(self) -> Any:
         if self.image_pipe is None:
@@ -241,6 +255,15 @@ def notice_png(width: int, height: int) -> bytes:
     return encode_png(np.asarray(image))
 
 
+def encode_jpeg(pixels: np.ndarray, side: int) -> bytes:
+    """A small JPEG of ``pixels``, at most ``side`` pixels a side: a preview to glance at."""
+    image = Image.fromarray(pixels)
+    image.thumbnail((side, side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=70)
+    return buffer.getvalue()
+
+
 def encode_png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
@@ -268,6 +291,8 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         compile: bool = False,
         default_strength: float = 0.6,
         max_image_bytes: int = 10 * 1024 * 1024,
+        preview_model: str | None = None,
+        preview_every_s: float = 2.0,
     ) -> None:
         if not 0 < default_strength <= 1:
             raise ValueError(f"default_strength must be in (0, 1], got {default_strength}")
@@ -294,6 +319,10 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         self.default_strength = default_strength
         self.max_image_bytes = max_image_bytes
         """The largest picture to start from, as downloaded."""
+        self.preview_model = preview_model
+        """The tiny autoencoder of the model's latent space that draws previews; None: none."""
+        self.preview_every_s = preview_every_s
+        """Least time between two previews of a batch (Discord's edit rate)."""
         if scheduler != "model" and scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be model or one of {sorted(SCHEDULERS)}")
         self.scheduler = scheduler
@@ -387,7 +416,18 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         safety = None
         if self.safety_model is not None:
             safety = SafetyClassifier.load(self.safety_model, spec, self.safety_threshold)
-        return ImagineModel(pipe, native, safety)
+        preview = None
+        if self.preview_model is not None:
+            if safety is None and getattr(pipe, "safety_checker", None) is not None:
+                # A preview would show what the pipeline's own checker only judges at the end.
+                log.info("%s: no previews, its safety checker judges only finished images; "
+                         "set BOT_IMAGINE__SAFETY_MODEL to screen them", spec.source)  # fmt: skip
+            else:
+                from diffusers import AutoencoderTiny
+
+                preview_spec = LoadSpec(self.preview_model, spec.device, spec.dtype)
+                preview = from_pretrained(AutoencoderTiny, preview_spec).to(spec.device).eval()
+        return ImagineModel(pipe, native, safety, preview=preview)
 
     def _speed_up(self, pipe: Any, native: int, source: str) -> None:
         """The opt-in speed-ups, each said in the log: compiling takes minutes."""
@@ -425,7 +465,8 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
                      source, width, height, time.monotonic() - started)  # fmt: skip
 
     def model_bytes(self, model: ImagineModel) -> int:
-        return module_bytes(model.pipe, *([model.safety.model] if model.safety else []))
+        extra = [m for m in (model.safety.model if model.safety else None, model.preview) if m]
+        return module_bytes(model.pipe, *extra)
 
     def run_batch(
         self, model: ImagineModel, requests: Sequence[ImagineRequest], ctx: BatchContext
@@ -463,11 +504,22 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
                 if row in starts:
                     pictures.append(starts[row])
 
+        firsts: dict[int, int] = {}  # each request's first image, in the pipeline's batch
+        for row in rows:
+            firsts[row] = sum(requests[r].count for r in rows[: rows.index(row)])
+        last_preview = time.monotonic()
+
         def on_step(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict:
-            ctx.progress(step + 1, getattr(pipe, "num_timesteps", None) or steps)
+            nonlocal last_preview
+            total = getattr(pipe, "num_timesteps", None) or steps
+            ctx.progress(step + 1, total)
             # Raising here, rather than setting pipe._interrupt, also skips decoding latents
             # that nobody wants any more.
             raise_if_stopped(ctx)
+            due = time.monotonic() - last_preview >= self.preview_every_s
+            if model.preview is not None and step + 1 < total and due:
+                self._preview(model, tensors["latents"], firsts, ctx)
+                last_preview = time.monotonic()
             return tensors
 
         shape: dict[str, Any] = {"width": width, "height": height}
@@ -502,6 +554,28 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
             start += count
             outputs[row] = ImagineOutput(mine, seeds[row], width, height, steps, guidance)
         return outputs  # type: ignore[return-value]
+
+    @staticmethod
+    def _preview(
+        model: ImagineModel, latents: torch.Tensor, firsts: dict[int, int], ctx: BatchContext
+    ) -> None:
+        """A small JPEG of each request's first image as it is now, decoded by the tiny
+        autoencoder and screened by the safety classifier where there is one; a model whose
+        latents it cannot decode (another family) simply gets no more previews."""
+        try:
+            with torch.inference_mode():
+                picked = latents[list(firsts.values())].to(model.preview.dtype)
+                images = model.preview.decode(picked).sample
+                images = ((images / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+            pixels = list(images.permute(0, 2, 3, 1).cpu().numpy())
+        except Exception as exc:  # e.g. FLUX's packed latents: not this autoencoder's
+            log.warning("previews are off for this model: %r", exc)
+            model.preview = None
+            return
+        flagged = model.safety.flags(pixels) if model.safety is not None else [False] * len(pixels)
+        for row, image, flag in zip(firsts, pixels, flagged, strict=True):
+            if not flag:  # an unsafe glimpse is never shown
+                ctx.partial(row, encode_jpeg(image, PREVIEW_SIDE))
 
     def _start(
         self, model: ImagineModel, request: ImagineRequest, width: int, height: int

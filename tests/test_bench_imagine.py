@@ -20,6 +20,8 @@ def test_each_variant_is_timed_against_the_baseline() -> None:
         "channels_last",
         "img2img",
         "img2img, one at a time",
+        "previews, every step",
+        "previews, every 2 s",
     ]
     assert variants["img2img"]["steps"] == int(variants["baseline"]["steps"] * imagine.STRENGTH)
     assert variants["baseline"]["vs_baseline"] == 1.0

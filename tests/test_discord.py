@@ -102,6 +102,8 @@ class ScriptedTask(Task[Any, Any]):
     entered: threading.Event = field(default_factory=threading.Event)
     stopped: threading.Event = field(default_factory=threading.Event)
     steps: int = 0
+    previews: list[bytes] = field(default_factory=list)
+    """Sent for each request as it runs, as an image model's previews are."""
     runs: list[list[Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -130,6 +132,9 @@ class ScriptedTask(Task[Any, Any]):
 
     def run_batch(self, model: Any, requests: Sequence[Any], ctx: BatchContext) -> list[Any]:
         self.runs.append(list(requests))
+        for preview in self.previews:
+            for index in range(len(requests)):
+                ctx.partial(index, preview)
         if self.hold:
             self.entered.set()
             while not self.gate.wait(0.005):

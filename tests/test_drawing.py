@@ -5,7 +5,10 @@ tiny pipeline in tests/test_imagine.py."""
 
 from __future__ import annotations
 
+import io
+
 import discord
+from PIL import Image
 
 from bot.image_buttons import ImageButton
 from handlers.imagine import ImagineRequest
@@ -121,3 +124,28 @@ async def test_what_is_drawn_from_a_spoiler_image_is_a_spoiler_too(harness: Harn
     varied = await s.bob.click(done.response, label="Vary (subtle)")
     await harness.finish()
     assert [a.filename for a in varied.response.attachments] == ["SPOILER_imagine-7.png"]
+
+
+def jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "purple").save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+async def test_a_preview_shows_in_the_reply_until_the_images_replace_it(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    task = harness.tasks["imagine"]
+    task.previews, task.hold = [jpeg()], True
+    await s.alice.slash(s.channel, "imagine", prompt="a fox")
+    assert task.entered.wait(5)
+    await harness.env.settle()
+    assert harness.bot.user is not None
+    (progress,) = [m for m in s.channel.history() if m.author.id == harness.bot.user.id]
+    assert [a.filename for a in progress.attachments] == ["preview.jpg"]
+    assert await progress.attachments[0].read() == jpeg()
+    task.gate.set()
+    await harness.finish()
+    (done,) = [m for m in s.channel.history() if m.author.id == harness.bot.user.id]
+    assert [a.filename for a in done.attachments] == ["imagine-7.png"]

@@ -23,6 +23,7 @@ from transformers import pipeline
 from bot.executor import Executor, ExecutorConfig, LocalBackend, ModelRegistry
 from handlers.base import BatchStopped, InvalidInput, LoadSpec, UnsafeModelError
 from handlers.imagine import (
+    PREVIEW_SIDE,
     ImagineModel,
     ImagineOutput,
     ImagineRequest,
@@ -34,7 +35,13 @@ from handlers.imagine import (
     notice_png,
     parse_size,
 )
-from tests.tinymodels import NATIVE_SIZE, Verdict, build_pipeline, build_safety_classifier
+from tests.tinymodels import (
+    NATIVE_SIZE,
+    Verdict,
+    build_pipeline,
+    build_safety_classifier,
+    build_taesd,
+)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning"),
@@ -512,3 +519,61 @@ def test_a_picture_the_safety_classifier_flags_is_not_drawn_from(
     model = load(task, tiny_dir)
     (output,) = task.run_batch(model, [ImagineRequest("a fox", image=photo())], Context())
     assert isinstance(output, InvalidInput) and "safety filter" in str(output)
+
+
+# Live previews
+
+
+@dataclass
+class Previews(Context):
+    """A context that keeps the previews sent for each request."""
+
+    sent: list[tuple[int, bytes]] = field(default_factory=list)
+
+    def partial(self, index: int, data: object) -> None:
+        assert isinstance(data, bytes)
+        self.sent.append((index, data))
+
+
+@pytest.fixture(scope="session")
+def taesd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_taesd(tmp_path_factory.mktemp("taesd"))
+
+
+def test_previews_are_small_jpegs_of_each_requests_first_image_while_it_forms(
+    tiny_dir: Path, taesd_dir: Path
+) -> None:
+    task = make_task(preview_model=str(taesd_dir), preview_every_s=0)
+    model = load(task, tiny_dir)
+    assert model.preview is not None
+    ctx = Previews()
+    generate(task, model, ImagineRequest("a fox", seed=1, count=2),
+             ImagineRequest("a hen", seed=2), ctx=ctx)  # fmt: skip
+    assert sorted({row for row, _ in ctx.sent}) == [0, 1]
+    assert len(ctx.sent) == 2 * (STEPS - 1)  # every step but the last, which is the result
+    for _, jpeg in ctx.sent:
+        with Image.open(io.BytesIO(jpeg)) as preview:
+            assert preview.format == "JPEG" and max(preview.size) <= PREVIEW_SIDE
+    throttled = Previews()
+    slow = make_task(preview_model=str(taesd_dir), preview_every_s=3600)
+    generate(slow, load(slow, tiny_dir), ImagineRequest("a fox"), ctx=throttled)
+    assert throttled.sent == []  # never more often than Discord's edit rate
+
+
+def test_no_previews_when_off_or_unscreened(
+    tiny_dir: Path, checked_dir: Path, taesd_dir: Path, classifiers: dict[Verdict, Path]
+) -> None:
+    off = make_task()
+    ctx = Previews()
+    generate(off, load(off, tiny_dir), ImagineRequest("a fox"), ctx=ctx)
+    assert ctx.sent == []
+    own_checker = make_task(preview_model=str(taesd_dir), preview_every_s=0)
+    assert load(own_checker, checked_dir).preview is None  # it judges only finished images
+    flagged = make_task(
+        preview_model=str(taesd_dir), preview_every_s=0,
+        safety_model=str(classifiers[Verdict.ALWAYS]),
+    )  # fmt: skip
+    ctx = Previews()
+    task_model = load(flagged, tiny_dir)
+    flagged.run_batch(task_model, [ImagineRequest("a fox")], ctx)
+    assert ctx.sent == []  # an unsafe glimpse is never shown

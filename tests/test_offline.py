@@ -50,6 +50,7 @@ BUILDERS = {
     "Qwen/Qwen2.5-0.5B-Instruct": tinymodels.build_chat,
     "openai/whisper-large-v3-turbo": tinymodels.build_whisper,
     "HuggingFaceTB/SmolVLM-500M-Instruct": tinymodels.build_vision,
+    "madebyollin/taesd": tinymodels.build_taesd,
 }
 """A tiny stand-in for each default model and dataset, under the default's own id."""
 DATASETS = {"regisss/cmu-arctic-xvectors"}

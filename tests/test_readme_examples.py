@@ -161,6 +161,7 @@ def tiny_env(tmp_path_factory: pytest.TempPathFactory, tiny_chat: Path) -> dict[
         "BOT_MODELS__DESCRIBE": str(tinymodels.build_vision(root / "describe")),
         "BOT_SPEAK__VOCODER": str(tinymodels.build_hifigan(root / "vocoder")),
         "BOT_SPEAK__VOICES": str(tinymodels.build_voices_npy(root / "voices.npy")),
+        "BOT_IMAGINE__PREVIEW_MODEL": str(tinymodels.build_taesd(root / "taesd")),
     }
 
 

@@ -642,6 +642,19 @@ def build_pipeline(
     return directory
 
 
+def build_taesd(directory: Path) -> Path:
+    """A tiny autoencoder laid out like madebyollin/taesd: decodes the tiny pipeline's
+    4-channel latents at 8x, as TAESD does SD's."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(2)
+    AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4,
+    ).save_pretrained(directory)  # fmt: skip
+    return directory
+
+
 class Verdict(StrEnum):
     """How a tiny safety classifier judges images."""
 

@@ -11,7 +11,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.commands import caller_of, render, run_task, spoiled
+from bot.commands import caller_of, run_task
 from bot.drawing import from_picture
 from bot.image_buttons import ImageButton, image_buttons
 from bot.localization import tr
@@ -82,7 +82,7 @@ class DrawFromForm(discord.ui.Modal):
 
             await run_task(
                 interaction, "imagine", read=read, final_view=image_buttons,
-                render_result=spoiled if picture.spoiler else render,
+                spoiler=picture.spoiler,
             )  # fmt: skip
         except Exception as exc:  # a form has no command tree to report it
             await bot.report_error(interaction, exc)

@@ -11,7 +11,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.commands import Text, caller_of, render, run_task, spoiled
+from bot.commands import Text, caller_of, run_task
 from bot.image_buttons import image_buttons
 from bot.localization import tr
 from bot.reading import check_here
@@ -135,7 +135,7 @@ class Seeing(commands.Cog):
         offer = self.bot.invoker.allows("imagine", caller_of(interaction)) and not spoiler
         await run_task(
             interaction, "describe", read=read,
-            render_result=spoiled if spoiler else render,
+            spoiler=spoiler,
             final_view=imagine_this if offer else None,
         )  # fmt: skip
 

@@ -11,7 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.calls import VoiceUnavailable, speech_render
-from bot.commands import Text, caller_of, render, run_task, spoiled, voice_choices
+from bot.commands import Text, caller_of, run_task, voice_choices
 from bot.drawing import from_picture, start_picture
 from bot.image_buttons import image_buttons
 from bot.localization import tr
@@ -184,7 +184,7 @@ class Tasks(commands.Cog):
 
         await run_task(
             interaction, "imagine", read=read, final_view=image_buttons,
-            render_result=spoiled if picture.spoiler else render,
+            spoiler=picture.spoiler,
         )  # fmt: skip
 
     @imagine.autocomplete("size")
