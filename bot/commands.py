@@ -96,6 +96,11 @@ def admin_only() -> app_commands.check:
     return app_commands.check(predicate)
 
 
+WITHHELD = "withheld-"
+"""How the file of an image the safety filter withheld is named: a notice, not an image to
+vary."""
+
+
 def render(result: Any) -> Reply:
     """How each task's result looks in Discord: what the model wrote, and the bot's note."""
     match result:
@@ -108,7 +113,13 @@ def render(result: Any) -> Reply:
             note = f"-# seed {result.seed} · {result.width}x{result.height} · {result.steps} steps"
             if result.flagged:
                 note += f" · {result.flagged} withheld by the safety filter"
-            files = [(f"imagine-{result.seed + k}.png", png) for k, png in enumerate(result.images)]
+            names = [
+                f"{WITHHELD}{k + 1}.png"
+                if k in result.withheld
+                else f"imagine-{result.seed + k}.png"
+                for k in range(len(result.images))
+            ]
+            files = list(zip(names, result.images, strict=True))
             return Reply(note=note, files=files)
         case SpeakResult():
             return Reply(note=f"-# {result.seconds:.1f} s", files=[("speech.ogg", result.ogg)])

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.commands import run_task
+from bot.commands import WITHHELD, caller_of, run_task
 from bot.seeing import attached, download, is_image
 from handlers.base import InvalidInput
 from handlers.imagine import ImagineRequest
@@ -78,31 +78,43 @@ class ImageButton(
             if self.action == "delete":
                 await self._delete(interaction)
                 return
+            source = None if self.action == "reroll" else self._source(interaction)
 
             async def read() -> ImagineRequest:
                 request, _ = await bot.image_requests.get(self.key)
                 request = dataclasses.replace(request, seed=None, count=1)
-                if self.action == "reroll":
+                if source is None:
                     return request
-                return await self._varied(interaction, request)
+                return await self._varied(interaction, request, source)
 
             message = interaction.message
             spoiler = message is not None and any(a.is_spoiler() for a in message.attachments)
             await run_task(
-                interaction, "imagine", read=read, final_view=image_buttons,
-                spoiler=spoiler,
-            )  # fmt: skip
+                interaction, "imagine", read=read, final_view=image_buttons, spoiler=spoiler
+            )
         except Exception as exc:  # a button has no command tree to report it
             await bot.report_error(interaction, exc)
 
-    async def _varied(self, interaction: Interaction, request: ImagineRequest) -> ImagineRequest:
-        """The stored request, drawn again from the image this button is under."""
+    def _source(self, interaction: Interaction) -> discord.Attachment:
+        """The image this Vary button is under; refused (and recorded) at once when it is
+        gone or is the notice of an image the safety filter withheld."""
         message = interaction.message
         files = [a for a in message.attachments if is_image(a)] if message is not None else []
         index = self.index or 0
-        if index >= len(files):
-            raise InvalidInput("image", "is no longer on this message")
-        image = files[index]
+        try:
+            if index >= len(files):
+                raise InvalidInput("image", "is no longer on this message")
+            if files[index].filename.removeprefix("SPOILER_").startswith(WITHHELD):
+                raise InvalidInput("image", "was withheld by the safety filter; vary another")
+        except InvalidInput as exc:
+            interaction.client.invoker.record_refusal("imagine", caller_of(interaction), exc)
+            raise
+        return files[index]
+
+    async def _varied(
+        self, interaction: Interaction, request: ImagineRequest, image: discord.Attachment
+    ) -> ImagineRequest:
+        """The stored request, drawn again from the image this button is under."""
         (data,) = await download(
             [attached(image.id, image)], interaction.client.settings.imagine.max_image_bytes
         )

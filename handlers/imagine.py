@@ -119,6 +119,8 @@ class ImagineResult:
     guidance: float
     flagged: int
     """How many of ``images`` are notices because the safety filter withheld them."""
+    withheld: tuple[int, ...] = ()
+    """Which of ``images`` are those notices."""
 
 
 @dataclass
@@ -609,4 +611,5 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
             steps=output.steps,
             guidance=output.guidance,
             flagged=sum(p is None for p in output.pixels),
+            withheld=tuple(k for k, p in enumerate(output.pixels) if p is None),
         )

@@ -11,7 +11,7 @@ import discord
 from PIL import Image
 
 from bot.image_buttons import ImageButton
-from handlers.imagine import ImagineRequest
+from handlers.imagine import ImagineRequest, ImagineResult
 from tests.test_discord import (  # noqa: F401 - harness, simcord_bot, stack: fixtures
     Harness,
     harness,
@@ -149,3 +149,16 @@ async def test_a_preview_shows_in_the_reply_until_the_images_replace_it(
     await harness.finish()
     (done,) = [m for m in s.channel.history() if m.author.id == harness.bot.user.id]
     assert [a.filename for a in done.attachments] == ["imagine-7.png"]
+
+
+async def test_an_image_the_safety_filter_withheld_is_not_varied(harness: Harness) -> None:
+    s = await scene(harness)
+    task = harness.tasks["imagine"]
+    task.respond = lambda r: ImagineResult([png(), png()], 7, 8, 8, 4, 7.5, 1, withheld=(1,))
+    result = await s.alice.slash(s.channel, "imagine", prompt="a fox", count=2)
+    await harness.finish()
+    names = [a.filename for a in result.response.attachments]
+    assert names == ["imagine-7.png", "withheld-2.png"]
+    refused = await s.alice.click(result.response, label="Strong 2")
+    assert refused.ephemeral and "withheld by the safety filter" in refused.response.content
+    assert len(drawn(harness)) == 1

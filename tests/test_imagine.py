@@ -235,6 +235,7 @@ def test_flagged_images_are_replaced_by_a_notice(
     (flagged,) = generate(task, load(task, tiny_dir), request)
 
     assert safe.flagged == 0 and flagged.flagged == 2 and flagged.seed == 7
+    assert safe.withheld == () and flagged.withheld == (0, 1)
     assert flagged.images == [notice_png(80, 120)] * 2
     notice = decode(flagged.images[0])
     assert notice.shape == (120, 80, 3) and len(np.unique(notice.reshape(-1, 3), axis=0)) > 1
