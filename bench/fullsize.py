@@ -139,6 +139,14 @@ def pipeline(directory: Path) -> Path:
     return directory
 
 
+def preview(directory: Path) -> Path:
+    """TAESD's architecture (madebyollin/taesd): the tiny autoencoder of live previews."""
+    from diffusers import AutoencoderTiny
+
+    AutoencoderTiny().save_pretrained(directory)
+    return directory
+
+
 def build(directory: Path) -> dict[str, str]:
     """Every task's model under ``directory``; the paths for BOT_MODELS__* and the speech
     settings (``vocoder``, ``voices``)."""
@@ -153,4 +161,5 @@ def build(directory: Path) -> dict[str, str]:
         "sentiment": str(classifier(directory / "sentiment")),
         "classify": str(nli(directory / "classify")),
         "chat": str(chat(directory / "chat")),
+        "preview": str(preview(directory / "preview")),
     }

@@ -43,6 +43,7 @@ def build_models(directory: Path, device: str = "cpu", full_size: bool = False) 
             data_dir=directory / "data",
             models=ModelSettings(**{t: paths[t] for t in ModelSettings.model_fields}),
             speak=SpeakSettings(voices=paths["voices"], vocoder=paths["vocoder"]),
+            imagine=ImagineSettings(preview_model=paths["preview"]),
         )
     paths = tinymodels.build_every_task(directory)
     models = ModelSettings(**{t: str(paths[t]) for t in ModelSettings.model_fields})
@@ -51,7 +52,7 @@ def build_models(directory: Path, device: str = "cpu", full_size: bool = False) 
         device=device,
         data_dir=directory / "data",
         models=models,
-        imagine=ImagineSettings(default_steps=4),
+        imagine=ImagineSettings(default_steps=4, preview_model=str(paths["preview"])),
         chat=ChatSettings(default_new_tokens=16),
         speak=SpeakSettings(voices=str(paths["voices"]), vocoder=str(paths["vocoder"])),
         edit_interval_s=0.5,

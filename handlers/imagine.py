@@ -425,11 +425,22 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
                 log.info("%s: no previews, its safety checker judges only finished images; "
                          "set BOT_IMAGINE__SAFETY_MODEL to screen them", spec.source)  # fmt: skip
             else:
-                from diffusers import AutoencoderTiny
-
-                preview_spec = LoadSpec(self.preview_model, spec.device, spec.dtype)
-                preview = from_pretrained(AutoencoderTiny, preview_spec).to(spec.device).eval()
+                preview = self._load_preview(spec)
         return ImagineModel(pipe, native, safety, preview=preview)
+
+    def _load_preview(self, spec: LoadSpec) -> Any:
+        """The previews' tiny autoencoder; None (and a line in the log) when it cannot be
+        loaded: images are still made, only without previews."""
+        from diffusers import AutoencoderTiny
+
+        assert self.preview_model is not None
+        try:
+            preview_spec = LoadSpec(self.preview_model, spec.device, spec.dtype)
+            return from_pretrained(AutoencoderTiny, preview_spec).to(spec.device).eval()
+        except Exception as exc:  # not downloaded (offline), not an autoencoder
+            log.warning("no previews: %s could not be loaded (%s); `python -m bot models pull "
+                        "imagine` fetches it", self.preview_model, exc)  # fmt: skip
+            return None
 
     def _speed_up(self, pipe: Any, native: int, source: str) -> None:
         """The opt-in speed-ups, each said in the log: compiling takes minutes."""

@@ -570,6 +570,8 @@ def test_no_previews_when_off_or_unscreened(
     assert ctx.sent == []
     own_checker = make_task(preview_model=str(taesd_dir), preview_every_s=0)
     assert load(own_checker, checked_dir).preview is None  # it judges only finished images
+    missing = make_task(preview_model=str(tiny_dir / "no-such-autoencoder"))
+    assert load(missing, tiny_dir).preview is None  # images still come, without previews
     flagged = make_task(
         preview_model=str(taesd_dir), preview_every_s=0,
         safety_model=str(classifiers[Verdict.ALWAYS]),

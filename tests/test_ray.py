@@ -340,6 +340,7 @@ async def test_every_task_answers_through_ray_as_through_the_local_backend(
         device="cpu",
         models={task: str(tiny_models[task]) for task in REQUESTS},
         speak={"vocoder": str(tiny_models["vocoder"]), "voices": str(tiny_models["voices"])},
+        imagine={"preview_model": str(tiny_models["preview"])},
         ray={"prefix": f"{PREFIX}-all", "cpus_per_replica": 0.1},
     )
     local = await answers(settings)

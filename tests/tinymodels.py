@@ -821,7 +821,8 @@ def build_vision(directory: Path) -> Path:
 
 def build_every_task(root: Path) -> dict[str, Path]:
     """A tiny model for every task under ``root``, by task name, plus what speech reads
-    beside its model (``vocoder``, ``voices``): what a whole bot serves from."""
+    beside its model (``vocoder``, ``voices``) and imagine's previews (``preview``): what a
+    whole bot serves from."""
     return {
         "summarize": build_summarizer(root / "summarize"),
         "translate": build_m2m100(root / "translate"),
@@ -834,4 +835,5 @@ def build_every_task(root: Path) -> dict[str, Path]:
         "chat": build_chat(root / "chat"),
         "transcribe": build_whisper(root / "transcribe"),
         "describe": build_vision(root / "describe"),
+        "preview": build_taesd(root / "preview"),
     }
