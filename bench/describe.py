@@ -162,24 +162,10 @@ MODES = ("one_at_a_time", "batched", "batched_wide")
 # --- the models ---------------------------------------------------------------------------
 
 
-def vision_tokenizer() -> Any:
-    """The tiny Idefics3's tokenizer, as ``tinymodels.build_vision`` makes it."""
-    tokenizer = tinymodels.wordpiece_tokenizer(max_length=SMOLVLM_TEXT["max_position_embeddings"])
-    tiles = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
-    tokenizer.add_special_tokens(
-        {
-            "eos_token": "<end_of_utterance>",
-            "additional_special_tokens": ["<image>", "<fake_token_around_image>",
-                                          "<global-img>", *tiles],
-        }
-    )  # fmt: skip
-    return tokenizer
-
-
 def smolvlm_stand_in(directory: Path) -> Path:
     """SmolVLM-500M-Instruct's architecture with random weights, saved as float16 with a
     processor (see the module's docstring)."""
-    tokenizer = vision_tokenizer()
+    tokenizer = tinymodels.idefics3_tokenizer(SMOLVLM_TEXT["max_position_embeddings"])
     tokenizer.add_tokens([f"<|filler{i}|>" for i in range(SMOLVLM_VOCAB - len(tokenizer))])
     end = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
     config = Idefics3Config(

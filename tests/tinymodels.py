@@ -771,11 +771,10 @@ IDEFICS3_TEMPLATE = (
 ``<end_of_utterance>``."""
 
 
-def build_vision(directory: Path) -> Path:
-    """A tiny Idefics3 (SmolVLM's architecture): a one-layer SigLIP-style encoder over 32-px
-    tiles, a two-layer Llama, the Idefics3 processor splitting images into tiles, and
-    SmolVLM's chat template."""
-    tokenizer = wordpiece_tokenizer(max_length=4096)
+def idefics3_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
+    """The word-piece tokenizer with Idefics3's special tokens: its end of utterance, the
+    image placeholders and a tag for each tile of a split image."""
+    tokenizer = wordpiece_tokenizer(max_length=max_length)
     tiles = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
     tokenizer.add_special_tokens(
         {
@@ -784,6 +783,14 @@ def build_vision(directory: Path) -> Path:
                                           "<global-img>", *tiles],
         }
     )  # fmt: skip
+    return tokenizer
+
+
+def build_vision(directory: Path) -> Path:
+    """A tiny Idefics3 (SmolVLM's architecture): a one-layer SigLIP-style encoder over 32-px
+    tiles, a two-layer Llama, the Idefics3 processor splitting images into tiles, and
+    SmolVLM's chat template."""
+    tokenizer = idefics3_tokenizer(max_length=4096)
     end = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
     config = Idefics3Config(
         text_config={
