@@ -2,7 +2,8 @@
 loads like hub ones: what ``bench/capacity.py --full-size`` serves on a GPU.
 
 Each has its default model's architecture (layers, widths, heads, positions): BART-large for
-summarize and classify, M2M100-418M, SD 2.1 (768 px, v-prediction), SpeechT5 with its
+summarize and classify, M2M100-418M, SD 2.1 (768 px, v-prediction) and the SD x4
+upscaler, SpeechT5 with its
 HiFi-GAN, DistilBERT-base, Qwen2.5-0.5B. Vocabularies are the test tokenizers' (so output
 layers are smaller than the real ones'), and weights are saved as float16. Random weights
 never stop early: every answer runs to its length limit, an upper bound on the real cost.
@@ -139,6 +140,45 @@ def pipeline(directory: Path) -> Path:
     return directory
 
 
+def upscaler(directory: Path) -> Path:
+    """The SD x4 upscaler's architecture (stabilityai/stable-diffusion-x4-upscaler): a
+    7-channel UNet whose first blocks only cross-attend, a VAE that scales by 4."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text = CLIPTextConfig(
+        vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+        num_attention_heads=16, hidden_act="gelu", projection_dim=512,
+    )  # fmt: skip
+    unet = UNet2DConditionModel(
+        sample_size=128, in_channels=7, out_channels=4, block_out_channels=(256, 512, 512, 1024),
+        layers_per_block=2, cross_attention_dim=1024, attention_head_dim=8,
+        num_class_embeds=1000, only_cross_attention=(True, True, True, False),
+        use_linear_projection=True,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 3,
+        up_block_types=("CrossAttnUpBlock2D",) * 3 + ("UpBlock2D",),
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        latent_channels=4, block_out_channels=(128, 256, 512), layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        sample_size=256, scaling_factor=0.08333,
+    )  # fmt: skip
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae, text_encoder=CLIPTextModel(text), tokenizer=tinymodels.letter_clip_tokenizer(),
+        unet=unet, low_res_scheduler=DDPMScheduler(beta_schedule="scaled_linear"),
+        scheduler=DDIMScheduler(prediction_type="v_prediction", beta_schedule="scaled_linear"),
+        max_noise_level=350,
+    )  # fmt: skip
+    pipe.to(dtype=torch.float16).save_pretrained(directory)
+    return directory
+
+
 def preview(directory: Path) -> Path:
     """TAESD's architecture (madebyollin/taesd): the tiny autoencoder of live previews."""
     from diffusers import AutoencoderTiny
@@ -162,4 +202,5 @@ def build(directory: Path) -> dict[str, str]:
         "classify": str(nli(directory / "classify")),
         "chat": str(chat(directory / "chat")),
         "preview": str(preview(directory / "preview")),
+        "upscale": str(upscaler(directory / "upscale")),
     }

@@ -17,6 +17,17 @@
   preview of the batch's first image is decoded with a tiny autoencoder (TAESD's
   architecture, random weights) every step (the worst case) or as often as the bot's
   default edit interval allows; the target is at most 5% over the baseline.
+- ``a fast model's shape``: what a few-step distilled model (SD-Turbo: SD 2.1's UNet at
+  512 px, one step, no guidance, so no second batch half) costs, on the same pipeline at
+  2/3 of the native side: the fast model beside the default (BOT_IMAGINE__MODELS).
+- ``upscale 2x`` and ``upscale 2x, one at a time``: the Upscale button's task (the real
+  handler, SD x4 upscaler's architecture at full size) on pictures of the native size,
+  batched and not; ``upscale 4x`` makes the same output from a picture half as large: the
+  model works at 384 px in both (2x halves its picture first), so they cost the same, and
+  4x of a given picture costs about four times its 2x.
+  ``Real-ESRGAN 4x (spandrel)``, where spandrel imports (the GPU machine has torchvision),
+  is the one-pass alternative the handler's docstring weighs, on the same picture. On CUDA
+  each upscale row also gives its peak memory (``peak_gib``).
 - ``compile`` (with ``--compile``): ``torch.compile`` of the UNet, default steps; its
   compilation time (one size, two batch sizes, as the bot warms up) is reported apart.
 
@@ -29,13 +40,16 @@ quality: fewer steps trade some detail, which a person judges on the real model.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -46,6 +60,7 @@ if str(ROOT) not in sys.path:
 from bench.workloads import BenchImage  # noqa: E402
 from handlers.base import LoadSpec  # noqa: E402
 from handlers.imagine import PREVIEW_SIDE, encode_jpeg  # noqa: E402
+from handlers.upscale import UpscaleRequest, UpscaleTask  # noqa: E402
 
 STRENGTH = 0.6
 """The bot's default strength (BOT_IMAGINE__DEFAULT_STRENGTH)."""
@@ -67,6 +82,18 @@ def images_per_second(pipe: Any, size: int, steps: int, batch: int, device: str)
     with torch.inference_mode():
         pipe(["a lighthouse at dusk"] * batch, height=size, width=size,
              num_inference_steps=steps, output_type="pt")  # fmt: skip
+    sync(device)
+    return (time.perf_counter() - started) / batch
+
+
+def fast_model_image(pipe: Any, size: int, steps: int, batch: int, device: str) -> float:
+    """SD-Turbo's way: one step at 2/3 of the side, guidance 0 (no unconditional half)."""
+    side = size * 2 // 3 // 8 * 8
+    sync(device)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        pipe(["a lighthouse at dusk"] * batch, height=side, width=side, num_inference_steps=1,
+             guidance_scale=0.0, output_type="pt")  # fmt: skip
     sync(device)
     return (time.perf_counter() - started) / batch
 
@@ -120,6 +147,101 @@ def measure(
     return statistics.median(runs)
 
 
+class NoStop:
+    """The batch context of a run nobody cancels."""
+
+    def should_stop(self) -> bool:
+        return False
+
+    def progress(self, step: int, total: int) -> None:
+        pass
+
+    def partial(self, index: int, data: Any) -> None:
+        pass
+
+
+def photo_png(side: int) -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def peak_gib(device: str) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+
+
+def upscale_rows(args: argparse.Namespace, size: int, steps: int) -> dict[str, dict[str, Any]]:
+    """The upscale task's handler on its tiny or full-size model, loaded from disk as the
+    bot loads it; seconds per picture, each row after a warm-up, and peak memory on CUDA."""
+    dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
+    rows: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as directory:
+        if args.full_size:
+            from bench.fullsize import upscaler
+
+            source = upscaler(Path(directory) / "upscale")
+        else:
+            from tests.tinymodels import build_upscaler
+
+            source = build_upscaler(Path(directory) / "upscale")
+        task = UpscaleTask(steps=steps, max_side=4 * size)
+        model = task.load(LoadSpec(str(source), args.device, dtype))
+        variants = (
+            ("upscale 2x", 2, size, args.batch),
+            ("upscale 2x, one at a time", 2, size, 1),
+            ("upscale 4x", 4, size // 2, args.batch),
+        )
+        for name, factor, side, batch in variants:
+            requests = [UpscaleRequest(photo_png(side), factor, "a lighthouse at dusk", seed=k)
+                        for k in range(batch)]  # fmt: skip
+
+            def timed(*_: Any, requests: list[Any] = requests, model: Any = model) -> float:
+                sync(args.device)
+                started = time.perf_counter()
+                outputs = task.run_batch(model, requests, NoStop())
+                sync(args.device)
+                assert all(o.pixels is not None for o in outputs), outputs  # type: ignore[union-attr]
+                return (time.perf_counter() - started) / len(requests)
+
+            if args.device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            seconds = measure(None, size, steps, args, batch, timed)
+            rows[name] = {"steps": steps, "s_per_image": seconds, "output": f"{side * factor}px",
+                          "peak_gib": peak_gib(args.device)}  # fmt: skip
+        del model
+    esrgan = esrgan_row(args, size // 2)
+    if esrgan is not None:
+        rows["Real-ESRGAN 4x (spandrel)"] = esrgan
+    return rows
+
+
+def esrgan_row(args: argparse.Namespace, side: int) -> dict[str, Any] | None:
+    """Real-ESRGAN x4plus's architecture (RRDBNet, 23 blocks, random weights) through
+    spandrel, on ``args.batch`` pictures of ``side``; None where spandrel does not import."""
+    try:
+        from spandrel.architectures.ESRGAN import ESRGAN as RRDBNet
+    except ImportError:
+        return None
+    dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
+    net = RRDBNet(in_nc=3, out_nc=3, num_filters=64, num_blocks=23, scale=4).to(args.device, dtype)
+    pictures = torch.rand(args.batch, 3, side, side, device=args.device, dtype=dtype)
+
+    def timed(*_: Any) -> float:
+        sync(args.device)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            net.eval()(pictures)
+        sync(args.device)
+        return (time.perf_counter() - started) / args.batch
+
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    seconds = measure(None, side, 1, args, args.batch, timed)
+    return {"steps": 1, "s_per_image": seconds, "output": f"{side * 4}px",
+            "peak_gib": peak_gib(args.device)}  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from diffusers import (
         AutoencoderTiny,
@@ -138,6 +260,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ddim.config, algorithm_type="dpmsolver++"
     )
     rows["dpm++"] = {"steps": fast_steps, "s_per_image": measure(pipe, size, fast_steps, args)}
+    rows["a fast model's shape"] = {
+        "steps": 1, "s_per_image": measure(pipe, size, 1, args, timed=fast_model_image)
+    }  # fmt: skip
     pipe.scheduler = ddim
     pipe.unet.to(memory_format=torch.channels_last)
     rows["channels_last"] = {"steps": steps, "s_per_image": measure(pipe, size, steps, args)}
@@ -151,6 +276,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name, every_s in (("previews, every step", 0.0), ("previews, every 2 s", 2.0)):
         seconds = measure(pipe, size, steps, args, timed=previewing(decoder, every_s))
         rows[name] = {"steps": steps, "s_per_image": seconds}
+    if not args.no_upscale:
+        del drawing, decoder
+        rows |= upscale_rows(args, size, steps)
     if args.compile:
         pipe.unet = torch.compile(pipe.unet)
         started = time.perf_counter()
@@ -179,6 +307,10 @@ def table(result: dict[str, Any]) -> str:
     lines = ["| variant | steps | s per image | vs baseline |", "| --- | --- | --- | --- |"]
     for name, row in result["variants"].items():
         extra = f" (compiling took {row['compile_s']:.0f} s)" if "compile_s" in row else ""
+        if "output" in row:
+            extra += f", {row['output']} out"
+        if row.get("peak_gib") is not None:
+            extra += f", peak {row['peak_gib']:.1f} GiB"
         lines.append(f"| {name} | {row['steps']} | {row['s_per_image']:.3f} | "
                      f"{row['vs_baseline']:.2f}x{extra} |")  # fmt: skip
     return "\n".join(lines)
@@ -192,6 +324,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fast-steps", type=int, help="DPM-Solver++'s steps (default: 60%%)")
     parser.add_argument("--compile", action="store_true", help="also torch.compile the UNet")
+    parser.add_argument("--no-upscale", action="store_true", help="leave the upscale rows out")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     torch.manual_seed(0)

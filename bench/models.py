@@ -41,7 +41,8 @@ def build_models(directory: Path, device: str = "cpu", full_size: bool = False) 
             _env_file=None,
             device=device,
             data_dir=directory / "data",
-            models=ModelSettings(**{t: paths[t] for t in ModelSettings.model_fields}),
+            # The tasks without a full-size stand-in keep their defaults (never loaded here).
+            models=ModelSettings(**{t: paths[t] for t in ModelSettings.model_fields if t in paths}),
             speak=SpeakSettings(voices=paths["voices"], vocoder=paths["vocoder"]),
             imagine=ImagineSettings(preview_model=paths["preview"]),
         )

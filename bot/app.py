@@ -25,12 +25,13 @@ from handlers.base import Task
 from handlers.chat import ChatTask
 from handlers.classify import ClassifyTask
 from handlers.describe import DescribeTask
-from handlers.imagine import ImagineTask, configured_native_size
+from handlers.imagine import ImageModelChoice, ImagineTask, configured_native_size
 from handlers.sentiment import SentimentTask
 from handlers.speak import SpeakTask
 from handlers.summarize import SummarizeTask
 from handlers.transcribe import TranscribeTask
 from handlers.translate import TranslateTask
+from handlers.upscale import UpscaleTask
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,27 @@ def build_tasks(settings: Settings) -> dict[str, Task[Any, Any]]:
             max_image_bytes=imagine.max_image_bytes,
             preview_model=imagine.preview_model if imagine.previews else None,
             preview_every_s=settings.edit_interval_s,
+            models={
+                name: ImageModelChoice(
+                    m.source,
+                    m.default_steps,
+                    m.default_guidance,
+                    m.scheduler,
+                    configured_native_size(m.source),
+                )
+                for name, m in imagine.models.items()
+            },
+            default_name=imagine.default_name,
+        ),
+        "upscale": UpscaleTask(
+            steps=settings.upscale.steps,
+            guidance=settings.upscale.guidance,
+            noise_level=settings.upscale.noise_level,
+            max_side=settings.upscale.max_side,
+            max_image_bytes=imagine.max_image_bytes,
+            max_output_bytes=settings.upscale.max_output_bytes,
+            safety_model=imagine.safety_model,
+            safety_threshold=imagine.safety_threshold,
         ),
         "speak": SpeakTask(
             max_chars=settings.speak.max_chars,

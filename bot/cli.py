@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from handlers.speak import SpeakRequest, SpeakResult
     from handlers.summarize import SummarizeRequest
     from handlers.transcribe import TranscribeRequest, TranscribeResult
+    from handlers.upscale import UpscaleRequest, UpscaleResult
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,37 @@ def _describe_request(args: argparse.Namespace) -> DescribeRequest:
     return DescribeRequest((path.read_bytes(),), args.question, args.max_tokens)
 
 
+def _upscale_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", type=Path, help="a picture file")
+    parser.add_argument("--factor", type=int, default=2, help="2 or 4 times larger (default 2)")
+    parser.add_argument("--prompt", default="", help="what the picture shows: guides the detail")
+    parser.add_argument("--seed", type=int, help="reuse a seed to reproduce an upscale")
+    parser.add_argument(
+        "--out", type=Path, help="where to write it; the suffix becomes .png or .webp, as sent"
+    )
+
+
+def _upscale_request(args: argparse.Namespace) -> UpscaleRequest:
+    from handlers.upscale import UpscaleRequest
+
+    path: Path = args.image
+    if not path.is_file():
+        raise InvalidInput("image", f"{quote(str(path))} is not a file")
+    _check_folder(args.out)
+    return UpscaleRequest(path.read_bytes(), args.factor, args.prompt, args.seed)
+
+
+def _render_upscale(result: UpscaleResult, args: argparse.Namespace) -> tuple[str, dict]:
+    base = args.out or Path(f"upscale-{result.seed}-{result.factor}x")
+    path = base.with_suffix(f".{result.format}")
+    path.write_bytes(result.image)
+    data = {"file": str(path), "size": f"{result.width}x{result.height}", "seed": result.seed,
+            "withheld": result.withheld}  # fmt: skip
+    if result.withheld:
+        return f"wrote {path}: the upscaled image was withheld by the safety filter", data
+    return f"wrote {path} ({data['size']}, seed {result.seed})", data
+
+
 def _chat_request(args: argparse.Namespace) -> ChatRequest:
     from handlers.chat import ChatRequest
 
@@ -270,6 +302,12 @@ ASK_COMMANDS: dict[str, AskCommand] = {
     ),
     "imagine": AskCommand(
         "generate images from a prompt", _imagine_arguments, _imagine_request, _render_imagine
+    ),
+    "upscale": AskCommand(
+        "make a picture 2 or 4 times larger",
+        _upscale_arguments,
+        _upscale_request,
+        _render_upscale,
     ),
     "speak": AskCommand("read a text aloud", _speak_arguments, _speak_request, _render_speak),
     "sentiment": AskCommand(

@@ -24,6 +24,7 @@ from handlers.speak import SpeakResult
 from handlers.summarize import SummarizeResult
 from handlers.transcribe import TranscribeResult
 from handlers.translate import TranslateResult
+from handlers.upscale import UpscaleResult
 
 if TYPE_CHECKING:
     from bot.client import AssistantBot
@@ -59,6 +60,14 @@ def place_caller(
         age_restricted=bool(channel is not None and getattr(channel, "is_nsfw", bool)()),
         private=private,
     )
+
+
+def image_model_choices(bot: AssistantBot, current: str) -> list[app_commands.Choice[str]]:
+    """The installed image models whose name holds what the member typed, the default first."""
+    task = bot.executor.tasks.get("imagine")
+    names = task.model_names() if task is not None else []  # type: ignore[attr-defined]
+    wanted = current.strip().lower()
+    return [app_commands.Choice(name=n, value=n) for n in names if wanted in n][:25]
 
 
 def voice_names(bot: AssistantBot) -> list[str]:
@@ -111,6 +120,8 @@ def render(result: Any) -> Reply:
             return Reply(result.text, f"-# {result.source} → {result.target}")
         case ImagineResult():
             note = f"-# seed {result.seed} · {result.width}x{result.height} · {result.steps} steps"
+            if result.model is not None:
+                note += f" · {result.model}"
             if result.flagged:
                 note += f" · {result.flagged} withheld by the safety filter"
             names = [
@@ -121,6 +132,15 @@ def render(result: Any) -> Reply:
             ]
             files = list(zip(names, result.images, strict=True))
             return Reply(note=note, files=files)
+        case UpscaleResult():
+            if result.withheld:
+                note = "-# the upscaled image was withheld by the safety filter"
+                return Reply(note=note, files=[(f"{WITHHELD}upscale.png", result.image)])
+            note = f"-# upscaled {result.factor}x · {result.width}x{result.height}"
+            if result.format != "png":
+                note += f" · {result.format.upper()}, to fit Discord's upload limit"
+            name = f"upscale-{result.seed}-{result.factor}x.{result.format}"
+            return Reply(note=note, files=[(name, result.image)])
         case SpeakResult():
             return Reply(note=f"-# {result.seconds:.1f} s", files=[("speech.ogg", result.ogg)])
         case SentimentResult():

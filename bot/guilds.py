@@ -78,6 +78,9 @@ class GuildSettings(BaseModel):
     """Members who asked for spoken answers to their voice messages (/voice replies)."""
     auto_transcribe_channels: list[int] = Field(default_factory=list)
     """Channels (and their threads) where every voice message gets its transcript."""
+    image_model: str | None = None
+    """The image model /imagine draws with here when a member picks none (/config
+    image_model); None, or one no longer installed: the bot's default."""
     classroom_safe: bool = False
     """One switch for a school's server: images only in age-restricted channels, each one
     screened by the safety classifier, a default negative prompt and a list of refused

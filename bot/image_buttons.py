@@ -1,9 +1,11 @@
-"""Reroll, Vary and Delete under every generated image, working across restarts.
+"""Reroll, Vary, Upscale and Delete under every generated image, working across restarts.
 
 The buttons carry a key in their custom id; the request behind it is kept in SQLite
 (``bot/image_requests.py``). Vary draws one image again from the image it is under, with
 the same prompt and a new seed, a little (subtle) or a lot (strong), as Midjourney's
-V buttons do. ``bot/cogs/images.py`` registers them with the bot.
+V buttons do; Upscale makes it 2x or 4x larger (the upscale task), guided by its prompt.
+Each press is the presser's own request, with their quota. ``bot/cogs/images.py``
+registers them with the bot.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import discord
 from bot.commands import WITHHELD, caller_of, run_task
 from bot.seeing import attached, download, is_image
 from handlers.base import InvalidInput
-from handlers.imagine import ImagineRequest
+from handlers.imagine import ImagineRequest, parse_size
+from handlers.upscale import UpscaleRequest
 
 if TYPE_CHECKING:
     from bot.client import AssistantBot
@@ -29,15 +32,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LABELS = {"reroll": "Reroll", "subtle": "Vary (subtle)", "strong": "Vary (strong)",
-          "delete": "Delete"}  # fmt: skip
-EACH = {"subtle": "Subtle", "strong": "Strong"}
-"""A Vary button's label, numbered, when the message holds several images."""
+          "up2": "Upscale 2x", "up4": "Upscale 4x", "delete": "Delete"}  # fmt: skip
+EACH = {"subtle": "Subtle", "strong": "Strong", "up2": "2x", "up4": "4x"}
+"""A per-image button's label, numbered, when the message holds several images."""
+ROWS = {"subtle": 1, "strong": 2, "up2": 3, "up4": 4}
+"""Where each image's buttons go when there are several: one row per action."""
 STYLES = {
     "reroll": discord.ButtonStyle.primary,
     "subtle": discord.ButtonStyle.secondary,
     "strong": discord.ButtonStyle.secondary,
+    "up2": discord.ButtonStyle.success,
+    "up4": discord.ButtonStyle.success,
     "delete": discord.ButtonStyle.danger,
 }
+FACTORS = {"up2": 2, "up4": 4}
 STRENGTHS = {"subtle": 0.35, "strong": 0.75}
 """How far each Vary button moves from the image: a subtle one keeps its composition and
 most details, a strong one keeps little more than its layout and colours."""
@@ -45,11 +53,11 @@ most details, a strong one keeps little more than its layout and colours."""
 
 class ImageButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"img:(?P<action>reroll|subtle|strong|vary|delete):(?P<key>[0-9a-f]{32})"
+    template=r"img:(?P<action>reroll|subtle|strong|vary|up2|up4|delete):(?P<key>[0-9a-f]{32})"
     r"(?::(?P<index>[0-9]))?",
 ):
     def __init__(self, action: str, key: str, index: int | None = None) -> None:
-        # One pair of Vary buttons for each image of the message, numbered.
+        # Vary and Upscale buttons for each image of the message, numbered.
         label = LABELS[action] if index is None else f"{EACH[action]} {index + 1}"
         suffix = "" if index is None else f":{index}"
         super().__init__(
@@ -57,7 +65,7 @@ class ImageButton(
                 label=label,
                 style=STYLES[action],
                 custom_id=f"img:{action}:{key}{suffix}",
-                row=None if index is None else (1 if action == "subtle" else 2),
+                row=None if index is None else ROWS[action],
             )
         )
         self.action = action
@@ -78,7 +86,12 @@ class ImageButton(
             if self.action == "delete":
                 await self._delete(interaction)
                 return
-            source = None if self.action == "reroll" else self._source(interaction)
+            message = interaction.message
+            spoiler = message is not None and any(a.is_spoiler() for a in message.attachments)
+            if self.action in FACTORS:
+                await self._upscale(interaction, spoiler)
+                return
+            source = None if self.action == "reroll" else self._source(interaction, "imagine")
 
             async def read() -> ImagineRequest:
                 request, _ = await bot.image_requests.get(self.key)
@@ -87,16 +100,27 @@ class ImageButton(
                     return request
                 return await self._varied(interaction, request, source)
 
-            message = interaction.message
-            spoiler = message is not None and any(a.is_spoiler() for a in message.attachments)
             await run_task(
                 interaction, "imagine", read=read, final_view=image_buttons, spoiler=spoiler
             )
         except Exception as exc:  # a button has no command tree to report it
             await bot.report_error(interaction, exc)
 
-    def _source(self, interaction: Interaction) -> discord.Attachment:
-        """The image this Vary button is under; refused (and recorded) at once when it is
+    async def _upscale(self, interaction: Interaction, spoiler: bool) -> None:
+        """The image this button is under, larger, guided by the prompt that drew it."""
+        source = self._source(interaction, "upscale")
+
+        async def read() -> UpscaleRequest:
+            request, _ = await interaction.client.image_requests.get(self.key)
+            (data,) = await download(
+                [attached(source.id, source)], interaction.client.settings.imagine.max_image_bytes
+            )
+            return UpscaleRequest(image=data, factor=FACTORS[self.action], prompt=request.prompt)
+
+        await run_task(interaction, "upscale", read=read, spoiler=spoiler)
+
+    def _source(self, interaction: Interaction, task: str) -> discord.Attachment:
+        """The image this button is under; refused (and recorded) at once when it is
         gone or is the notice of an image the safety filter withheld."""
         message = interaction.message
         files = [a for a in message.attachments if is_image(a)] if message is not None else []
@@ -105,9 +129,9 @@ class ImageButton(
             if index >= len(files):
                 raise InvalidInput("image", "is no longer on this message")
             if files[index].filename.removeprefix("SPOILER_").startswith(WITHHELD):
-                raise InvalidInput("image", "was withheld by the safety filter; vary another")
+                raise InvalidInput("image", "was withheld by the safety filter; pick another")
         except InvalidInput as exc:
-            interaction.client.invoker.record_refusal("imagine", caller_of(interaction), exc)
+            interaction.client.invoker.record_refusal(task, caller_of(interaction), exc)
             raise
         return files[index]
 
@@ -146,9 +170,10 @@ class ImageButton(
 async def image_buttons(
     interaction: Interaction, request: ImagineRequest
 ) -> discord.ui.View | None:
-    """Reroll and Delete, and a pair of Vary buttons for each image; their request is
-    stored first, so that a button never points at nothing. Without the database the images
-    still come, buttonless."""
+    """Reroll and Delete, and Vary and Upscale buttons for each image (each Upscale only
+    where its result fits the upscale task's size limit); their request is stored first, so
+    that a button never points at nothing. Without the database the images still come,
+    buttonless."""
     try:
         key = await interaction.client.image_requests.save(
             request, interaction.user.id, interaction.guild_id
@@ -157,13 +182,30 @@ async def image_buttons(
         log.warning("cannot store an image request, so no buttons: %s", exc)
         return None
     view = discord.ui.View(timeout=None)
+    actions = ["subtle", "strong", *upscales(interaction.client, request)]
+    view = discord.ui.View(timeout=None)
     view.add_item(ImageButton("reroll", key))
     if request.count == 1:
-        view.add_item(ImageButton("subtle", key))
-        view.add_item(ImageButton("strong", key))
+        for action in actions:
+            view.add_item(ImageButton(action, key))
     else:
-        for action in ("subtle", "strong"):
+        for action in actions:
             for index in range(request.count):
                 view.add_item(ImageButton(action, key, index))
     view.add_item(ImageButton("delete", key))
     return view
+
+
+def upscales(bot: AssistantBot, request: ImagineRequest) -> list[str]:
+    """The Upscale buttons whose result fits the upscale task's limit; both when the
+    image's size is not known yet (the press then says if one does not fit)."""
+    task = bot.executor.tasks.get("upscale")
+    if task is None:
+        return []
+    native = bot.executor.tasks["imagine"].native_for(request.model)  # type: ignore[attr-defined]
+    side = max(parse_size(request.size)) if request.size else native
+    return [
+        action
+        for action, factor in FACTORS.items()
+        if side is None or side * factor <= task.max_side  # type: ignore[attr-defined]
+    ]

@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # the executor brings torch; a terminal command may not need 
 
 log = logging.getLogger(__name__)
 
-IMAGE_TASKS = frozenset({"imagine"})
+IMAGE_TASKS = frozenset({"imagine", "upscale"})
 """Tasks whose output a guild may confine to age-restricted channels."""
 SHOWN_IMAGE_TASKS = frozenset({"describe"})
 """Tasks that look at members' images: in a classroom-safe server the safety classifier
@@ -336,9 +336,18 @@ class Invoker:
         ):
             raise CommandDisabled(f"/{task} works only in age-restricted channels in this server")
 
+    def image_model(self, guild_id: int | None, chosen: str | None) -> str | None:
+        """The image model a request draws with: the member's pick, else the server's
+        default while it is installed, else None (the bot's default)."""
+        handler = self.executor.tasks.get("imagine")
+        if chosen is not None or guild_id is None or handler is None:
+            return chosen
+        default = self.guilds.get(guild_id).image_model
+        return default if default in handler.model_names() else None  # type: ignore[attr-defined]
+
     def apply_guild_rules(self, guild: GuildSettings, task: str, request: Any) -> Any:
-        """What a server adds to a request: its refused words and negative prompt for
-        images, and, when classroom-safe, a safety filter that must be there."""
+        """What a server adds to a request: its image model, refused words and negative
+        prompt for images, and, when classroom-safe, a safety filter that must be there."""
         if task in SHOWN_IMAGE_TASKS:
             return dataclasses.replace(request, screen=True) if guild.classroom_safe else request
         if task not in IMAGE_TASKS:
@@ -349,6 +358,10 @@ class Invoker:
                 f"/{task} is off in this classroom-safe server until the bot's owner sets an "
                 "image safety filter (BOT_IMAGINE__SAFETY_MODEL)"
             )
+        if not hasattr(request, "negative_prompt"):  # an upscale: its prompt drew the image
+            return request
+        if request.model is None and guild.image_model in handler.model_names():
+            request = dataclasses.replace(request, model=guild.image_model)
         refused = terms_pattern(guild.refused_terms())
         if refused is not None and refused.search(request.prompt):
             raise InvalidInput("prompt", "contains a term this server does not draw")

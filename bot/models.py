@@ -66,6 +66,7 @@ KNOWN_LICENCES = {
     "openai/whisper-large-v3-turbo": "mit",
     "HuggingFaceTB/SmolVLM-500M-Instruct": "apache-2.0",
     "madebyollin/taesd": "mit",
+    "stabilityai/stable-diffusion-x4-upscaler": "openrail++",
 }
 """Licences of the defaults (README, Default models), for when no model card is at hand."""
 
@@ -162,18 +163,21 @@ def requirements(settings: Settings, tasks: Sequence[str] = ()) -> list[Requirem
         if task == "chat" and settings.chat.engine == "openai":
             continue  # another server has it
         source = getattr(settings.models, task)
+        pipeline = task in ("imagine", "upscale")
         found.append(
-            Requirement(
-                task, "model", source, f"BOT_MODELS__{task.upper()}", pipeline=task == "imagine"
-            )
+            Requirement(task, "model", source, f"BOT_MODELS__{task.upper()}", pipeline=pipeline)
         )
+        if task == "imagine":
+            for name, model in settings.imagine.models.items():
+                found.append(Requirement(task, f"model {name}", model.source,
+                                         "BOT_IMAGINE__MODELS", pipeline=True))  # fmt: skip
         if task == "imagine" and settings.imagine.previews:
             found.append(Requirement(task, "preview model", settings.imagine.preview_model,
                                      "BOT_IMAGINE__PREVIEW_MODEL"))  # fmt: skip
         if task == "translate":
             for pair, model in settings.translate.pair_models.items():
                 found.append(Requirement(task, pair, model, "BOT_TRANSLATE__PAIR_MODELS"))
-        elif task in ("imagine", "describe") and settings.imagine.safety_model:
+        elif task in ("imagine", "describe", "upscale") and settings.imagine.safety_model:
             found.append(
                 Requirement(task, "safety model", settings.imagine.safety_model,
                             "BOT_IMAGINE__SAFETY_MODEL")

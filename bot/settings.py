@@ -54,6 +54,9 @@ class ModelSettings(BaseModel):
     """Any Whisper-family speech recogniser for /transcribe and voice messages (MIT)."""
     describe: str = "HuggingFaceTB/SmolVLM-500M-Instruct"
     """Any image-text-to-text model for /describe and the Describe image menu (Apache-2.0)."""
+    upscale: str = "stabilityai/stable-diffusion-x4-upscaler"
+    """Diffusers super-resolution pipeline behind the Upscale buttons (SD x4 upscaler:
+    CreativeML Open RAIL++-M)."""
 
 
 class SummarizeSettings(BaseModel):
@@ -71,6 +74,27 @@ class TranslateSettings(BaseModel):
     pair_models: dict[str, str] = {}
     """Per-pair models that replace the multilingual one, as JSON:
     {"en-fr": "Helsinki-NLP/opus-mt-en-fr"} (Marian opus-mt models are CC-BY-4.0)."""
+
+
+SchedulerChoice = Literal["model", "dpm++", "euler-a", "unipc"]
+
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
+"""What a member types to pick an image model: short, lower case, no spaces."""
+
+
+class ImageModelSettings(BaseModel):
+    """An image model offered beside BOT_MODELS__IMAGINE, with its own defaults."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    source: str
+    """A hub id or a local directory of a diffusers text-to-image pipeline."""
+    default_steps: int | None = Field(default=None, ge=1)
+    """Steps when the member gives none; unset: BOT_IMAGINE__DEFAULT_STEPS."""
+    default_guidance: float | None = Field(default=None, ge=0, le=30)
+    """Guidance when the member gives none; unset: BOT_IMAGINE__DEFAULT_GUIDANCE."""
+    scheduler: SchedulerChoice | None = None
+    """Its sampler; unset: BOT_IMAGINE__SCHEDULER (distilled models want "model")."""
 
 
 class ImagineSettings(BaseModel):
@@ -92,7 +116,7 @@ class ImagineSettings(BaseModel):
     """Score above which the safety model withholds an image."""
     blocked_terms: list[str] = []
     """Words or phrases refused in prompts, whole-word and in any case (JSON list)."""
-    scheduler: Literal["model", "dpm++", "euler-a", "unipc"] = "dpm++"
+    scheduler: SchedulerChoice = "dpm++"
     """The sampler: DPM-Solver++ (about 20 steps do what DDIM needs 50 for; a step costs the
     same: bench/results/imagine_cuda.json), the model's own, Euler ancestral or UniPC. A
     model that samples only its own way (flow matching, LCM, turbo) keeps its own."""
@@ -117,6 +141,50 @@ class ImagineSettings(BaseModel):
     preview_model: str = "madebyollin/taesd"
     """The tiny autoencoder that draws previews, of the image model's family: taesd for
     SD 1.x and 2.x, taesdxl for SDXL, taesd3 for SD3, taef1 for FLUX."""
+    default_name: str = Field(default="sd-2.1", pattern=MODEL_NAME.pattern)
+    """What members see BOT_MODELS__IMAGINE called when they pick a model."""
+    models: dict[str, ImageModelSettings] = {}
+    """Image models members may pick beside the default (/imagine model:, /config
+    image_model), by name, as JSON: {"turbo": {"source": "stabilityai/sd-turbo",
+    "default_steps": 1, "default_guidance": 0, "scheduler": "model"}} (SD-Turbo is for
+    non-commercial use only: read each model's licence). The memory budget decides which
+    stay loaded."""
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, models: dict[str, ImageModelSettings]) -> dict[str, ImageModelSettings]:
+        bad = [name for name in models if not MODEL_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(
+                f"model names are 1 to 32 lower-case letters, digits, '.', '_' or '-': {bad}"
+            )
+        return models
+
+    @model_validator(mode="after")
+    def _default_name_is_free(self) -> ImagineSettings:
+        if self.default_name in self.models:
+            raise ValueError(
+                f"{self.default_name!r} is BOT_IMAGINE__DEFAULT_NAME; name the other model "
+                "something else"
+            )
+        return self
+
+
+class UpscaleSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    steps: int = Field(default=20, ge=1, le=100)
+    """Denoising steps of an upscale: each is a pass over the picture's pixels."""
+    guidance: float = Field(default=9.0, ge=0, le=30)
+    """How closely the redrawn detail follows the image's prompt (the model card's 9)."""
+    noise_level: int = Field(default=20, ge=0, le=350)
+    """Noise added before redrawing: more lets the model invent more detail."""
+    max_side: int = Field(default=2048, ge=64, le=8192)
+    """Longest side of an upscaled image, in pixels: 2x of SD 2.1's 768 fits, 4x of it
+    does not. The model's time and memory grow with the picture's pixel count."""
+    max_output_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    """An upscale larger than this as a PNG is sent as a WebP (lossy, quality 90 or lower
+    as needed): Discord's own upload limit, 10 MiB."""
 
 
 class SpeakSettings(BaseModel):
@@ -471,7 +539,7 @@ class Settings(BaseSettings):
     Docker image sets this, and compose publishes the port on 127.0.0.1 only)."""
     usage: UsageSettings = UsageSettings()
     """The usage log (BOT_USAGE__PATH, BOT_USAGE__RETENTION_DAYS)."""
-    quotas: dict[str, int] = {"imagine": 20}
+    quotas: dict[str, int] = {"imagine": 20, "upscale": 10}
     """Requests per member per UTC day, by task, as JSON; guilds may override them."""
     cooldowns: dict[str, float] = {}
     """Seconds a member waits between requests, by task, as JSON: {"imagine": 10}."""
@@ -488,6 +556,8 @@ class Settings(BaseSettings):
     """/translate options (BOT_TRANSLATE__PAIR_MODELS)."""
     imagine: ImagineSettings = ImagineSettings()
     """/imagine options (BOT_IMAGINE__SAFETY_MODEL, ...)."""
+    upscale: UpscaleSettings = UpscaleSettings()
+    """The Upscale buttons under images (BOT_UPSCALE__MAX_SIDE, ...)."""
     speak: SpeakSettings = SpeakSettings()
     """/speak options (BOT_SPEAK__VOICES, ...)."""
     chat: ChatSettings = ChatSettings()

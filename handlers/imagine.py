@@ -17,6 +17,11 @@ image is decoded into a small JPEG every ``preview_every_s`` while it forms and 
 job's partial output, screened by the classifier; a pipeline whose own checker would judge
 only the finished images gets none without a classifier.
 
+Models: beside the default, a task may offer other pipelines by name (``models``), e.g. a
+few-step distilled one, each with its own default steps, guidance and sampler; a request
+names one in ``model``, and the executor loads it as it loads any model (its memory budget
+decides what stays loaded).
+
 Speed: another scheduler (DPM-Solver++ reaches in about 20 steps what DDIM needs 50 for;
 the bot's default, where the model's own scheduler allows the swap), and, each opt-in, the
 denoiser's weights in channels-last layout (faster convolutions on recent GPUs),
@@ -105,6 +110,24 @@ class ImagineRequest:
     strength: float | None = None
     """How far to move from ``image``: near 0 keeps it, 1 all but ignores it; None is the
     configured default."""
+    model: str | None = None
+    """The name of the image model to draw with; None is the task's default."""
+
+
+@dataclass(frozen=True)
+class ImageModelChoice:
+    """An image model offered beside the default, with its own defaults."""
+
+    source: str
+    """A hub repository id or a local directory."""
+    default_steps: int | None = None
+    """None: the task's default steps."""
+    default_guidance: float | None = None
+    """None: the task's default guidance (distilled models want 0)."""
+    scheduler: SchedulerName | None = None
+    """None: the task's sampler (a distilled model samples only its own way: "model")."""
+    native_size: int | None = None
+    """Known from its config files before it loads; None: learnt when it loads."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +144,8 @@ class ImagineResult:
     """How many of ``images`` are notices because the safety filter withheld them."""
     withheld: tuple[int, ...] = ()
     """Which of ``images`` are those notices."""
+    model: str | None = None
+    """The model picked by name; None: the default."""
 
 
 @dataclass
@@ -154,6 +179,7 @@ class ImagineOutput:
     height: int
     steps: int
     guidance: float
+    model: str | None = None
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -295,6 +321,8 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         max_image_bytes: int = 10 * 1024 * 1024,
         preview_model: str | None = None,
         preview_every_s: float = 2.0,
+        models: dict[str, ImageModelChoice] | None = None,
+        default_name: str = "default",
     ) -> None:
         if not 0 < default_strength <= 1:
             raise ValueError(f"default_strength must be in (0, 1], got {default_strength}")
@@ -328,16 +356,52 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         if scheduler != "model" and scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be model or one of {sorted(SCHEDULERS)}")
         self.scheduler = scheduler
+        self.models = dict(models or {})
+        """The models offered beside the default, by the name members pick."""
+        self.default_name = default_name
+        """What members see the default model called."""
+        if default_name in self.models:
+            raise ValueError(f"{default_name!r} names the default model and another one")
+        for name, choice in self.models.items():
+            steps = choice.default_steps
+            if steps is not None and not 1 <= steps <= max_steps:
+                raise ValueError(f"{name}: default_steps must be in 1..max_steps, got {steps}")
+            if choice.scheduler not in (None, "model", *SCHEDULERS):
+                raise ValueError(f"{name}: scheduler must be model or one of {sorted(SCHEDULERS)}")
         self.channels_last = channels_last
         self.compile = compile
         self.compile_backend = "inductor"
         """torch.compile's backend (tests use "eager", which compiles in moments)."""
 
-    def size_choices(self) -> list[str] | None:
-        """The sizes to offer users, when ``native_size`` is configured (else unknown yet)."""
-        return None if self.native_size is None else format_sizes(self.native_size)
+    def model_names(self) -> list[str]:
+        """Every model a member may pick, the default first."""
+        return [self.default_name, *self.models]
+
+    def _choice(self, model: str | None) -> ImageModelChoice | None:
+        """The chosen model's entry; None for the default."""
+        return None if model in (None, self.default_name) else self.models[model]
+
+    def native_for(self, model: str | None) -> int | None:
+        """A model's native size, when its config files told it before it loaded."""
+        choice = self._choice(model)
+        return self.native_size if choice is None else choice.native_size
+
+    def size_choices(self, model: str | None = None) -> list[str] | None:
+        """The sizes to offer users for a model, when its native size is known (else None)."""
+        native = self.native_for(model if model in self.model_names() else None)
+        return None if native is None else format_sizes(native)
+
+    def model_for(self, request: ImagineRequest, default: str) -> str:
+        choice = self._choice(request.model)
+        return default if choice is None else choice.source
 
     def validate(self, request: ImagineRequest) -> None:
+        if request.model is not None and request.model not in self.model_names():
+            raise InvalidInput(
+                "model",
+                f"{quote(request.model)} is not installed here; choose from "
+                f"{', '.join(self.model_names())}",
+            )
         check_text("prompt", request.prompt, self.max_prompt_chars)
         negative = request.negative_prompt
         check_text("negative_prompt", negative, self.max_prompt_chars, required=False)
@@ -354,8 +418,9 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
             raise InvalidInput("seed", f"must be from 0 to {MAX_SEED}")
         if request.size is not None:
             size = parse_size(request.size)
-            if self.native_size is not None and size not in allowed_sizes(self.native_size):
-                raise size_error(self.native_size)
+            native = self.native_for(request.model)
+            if native is not None and size not in allowed_sizes(native):
+                raise size_error(native)
         self._check_picture(request)
 
     def _check_picture(self, request: ImagineRequest) -> None:
@@ -370,11 +435,12 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
             raise InvalidInput("image", over(len(request.image), self.max_image_bytes))
         if strength is not None and not (math.isfinite(strength) and 0 < strength <= 1):
             raise InvalidInput("strength", "must be more than 0 and at most 1")
-        steps = request.steps or self.default_steps
-        if int(steps * (strength or self.default_strength)) < 1:
+        # Without steps asked for, enough are taken for one to run (see _settings).
+        if request.steps is not None and int(request.steps * self._strength(request)) < 1:
             raise InvalidInput(
                 "strength",
-                f"is too small to take a single step of {steps}: raise the strength or the steps",
+                f"is too small to take a single step of {request.steps}: "
+                "raise the strength or the steps",
             )
 
     def _settings(self, request: ImagineRequest, native: int | None) -> tuple[Any, ...]:
@@ -385,25 +451,34 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         one in a list as text, so mixing both in one call would change the images.
         """
         size = parse_size(request.size) if request.size else (native, native)
-        steps = request.steps or self.default_steps
-        guidance = self.default_guidance if request.guidance is None else request.guidance
+        choice = self._choice(request.model)
+        steps = request.steps or (choice and choice.default_steps) or self.default_steps
+        guidance = request.guidance
+        if guidance is None and choice is not None:
+            guidance = choice.default_guidance
+        guidance = self.default_guidance if guidance is None else guidance
         strength = None
         if request.image is not None:
-            strength = self.default_strength if request.strength is None else request.strength
+            strength = self._strength(request)
+            if request.steps is None:  # a few-step model's default may be too few to vary
+                steps = max(steps, math.ceil(1 / strength))
         return (*size, steps, float(guidance), bool(request.negative_prompt), strength)
 
+    def _strength(self, request: ImagineRequest) -> float:
+        return self.default_strength if request.strength is None else request.strength
+
     def batch_key(self, request: ImagineRequest) -> Hashable:
-        return self._settings(request, self.native_size)
+        return self._settings(request, self.native_for(request.model))
 
     def cost(self, request: ImagineRequest) -> int:
-        width, height, *_ = self._settings(request, self.native_size or ASSUMED_NATIVE)
+        native = self.native_for(request.model) or ASSUMED_NATIVE
+        width, height, *_ = self._settings(request, native)
         return request.count * width * height
 
     def work(self, request: ImagineRequest) -> float:
         """Pixels times the steps taken: from a picture, only ``strength`` of them run."""
-        width, height, steps, *_, strength = self._settings(
-            request, self.native_size or ASSUMED_NATIVE
-        )
+        native = self.native_for(request.model) or ASSUMED_NATIVE
+        width, height, steps, *_, strength = self._settings(request, native)
         return float(request.count * width * height * steps * (strength or 1))
 
     def load(self, spec: LoadSpec) -> ImagineModel:
@@ -413,8 +488,11 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         # The spec's kwargs (dtype, use_safetensors, no remote code) are diffusers 0.42's names.
         pipe = from_pretrained(AutoPipelineForText2Image, spec).to(spec.device)
         pipe.set_progress_bar_config(disable=True)
-        native = self.native_size or native_size(pipe)
-        self._speed_up(pipe, native, spec.source)
+        choice = next((c for c in self.models.values() if c.source == spec.source), None)
+        configured = self.native_size if choice is None else choice.native_size
+        native = configured or native_size(pipe)
+        scheduler = self.scheduler if choice is None else choice.scheduler or self.scheduler
+        self._speed_up(pipe, native, spec.source, scheduler)
         safety = None
         if self.safety_model is not None:
             safety = SafetyClassifier.load(self.safety_model, spec, self.safety_threshold)
@@ -442,12 +520,12 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
                         "imagine` fetches it", self.preview_model, exc)  # fmt: skip
             return None
 
-    def _speed_up(self, pipe: Any, native: int, source: str) -> None:
+    def _speed_up(self, pipe: Any, native: int, source: str, scheduler: SchedulerName) -> None:
         """The opt-in speed-ups, each said in the log: compiling takes minutes."""
-        if self.scheduler != "model":
+        if scheduler != "model":
             import diffusers
 
-            name, options = SCHEDULERS[self.scheduler]
+            name, options = SCHEDULERS[scheduler]
             wanted = getattr(diffusers, name)
             if wanted in pipe.scheduler.compatibles:
                 pipe.scheduler = wanted.from_config(pipe.scheduler.config, **options)
@@ -565,7 +643,10 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
             count = requests[row].count
             mine = kept[start : start + count]
             start += count
-            outputs[row] = ImagineOutput(mine, seeds[row], width, height, steps, guidance)
+            model_name = requests[row].model
+            outputs[row] = ImagineOutput(
+                mine, seeds[row], width, height, steps, guidance, model_name
+            )
         return outputs  # type: ignore[return-value]
 
     @staticmethod
@@ -623,4 +704,5 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
             guidance=output.guidance,
             flagged=sum(p is None for p in output.pixels),
             withheld=tuple(k for k, p in enumerate(output.pixels) if p is None),
+            model=output.model,
         )

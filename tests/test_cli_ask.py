@@ -46,6 +46,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
         "vocoder": tinymodels.build_hifigan,
         "transcribe": tinymodels.build_whisper,
         "describe": tinymodels.build_vision,
+        "upscale": tinymodels.build_upscaler,
     }
 
     def get(task: str) -> Path:
@@ -157,6 +158,19 @@ def test_imagine_writes_pngs_with_the_seed(
     assert ask("imagine", built("imagine"), "cat", "--steps", "2", "--out", "cat.png") == 0
     assert "wrote cat.png" in capsys.readouterr().out
     assert (tmp_path / "cat.png").stat().st_size > 0
+
+
+def test_upscale_writes_the_picture_larger(
+    built: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Image.new("RGB", (48, 32), "teal").save(tmp_path / "sketch.png")
+    args = ["sketch.png", "--factor", "4", "--seed", "3", "--out", "big.png", "--json"]
+    assert ask("upscale", built("upscale"), *args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result == {"file": "big.png", "size": "192x128", "seed": 3, "withheld": False}
+    assert Image.open(tmp_path / "big.png").size == (192, 128)
+    assert ask("upscale", built("upscale"), "sketch.png", "--factor", "3") == 2
+    assert "error: factor: must be 2 or 4" in capsys.readouterr().err
 
 
 def test_speak_writes_ogg_or_wav(

@@ -201,3 +201,51 @@ async def test_chat_threads_persona_and_reset_everything(harness: Harness) -> No
     assert settings.chat_threads and settings.persona == "You are a tutor."
     await configure(harness, carol, s.channel, "reset", rule="everything")
     assert harness.bot.guild_settings.get(s.guild.id) == GuildSettings()
+
+
+async def test_the_image_model_a_server_draws_with_and_a_members_own_pick(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    carol = await manager(harness, s.guild)
+    offered = await s.alice.autocomplete(s.channel, "imagine", "model", "", prompt="a fox")
+    assert [choice["value"] for choice in offered] == ["sd", "turbo"]
+    shown = await configure(harness, carol, s.channel, "show")
+    assert "- Image model when a member picks none: sd (bot default)" in shown
+    refused = await configure(harness, carol, s.channel, "image_model", name="flux")
+    assert refused == "**name**: choose one of sd, turbo"
+    done = await configure(harness, carol, s.channel, "image_model", name="turbo")
+    assert done == "✅ /imagine now draws with turbo here."
+    first = await s.alice.slash(s.channel, "imagine", prompt="a fox")
+    await s.bob.slash(s.channel, "imagine", prompt="a fox", model="sd")
+    await harness.finish()
+    assert [run[0].model for run in harness.tasks["imagine"].runs] == ["turbo", "sd"]
+    assert first.response.content.endswith("· turbo")
+    rerolled = await s.bob.click(first.response, label="Reroll")
+    await harness.finish()
+    assert harness.tasks["imagine"].runs[-1][0].model == "turbo"  # the image's own model
+    assert rerolled.response.content.endswith("· turbo")
+    unknown = await s.alice.slash(s.channel, "imagine", prompt="a fox", model="flux")
+    assert unknown.response.content == (
+        "**model**: 'flux' is not installed here; choose from sd, turbo"
+    )
+    await configure(harness, carol, s.channel, "reset", rule="image_model")
+    await s.alice.slash(s.channel, "imagine", prompt="a fox")
+    await harness.finish()
+    assert harness.tasks["imagine"].runs[-1][0].model is None
+
+
+async def test_a_server_default_no_longer_installed_falls_back_to_the_bots(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    await harness.bot.guild_settings.update(s.guild.id, image_model="gone")
+    carol = await manager(harness, s.guild)
+    shown = await configure(harness, carol, s.channel, "show")
+    assert (
+        "- Image model when a member picks none: gone is not installed any more, so sd "
+        "(bot default)" in shown
+    )
+    await s.alice.slash(s.channel, "imagine", prompt="a fox")
+    await harness.finish()
+    assert harness.tasks["imagine"].runs[-1][0].model is None

@@ -34,12 +34,13 @@ from handlers.base import BatchContext, LoadSpec, Task, TaskKind, raise_if_stopp
 from handlers.chat import ChatResult, ChatTask
 from handlers.classify import ClassifyResult, ClassifyTask
 from handlers.describe import DescribeResult, DescribeTask
-from handlers.imagine import ImagineResult, ImagineTask
+from handlers.imagine import ImageModelChoice, ImagineResult, ImagineTask
 from handlers.sentiment import SentimentResult, SentimentTask
 from handlers.speak import SpeakResult, SpeakTask
 from handlers.summarize import SummarizeResult, SummarizeTask
 from handlers.transcribe import Segment, TranscribeResult, TranscribeTask
 from handlers.translate import TranslateResult, TranslateTask
+from handlers.upscale import UpscaleResult, UpscaleTask
 from tests.fakes import limits
 
 
@@ -60,7 +61,9 @@ WAVEFORM = bytes([0, 128, 255, 64])
 RESPONSES: dict[str, Callable[[Any], Any]] = {
     "summarize": lambda r: SummarizeResult(f"summary: {r.text[:30]}", 1),
     "translate": lambda r: TranslateResult(f"[fr] {r.text}", "en", "fr"),
-    "imagine": lambda r: ImagineResult([png()] * r.count, r.seed or 7, 8, 8, 4, 7.5, 0),
+    "imagine": lambda r: ImagineResult(
+        [png()] * r.count, r.seed or 7, 8, 8, 4, 7.5, 0, model=r.model
+    ),
     "speak": lambda r: SpeakResult(b"RIFF", ogg(), 16000, 0.1, WAVEFORM),
     "sentiment": lambda r: SentimentResult("POSITIVE", 0.93),
     "classify": lambda r: ClassifyResult(list(r.labels), [1 / len(r.labels)] * len(r.labels)),
@@ -77,17 +80,23 @@ RESPONSES: dict[str, Callable[[Any], Any]] = {
         (Segment(0.0, 2.0, "we meet on friday"),),
         r.timestamps,
     ),
+    "upscale": lambda r: UpscaleResult(png(16), "png", 16, 16, r.factor, r.seed or 5, False),
 }
 REAL = {
     "summarize": SummarizeTask(),
     "translate": TranslateTask(),
-    "imagine": ImagineTask(native_size=64),
+    "imagine": ImagineTask(
+        native_size=64,
+        default_name="sd",
+        models={"turbo": ImageModelChoice("turbo-model", 1, 0.0, "model", native_size=64)},
+    ),
     "speak": SpeakTask(),
     "sentiment": SentimentTask(),
     "classify": ClassifyTask(),
     "chat": ChatTask(),
     "transcribe": TranscribeTask(),
     "describe": DescribeTask(),
+    "upscale": UpscaleTask(max_side=256),
 }
 
 
@@ -119,6 +128,9 @@ class ScriptedTask(Task[Any, Any]):
 
     def batch_key(self, request: Any) -> Any:
         return self.real.batch_key(request)
+
+    def model_for(self, request: Any, default: str) -> str:
+        return self.real.model_for(request, default)
 
     def window(self, source: str) -> Any:
         """The chat task's real tokenizer and context, which conversations are fitted to."""
@@ -563,14 +575,15 @@ async def test_image_buttons_reroll_vary_and_delete(harness: Harness) -> None:
     await harness.finish()
     message = first.response
     labels = [c["label"] for row in message.components for c in row["components"]]
-    assert labels == ["Reroll", "Vary (subtle)", "Vary (strong)", "Delete"]
+    assert labels == ["Reroll", "Vary (subtle)", "Vary (strong)", "Upscale 2x", "Upscale 4x",
+                      "Delete"]  # fmt: skip
     reroll = await s.bob.click(message, label="Reroll")
     await harness.finish()
     again = harness.tasks["imagine"].runs[-1][0]
     assert (again.prompt, again.count) == ("a red fox", 1) and again.seed != 42
     assert reroll.response.attachments
     rerolled = [c["label"] for row in reroll.response.components for c in row["components"]]
-    assert rerolled == ["Reroll", "Vary (subtle)", "Vary (strong)", "Delete"]  # its own buttons
+    assert rerolled == labels  # its own buttons
     await s.bob.click(message, label="Vary (strong)")
     await harness.finish()
     varied = harness.tasks["imagine"].runs[-1][0]

@@ -145,7 +145,7 @@ def test_a_healthy_configuration_passes(
     assert status(output, "model chat")[1].endswith(
         "; static batching (BOT_CHAT__CONTINUOUS=auto, which is for CUDA GPUs (cpu))"
     )
-    assert status(output, "memory") == ("ok", "~22.0 KiB for all models as float16 (no budget)")
+    assert status(output, "memory") == ("ok", "~24.0 KiB for all models as float16 (no budget)")
     assert output.rstrip().endswith("ready to run")
 
     # A second run finds the database as the first left it.

@@ -1,5 +1,5 @@
 """Drawing from a picture on Discord through SimCord: /imagine image:, the Imagine from this
-menu and its form, the Vary buttons under several images, and their refusals in one line.
+menu and its form, the Vary and Upscale buttons under images, and their refusals in one line.
 The imagine task is scripted (tests/test_discord.py); the handler draws from pictures with a
 tiny pipeline in tests/test_imagine.py."""
 
@@ -8,10 +8,12 @@ from __future__ import annotations
 import io
 
 import discord
+import pytest
 from PIL import Image
 
 from bot.image_buttons import ImageButton
 from handlers.imagine import ImagineRequest, ImagineResult
+from handlers.upscale import UpscaleRequest, UpscaleResult
 from tests.test_discord import (  # noqa: F401 - harness, simcord_bot, stack: fixtures
     Harness,
     harness,
@@ -24,6 +26,14 @@ from tests.test_discord import (  # noqa: F401 - harness, simcord_bot, stack: fi
 
 def drawn(h: Harness) -> list[ImagineRequest]:
     return [request for run in h.tasks["imagine"].runs for request in run]
+
+
+def upscaled(h: Harness) -> list[UpscaleRequest]:
+    return [request for run in h.tasks["upscale"].runs for request in run]
+
+
+def labels(message: discord.Message) -> list[str]:
+    return [c["label"] for row in message.components for c in row["components"]]
 
 
 async def test_imagine_draws_from_an_attached_picture(harness: Harness) -> None:
@@ -98,7 +108,10 @@ async def test_several_images_get_numbered_vary_buttons_each_drawing_from_its_ow
     await harness.finish()
     message = result.response
     labels = [[c["label"] for c in row["components"]] for row in message.components]
-    assert labels == [["Reroll", "Delete"], ["Subtle 1", "Subtle 2"], ["Strong 1", "Strong 2"]]
+    assert labels == [
+        ["Reroll", "Delete"], ["Subtle 1", "Subtle 2"], ["Strong 1", "Strong 2"],
+        ["2x 1", "2x 2"], ["4x 1", "4x 2"],
+    ]  # fmt: skip
     await s.bob.click(message, label="Subtle 2")
     await harness.finish()
     varied = drawn(harness)[-1]
@@ -162,3 +175,70 @@ async def test_an_image_the_safety_filter_withheld_is_not_varied(harness: Harnes
     refused = await s.alice.click(result.response, label="Strong 2")
     assert refused.ephemeral and "withheld by the safety filter" in refused.response.content
     assert len(drawn(harness)) == 1
+
+
+async def test_upscale_posts_the_image_larger_as_the_pressers_own_request(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    first = await s.alice.slash(s.channel, "imagine", prompt="a red fox", count=2)
+    await harness.finish()
+    done = await s.bob.click(first.response, label="2x 2")
+    await harness.finish()
+    (request,) = upscaled(harness)
+    assert (request.factor, request.prompt, request.image) == (2, "a red fox", png())
+    assert [a.filename for a in done.response.attachments] == ["upscale-5-2x.png"]
+    assert "upscaled 2x · 16x16" in done.response.content and not done.response.components
+    await s.alice.click(first.response, label="4x 1")
+    await harness.finish()
+    assert upscaled(harness)[-1].factor == 4
+    await harness.bot.usage.flush()
+    rows = [(r["user_id"], r["status"]) for r in harness.rows() if r["task"] == "upscale"]
+    assert rows == [(str(s.bob.id), "ok"), (str(s.alice.id), "ok")]  # each presser's own
+
+
+async def test_an_upscale_past_the_size_limit_is_not_offered_or_is_refused_in_one_line(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = await scene(harness)
+    limits = harness.tasks["upscale"].real  # shared by every test: patched, then restored
+    monkeypatch.setattr(limits, "max_side", 128)  # 4x of the 64-pixel images would be 256
+    first = await s.alice.slash(s.channel, "imagine", prompt="a red fox")
+    await harness.finish()
+    assert "Upscale 2x" in labels(first.response)
+    assert "Upscale 4x" not in labels(first.response)
+    monkeypatch.setattr(limits, "max_side", 12)  # 2x of the posted 8-pixel image is 16
+    refused = await s.bob.click(first.response, label="Upscale 2x")
+    await harness.finish()
+    assert "2x would make a 16x16 image, over the 12 pixels a side" in refused.response.content
+    assert upscaled(harness) == []
+
+
+async def test_a_withheld_image_is_not_upscaled_and_an_upscale_can_be_withheld(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    harness.tasks["imagine"].respond = lambda r: ImagineResult(
+        [png(), png()], 7, 8, 8, 4, 7.5, 1, withheld=(1,)
+    )
+    result = await s.alice.slash(s.channel, "imagine", prompt="a fox", count=2)
+    await harness.finish()
+    refused = await s.alice.click(result.response, label="2x 2")
+    assert refused.ephemeral and "withheld by the safety filter" in refused.response.content
+    assert upscaled(harness) == []
+    harness.tasks["upscale"].respond = lambda r: UpscaleResult(png(), "png", 8, 8, 2, 1, True)
+    done = await s.alice.click(result.response, label="2x 1")
+    await harness.finish()
+    assert [a.filename for a in done.response.attachments] == ["withheld-upscale.png"]
+    assert "withheld by the safety filter" in done.response.content
+
+
+async def test_a_large_upscale_is_said_to_be_a_webp(harness: Harness) -> None:
+    s = await scene(harness)
+    harness.tasks["upscale"].respond = lambda r: UpscaleResult(b"RIFF", "webp", 64, 64, 4, 3, False)
+    first = await s.alice.slash(s.channel, "imagine", prompt="a fox")
+    await harness.finish()
+    done = await s.alice.click(first.response, label="Upscale 4x")
+    await harness.finish()
+    assert [a.filename for a in done.response.attachments] == ["upscale-3-4x.webp"]
+    assert "WEBP, to fit Discord's upload limit" in done.response.content

@@ -24,6 +24,7 @@ from bot.executor import Executor, ExecutorConfig, LocalBackend, ModelRegistry
 from handlers.base import BatchStopped, InvalidInput, LoadSpec, UnsafeModelError
 from handlers.imagine import (
     PREVIEW_SIDE,
+    ImageModelChoice,
     ImagineModel,
     ImagineOutput,
     ImagineRequest,
@@ -499,7 +500,7 @@ def test_a_bad_picture_or_strength_is_refused_in_one_line(tiny_dir: Path) -> Non
         (ImagineRequest("a fox", image=b""), "image", "empty"),
         (ImagineRequest("a fox", image=b"x" * 2001), "image", "the limit is 2,000 bytes"),
         (ImagineRequest("a fox", image=b"x", strength=1.5), "strength", "at most 1"),
-        (ImagineRequest("a fox", image=b"x", strength=0.1), "strength", "single step of 3"),
+        (ImagineRequest("a fox", image=b"x", steps=3, strength=0.1), "strength", "single step"),
     ):
         with pytest.raises(InvalidInput) as refused:
             task.validate(request)
@@ -580,3 +581,66 @@ def test_no_previews_when_off_or_unscreened(
     task_model = load(flagged, tiny_dir)
     flagged.run_batch(task_model, [ImagineRequest("a fox")], ctx)
     assert ctx.sent == []  # an unsafe glimpse is never shown
+
+
+# Several models
+
+
+def test_a_model_is_picked_by_name_with_its_own_steps_guidance_and_sizes() -> None:
+    turbo = ImageModelChoice("turbo-dir", default_steps=1, default_guidance=0.0, native_size=64)
+    task = make_task(native_size=128, models={"turbo": turbo}, default_name="sd")
+    assert task.model_names() == ["sd", "turbo"]
+    fast, default = ImagineRequest("a fox", model="turbo"), ImagineRequest("a fox")
+    assert task.model_for(fast, "sd-dir") == "turbo-dir"
+    assert task.model_for(default, "sd-dir") == task.model_for(
+        ImagineRequest("a fox", model="sd"), "sd-dir"
+    ) == "sd-dir"  # fmt: skip
+    assert task.batch_key(fast) == (64, 64, 1, 0.0, False, None)
+    assert task.batch_key(default) == (128, 128, STEPS, 7.5, False, None)
+    assert task.size_choices("turbo") == format_sizes(64) != task.size_choices()
+    task.validate(dataclasses.replace(fast, size="64x64"))
+    with pytest.raises(InvalidInput, match="must be one of 64x64"):
+        task.validate(dataclasses.replace(fast, size="128x128"))
+    with pytest.raises(InvalidInput) as unknown:
+        task.validate(ImagineRequest("a fox", model="flux"))
+    assert str(unknown.value) == "model: 'flux' is not installed here; choose from sd, turbo"
+    assert task.cost(fast) * 4 == task.cost(default)
+
+
+def test_a_few_step_model_takes_enough_steps_to_vary_an_image() -> None:
+    turbo = ImageModelChoice("turbo-dir", default_steps=1, default_guidance=0.0)
+    task = make_task(models={"turbo": turbo}, native_size=64)
+    subtle = ImagineRequest("a fox", image=photo(), strength=0.35, model="turbo")
+    task.validate(subtle)
+    assert task.batch_key(subtle)[2] == 3  # ceil(1 / 0.35): one step runs, not none
+    with pytest.raises(InvalidInput, match="single step"):
+        task.validate(dataclasses.replace(subtle, steps=1))  # asked for: refused, not changed
+
+
+def test_a_name_for_two_models_or_a_bad_default_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match="names the default model and another one"):
+        make_task(models={"sd": ImageModelChoice("x")}, default_name="sd")
+    with pytest.raises(ValueError, match=r"default_steps must be in 1\.\.max_steps"):
+        make_task(models={"turbo": ImageModelChoice("x", default_steps=99)})
+
+
+async def test_the_executor_loads_each_model_picked_within_the_memory_budget(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    """Two pipelines on disk, one budget that holds one: each request is drawn by the model
+    it names, with that model's defaults, and the other model is unloaded to make room."""
+    second = shutil.copytree(tiny_dir, tmp_path / "turbo")
+    turbo = ImageModelChoice(str(second), default_steps=1, default_guidance=0.0, scheduler="model")
+    task = make_task(models={"turbo": turbo}, default_name="sd", scheduler="dpm++")
+    one_model = task.model_bytes(load(make_task(), tiny_dir))
+    registry = ModelRegistry(device="cpu", budget_bytes=int(one_model * 1.5))
+    executor = Executor(
+        {"imagine": task}, {"imagine": str(tiny_dir)}, LocalBackend(registry),
+        ExecutorConfig(max_per_user=64),
+    )  # fmt: skip
+    async with executor:
+        fast = await executor.submit("imagine", ImagineRequest("a", model="turbo"), user_id=1)
+        assert [m.model for m in executor.snapshot().loaded] == [str(second)]
+        slow = await executor.submit("imagine", ImagineRequest("a"), user_id=1)
+        assert [m.model for m in executor.snapshot().loaded] == [str(tiny_dir)]
+    assert (fast.steps, fast.guidance, slow.steps, slow.guidance) == (1, 0.0, STEPS, 7.5)

@@ -235,6 +235,7 @@ def test_requirements_cover_every_configured_source_once() -> None:
         ("chat", "Qwen/Qwen2.5-0.5B-Instruct", "model"),
         ("transcribe", "openai/whisper-large-v3-turbo", "model"),
         ("describe", "HuggingFaceTB/SmolVLM-500M-Instruct", "model"),
+        ("upscale", "stabilityai/stable-diffusion-x4-upscaler", "model"),
     ]
     with pytest.raises(ValueError, match="unknown task"):
         requirements(settings, ["dance"])

@@ -51,6 +51,7 @@ BUILDERS = {
     "openai/whisper-large-v3-turbo": tinymodels.build_whisper,
     "HuggingFaceTB/SmolVLM-500M-Instruct": tinymodels.build_vision,
     "madebyollin/taesd": tinymodels.build_taesd,
+    "stabilityai/stable-diffusion-x4-upscaler": tinymodels.build_upscaler,
 }
 """A tiny stand-in for each default model and dataset, under the default's own id."""
 DATASETS = {"regisss/cmu-arctic-xvectors"}

@@ -159,6 +159,7 @@ def tiny_env(tmp_path_factory: pytest.TempPathFactory, tiny_chat: Path) -> dict[
         "BOT_MODELS__CHAT": str(tiny_chat),
         "BOT_MODELS__TRANSCRIBE": str(tinymodels.build_whisper(root / "transcribe")),
         "BOT_MODELS__DESCRIBE": str(tinymodels.build_vision(root / "describe")),
+        "BOT_MODELS__UPSCALE": str(tinymodels.build_upscaler(root / "upscale")),
         "BOT_SPEAK__VOCODER": str(tinymodels.build_hifigan(root / "vocoder")),
         "BOT_SPEAK__VOICES": str(tinymodels.build_voices_npy(root / "voices.npy")),
         "BOT_IMAGINE__PREVIEW_MODEL": str(tinymodels.build_taesd(root / "taesd")),
@@ -187,6 +188,7 @@ def test_the_readme_command_runs(
     lecture = 0.3 * np.sin(np.arange(32_000) * 0.1).astype(np.float32)  # `ask transcribe` hears it
     soundfile.write(tmp_path / "lecture.ogg", lecture, 16_000, format="OGG", subtype="OPUS")
     Image.new("RGB", (96, 64), "teal").save(tmp_path / "whiteboard.png")  # `ask describe` sees it
+    Image.new("RGB", (48, 32), "teal").save(tmp_path / "sketch.png")  # `ask upscale` enlarges it
     done = run(example, tiny_env, tmp_path)
     refusal = NOT_RUN.get(example.shown)
     if refusal is not None:

@@ -23,7 +23,9 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    DDPMScheduler,
     StableDiffusionPipeline,
+    StableDiffusionUpscalePipeline,
     UNet2DConditionModel,
 )
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
@@ -642,6 +644,41 @@ def build_pipeline(
     return directory
 
 
+def tiny_upscaler() -> StableDiffusionUpscalePipeline:
+    """The SD x4 upscaler's layout at toy width: a 7-channel UNet (latents beside the
+    low-resolution picture) with noise-level class embeddings, a VAE that scales by 4."""
+    torch.manual_seed(3)
+    text = CLIPTextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, projection_dim=32, bos_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=7, out_channels=4, block_out_channels=(16, 32),
+        layers_per_block=1, cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
+        num_class_embeds=351, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        latent_channels=4, block_out_channels=(8, 8, 16), layers_per_block=1, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        scaling_factor=0.08333, sample_size=64,
+    )  # fmt: skip
+    return StableDiffusionUpscalePipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(text),
+        tokenizer=letter_clip_tokenizer(),
+        unet=unet,
+        low_res_scheduler=DDPMScheduler(beta_schedule="scaled_linear"),
+        scheduler=DDIMScheduler(prediction_type="v_prediction", beta_schedule="scaled_linear"),
+        max_noise_level=350,
+    )
+
+
+def build_upscaler(directory: Path) -> Path:
+    tiny_upscaler().save_pretrained(directory)
+    return directory
+
+
 def build_taesd(directory: Path) -> Path:
     """A tiny autoencoder laid out like madebyollin/taesd: decodes the tiny pipeline's
     4-channel latents at 8x, as TAESD does SD's."""
@@ -843,4 +880,5 @@ def build_every_task(root: Path) -> dict[str, Path]:
         "transcribe": build_whisper(root / "transcribe"),
         "describe": build_vision(root / "describe"),
         "preview": build_taesd(root / "preview"),
+        "upscale": build_upscaler(root / "upscale"),
     }

@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.commands import NotAnAdmin, caller_of, is_admin
+from bot.commands import NotAnAdmin, caller_of, image_model_choices, is_admin
 from bot.delivery import NO_MENTIONS
 from bot.guilds import (
     BLOCKED_TERM_MAX_CHARS,
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 Rule = Literal[
     "channels", "commands", "quotas", "cooldowns", "exempt_roles", "blocked_terms", "personas",
-    "read_aloud", "voice_replies", "auto_transcribe", "everything",
+    "read_aloud", "voice_replies", "auto_transcribe", "image_model", "everything",
 ]  # fmt: skip
 """What ``/config reset`` puts back to the bot's defaults."""
 
@@ -45,6 +45,7 @@ RESETS: dict[str, tuple[str, ...]] = {
     "read_aloud": ("read_aloud_max_chars",),
     "voice_replies": ("voice_replies",),
     "auto_transcribe": ("auto_transcribe_channels",),
+    "image_model": ("image_model",),
     "everything": tuple(GuildSettings.model_fields),
 }
 
@@ -71,6 +72,7 @@ def render_settings(
     tasks: list[str],
     screened: bool,
     read_aloud_max_chars: int,
+    image_models: list[str],
 ) -> str:
     """Every rule in force here, saying which are the server's own and which the bot's."""
     on = sorted(tasks) if guild.enabled_commands is None else sorted(guild.enabled_commands)
@@ -88,6 +90,11 @@ def render_settings(
         )
         if not screened:
             classroom += " (⚠️ the bot has no safety filter, so /imagine and /describe are refused)"
+    image_model = f"{image_models[0]} (bot default)" if image_models else "none (no /imagine)"
+    if guild.image_model in image_models:
+        image_model = guild.image_model
+    elif guild.image_model is not None:
+        image_model = f"{guild.image_model} is not installed any more, so {image_model}"
     personas = [
         f"<#{channel}>: “{_short(text)}”" for channel, text in guild.channel_personas.items()
     ]
@@ -95,6 +102,7 @@ def render_settings(
         "**This server's settings**",
         f"- Replies: {'private to the member who asked' if guild.ephemeral else 'public'}",
         f"- Images: {images}",
+        f"- Image model when a member picks none: {image_model}",
         f"- Classroom-safe: {classroom}",
         f"- Commands on: {', '.join(f'/{t}' for t in on) or 'none'}"
         + (f"; off: {', '.join(f'/{t}' for t in off)}" if off else ""),
@@ -200,6 +208,7 @@ class ServerConfig(commands.GroupCog, group_name="config", group_description="Th
             list(self.bot.executor.tasks),
             self._screened(),
             self.bot.settings.voice.max_chars,
+            [choice.value for choice in image_model_choices(self.bot, "")],
         )
         await interaction.response.send_message(
             clip(text), ephemeral=True, allowed_mentions=NO_MENTIONS
@@ -226,6 +235,24 @@ class ServerConfig(commands.GroupCog, group_name="config", group_description="Th
         if where == "allow" and self._settings(interaction).classroom_safe:
             done += " Classroom-safe is on: they stay in age-restricted channels until it is off."
         await self._change(interaction, done, nsfw=where)
+
+    @app_commands.command(description="The image model /imagine draws with here by default")
+    @app_commands.describe(name="One of the installed models (empty: the bot's default)")
+    async def image_model(self, interaction: Interaction, name: str | None = None) -> None:
+        installed = [choice.value for choice in image_model_choices(self.bot, "")]
+        if name is not None and name.strip().lower() not in installed:
+            raise InvalidInput("name", f"choose one of {', '.join(installed) or 'none'}")
+        chosen = None if name is None else name.strip().lower()
+        shown = chosen or f"the bot's default ({installed[0] if installed else 'none'})"
+        await self._change(
+            interaction, f"/imagine now draws with {shown} here.", image_model=chosen
+        )
+
+    @image_model.autocomplete("name")
+    async def _image_models(
+        self, interaction: Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return image_model_choices(self.bot, current)
 
     @app_commands.command(name="command", description="Turn a command on or off here")
     @app_commands.describe(name="The command", enabled="On or off")

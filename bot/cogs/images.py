@@ -73,8 +73,9 @@ class DrawFromForm(discord.ui.Modal):
             except InvalidInput as exc:
                 bot.invoker.record_refusal("imagine", caller, exc)
                 raise
-            request = ImagineRequest(self.prompt.value, strength=strength)
-            native = bot.executor.tasks["imagine"].native_size  # type: ignore[attr-defined]
+            model = bot.invoker.image_model(interaction.guild_id, None)
+            request = ImagineRequest(self.prompt.value, strength=strength, model=model)
+            native = bot.executor.tasks["imagine"].native_for(model)  # type: ignore[attr-defined]
 
             async def read() -> ImagineRequest:
                 await check_here(interaction, "message")

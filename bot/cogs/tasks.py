@@ -11,7 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.calls import VoiceUnavailable, speech_render
-from bot.commands import Text, caller_of, run_task, voice_choices
+from bot.commands import Text, caller_of, image_model_choices, run_task, voice_choices
 from bot.drawing import from_picture, start_picture
 from bot.image_buttons import image_buttons
 from bot.localization import tr
@@ -148,6 +148,7 @@ class Tasks(commands.Cog):
         count="How many images",
         image="A picture to start from (its shape picks the size)",
         strength="How far to move from the picture: near 0 keeps it, 1 all but ignores it",
+        model="The image model (each has its own speed, sizes and defaults)",
     )
     async def imagine(
         self,
@@ -161,8 +162,10 @@ class Tasks(commands.Cog):
         count: app_commands.Range[int, 1, 4] = 1,
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, 0.05, 1.0] | None = None,
+        model: str | None = None,
     ) -> None:
-        request = ImagineRequest(prompt, negative, steps, guidance, seed, size, count)
+        model = self.bot.invoker.image_model(interaction.guild_id, model)
+        request = ImagineRequest(prompt, negative, steps, guidance, seed, size, count, model=model)
         if image is None:
             if strength is not None:
                 request = dataclasses.replace(request, strength=strength)  # refused, named
@@ -176,7 +179,7 @@ class Tasks(commands.Cog):
         except InvalidInput as exc:
             bot.invoker.record_refusal("imagine", caller, exc)
             raise
-        native = bot.executor.tasks["imagine"].native_size  # type: ignore[attr-defined]
+        native = bot.executor.tasks["imagine"].native_for(model)  # type: ignore[attr-defined]
         wanted = dataclasses.replace(request, strength=strength)
 
         async def read() -> ImagineRequest:
@@ -191,8 +194,18 @@ class Tasks(commands.Cog):
     async def _sizes(
         self, interaction: Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        sizes = self.bot.executor.tasks["imagine"].size_choices() or []
+        """The sizes of the model picked so far (or of this server's default)."""
+        model = self.bot.invoker.image_model(
+            interaction.guild_id, getattr(interaction.namespace, "model", None)
+        )
+        sizes = self.bot.executor.tasks["imagine"].size_choices(model) or []
         return [app_commands.Choice(name=s, value=s) for s in sizes if current in s][:25]
+
+    @imagine.autocomplete("model")
+    async def _models(
+        self, interaction: Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return image_model_choices(self.bot, current)
 
     @app_commands.command(description="Read a text aloud")
     @app_commands.describe(
