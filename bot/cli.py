@@ -107,6 +107,9 @@ def _imagine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="reuse a seed to reproduce an image")
     parser.add_argument("--size", help="WIDTHxHEIGHT from the model's allowed sizes")
     parser.add_argument("--count", type=int, default=1, help="images to make (1-4)")
+    parser.add_argument(
+        "--image-model", help="one of BOT_IMAGINE__MODELS by name (default: BOT_MODELS__IMAGINE)"
+    )
     parser.add_argument("--out", type=Path, help="PNG path (default: imagine-SEED.png)")
 
 
@@ -123,8 +126,9 @@ def _imagine_request(args: argparse.Namespace) -> ImagineRequest:
         raise InvalidInput("out", "must end in .png")
     _check_folder(args.out)
     return ImagineRequest(
-        args.prompt, args.negative, args.steps, args.guidance, args.seed, args.size, args.count
-    )
+        args.prompt, args.negative, args.steps, args.guidance, args.seed, args.size, args.count,
+        model=args.image_model,
+    )  # fmt: skip
 
 
 def _render_imagine(result: ImagineResult, args: argparse.Namespace) -> tuple[str, dict]:

@@ -170,19 +170,23 @@ class ImageButton(
 async def image_buttons(
     interaction: Interaction, request: ImagineRequest
 ) -> discord.ui.View | None:
-    """Reroll and Delete, and Vary and Upscale buttons for each image (each Upscale only
-    where its result fits the upscale task's size limit); their request is stored first, so
-    that a button never points at nothing. Without the database the images still come,
-    buttonless."""
+    """Reroll and Delete, and Vary and Upscale buttons for each image (Upscale only where
+    upscaling is allowed and its result fits the task's size limit); their request is
+    stored first, so that a button never points at nothing, with the model it is drawn by
+    named, so that Reroll and Vary keep it whatever the server's default becomes. Without
+    the database the images still come, buttonless."""
+    bot = interaction.client
+    drawing = bot.executor.tasks["imagine"]
+    model = bot.invoker.image_model(interaction.guild_id, request.model)
+    request = dataclasses.replace(request, model=model or drawing.default_name)  # type: ignore[attr-defined]
     try:
-        key = await interaction.client.image_requests.save(
-            request, interaction.user.id, interaction.guild_id
-        )
+        key = await bot.image_requests.save(request, interaction.user.id, interaction.guild_id)
     except sqlite3.Error as exc:
         log.warning("cannot store an image request, so no buttons: %s", exc)
         return None
-    view = discord.ui.View(timeout=None)
-    actions = ["subtle", "strong", *upscales(interaction.client, request)]
+    actions = ["subtle", "strong"]
+    if bot.invoker.allows("upscale", caller_of(interaction)):
+        actions += upscales(bot, request)
     view = discord.ui.View(timeout=None)
     view.add_item(ImageButton("reroll", key))
     if request.count == 1:

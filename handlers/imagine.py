@@ -378,17 +378,21 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         return [self.default_name, *self.models]
 
     def _choice(self, model: str | None) -> ImageModelChoice | None:
-        """The chosen model's entry; None for the default."""
-        return None if model in (None, self.default_name) else self.models[model]
+        """The chosen model's entry; None for the default (and for a name no longer
+        installed, which ``validate`` refuses)."""
+        return None if model is None else self.models.get(model)
 
     def native_for(self, model: str | None) -> int | None:
-        """A model's native size, when its config files told it before it loaded."""
+        """A model's native size, when its config files told it before it loaded; None for
+        a name not installed."""
+        if model is not None and model not in self.model_names():
+            return None
         choice = self._choice(model)
         return self.native_size if choice is None else choice.native_size
 
     def size_choices(self, model: str | None = None) -> list[str] | None:
         """The sizes to offer users for a model, when its native size is known (else None)."""
-        native = self.native_for(model if model in self.model_names() else None)
+        native = self.native_for(model)
         return None if native is None else format_sizes(native)
 
     def model_for(self, request: ImagineRequest, default: str) -> str:
@@ -435,12 +439,12 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
             raise InvalidInput("image", over(len(request.image), self.max_image_bytes))
         if strength is not None and not (math.isfinite(strength) and 0 < strength <= 1):
             raise InvalidInput("strength", "must be more than 0 and at most 1")
-        # Without steps asked for, enough are taken for one to run (see _settings).
-        if request.steps is not None and int(request.steps * self._strength(request)) < 1:
+        # Without steps asked for, enough are taken for one to run, up to max_steps.
+        steps = self._settings(request, ASSUMED_NATIVE)[2]
+        if int(steps * self._strength(request)) < 1:
             raise InvalidInput(
                 "strength",
-                f"is too small to take a single step of {request.steps}: "
-                "raise the strength or the steps",
+                f"is too small to take a single step of {steps}: raise the strength or the steps",
             )
 
     def _settings(self, request: ImagineRequest, native: int | None) -> tuple[Any, ...]:
@@ -461,7 +465,7 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
         if request.image is not None:
             strength = self._strength(request)
             if request.steps is None:  # a few-step model's default may be too few to vary
-                steps = max(steps, math.ceil(1 / strength))
+                steps = min(self.max_steps, max(steps, math.ceil(1 / strength)))
         return (*size, steps, float(guidance), bool(request.negative_prompt), strength)
 
     def _strength(self, request: ImagineRequest) -> float:
@@ -643,10 +647,9 @@ class ImagineTask(Task[ImagineRequest, ImagineResult]):
             count = requests[row].count
             mine = kept[start : start + count]
             start += count
-            model_name = requests[row].model
-            outputs[row] = ImagineOutput(
-                mine, seeds[row], width, height, steps, guidance, model_name
-            )
+            # Named in the result only when it is not the default.
+            named = requests[row].model if self._choice(requests[row].model) else None
+            outputs[row] = ImagineOutput(mine, seeds[row], width, height, steps, guidance, named)
         return outputs  # type: ignore[return-value]
 
     @staticmethod

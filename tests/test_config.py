@@ -12,6 +12,7 @@ from bot.guilds import CLASSROOM_NEGATIVE_PROMPT, GuildSettings
 from tests.test_discord import (  # noqa: F401 - harness, simcord_bot, stack: fixtures
     Harness,
     harness,
+    png,
     scene,
     simcord_bot,
     stack,
@@ -233,6 +234,33 @@ async def test_the_image_model_a_server_draws_with_and_a_members_own_pick(
     await s.alice.slash(s.channel, "imagine", prompt="a fox")
     await harness.finish()
     assert harness.tasks["imagine"].runs[-1][0].model is None
+    photo = await s.alice.slash(
+        s.channel, "imagine", prompt="a fox", model="turbo", image=("cat.png", png(16))
+    )
+    await harness.finish()
+    drawn = harness.tasks["imagine"].runs[-1][0]
+    assert (drawn.model, drawn.image) == ("turbo", png(16)) and photo.response.attachments
+
+
+async def test_reroll_keeps_the_model_an_image_was_drawn_by(harness: Harness) -> None:
+    s = await scene(harness)
+    carol = await manager(harness, s.guild)
+    first = await s.alice.slash(s.channel, "imagine", prompt="a fox")
+    await harness.finish()
+    await configure(harness, carol, s.channel, "image_model", name="turbo")
+    await s.bob.click(first.response, label="Reroll")
+    await harness.finish()
+    assert [run[0].model for run in harness.tasks["imagine"].runs] == [None, "sd"]
+
+
+async def test_no_upscale_buttons_where_upscaling_is_off(harness: Harness) -> None:
+    s = await scene(harness)
+    carol = await manager(harness, s.guild)
+    await configure(harness, carol, s.channel, "command", name="upscale", enabled=False)
+    result = await s.alice.slash(s.channel, "imagine", prompt="a fox")
+    await harness.finish()
+    labels = [c["label"] for row in result.response.components for c in row["components"]]
+    assert labels == ["Reroll", "Vary (subtle)", "Vary (strong)", "Delete"]
 
 
 async def test_a_server_default_no_longer_installed_falls_back_to_the_bots(
@@ -249,3 +277,15 @@ async def test_a_server_default_no_longer_installed_falls_back_to_the_bots(
     await s.alice.slash(s.channel, "imagine", prompt="a fox")
     await harness.finish()
     assert harness.tasks["imagine"].runs[-1][0].model is None
+
+
+async def test_the_upscale_buttons_follow_the_models_own_size(harness: Harness) -> None:
+    """turbo draws 128-px images, the default 64-px ones; upscales end at 256 px here."""
+    s = await scene(harness)
+    fast = await s.alice.slash(s.channel, "imagine", prompt="a fox", model="turbo")
+    slow = await s.alice.slash(s.channel, "imagine", prompt="a fox")
+    await harness.finish()
+    fast_labels = [c["label"] for row in fast.response.components for c in row["components"]]
+    slow_labels = [c["label"] for row in slow.response.components for c in row["components"]]
+    assert "Upscale 2x" in fast_labels and "Upscale 4x" not in fast_labels
+    assert "Upscale 4x" in slow_labels

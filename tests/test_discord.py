@@ -88,7 +88,7 @@ REAL = {
     "imagine": ImagineTask(
         native_size=64,
         default_name="sd",
-        models={"turbo": ImageModelChoice("turbo-model", 1, 0.0, "model", native_size=64)},
+        models={"turbo": ImageModelChoice("turbo-model", 1, 0.0, "model", native_size=128)},
     ),
     "speak": SpeakTask(),
     "sentiment": SentimentTask(),

@@ -615,6 +615,9 @@ def test_a_few_step_model_takes_enough_steps_to_vary_an_image() -> None:
     assert task.batch_key(subtle)[2] == 3  # ceil(1 / 0.35): one step runs, not none
     with pytest.raises(InvalidInput, match="single step"):
         task.validate(dataclasses.replace(subtle, steps=1))  # asked for: refused, not changed
+    capped = make_task(models={"turbo": turbo}, native_size=64, max_steps=10)
+    with pytest.raises(InvalidInput, match="single step of 10"):  # never past max_steps
+        capped.validate(dataclasses.replace(subtle, strength=0.05))
 
 
 def test_a_name_for_two_models_or_a_bad_default_is_refused_at_start() -> None:

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from bot.executor import Executor, ExecutorConfig, LocalBackend, ModelRegistry
-from handlers.base import BatchStopped, InvalidInput, LoadSpec
+from bot.executor.config import default_limits
+from handlers.base import BatchStopped, InvalidInput, LoadSpec, TaskKind
 from handlers.upscale import (
     NOTICE_SIDE,
     UpscaleModel,
@@ -188,3 +189,31 @@ async def test_the_executor_batches_pictures_of_one_size_and_keeps_others_apart(
     assert [(r.width, r.height) for r in results] == [(96, 64)] * 3 + [(128, 128)]
     (stats,) = snapshot.models
     assert sorted(stats.batch_sizes) == [1, 3], stats.batch_sizes
+
+
+def test_a_phone_photo_is_upscaled_the_right_way_up(upscaler_dir: Path) -> None:
+    """A 48x32 photo whose EXIF says "turned a quarter" opens as 32x48, and stays so."""
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees to view
+    Image.new("RGB", (48, 32), "teal").save(buffer, format="JPEG", exif=exif)
+    task = make_task()
+    (result,) = upscale(task, load(task, upscaler_dir), UpscaleRequest(buffer.getvalue(), 2))
+    assert (result.width, result.height) == (64, 96)
+
+
+def test_a_picture_claiming_too_many_pixels_is_refused_before_it_is_opened(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(InvalidInput, match="too large to open safely"):
+        make_task().validate(UpscaleRequest(picture((48, 32))))
+
+
+def test_four_2x_upscales_of_768_pixel_images_batch_within_the_default_budget() -> None:
+    """As bench/imagine.py measured them; a 4x of the same image runs alone."""
+    image = default_limits()[TaskKind.IMAGE]
+    task = UpscaleTask()
+    twice = UpscaleRequest(picture((768, 768)), 2)
+    assert 4 * task.cost(twice) <= image.max_cost and image.max_batch == 4
+    assert task.cost(UpscaleRequest(picture((768, 768)), 4)) * 2 > image.max_cost

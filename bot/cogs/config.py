@@ -177,6 +177,10 @@ class ServerConfig(commands.GroupCog, group_name="config", group_description="Th
             table[task] = value
         return table
 
+    def _installed_models(self) -> list[str]:
+        drawing = self.bot.executor.tasks.get("imagine")
+        return drawing.model_names() if drawing is not None else []  # type: ignore[attr-defined]
+
     def _screened(self) -> bool:
         imagine = self.bot.executor.tasks.get("imagine")
         return getattr(imagine, "safety_model", None) is not None
@@ -208,7 +212,7 @@ class ServerConfig(commands.GroupCog, group_name="config", group_description="Th
             list(self.bot.executor.tasks),
             self._screened(),
             self.bot.settings.voice.max_chars,
-            [choice.value for choice in image_model_choices(self.bot, "")],
+            self._installed_models(),
         )
         await interaction.response.send_message(
             clip(text), ephemeral=True, allowed_mentions=NO_MENTIONS
@@ -239,7 +243,7 @@ class ServerConfig(commands.GroupCog, group_name="config", group_description="Th
     @app_commands.command(description="The image model /imagine draws with here by default")
     @app_commands.describe(name="One of the installed models (empty: the bot's default)")
     async def image_model(self, interaction: Interaction, name: str | None = None) -> None:
-        installed = [choice.value for choice in image_model_choices(self.bot, "")]
+        installed = self._installed_models()
         if name is not None and name.strip().lower() not in installed:
             raise InvalidInput("name", f"choose one of {', '.join(installed) or 'none'}")
         chosen = None if name is None else name.strip().lower()
