@@ -17,6 +17,7 @@ import discord
 import pytest
 
 from handlers.base import InvalidInput
+from handlers.imagine import ImageModelChoice, ImagineRequest, ImagineTask
 from handlers.speak import SpeakRequest, SpeakTask
 from handlers.translate import TranslateRequest, TranslateTask
 from tests import tinymodels
@@ -78,10 +79,20 @@ def test_settings_repr_and_errors_mask_the_token(monkeypatch: pytest.MonkeyPatch
 async def test_members_choose_no_model_only_options_the_admin_configured(
     harness: Harness, tmp_path: Path
 ) -> None:
-    """No command takes a model id or a path; languages and voices map to configured models."""
+    """No command takes a model id or a path; languages, voices and image model names map
+    to configured models."""
     for command in harness.bot.tree.walk_commands():
         for parameter in getattr(command, "parameters", []):
+            if (command.qualified_name, parameter.name) == ("imagine", "model"):
+                continue  # the name of a configured model: checked below
             assert not {"model", "repo", "checkpoint", "path"} & set(parameter.name.split("_"))
+    imagine = ImagineTask(models={"turbo": ImageModelChoice("configured/turbo")})
+    picked = imagine.model_for(ImagineRequest("a fox", model="turbo"), "configured/sd")
+    assert picked == "configured/turbo"
+    for name in ("attacker/model", "../../models/x", "configured/turbo"):
+        with pytest.raises(InvalidInput) as refused:
+            imagine.validate(ImagineRequest("a fox", model=name))
+        assert refused.value.option == "model"
     speak = SpeakTask(voices=str(tinymodels.build_voices_npy(tmp_path / "voices.npy")))
     speak.prepare()
     for option, request in [
