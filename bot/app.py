@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from bot.executor.process import ProcessBackend, WorkerSpec
 from bot.executor.registry import check_device, resolve_device
 from bot.guilds import GuildSettingsStore
 from bot.invocations import Invoker
-from bot.models import PULL_COMMAND, offline_unless_reachable
+from bot.models import PULL_COMMAND, offline_unless_reachable, presence, requirements
 from bot.prometheus import MetricsServer
 from bot.quotas import QuotaPolicy, Quotas
 from bot.settings import Settings
@@ -36,6 +37,11 @@ from handlers.upscale import UpscaleTask
 log = logging.getLogger(__name__)
 
 Worker = Literal["process", "thread"]
+
+WORKER_CLASSES = {"imagine": "image", "upscale": "image", "chat": "chat", "speak": "audio",
+                  "transcribe": "audio"}  # fmt: skip
+"""Which worker a task runs in when each device has a worker per class; "text" otherwise
+(describe too: a short generate, like summarize's, not a diffusion batch)."""
 
 
 class TaskUnavailable(ExecutorError):
@@ -177,12 +183,17 @@ def build_executor(
     backends: list[Backend]
     if (worker or settings.worker) == "process":
         level = logging.getLogger().getEffectiveLevel()
+        on_device = {n: t for n, t in tasks.items() if not t.remote}
+        if workers_by_class(settings):
+            return Executor(
+                tasks, settings.default_models(), class_backends(settings, on_device, level),
+                settings.executor_config(),
+            )  # fmt: skip
         specs = [
             WorkerSpec(device, settings.dtype, budget, settings.torch_threads,
                        settings.cpu_workers, level)
             for device in settings.devices()
         ]  # fmt: skip
-        on_device = {n: t for n, t in tasks.items() if not t.remote}
         backends = [ProcessBackend(on_device, spec) for spec in specs]
     else:
         backends = [
@@ -194,6 +205,61 @@ def build_executor(
             for device in settings.devices()
         ]
     return Executor(tasks, settings.default_models(), backends, settings.executor_config())
+
+
+def workers_by_class(settings: Settings) -> bool:
+    """Whether each device gets a worker per class of task (BOT_WORKERS_PER_DEVICE)."""
+    if settings.workers_per_device != "auto":
+        return settings.workers_per_device == "by-class"
+    return all(resolve_device(device).startswith("cuda") for device in settings.devices())
+
+
+def worker_classes(tasks: Iterable[str]) -> dict[str, list[str]]:
+    """The tasks of each worker class, in the classes' first-seen order."""
+    classes: dict[str, list[str]] = {}
+    for name in tasks:
+        classes.setdefault(WORKER_CLASSES.get(name, "text"), []).append(name)
+    return classes
+
+
+def class_backends(
+    settings: Settings, tasks: dict[str, Task[Any, Any]], log_level: int
+) -> dict[str, Backend]:
+    """A worker process per class of task, the classes dealt to the devices in turn, each
+    with the share of the memory budget its models' size on disk asks for (an even share
+    while they are not downloaded), and, on the CPU, its share of the cores."""
+    classes = worker_classes(tasks)
+    devices = settings.devices()
+    budget = settings.memory_budget_bytes()
+    sizes = class_sizes(settings, classes)
+    threads = settings.torch_threads
+    if threads is None and not workers_on_gpu(settings):
+        threads = max(1, (os.cpu_count() or 1) // len(classes))  # the cores shared out
+    backends: dict[str, Backend] = {}
+    for index, (name, members) in enumerate(classes.items()):
+        device = devices[index % len(devices)]
+        share = None if budget is None else int(budget * sizes[name] / sum(sizes.values()))
+        spec = WorkerSpec(device, settings.dtype, share, threads, settings.cpu_workers,
+                          log_level, name=name)  # fmt: skip
+        backend = ProcessBackend({task: tasks[task] for task in members}, spec)
+        backends |= dict.fromkeys(members, backend)
+    return backends
+
+
+def workers_on_gpu(settings: Settings) -> bool:
+    return all(resolve_device(device) != "cpu" for device in settings.devices())
+
+
+def class_sizes(settings: Settings, classes: dict[str, list[str]]) -> dict[str, int]:
+    """Bytes on disk of each class's models (what its worker will hold), read from the local
+    cache without touching the network; a class with none yet counts as the mean."""
+    found = {
+        name: sum(presence(need).size for need in requirements(settings, members))
+        for name, members in classes.items()
+    }
+    known = [size for size in found.values() if size > 0]
+    mean = sum(known) // len(known) if known else 1
+    return {name: size or mean for name, size in found.items()}
 
 
 def ray_backends(

@@ -411,6 +411,25 @@ def check_models(settings: Settings, gpu_bytes: int | None) -> list[Row]:
     return rows
 
 
+def check_workers(settings: Settings) -> Row:
+    """Which worker process holds which tasks' models (BOT_WORKERS_PER_DEVICE)."""
+    from bot.app import worker_classes, workers_by_class
+
+    if settings.backend == "ray":
+        return Row("workers", Status.OK, "a Ray Serve deployment per task (BOT_BACKEND=ray)")
+    if settings.worker == "thread":
+        return Row("workers", Status.OK, "threads of the bot's own process (BOT_WORKER=thread)")
+    setting = f"BOT_WORKERS_PER_DEVICE={settings.workers_per_device}"
+    if not workers_by_class(settings):
+        return Row("workers", Status.OK, f"one process per device for every task ({setting})")
+    remote = settings.chat.engine == "openai"
+    tasks = [t for t in settings.models.model_dump() if not (remote and t == "chat")]
+    classes = "; ".join(f"{name}: {', '.join(members)}"
+                        for name, members in worker_classes(tasks).items())  # fmt: skip
+    detail = f"a process per class on each device ({setting}), each with its models only: {classes}"
+    return Row("workers", Status.OK, detail)
+
+
 def chat_batching(
     settings: Settings, device: str, path: Path, dtype: torch.dtype
 ) -> tuple[str, int]:
@@ -653,6 +672,7 @@ async def diagnose(settings: Settings, online: bool = False) -> AsyncIterator[Ro
             yield row
     gpu_row, gpu_bytes = await asyncio.to_thread(check_gpu, settings)
     yield gpu_row
+    yield check_workers(settings)
     for row in await asyncio.to_thread(check_models, settings, gpu_bytes):
         yield row
 

@@ -500,6 +500,12 @@ class Settings(BaseSettings):
     """How models run on each device: in a worker process (the bot's event loop never waits
     on them, and a batch that hangs is ended by killing its worker) or in a thread of the
     bot (quicker to start: tests and one-off commands use it)."""
+    workers_per_device: Literal["auto", "one", "by-class"] = "auto"
+    """by-class: a worker process per class of task on each device (text, chat, image,
+    audio), so that a summary never waits for an image batch; each holds only its own
+    tasks' models (none twice), and BOT_MEMORY_BUDGET_GB is split between them by their
+    models' size. Each process on a GPU costs its own CUDA context (see docs/benchmarks.md).
+    auto: by-class on CUDA devices, one worker on a CPU (two cores gain nothing)."""
     backend: Literal["local", "ray"] = "local"
     """Where batches run: on this machine's devices (BOT_DEVICE, BOT_WORKER), or on a Ray
     cluster, each task a Ray Serve deployment (BOT_RAY__...; needs

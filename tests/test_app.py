@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
-from bot.app import TaskUnavailable, start_executor
+from bot.app import TaskUnavailable, build_executor, start_executor
 from bot.settings import Settings
 
 
@@ -60,3 +61,26 @@ async def test_a_compiled_image_model_loads_at_start_up(
     executor = await start_executor(settings, ["imagine", "sentiment"], worker="thread")
     await executor.shutdown()
     assert preloaded == loaded
+
+
+def test_a_worker_per_class_of_task_holds_only_its_tasks_and_its_share(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """by-class on two cores: four workers, a core each at most, the budget split evenly
+    while no model is downloaded; auto keeps one worker on a CPU."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    settings = Settings(
+        _env_file=None, device="cpu", workers_per_device="by-class", memory_budget_gb=8
+    )
+    executor = build_executor(settings)
+    served = {b.spec.name: sorted(b.tasks) for b in executor.backends}  # type: ignore[attr-defined]
+    assert served == {
+        "text": ["classify", "describe", "sentiment", "summarize", "translate"],
+        "image": ["imagine", "upscale"],
+        "audio": ["speak", "transcribe"],
+        "chat": ["chat"],
+    }
+    specs = [b.spec for b in executor.backends]  # type: ignore[attr-defined]
+    assert {s.budget_bytes for s in specs} == {2 * 2**30}
+    assert {s.torch_threads for s in specs} == {1}
+    assert len(build_executor(Settings(_env_file=None, device="cpu")).backends) == 1

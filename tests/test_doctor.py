@@ -134,6 +134,9 @@ def test_a_healthy_configuration_passes(
 
     output = capsys.readouterr().out
     assert status(output, "gpu") == ("ok", "none: CPU by configuration (BOT_DEVICE=cpu)")
+    assert status(output, "workers") == (
+        "ok", "one process per device for every task (BOT_WORKERS_PER_DEVICE=auto)"
+    )  # fmt: skip
     assert status(output, "database") == (
         "ok",
         f"{tmp_path / 'data' / 'usage.sqlite3'}: schema {LATEST} of {LATEST} (created)",

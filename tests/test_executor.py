@@ -723,3 +723,32 @@ async def test_a_batch_waiting_for_room_starts_when_the_backend_grows() -> None:
         assert waiting.state is JobState.RUNNING
         task.gate.set()
         assert await asyncio.wait_for(asyncio.gather(blocker, waiting), 10) == ["HOLD", "NEXT"]
+
+
+async def test_a_backend_serving_several_tasks_is_one_slot_and_others_run_beside_it() -> None:
+    """A worker per class: the image worker busy with a batch holds up neither text task,
+    and the two text tasks, sharing a worker, take turns on it."""
+    image = FakeTask(name="draw", kind=TaskKind.IMAGE)
+    words, more = FakeTask(name="words"), FakeTask(name="more")
+    drawing = LocalBackend(ModelRegistry("cpu"))
+    text = LocalBackend(ModelRegistry("cpu"))
+    config = ExecutorConfig(limits={kind: limits() for kind in TaskKind})
+    tasks = {"draw": image, "words": words, "more": more}
+    models = {name: f"{name}-model" for name in tasks}
+    async with Executor(
+        tasks, models, {"draw": drawing, "words": text, "more": text}, config
+    ) as ex:
+        assert ex.backends == [drawing, text]
+        blocker = await hold(ex, image)
+        words.hold_values.add("hold")
+        words.gate.clear()
+        first = ex.submit("words", Item("hold"), user_id="a")
+        await wait_entered(words)
+        second = ex.submit("more", Item("next"), user_id="b")
+        await settle()
+        assert second.state is JobState.QUEUED  # the text worker is busy: one batch at a time
+        words.gate.set()
+        assert await asyncio.wait_for(asyncio.gather(first, second), 10) == ["HOLD", "NEXT"]
+        assert blocker.state is JobState.RUNNING  # the image batch still holds its own worker
+        image.gate.set()
+        assert await asyncio.wait_for(blocker, 10) == "HOLD"

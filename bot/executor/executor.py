@@ -81,7 +81,8 @@ class Executor:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``backend``: one per device, whose models are placed on the one with the fewest;
-        or one per task (``{task: backend}``: a Ray Serve deployment each)."""
+        or one per task (``{task: backend}``: a Ray Serve deployment each, or a worker
+        process per class of task, the same backend named for each task of its class)."""
         missing = sorted(set(tasks) - set(default_models))
         if missing:
             raise ValueError(f"no default model configured for task(s): {', '.join(missing)}")
@@ -92,8 +93,14 @@ class Executor:
             unserved = sorted(n for n, t in self.tasks.items() if not t.remote and n not in backend)
             if unserved:
                 raise ValueError(f"no backend for task(s): {', '.join(unserved)}")
-            own = {name: index for index, name in enumerate(backend)}
-            self.backends: list[Backend] = list(backend.values())
+            self.backends: list[Backend] = []
+            for each in backend.values():  # one slot per backend, however many tasks it serves
+                if not any(each is known for known in self.backends):
+                    self.backends.append(each)
+            own = {
+                name: next(i for i, known in enumerate(self.backends) if known is each)
+                for name, each in backend.items()
+            }
         else:
             self.backends = list(backend) if isinstance(backend, Sequence) else [backend]
         devices = len(self.backends)

@@ -56,6 +56,13 @@ class WorkerSpec:
     encoders: int = 2
     """Threads that encode results (PNG, audio) while the device runs the next batch."""
     log_level: int = logging.INFO
+    name: str = ""
+    """The class of tasks it serves, when each device has a worker per class."""
+
+    @property
+    def label(self) -> str:
+        """What the logs call the worker: its device, and its class if it has one."""
+        return f"{self.device} ({self.name})" if self.name else self.device
 
 
 @dataclass
@@ -228,7 +235,7 @@ class ProcessBackend:
         process = SPAWN.Process(
             target=serve,
             args=(child, self.tasks, self.spec),
-            name=f"model-worker {self.spec.device}",
+            name=f"model-worker {self.spec.label}",
             daemon=True,
         )
         # Pickling the tasks and starting an interpreter: off the event loop, and to the end
@@ -249,7 +256,7 @@ class ProcessBackend:
         except BaseException:
             process.kill()  # its reader reaps it
             raise
-        log.info("model worker %d serves %s", process.pid, self.spec.device)
+        log.info("model worker %d serves %s", process.pid, self.spec.label)
         self._worker = worker
         return worker
 
@@ -289,7 +296,7 @@ class ProcessBackend:
         """Kill the worker whose batch would not stop; the next batch starts a new one."""
         worker = self._worker
         if worker is not None and worker.alive:
-            log.error("killing model worker %d (%s)", worker.process.pid, self.spec.device)
+            log.error("killing model worker %d (%s)", worker.process.pid, self.spec.label)
             worker.process.kill()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(worker.exited), 15)
