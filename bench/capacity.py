@@ -3,12 +3,16 @@
     python bench/capacity.py --device cpu --json out.json
     python bench/capacity.py --device cuda --full-size --json out.json
     [--rates 2,4,8,16,32] [--duration 20] [--members 200] [--worker process|thread] [--seed 0]
-    [--chat auto|on|off]
+    [--chat auto|on|off] [--workers auto|one|by-class]
 
-The mix: 20% /imagine at the default size and steps, 10% /speak, 14% /chat with mixed
-answer lengths, and 56% the other text tasks (/summarize, /translate, /sentiment,
-/classify, 14% each). At each rate, commands arrive as a Poisson process (seeded) for
-``--duration`` seconds from ``--members`` members, through the real executor and handlers
+The mix: 20% /imagine at the default size and steps (one image for 80% of them, four for
+the rest), 10% /speak, 14% /chat, and 56% the other text tasks (/summarize, /translate,
+/sentiment, /classify, 14% each). Answers end where real ones do (bench/lengths.py, in the
+benchmark only, recorded in the JSON): chat at its log-uniform 16 to 256 new tokens (16 to
+128 on the tiny model's 256 positions), summaries at 40 to 120, translations at about the
+source's length; random weights alone would run every answer to its cap. At each rate,
+commands arrive as a Poisson process (seeded) for ``--duration`` seconds from ``--members``
+members, through the real executor and handlers
 (tiny models built offline, or with ``--full-size`` the default models' architectures
 with random weights, in a model worker process as the bot runs them); then the
 queue drains. Reported per rate: p50/p95 wait (admission to the start of the job's batch)
@@ -38,8 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.lengths import LENGTHS, honest  # noqa: E402
 from bench.models import TEXTS, build_models  # noqa: E402
-from bot.app import start_executor  # noqa: E402
+from bot.app import build_tasks, start_executor  # noqa: E402
 from bot.executor import Busy, Executor, JobHandle, QueueTimeout  # noqa: E402
 from handlers.chat import ChatRequest  # noqa: E402
 from handlers.classify import ClassifyRequest  # noqa: E402
@@ -50,23 +55,27 @@ from handlers.summarize import SummarizeRequest  # noqa: E402
 from handlers.translate import TranslateRequest  # noqa: E402
 
 WAIT_TARGET_S = 5.0
-CHAT_TOKENS = (16, 128)
-"""Answer lengths, log-uniform: the tiny chat model has 256 positions."""
+CHAT_TOKENS = {False: (16, 128), True: (16, 256)}
+"""Answer lengths, log-uniform, by ``--full-size``: the tiny chat model has 256 positions."""
+chat_tokens = CHAT_TOKENS[False]
+
+
+def chat_request(r: random.Random, n: int) -> ChatRequest:
+    tokens = round(math.exp(r.uniform(*map(math.log, chat_tokens))))
+    return ChatRequest(r.choice(TEXTS), max_tokens=tokens, temperature=0.7, seed=n)
+
 
 MIX: list[tuple[str, float, Callable[[random.Random, int], Any]]] = [
-    ("imagine", 0.20, lambda r, n: ImagineRequest("a lighthouse at dusk", seed=n)),
-    ("speak", 0.10, lambda r, n: SpeakRequest(r.choice(TEXTS)[:60])),
     (
-        "chat",
-        0.14,
-        lambda r, n: ChatRequest(
-            r.choice(TEXTS),
-            max_tokens=round(math.exp(r.uniform(*map(math.log, CHAT_TOKENS)))),
-            temperature=0.7,
-            seed=n,
+        "imagine",
+        0.20,
+        lambda r, n: ImagineRequest(
+            "a lighthouse at dusk", seed=n, count=4 if r.random() < 0.2 else 1
         ),
     ),
-    ("summarize", 0.14, lambda r, n: SummarizeRequest(r.choice(TEXTS), "short")),
+    ("speak", 0.10, lambda r, n: SpeakRequest(r.choice(TEXTS)[:60])),
+    ("chat", 0.14, chat_request),
+    ("summarize", 0.14, lambda r, n: SummarizeRequest(r.choice(TEXTS), "medium")),
     ("translate", 0.14, lambda r, n: TranslateRequest(r.choice(TEXTS), "fr", "en")),
     ("sentiment", 0.14, lambda r, n: SentimentRequest(r.choice(TEXTS))),
     (
@@ -181,7 +190,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         settings.max_queue = args.max_queue
         settings.max_per_user = 2
         settings.chat.continuous = args.chat
-        executor = await start_executor(settings, worker=args.worker)
+        settings.workers_per_device = args.workers
+        global chat_tokens
+        chat_tokens = CHAT_TOKENS[args.full_size]
+        handlers = honest(build_tasks(settings))
+        executor = await start_executor(settings, worker=args.worker, handlers=handlers)
         try:
             rng = random.Random(args.seed)
             for task, _, make in MIX:  # load every model and pay first-call costs first
@@ -202,6 +215,8 @@ def report(args: argparse.Namespace, results: list[RateResult]) -> dict[str, Any
     sustained = [r.rate for r in results if r.sustained()]
     return {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "answer_lengths": LENGTHS
+        | {"chat": f"log-uniform {chat_tokens[0]} to {chat_tokens[1]} new tokens"},
         "results": [r.row() for r in results],
         "highest_sustained_rate": max(sustained, default=None),
     }
@@ -238,6 +253,12 @@ def main() -> int:
         choices=("auto", "on", "off"),
         default="auto",
         help="continuous batching for chat (BOT_CHAT__CONTINUOUS); auto uses it on CUDA",
+    )
+    parser.add_argument(
+        "--workers",
+        choices=("auto", "one", "by-class"),
+        default="auto",
+        help="worker processes per device (BOT_WORKERS_PER_DEVICE)",
     )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()

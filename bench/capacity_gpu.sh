@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Issue 14's GPU measurements in one run, about 8 minutes on an H200: what a step of eager
-# generate costs; chat's static and continuous paths, with and without CUDA graphs, at
-# Qwen2.5-0.5B's architecture (one at a time is left out: it alone would take two minutes
-# there); what the image options save; and the community mix at full size through the real
-# executor (chat as BOT_CHAT__CONTINUOUS=auto runs it on CUDA). Each step has its own time
-# limit and a failed one does not stop the others; the JSON and the whole log go to $OUT
-# (the device tool's folder) or bench/results/.
+# Issue 30's GPU measurements in one run, about 9 minutes on an H200: what a step of eager
+# generate costs per task; the community mix at full size through the real executor, with
+# answers ending where real ones do (bench/lengths.py), before (one worker per device) and
+# after (a worker per class of task), rates 5, 10 and 15/s; and the memory of each worker
+# process (bench/workers.py). Each step has its own time limit and a failed one does not
+# stop the others; the JSON and the whole log go to $OUT (the device tool's folder) or
+# bench/results/. Run it through bench/device_run.sh's wheels (docs/benchmarks.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-bench/results}
 mkdir -p "$out"
+export USE_HUB_KERNELS=NO # the machine has no hub; transformers 5.25 would ask it for kernels
 failed=0
 
 step() { # LIMIT_S SCRIPT ARGS...
@@ -24,10 +25,10 @@ step() { # LIMIT_S SCRIPT ARGS...
 
 {
   step 60 bench/generate_step.py --device cuda
-  step 180 bench/chat.py --device cuda --full-size --paths static,continuous,continuous_graphs \
-    --json "$out/chat_cuda.json"
-  step 100 bench/imagine.py --device cuda --full-size --json "$out/imagine_cuda.json"
-  step 270 bench/capacity.py --device cuda --full-size --rates 2,4,8 --duration 20 \
-    --json "$out/capacity_cuda.json"
+  for workers in one by-class; do
+    step 200 bench/capacity.py --device cuda --full-size --workers "$workers" --rates 5,10,15 \
+      --duration 20 --json "$out/capacity_cuda_$workers.json"
+  done
+  step 120 bench/workers.py --device cuda --full-size --duration 15 --json "$out/workers_cuda.json"
   exit $failed
 } 2>&1 | tee "$out/capacity_gpu.log"

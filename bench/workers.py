@@ -128,7 +128,9 @@ async def layout(directory: Path, name: str, args: argparse.Namespace) -> dict[s
         for task, make in TEXT_MIX:  # load every model and pay first-call costs first
             await executor.submit(task, make(rng), user_id="warm-up")
         await executor.submit("imagine", ImagineRequest("warm-up"), user_id="warm-up")
-        memory = gpu_memory_mib() if args.device.startswith("cuda") else {}
+        pids = {str(b._worker.process.pid): b.spec.name or "every task"  # type: ignore[attr-defined]
+                for b in executor.backends if getattr(b, "_worker", None)}  # fmt: skip
+        memory = {pids.get(pid, pid): mib for pid, mib in gpu_memory_mib().items()}
         alone = phase(*await text_waits(executor, args, args.seed))
         stop = asyncio.Event()
         drawing = asyncio.ensure_future(keep_drawing(executor, args.images, stop))
@@ -140,7 +142,7 @@ async def layout(directory: Path, name: str, args: argparse.Namespace) -> dict[s
         await executor.shutdown()
     return {"workers": len(executor.backends), "alone": alone, "with_images": busy,
             "p95_ratio": busy["p95_s"] / max(alone["p95_s"], 1e-3),
-            "gpu_mib_per_process": memory}  # fmt: skip
+            "gpu_mib_per_worker": memory}  # fmt: skip
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -170,12 +170,16 @@ def chat_task(settings: Settings) -> ChatTask:
 
 
 def build_executor(
-    settings: Settings, worker: Worker | None = None, eager: Iterable[str] | None = None
+    settings: Settings,
+    worker: Worker | None = None,
+    eager: Iterable[str] | None = None,
+    handlers: dict[str, Task[Any, Any]] | None = None,
 ) -> Executor:
     """The executor with a backend per device: worker processes, or threads of this process
     (``worker`` overrides ``BOT_WORKER``); or, with ``BOT_BACKEND=ray``, a Ray Serve
-    deployment per task, those in ``eager`` (default: all) deployed when it starts."""
-    tasks = build_tasks(settings)
+    deployment per task, those in ``eager`` (default: all) deployed when it starts.
+    ``handlers`` replaces the tasks the settings make (a benchmark's own)."""
+    tasks = handlers if handlers is not None else build_tasks(settings)
     budget = settings.memory_budget_bytes()
     if settings.backend == "ray":
         backends_of = ray_backends(settings, tasks, eager)
@@ -208,10 +212,12 @@ def build_executor(
 
 
 def workers_by_class(settings: Settings) -> bool:
-    """Whether each device gets a worker per class of task (BOT_WORKERS_PER_DEVICE)."""
-    if settings.workers_per_device != "auto":
-        return settings.workers_per_device == "by-class"
-    return all(resolve_device(device).startswith("cuda") for device in settings.devices())
+    """Whether the device gets a worker per class of task (BOT_WORKERS_PER_DEVICE): with
+    several devices each serves every task (settings refuse by-class there)."""
+    devices = settings.devices()
+    if settings.workers_per_device != "auto" or len(devices) > 1:
+        return settings.workers_per_device == "by-class" and len(devices) == 1
+    return resolve_device(devices[0]).startswith("cuda")
 
 
 def worker_classes(tasks: Iterable[str]) -> dict[str, list[str]]:
@@ -225,19 +231,19 @@ def worker_classes(tasks: Iterable[str]) -> dict[str, list[str]]:
 def class_backends(
     settings: Settings, tasks: dict[str, Task[Any, Any]], log_level: int
 ) -> dict[str, Backend]:
-    """A worker process per class of task, the classes dealt to the devices in turn, each
-    with the share of the memory budget its models' size on disk asks for (an even share
-    while they are not downloaded), and, on the CPU, its share of the cores."""
+    """A worker process per class of task on the one device, each with the share of the
+    memory budget its models' size on disk asks for (an even share while they are not
+    downloaded: the shares are set when the bot starts), and, on the CPU, its share of
+    the cores."""
     classes = worker_classes(tasks)
-    devices = settings.devices()
+    (device,) = settings.devices()
     budget = settings.memory_budget_bytes()
-    sizes = class_sizes(settings, classes)
+    sizes = class_sizes(settings, classes) if budget is not None else dict.fromkeys(classes, 1)
     threads = settings.torch_threads
-    if threads is None and not workers_on_gpu(settings):
+    if threads is None and resolve_device(device) == "cpu":
         threads = max(1, (os.cpu_count() or 1) // len(classes))  # the cores shared out
     backends: dict[str, Backend] = {}
-    for index, (name, members) in enumerate(classes.items()):
-        device = devices[index % len(devices)]
+    for name, members in classes.items():
         share = None if budget is None else int(budget * sizes[name] / sum(sizes.values()))
         spec = WorkerSpec(device, settings.dtype, share, threads, settings.cpu_workers,
                           log_level, name=name)  # fmt: skip
@@ -246,17 +252,18 @@ def class_backends(
     return backends
 
 
-def workers_on_gpu(settings: Settings) -> bool:
-    return all(resolve_device(device) != "cpu" for device in settings.devices())
-
-
 def class_sizes(settings: Settings, classes: dict[str, list[str]]) -> dict[str, int]:
     """Bytes on disk of each class's models (what its worker will hold), read from the local
-    cache without touching the network; a class with none yet counts as the mean."""
-    found = {
-        name: sum(presence(need).size for need in requirements(settings, members))
-        for name, members in classes.items()
-    }
+    cache without touching the network; a class with none yet counts as the mean, and a
+    cache that cannot be read gives an even split."""
+    try:
+        found = {
+            name: sum(presence(need).size for need in requirements(settings, members))
+            for name, members in classes.items()
+        }
+    except OSError as exc:
+        log.warning("the memory budget is split evenly between the workers: %s", exc)
+        return dict.fromkeys(classes, 1)
     known = [size for size in found.values() if size > 0]
     mean = sum(known) // len(known) if known else 1
     return {name: size or mean for name, size in found.items()}
@@ -396,7 +403,10 @@ def serve_metrics(executor: Executor, settings: Settings) -> MetricsServer | Non
 
 
 async def start_executor(
-    settings: Settings, tasks: Iterable[str] | None = None, worker: Worker | None = None
+    settings: Settings,
+    tasks: Iterable[str] | None = None,
+    worker: Worker | None = None,
+    handlers: dict[str, Task[Any, Any]] | None = None,
 ) -> Executor:
     """A started executor with ``tasks`` prepared and the preload list loaded.
 
@@ -408,7 +418,7 @@ async def start_executor(
     if settings.backend == "local":  # on Ray, the replicas find their own devices
         for device in settings.devices():
             check_device(resolve_device(device))
-    executor = build_executor(settings, worker, tasks)
+    executor = build_executor(settings, worker, tasks, handlers)
     wanted = list(executor.tasks if tasks is None else tasks)
     sources = [
         executor.default_models[name]

@@ -426,7 +426,7 @@ def check_workers(settings: Settings) -> Row:
     tasks = [t for t in settings.models.model_dump() if not (remote and t == "chat")]
     classes = "; ".join(f"{name}: {', '.join(members)}"
                         for name, members in worker_classes(tasks).items())  # fmt: skip
-    detail = f"a process per class on each device ({setting}), each with its models only: {classes}"
+    detail = f"a process per class of task ({setting}), each with its models only: {classes}"
     return Row("workers", Status.OK, detail)
 
 

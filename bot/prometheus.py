@@ -132,7 +132,11 @@ class _ExecutorState(Collector):
         self,
     ) -> tuple[MetricsSnapshot, EngineHealth, dict[str, int], dict[str, tuple[int, int]]]:
         executor = self._executor
-        memory = {d: m for backend in executor.backends for d, m in backend.device_memory().items()}
+        memory: dict[str, tuple[int, int]] = {}
+        for backend in executor.backends:  # a worker per class of task: several per device
+            for device, (allocated, reserved) in backend.device_memory().items():
+                before = memory.get(device, (0, 0))
+                memory[device] = (before[0] + allocated, before[1] + reserved)
         return (
             executor.snapshot(),
             executor.health(),

