@@ -6,18 +6,19 @@
     [--chat auto|on|off] [--workers auto|one|by-class]
 
 The mix: 20% /imagine at the default size and steps (one image for 80% of them, four for
-the rest), 10% /speak, 14% /chat, and 56% the other text tasks (/summarize, /translate,
-/sentiment, /classify, 14% each). Answers end where real ones do (bench/lengths.py, in the
-benchmark only, recorded in the JSON): chat at its log-uniform 16 to 256 new tokens (16 to
-128 on the tiny model's 256 positions), summaries at 40 to 120, translations at about the
-source's length; random weights alone would run every answer to its cap. At each rate,
-commands arrive as a Poisson process (seeded) for ``--duration`` seconds from ``--members``
-members, through the real executor and handlers
-(tiny models built offline, or with ``--full-size`` the default models' architectures
-with random weights, in a model worker process as the bot runs them); then the
-queue drains. Reported per rate: p50/p95 wait (admission to the start of the job's batch)
-per task, refusals (busy at admission, or past the queue deadline), failures, and the
-device's busy fraction (the jobs' device seconds over the wall time). Then the highest rate
+the rest), 10% /speak, 14% /chat, 5% /transcribe (voice messages of 3 to 15 s), 5%
+/describe (screenshots and photos, answers of 32 to 160 tokens), and 46% the other text
+tasks (/summarize, /translate, /sentiment, /classify, 11.5% each). Answers end where real
+ones do (bench/lengths.py, in the benchmark only, recorded in the JSON): chat at its
+log-uniform 16 to 256 new tokens (16 to 128 on the tiny model's 256 positions), summaries
+at 40 to 120, translations at about the source's length; random weights alone would run
+every answer to its cap. At each rate, commands arrive as a Poisson process (seeded) for
+``--duration`` seconds from ``--members`` members, through the real executor and handlers
+(tiny models built offline, or with ``--full-size`` the default models' architectures with
+random weights, in a model worker process as the bot runs them); then the queue drains.
+Reported per rate: p50/p95 wait (admission to the start of the job's batch) per task,
+refusals (busy at admission, or past the queue deadline), failures, and the device's busy
+fraction (the jobs' device seconds over the wall time). Then the highest rate
 whose p95 wait is at most 5 s with nothing refused.
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -38,20 +40,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.describe import make_images  # noqa: E402
 from bench.lengths import LENGTHS, honest  # noqa: E402
 from bench.models import TEXTS, build_models  # noqa: E402
+from bench.transcribe import opus, speech_like  # noqa: E402
 from bot.app import build_tasks, start_executor  # noqa: E402
 from bot.executor import Busy, Executor, JobHandle, QueueTimeout  # noqa: E402
 from handlers.chat import ChatRequest  # noqa: E402
 from handlers.classify import ClassifyRequest  # noqa: E402
+from handlers.describe import DescribeRequest  # noqa: E402
 from handlers.imagine import ImagineRequest  # noqa: E402
 from handlers.sentiment import SentimentRequest  # noqa: E402
 from handlers.speak import SpeakRequest  # noqa: E402
 from handlers.summarize import SummarizeRequest  # noqa: E402
+from handlers.transcribe import TranscribeRequest  # noqa: E402
 from handlers.translate import TranslateRequest  # noqa: E402
 
 WAIT_TARGET_S = 5.0
@@ -65,6 +73,25 @@ def chat_request(r: random.Random, n: int) -> ChatRequest:
     return ChatRequest(r.choice(TEXTS), max_tokens=tokens, temperature=0.7, seed=n)
 
 
+@functools.cache
+def voice_messages() -> list[bytes]:
+    """Eight voice messages of 3 to 15 s of speech-like sound, as Ogg/Opus."""
+    rng = np.random.default_rng(0)
+    return [opus(speech_like(float(rng.uniform(3, 15)), rng)) for _ in range(8)]
+
+
+@functools.cache
+def pictures() -> list[Any]:
+    """Eight screenshots and photos of 320x240 to 1920x1080, with questions."""
+    return make_images(8, seed=0)
+
+
+def describe_request(r: random.Random, n: int) -> DescribeRequest:
+    """An image described in 32 to 160 new tokens, log-uniform (random weights run to it)."""
+    tokens = round(math.exp(r.uniform(math.log(32), math.log(160))))
+    return r.choice(pictures()).request(tokens)
+
+
 MIX: list[tuple[str, float, Callable[[random.Random, int], Any]]] = [
     (
         "imagine",
@@ -75,12 +102,14 @@ MIX: list[tuple[str, float, Callable[[random.Random, int], Any]]] = [
     ),
     ("speak", 0.10, lambda r, n: SpeakRequest(r.choice(TEXTS)[:60])),
     ("chat", 0.14, chat_request),
-    ("summarize", 0.14, lambda r, n: SummarizeRequest(r.choice(TEXTS), "medium")),
-    ("translate", 0.14, lambda r, n: TranslateRequest(r.choice(TEXTS), "fr", "en")),
-    ("sentiment", 0.14, lambda r, n: SentimentRequest(r.choice(TEXTS))),
+    ("transcribe", 0.05, lambda r, n: TranscribeRequest(r.choice(voice_messages()))),
+    ("describe", 0.05, describe_request),
+    ("summarize", 0.115, lambda r, n: SummarizeRequest(r.choice(TEXTS), "medium")),
+    ("translate", 0.115, lambda r, n: TranslateRequest(r.choice(TEXTS), "fr", "en")),
+    ("sentiment", 0.115, lambda r, n: SentimentRequest(r.choice(TEXTS))),
     (
         "classify",
-        0.14,
+        0.115,
         lambda r, n: ClassifyRequest(r.choice(TEXTS), ("school", "sports", "music")),
     ),
 ]

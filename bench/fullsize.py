@@ -2,11 +2,12 @@
 loads like hub ones: what ``bench/capacity.py --full-size`` serves on a GPU.
 
 Each has its default model's architecture (layers, widths, heads, positions): BART-large for
-summarize and classify, M2M100-418M, SD 2.1 (768 px, v-prediction) and the SD x4
-upscaler, SpeechT5 with its
-HiFi-GAN, DistilBERT-base, Qwen2.5-0.5B. Vocabularies are the test tokenizers' (so output
-layers are smaller than the real ones'), and weights are saved as float16. Random weights
-never stop early: every answer runs to its length limit, an upper bound on the real cost.
+summarize and classify, M2M100-418M, SD 2.1 (768 px, v-prediction) and the SD x4 upscaler,
+SpeechT5 with its HiFi-GAN, DistilBERT-base, Qwen2.5-0.5B, whisper-large-v3-turbo and
+SmolVLM-500M (their own benchmarks' stand-ins). Vocabularies are the test tokenizers' (so
+output layers are smaller than the real ones'), and weights are saved as float16. Random
+weights never stop early: every answer runs to its length limit unless the benchmark ends it
+(bench/lengths.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.describe import build_model as describe_stand_in  # noqa: E402
+from bench.transcribe import turbo_stand_in as transcribe_stand_in  # noqa: E402
 from bench.workloads import BenchImage  # noqa: E402
 from handlers.base import LoadSpec  # noqa: E402
 from tests import tinymodels  # noqa: E402
@@ -49,6 +52,8 @@ BART_LARGE = dict(
     decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096,
     max_position_embeddings=1024,
 )  # fmt: skip
+TRANSCRIBE_TOKENS = 96
+"""Tokens a 30-second piece may generate in the capacity run (speech of 3 to 15 s)."""
 MEL_BINS = 80
 """SpeechT5's mel bins, which its HiFi-GAN reads."""
 
@@ -203,4 +208,6 @@ def build(directory: Path) -> dict[str, str]:
         "chat": str(chat(directory / "chat")),
         "preview": str(preview(directory / "preview")),
         "upscale": str(upscaler(directory / "upscale")),
+        "transcribe": str(transcribe_stand_in(directory / "transcribe", TRANSCRIBE_TOKENS)),
+        "describe": str(describe_stand_in(directory / "describe", full_size=True)),
     }

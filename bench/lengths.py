@@ -27,6 +27,8 @@ LENGTHS = {
     "chat": "log-uniform 16 to 256 new tokens (the request's own max_tokens)",
     "speak": "about the text's length: SpeechT5's own stop at up to 20 frames a token",
     "imagine": "1 image for 80% of the commands, 4 for the rest",
+    "transcribe": "Whisper's own end of each 30 s piece (random weights: the piece's cap)",
+    "describe": "log-uniform 32 to 160 new tokens (the request's own max_new_tokens)",
 }
 """What the benchmark's answers look like, recorded in its JSON."""
 
