@@ -10,6 +10,7 @@ import getpass
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,13 +20,15 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from huggingface_hub import utils as hub_utils
 from pydantic import BaseModel, ValidationError
+from pydantic_core import to_jsonable_python
+from pydantic_settings.exceptions import SettingsError
 from tqdm import tqdm
 
 from bot.executor.errors import BackendUnavailable, DeviceUnavailable, ExecutorError
 from bot.health import MAX_AGE_S, Heartbeat, report
 from bot.invocations import Caller
 from bot.models import explain, offline_unless_reachable, pull, requirements, table
-from bot.settings import TOKEN_SHAPE, Settings
+from bot.settings import TOKEN_SHAPE, Settings, host_variables, unknown_variables
 from bot.usage import COLUMNS, UsageLog, UsageUnavailable, render_stats
 from handlers.errors import HandlerError, InvalidInput, quote
 from handlers.presets import LENGTHS
@@ -644,24 +647,35 @@ def _settings_rows(model: type[BaseModel], value: BaseModel, prefix: str) -> lis
 
 
 def _env_value(value: object) -> str:
-    if value is None:
+    """A setting as a .env line's value: JSON for lists and maps, quoted where a .env
+    reader would otherwise cut or change it."""
+    if value is None or hasattr(value, "get_secret_value"):
         return ""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 24 and 24.0 read back alike
+    text = str(value)
     if isinstance(value, list | dict):
-        return json.dumps(value)
-    if hasattr(value, "get_secret_value"):
-        return ""
-    return str(value)
+        text = json.dumps(to_jsonable_python(value, exclude_none=True))
+    if text and (text != text.strip() or any(c in text for c in " #'\"\\$")):
+        if "'" not in text:
+            return f"'{text}'"  # single quotes: taken as they are
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
 
 
 def _show_settings(settings: Settings, env_example: bool) -> int:
+    """Every setting as a .env line (``settings > .env`` reads back the same); secrets are
+    not shown, only whether they are set."""
     if env_example:
         for env, default, doc in _settings_rows(Settings, Settings.model_construct(), "BOT_"):
             print("# " + " ".join(doc.split()))
             print(f"{env}={_env_value(default)}\n")
         return 0
     for env, value, _ in _settings_rows(Settings, settings, "BOT_"):
-        shown = "(set)" if hasattr(value, "get_secret_value") else value
-        print(f"{env}={'' if shown is None else shown}")
+        if hasattr(value, "get_secret_value"):
+            print(f"# {env} is set (not shown)")
+            continue
+        print(f"{env}={_env_value(value)}")
     return 0
 
 
@@ -738,16 +752,51 @@ def quiet_libraries() -> None:
         hub_utils.disable_progress_bars()
 
 
+def env_name(loc: Sequence[str | int]) -> tuple[str, list[str]]:
+    """The variable a host set for a setting's error location, and the keys within it:
+    ``("quotas", "chat")`` is BOT_QUOTAS at chat."""
+    model: type[BaseModel] = Settings
+    parts: list[str] = []
+    rest = [str(part) for part in loc]
+    while rest and rest[0] in model.model_fields:
+        name = rest.pop(0)
+        parts.append(name)
+        annotation = model.model_fields[name].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    if parts == ["discord_token"]:
+        return "DISCORD_TOKEN", rest
+    return "BOT_" + "__".join(part.upper() for part in parts), rest
+
+
+def setting_error(exc: ValidationError | SettingsError) -> str:
+    """One line naming the variable, what is wrong, and the value given."""
+    if isinstance(exc, SettingsError):
+        field = re.search(r'field "([^"]+)"', str(exc))
+        name = env_name([field[1]])[0] if field else "a setting"
+        return f"{name}: {exc.__cause__ or exc}"
+    first = exc.errors()[0]
+    name, keys = env_name(first["loc"])
+    where = f" (at {'.'.join(keys)})" if keys else ""
+    message = first["msg"].removeprefix("Value error, ")
+    given = first.get("input")
+    shown = f"; got {given!r}" if isinstance(given, str | int | float) else ""
+    return f"{name}{where}: {message}{shown}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        print(f"error: invalid setting {where}: {first['msg']}", file=sys.stderr)
+    except (ValidationError, SettingsError) as exc:
+        print(f"error: {setting_error(exc)}", file=sys.stderr)
         return 2
     configure_logging(settings, serving=args.command in ("run", "sync"))
+    if args.command in ("run", "sync"):
+        for name, close in unknown_variables(host_variables()):
+            hint = f"; did you mean {close}?" if close else ""
+            logging.getLogger("bot").warning("%s sets nothing%s", name, hint)
     if args.command == "settings":
         return _show_settings(settings, args.env_example)
     if args.command == "models":

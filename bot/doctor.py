@@ -34,7 +34,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 from bot.models import PULL_COMMAND, Requirement, State, human_bytes, presence, requirements
-from bot.settings import TOKEN_SHAPE, Settings
+from bot.settings import TOKEN_SHAPE, Settings, host_variables, unknown_variables
 from bot.usage import migrate, migrations
 
 if TYPE_CHECKING:
@@ -183,8 +183,9 @@ def check_device(setting: str) -> tuple[Row, int | None]:
         else f"torch {torch.__version__} is a CPU-only build"
     )
     device = resolve_device(setting)
-    if device == "cpu":
-        return Row("gpu", Status.FAIL, f"no GPU found ({build})", NO_GPU_FIX), None
+    if device == "cpu":  # auto found none: the bot runs, slowly for images and chat
+        detail = f"none found ({build}): runs on the CPU, slowly for images and chat"
+        return Row("gpu", Status.WARN, detail, NO_GPU_FIX), None
     if device == "mps":
         if torch.backends.mps.is_available():
             return Row("gpu", Status.OK, "Apple GPU (MPS)"), None
@@ -222,6 +223,24 @@ def check_device(setting: str) -> tuple[Row, int | None]:
 
 def _discord_token(settings: Settings) -> str:
     return settings.discord_token.get_secret_value() if settings.discord_token else ""
+
+
+def check_variables() -> Row:
+    """BOT_ variables (in the environment or .env) that set nothing: a typo the bot would
+    otherwise ignore without a word."""
+    unknown = unknown_variables(host_variables())
+    if not unknown:
+        return Row("settings", Status.OK, "every BOT_ variable names a setting")
+    said = "; ".join(
+        f"{name} sets nothing" + (f" (did you mean {close}?)" if close else "")
+        for name, close in unknown
+    )
+    return Row(
+        "settings",
+        Status.WARN,
+        said,
+        "rename or remove it; `python -m bot settings` lists them all",
+    )
 
 
 def check_token(settings: Settings) -> Row:
@@ -660,6 +679,7 @@ async def diagnose(settings: Settings, online: bool = False) -> AsyncIterator[Ro
     yield check_python()
     for row in check_packages():
         yield row
+    yield check_variables()
     yield check_token(settings)
     yield await check_login(settings, online)
     yield await check_database(settings)

@@ -7,9 +7,13 @@ Env names are ``BOT_<FIELD>``, nested with ``__`` (``BOT_MODELS__SENTIMENT``,
 
 from __future__ import annotations
 
+import collections.abc
+import json
 import re
+import types
+import typing
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -22,13 +26,48 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bot.executor.config import ClassLimits, ExecutorConfig, default_limits
 from handlers.kinds import TaskKind
 
 TOKEN_SHAPE = re.compile(r"^[\w-]{20,}\.[\w-]{4,}\.[\w-]{20,}$")
 """A bot token: base64url user id, timestamp and signature, separated by dots."""
+
+
+def _is_map(annotation: Any) -> bool:
+    """Whether a setting holds a map (``dict[str, int]``, maybe optional)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_map(arm) for arm in typing.get_args(annotation) if arm is not type(None))
+    return typing.get_origin(annotation) in (dict, collections.abc.Mapping)
+
+
+def decode_setting(field: FieldInfo | None, value: str) -> Any:
+    """A list or map setting as hosts write it: JSON, or the plain forms ``sentiment,chat``
+    and ``imagine:20,chat:100`` (``=`` works for ``:`` too). A map whose values are
+    themselves maps or lists (BOT_IMAGINE__MODELS) needs JSON."""
+    text = value.strip()
+    if text[:1] in ("[", "{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{text!r} is not valid JSON ({exc.msg} at character {exc.pos + 1})"
+            ) from exc
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if field is None or not _is_map(field.annotation):
+        return parts
+    pairs: dict[str, str] = {}
+    for part in parts:
+        separator = ":" if ":" in part else "="
+        key, found, item = part.partition(separator)
+        if not found or not key.strip():
+            raise ValueError(
+                f"{part!r} is not NAME:VALUE; write a map as imagine:20,chat:100 or as JSON"
+            )
+        pairs[key.strip()] = item.strip()
+    return pairs
 
 
 class ModelSettings(BaseModel):
@@ -463,6 +502,22 @@ class Settings(BaseSettings):
         use_attribute_docstrings=True,
     )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment and .env read lists and maps in their plain forms too."""
+        for source in (env_settings, dotenv_settings):
+            source.decode_complex_value = (  # type: ignore[method-assign]
+                lambda name, field, value: decode_setting(field, value)
+            )
+        return init_settings, env_settings, dotenv_settings, file_secret_settings
+
     discord_token: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("DISCORD_TOKEN")
     )
@@ -547,9 +602,10 @@ class Settings(BaseSettings):
     usage: UsageSettings = UsageSettings()
     """The usage log (BOT_USAGE__PATH, BOT_USAGE__RETENTION_DAYS)."""
     quotas: dict[str, int] = {"imagine": 20, "upscale": 10}
-    """Requests per member per UTC day, by task, as JSON; guilds may override them."""
+    """Requests per member per UTC day, by task (imagine:20,upscale:10 or JSON); guilds may
+    override them."""
     cooldowns: dict[str, float] = {}
-    """Seconds a member waits between requests, by task, as JSON: {"imagine": 10}."""
+    """Seconds a member waits between requests, by task: imagine:10 (or JSON)."""
     quota_exempt_users: list[str] = []
     """User ids free of quotas and cooldowns (JSON list), e.g. the bot's owners."""
     gpu_seconds_per_day: float | None = Field(default=None, gt=0)
@@ -581,6 +637,20 @@ class Settings(BaseSettings):
     """Batching for speech tasks (BOT_AUDIO__MAX_BATCH, ...)."""
     image: TaskClassSettings = TaskClassSettings.of(TaskKind.IMAGE)
     """Batching for image tasks (BOT_IMAGE__MAX_BATCH, ...)."""
+
+    @field_validator("quotas", "cooldowns")
+    @classmethod
+    def _per_command(cls, limits: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(limits) - set(ModelSettings.model_fields))
+        if unknown:
+            raise ValueError(
+                f"{', '.join(map(repr, unknown))} is not a command; the commands: "
+                f"{', '.join(ModelSettings.model_fields)}"
+            )
+        negative = sorted(name for name, limit in limits.items() if limit < 0)
+        if negative:
+            raise ValueError(f"a limit cannot be negative ({', '.join(negative)})")
+        return limits
 
     @field_validator("preload")
     @classmethod
@@ -651,3 +721,49 @@ class Settings(BaseSettings):
 
     def memory_budget_bytes(self) -> int | None:
         return None if self.memory_budget_gb is None else int(self.memory_budget_gb * 2**30)
+
+
+def setting_names(model: type[BaseModel] = Settings, prefix: str = "BOT_") -> dict[str, bool]:
+    """Every variable that sets something, and whether it holds a list or map (whose items
+    may be set one by one, BOT_QUOTAS__CHAT=5): the sections too (BOT_IMAGINE takes JSON)."""
+    names: dict[str, bool] = {}
+    for name, field in model.model_fields.items():
+        env = "DISCORD_TOKEN" if name == "discord_token" else f"{prefix}{name.upper()}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names[env] = False
+            names |= setting_names(annotation, f"{env}__")
+        else:
+            origin = typing.get_origin(annotation)
+            names[env] = origin in (list, dict) or _is_map(annotation)
+    return names
+
+
+def unknown_variables(variables: collections.abc.Iterable[str]) -> list[tuple[str, str | None]]:
+    """The BOT_ variables among ``variables`` that set nothing, each with the closest name
+    that does (None when none is close)."""
+    import difflib
+
+    known = setting_names()
+    unknown = []
+    for name in sorted(set(variables)):
+        if not name.startswith("BOT_") or name in known:
+            continue
+        head, _, _ = name.rpartition("__")
+        if known.get(head):  # an item of a list or map setting
+            continue
+        close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+        unknown.append((name, close[0] if close else None))
+    return unknown
+
+
+def host_variables(env_file: str | Path | None = ".env") -> list[str]:
+    """The variables the host set: the environment's, and the .env file's when there is one."""
+    import os
+
+    from dotenv import dotenv_values
+
+    names = list(os.environ)
+    if env_file is not None and Path(env_file).is_file():
+        names += [name for name in dotenv_values(env_file) if name]
+    return names

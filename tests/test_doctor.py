@@ -19,7 +19,7 @@ from huggingface_hub import constants as hub_constants
 from safetensors.torch import save_file
 
 from bot.cli import main
-from bot.doctor import Row, Status, chat_batching, check_login, memory_rows, render
+from bot.doctor import Row, Status, chat_batching, check_device, check_login, memory_rows, render
 from bot.models import pull, requirements
 from bot.settings import Settings
 from bot.usage import migrations
@@ -96,6 +96,7 @@ def test_missing_model_unwritable_database_and_no_gpu_are_red_with_fixes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     no_gpu(monkeypatch)
+    monkeypatch.setenv("BOT_DEVICE", "cuda")  # asked for: without one the bot cannot run
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the database's folder should be")
     monkeypatch.setenv("BOT_USAGE__PATH", str(blocker / "usage.sqlite3"))
@@ -318,3 +319,13 @@ def test_voice_is_a_warning_with_its_fix_when_libopus_is_missing(
     assert row.status is Status.WARN
     assert row.fix == "`apt install libopus0` (or your system's package)"
     assert row.detail == "voice needs libopus; /voice and /speak in calls are off"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there to be found")
+def test_no_gpu_with_the_default_device_is_a_warning_not_a_failure() -> None:
+    """BOT_DEVICE=auto on a CPU machine: the bot runs there, slowly; FAIL means it will not."""
+    row, memory = check_device("auto")
+    assert (row.status, memory) == (Status.WARN, None)
+    assert "runs on the CPU, slowly for images and chat" in row.detail
+    failed, _ = check_device("cuda")  # asked for a GPU that is not there: it will not work
+    assert failed.status is Status.FAIL

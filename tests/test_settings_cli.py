@@ -85,7 +85,7 @@ def test_invalid_setting_exits_2_with_one_line(
     monkeypatch.setenv("BOT_MAX_QUEUE", "zero")
     assert main(["settings"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "max_queue" in err
+    assert err.count("\n") == 1 and "BOT_MAX_QUEUE" in err
 
 
 def test_help_lists_subcommands() -> None:
@@ -110,3 +110,93 @@ def test_run_without_a_usable_token_exits_2_with_one_line(
     assert main(["run"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1
+
+
+# Settings read the way hosts write them (#33)
+
+
+@pytest.mark.parametrize(
+    ("preload", "quotas"),
+    [
+        ("sentiment,chat", "imagine:20,chat:100"),
+        (" sentiment , chat ", "imagine=20, chat=100"),
+        ('["sentiment", "chat"]', '{"imagine": 20, "chat": 100}'),
+    ],
+)
+def test_lists_and_maps_in_plain_form_or_json(
+    preload: str, quotas: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BOT_PRELOAD", preload)
+    (tmp_path / ".env").write_text(f"BOT_QUOTAS={quotas}\nBOT_IMAGINE__BLOCKED_TERMS=gore, war\n")
+    settings = Settings()
+    assert settings.preload == ["sentiment", "chat"]
+    assert settings.quotas == {"imagine": 20, "chat": 100}
+    assert settings.imagine.blocked_terms == ["gore", "war"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("BOT_QUOTAS", "imagine;20", "BOT_QUOTAS: 'imagine;20' is not NAME:VALUE; write a map"),
+        ("BOT_QUOTAS", "{imagine: 20", "BOT_QUOTAS: '{imagine: 20' is not valid JSON"),
+        ("BOT_QUOTAS", "imgine:20", "BOT_QUOTAS: 'imgine' is not a command; the commands: "),
+        ("BOT_COOLDOWNS", "chat:-3", "BOT_COOLDOWNS: a limit cannot be negative (chat)"),
+        ("BOT_QUOTAS", "chat:many", "BOT_QUOTAS (at chat): Input should be a valid integer"),
+        ("BOT_IMAGINE__DEFAULT_STEPS", "lots", "BOT_IMAGINE__DEFAULT_STEPS: Input should be"),
+        ("BOT_PRELOAD", "sentiment,dance", "BOT_PRELOAD: unknown task(s) dance"),
+    ],
+)
+@pytest.mark.parametrize("command", [["doctor"], ["settings"], ["ask", "sentiment", "hi"]])
+def test_a_bad_setting_is_one_line_naming_the_variable_and_exit_2(
+    variable: str,
+    value: str,
+    said: str,
+    command: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert main(command) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {said}") and error.count("\n") == 1, error
+
+
+def test_settings_printed_into_a_dotenv_read_back_the_same(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BOT_QUOTAS", "imagine:5,chat:50")
+    monkeypatch.setenv("BOT_CHAT__SYSTEM_PROMPT", 'Tutor #1, it\'s "chemistry" \\ physics')
+    monkeypatch.setenv(
+        "BOT_IMAGINE__MODELS", '{"turbo": {"source": "x/turbo", "default_steps": 1}}'
+    )
+    monkeypatch.setenv("DISCORD_TOKEN", "a.secret.token")
+    assert main(["settings"]) == 0
+    printed = capsys.readouterr().out
+    assert "a.secret.token" not in printed and "# DISCORD_TOKEN is set (not shown)" in printed
+    for name in ("BOT_QUOTAS", "BOT_CHAT__SYSTEM_PROMPT", "BOT_IMAGINE__MODELS"):
+        monkeypatch.delenv(name)
+    (tmp_path / ".env").write_text(printed)
+    assert main(["settings"]) == 0
+    assert capsys.readouterr().out == printed
+    settings = Settings()
+    assert settings.chat.system_prompt == 'Tutor #1, it\'s "chemistry" \\ physics'
+    assert settings.imagine.models["turbo"].default_steps == 1
+
+
+def test_a_variable_that_sets_nothing_is_named_with_the_closest_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from bot.doctor import Status, check_variables
+
+    (tmp_path / ".env").write_text("BOT_MAX_QUEU=9\n")
+    monkeypatch.setenv("BOT_IMAGNE__DEFAULT_STEPS", "5")
+    monkeypatch.setenv("BOT_QUOTAS__CHAT", "5")  # an item of a map: fine
+    row = check_variables()
+    assert row.status is Status.WARN
+    assert row.detail == (
+        "BOT_IMAGNE__DEFAULT_STEPS sets nothing (did you mean BOT_IMAGINE__DEFAULT_STEPS?); "
+        "BOT_MAX_QUEU sets nothing (did you mean BOT_MAX_QUEUE?)"
+    )
+    monkeypatch.delenv("BOT_IMAGNE__DEFAULT_STEPS")
+    (tmp_path / ".env").unlink()
+    assert check_variables().status is Status.OK
