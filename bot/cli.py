@@ -544,7 +544,10 @@ async def _follow(handle: JobHandle, stream: bool) -> Any:
         async for event in handle.events():
             if event.step is not None and event.total:
                 if bar is None:
-                    bar = tqdm(total=event.total, desc=handle.task, unit="step", file=sys.stderr)
+                    bar = tqdm(
+                        total=event.total, desc=handle.task, unit="step", file=sys.stderr,
+                        disable=not sys.stderr.isatty(),  # a log file gets no \r-joined bars
+                    )  # fmt: skip
                 bar.update(event.step - bar.n)
             if stream and isinstance(event.partial, str):
                 print(_unseen(shown, event.partial), end="", flush=True)
@@ -785,8 +788,18 @@ def setting_error(exc: ValidationError | SettingsError) -> str:
     return f"{name}{where}: {message}{shown}"
 
 
+def no_bars_unless_a_terminal() -> None:
+    """Progress bars (the hub's, and through it transformers' and diffusers') only on a
+    terminal: a log file or a pipe gets plain lines, no \r and no block characters. Set in
+    the environment too, so that model workers inherit it."""
+    if not sys.stderr.isatty():
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        hub_utils.disable_progress_bars()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    no_bars_unless_a_terminal()
     try:
         settings = Settings()
     except (ValidationError, SettingsError) as exc:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import torch
+from huggingface_hub.utils import are_progress_bars_disabled
 from transformers import StoppingCriteria
 
 # Re-exported: handlers name these from here; front ends import them from their own,
@@ -85,7 +86,14 @@ class LoadSpec:
 
 
 def from_pretrained(cls: Any, spec: LoadSpec, **kwargs: Any) -> Any:
-    """``cls.from_pretrained`` under the bot's rules, with a clear error for pickle-only weights."""
+    """``cls.from_pretrained`` under the bot's rules, with a clear error for pickle-only weights.
+
+    diffusers' loading bar follows the hub's switch (HF_HUB_DISABLE_PROGRESS_BARS), as
+    transformers' does, so that a log file gets none."""
+    if cls.__module__.startswith("diffusers") and are_progress_bars_disabled():
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
     try:
         return cls.from_pretrained(spec.source, **spec.pretrained_kwargs(), **kwargs)
     except OSError as exc:

@@ -347,3 +347,24 @@ def test_the_native_size_from_config_files_is_the_loaded_pipelines(
     model = built("imagine")
     pipe = ImagineTask().load(LoadSpec(str(model), "cpu", torch.float32))
     assert configured_native_size(str(model)) == native_size(pipe.pipe)
+
+
+def test_output_sent_to_a_file_has_no_progress_bars(
+    built: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """`ask imagine ... > log 2>&1`: plain lines, no \\r, no block characters, no colours,
+    although the step bar and diffusers' loading bar draw on a terminal."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BOT_DEVICE": "cpu", "BOT_LOG_LEVEL": "INFO",
+           "BOT_DATA_DIR": str(tmp_path / "data")}  # fmt: skip
+    env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+    log = tmp_path / "log"
+    with log.open("w") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "bot", "ask", "imagine", "a cat", "--steps", "2",
+             "--model", str(built("imagine"))],
+            stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env, timeout=300,
+        )  # fmt: skip
+    text = log.read_text()
+    assert done.returncode == 0, text
+    assert "wrote imagine-" in text
+    assert "\r" not in text and "\x1b[" not in text and "\u2588" not in text, text
