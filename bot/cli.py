@@ -27,8 +27,21 @@ from tqdm import tqdm
 from bot.executor.errors import BackendUnavailable, DeviceUnavailable, ExecutorError
 from bot.health import MAX_AGE_S, Heartbeat, report
 from bot.invocations import Caller
-from bot.models import explain, offline_unless_reachable, pull, requirements, table
-from bot.settings import TOKEN_SHAPE, Settings, host_variables, unknown_variables
+from bot.models import (
+    HubUnreachable,
+    explain,
+    offline_unless_reachable,
+    pull,
+    requirements,
+    table,
+)
+from bot.settings import (
+    TOKEN_SHAPE,
+    Settings,
+    host_variables,
+    source_problem,
+    unknown_variables,
+)
 from bot.usage import COLUMNS, UsageLog, UsageUnavailable, render_stats
 from handlers.errors import HandlerError, InvalidInput, quote
 from handlers.presets import LENGTHS
@@ -509,15 +522,9 @@ def _check_model_path(model: str | None) -> None:
     """A ``--model`` that is meant as a folder and is not one is refused at once, not
     looked up on the hub: it starts like a path (``/``, ``.``, ``~``), or its first part
     is a folder here (``tiny/sentimnt`` beside ``tiny/``)."""
-    if model is None:
-        return
-    path = Path(model).expanduser()
-    first = Path(model).parts[0] if Path(model).parts else ""
-    meant_as_path = model.startswith(("/", ".", "~")) or (
-        len(Path(model).parts) > 1 and Path(first).is_dir()
-    )
-    if meant_as_path and not path.is_dir():
-        raise InvalidInput("model", f"{quote(model)} is not a folder here")
+    problem = None if model is None else source_problem(model)
+    if problem is not None:
+        raise InvalidInput("model", problem)
 
 
 def _read_turn() -> str | None:
@@ -691,7 +698,11 @@ def _models(settings: Settings, action: str, tasks: list[str]) -> int:
     if action == "list":
         print(table(wanted))
         return 0
-    failures = pull(wanted)
+    try:
+        failures = pull(wanted)
+    except HubUnreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if failures:
         print(f"error: {failures} of {len(wanted)} could not be pulled", file=sys.stderr)
         return 1
@@ -784,7 +795,9 @@ def setting_error(exc: ValidationError | SettingsError) -> str:
     where = f" (at {'.'.join(keys)})" if keys else ""
     message = first["msg"].removeprefix("Value error, ")
     given = first.get("input")
-    shown = f"; got {given!r}" if isinstance(given, str | int | float) else ""
+    shown = ""
+    if isinstance(given, str | int | float) and repr(given) not in message:
+        shown = f"; got {given!r}"
     return f"{name}{where}: {message}{shown}"
 
 

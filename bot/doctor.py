@@ -33,7 +33,15 @@ from packaging.requirements import Requirement as PackageRequirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-from bot.models import PULL_COMMAND, Requirement, State, human_bytes, presence, requirements
+from bot.models import (
+    PULL_COMMAND,
+    Requirement,
+    State,
+    hub_reachable,
+    human_bytes,
+    presence,
+    requirements,
+)
 from bot.settings import TOKEN_SHAPE, Settings, host_variables, unknown_variables
 from bot.usage import migrate, migrations
 
@@ -545,12 +553,32 @@ def memory_rows(
     return [Row("memory", Status.OK, detail)]
 
 
-def check_hub_cache() -> Row:
+def check_hub_cache(online: bool) -> Row:
+    """The model cache, and how the hub is used: the configured mode, or with ``online``
+    whether it answers."""
     cache = Path(hub_constants.HF_HUB_CACHE)
     existing = next((p for p in (cache, *cache.parents) if p.exists()), cache)
     free = human_bytes(shutil.disk_usage(existing).free)
-    mode = "offline (HF_HUB_OFFLINE=1)" if hub_constants.HF_HUB_OFFLINE else "online"
-    return Row("hub cache", Status.OK, f"{cache}, {free} free, {mode}")
+    where = f"{cache}, {free} free"
+    hub = hub_constants.ENDPOINT
+    if hub_constants.HF_HUB_OFFLINE:
+        return Row(
+            "hub cache", Status.OK, f"{where}; offline (HF_HUB_OFFLINE=1): downloaded models only"
+        )
+    if not online:
+        return Row(
+            "hub cache",
+            Status.OK,
+            f"{where}; downloads from {hub} allowed (--online checks it answers)",
+        )
+    if hub_reachable():
+        return Row("hub cache", Status.OK, f"{where}; {hub} answers")
+    return Row(
+        "hub cache", Status.WARN,
+        f"{where}; {hub} cannot be reached: downloaded models still load, pulling others fails",
+        "check the network or HTTPS_PROXY, point HF_ENDPOINT at a mirror, or copy a model "
+        "cache here and set HF_HUB_OFFLINE=1",
+    )  # fmt: skip
 
 
 def check_voice() -> Row:
@@ -683,7 +711,7 @@ async def diagnose(settings: Settings, online: bool = False) -> AsyncIterator[Ro
     yield check_token(settings)
     yield await check_login(settings, online)
     yield await check_database(settings)
-    yield check_hub_cache()
+    yield await asyncio.to_thread(check_hub_cache, online)
     yield check_voice()
     if settings.chat.engine == "openai":
         yield check_chat_engine(settings)

@@ -320,6 +320,25 @@ class PullFailed(Exception):
     """One item could not be fetched or would not load; the message says why."""
 
 
+class HubUnreachable(Exception):
+    """Models are missing and the hub cannot be reached: said once, with the fixes."""
+
+    def __init__(self, missing: int) -> None:
+        super().__init__(
+            f"the Hugging Face Hub ({hub_constants.ENDPOINT}) cannot be reached from here, so "
+            f"{missing} missing model(s) cannot be pulled: check the network or the proxy "
+            "(HTTPS_PROXY), point HF_ENDPOINT at a mirror, or copy a model cache (HF_HOME) "
+            "from a machine that has one and set HF_HUB_OFFLINE=1"
+        )
+
+
+def to_download(requirement: Requirement) -> bool:
+    """Whether pulling ``requirement`` means downloading it from the hub."""
+    return not requirement.local and presence(requirement).state in (
+        State.MISSING, State.INCOMPLETE
+    )  # fmt: skip
+
+
 def _one_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
@@ -361,11 +380,17 @@ def pull(
     err: TextIO | None = None,
 ) -> int:
     """Fetch what is missing into the hub cache, one report line each; returns the failures.
+    ``HubUnreachable`` when something must be downloaded and the hub cannot be reached.
 
     Progress bars (huggingface_hub's) go to ``err``. What is already complete is not
     fetched again, so re-running is cheap and safe.
     """
     out, err = out or sys.stdout, err or sys.stderr
+    wanted = list(wanted)
+    if download is None and not hub_constants.HF_HUB_OFFLINE:
+        missing = sum(to_download(requirement) for requirement in wanted)
+        if missing and not hub_reachable():
+            raise HubUnreachable(missing)
     failures = 0
     for requirement in wanted:
         head = f"{requirement.label}: {requirement.source} -"

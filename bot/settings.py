@@ -70,10 +70,40 @@ def decode_setting(field: FieldInfo | None, value: str) -> Any:
     return pairs
 
 
+HUB_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$")
+"""A hub repository id: ``name`` or ``owner/name`` of letters, digits, ``-``, ``_``, ``.``."""
+
+
+def source_problem(source: str) -> str | None:
+    """Why a model source can be neither a folder here nor a hub id, or None when it can be:
+    one that starts like a path (``/``, ``.``, ``~``) or whose first part is a folder here
+    (``tiny/sentimnt`` beside ``tiny/``) is meant as a folder and must be one."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return None
+    parts = Path(source).parts
+    meant_as_path = source.startswith(("/", ".", "~")) or (
+        len(parts) > 1 and Path(parts[0]).is_dir()
+    )
+    if meant_as_path:
+        return f"{source!r} is not a folder here"
+    if not HUB_ID.fullmatch(source) or "--" in source or ".." in source:
+        return f"{source!r} is neither a folder here nor a hub id (owner/name)"
+    return None
+
+
 class ModelSettings(BaseModel):
     """The model each task uses: a Hugging Face hub id or a local directory."""
 
     model_config = ConfigDict(use_attribute_docstrings=True)
+
+    @field_validator("*")
+    @classmethod
+    def _folder_or_hub_id(cls, source: str) -> str:
+        problem = source_problem(source)
+        if problem is not None:
+            raise ValueError(problem)
+        return source
 
     summarize: str = "facebook/bart-large-cnn"
     """Encoder-decoder summariser for /summarize (MIT)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -270,3 +271,42 @@ def test_cli_pull_offline_says_it_cannot_download(
     captured = capsys.readouterr()
     assert "HF_HUB_OFFLINE=1 forbids downloading" in captured.out
     assert captured.err == "error: 1 of 1 could not be pulled\n"
+
+
+def closed_port() -> int:
+    """A local port nothing listens on: a connection there is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_hub_is_said_once_with_the_fixes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("ALL_PROXY", raising=False)
+    assert main(["models", "pull", "sentiment", "chat"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no model was tried
+    (line,) = captured.err.splitlines()
+    assert line.startswith("error: the Hugging Face Hub (http://127.0.0.1:")
+    assert "cannot be reached from here, so 2 missing model(s) cannot be pulled" in line
+    assert "HF_ENDPOINT" in line and "HF_HUB_OFFLINE=1" in line
+
+
+def test_doctor_says_how_the_hub_is_used_and_online_whether_it_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bot.doctor import Status, check_hub_cache
+
+    monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert "allowed (--online checks it answers)" in check_hub_cache(online=False).detail
+    unreachable = check_hub_cache(online=True)
+    assert unreachable.status is Status.WARN and "cannot be reached" in unreachable.detail
+    go_offline(monkeypatch)
+    offline = check_hub_cache(online=True)
+    assert offline.status is Status.OK and "offline (HF_HUB_OFFLINE=1)" in offline.detail

@@ -25,13 +25,16 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-def test_env_names_nested_overrides_and_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BOT_MODELS__SENTIMENT", "/models/sst2")
+def test_env_names_nested_overrides_and_token(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "sst2").mkdir()
+    monkeypatch.setenv("BOT_MODELS__SENTIMENT", str(tmp_path / "sst2"))
     monkeypatch.setenv("BOT_IMAGE__MAX_BATCH", "2")
     monkeypatch.setenv("BOT_MAX_PER_USER", "3")
     monkeypatch.setenv("DISCORD_TOKEN", "secret-token")
     settings = Settings()
-    assert settings.models.sentiment == "/models/sst2"
+    assert settings.models.sentiment == str(tmp_path / "sst2")
     assert settings.image.max_batch == 2
     assert settings.image.window_ms == 75  # the rest of the image class keeps its defaults
     assert settings.max_per_user == 3
@@ -144,6 +147,8 @@ def test_lists_and_maps_in_plain_form_or_json(
         ("BOT_QUOTAS", "chat:many", "BOT_QUOTAS (at chat): Input should be a valid integer"),
         ("BOT_IMAGINE__DEFAULT_STEPS", "lots", "BOT_IMAGINE__DEFAULT_STEPS: Input should be"),
         ("BOT_PRELOAD", "sentiment,dance", "BOT_PRELOAD: unknown task(s) dance"),
+        ("BOT_MODELS__CHAT", "./my-qwen", "BOT_MODELS__CHAT: './my-qwen' is not a folder here"),
+        ("BOT_MODELS__CHAT", "Qwen 2.5", "BOT_MODELS__CHAT: 'Qwen 2.5' is neither a folder"),
     ],
 )
 @pytest.mark.parametrize("command", [["doctor"], ["settings"], ["ask", "sentiment", "hi"]])
