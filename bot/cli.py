@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from handlers.speak import SpeakRequest, SpeakResult
     from handlers.summarize import SummarizeRequest
     from handlers.transcribe import TranscribeRequest, TranscribeResult
+    from handlers.translate import TranslateResult
     from handlers.upscale import UpscaleRequest, UpscaleResult
 
 
@@ -270,6 +271,12 @@ def _describe_request(args: argparse.Namespace) -> DescribeRequest:
     return DescribeRequest((path.read_bytes(),), args.question, args.max_tokens)
 
 
+def _render_translation(result: TranslateResult, args: argparse.Namespace) -> tuple[str, dict]:
+    if result.guessed:  # said beside the text, not in it: stdout stays the translation
+        print(f"from {result.source}, guessed: pass --from if wrong", file=sys.stderr)
+    return result.text, asdict(result)
+
+
 def _upscale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", type=Path, help="a picture file")
     parser.add_argument("--factor", type=int, default=2, help="2 or 4 times larger (default 2)")
@@ -318,7 +325,7 @@ ASK_COMMANDS: dict[str, AskCommand] = {
         "translate a text",
         _translate_arguments,
         _translate_request,
-        lambda r, a: (r.text, asdict(r)),
+        _render_translation,
     ),
     "imagine": AskCommand(
         "generate images from a prompt", _imagine_arguments, _imagine_request, _render_imagine
@@ -808,6 +815,8 @@ def no_bars_unless_a_terminal() -> None:
     if not sys.stderr.isatty():
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
         hub_utils.disable_progress_bars()
+        if "transformers" in sys.modules:  # it read the hub's switch when it was imported
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from handlers.chat import ChatResult
 from handlers.classify import ClassifyResult
 from handlers.describe import DescribeResult
 from handlers.imagine import ImagineResult
+from handlers.languages import LANGUAGES
 from handlers.sentiment import SentimentResult
 from handlers.speak import SpeakResult
 from handlers.summarize import SummarizeResult
@@ -117,7 +118,11 @@ def render(result: Any) -> Reply:
             note = f"-# summarised from {result.chunks} parts" if result.chunks > 1 else ""
             return Reply(result.summary, note)
         case TranslateResult():
-            return Reply(result.text, f"-# {result.source} → {result.target}")
+            note = f"-# {result.source} → {result.target}"
+            if result.guessed:
+                name = LANGUAGES.get(result.source, result.source)
+                note += f" · from {name}, guessed: choose the source if wrong"
+            return Reply(result.text, note)
         case ImagineResult():
             note = f"-# seed {result.seed} · {result.width}x{result.height} · {result.steps} steps"
             if result.model is not None:

@@ -1,11 +1,13 @@
 """Translation: M2M100 (100 languages, one model) or Marian opus-mt models for chosen pairs.
 
 Languages arrive as names, codes or locale tags and are resolved to M2M100 codes. A source of
-``auto`` is detected from the text alone with fastText's lid.176 model, which gets greetings of
-two or three words right. Detection is deterministic and takes about 0.1 ms (0.4 ms for 2,000
-characters), so ``validate``, ``model_for``, ``batch_key`` and ``run_batch`` each resolve the
-pair again and always agree: the request stays a plain frozen value, and every batch holds one
-language pair by construction. A text already in the target language is refused in
+``auto`` is detected from the text alone with fastText's lid.176 model, which gets most
+greetings of two or three words right; one it leaves unclear is decided by the member's
+language (``hint``) or a clear enough lead, and the result says the source was guessed.
+Detection is deterministic and takes about 0.1 ms (0.4 ms for 2,000 characters), so
+``validate``, ``model_for``, ``batch_key`` and ``run_batch`` each resolve the pair again and
+always agree: the request stays a plain frozen value, and every batch holds one language
+pair by construction. A text already in the target language is refused in
 ``validate`` (naming the detected language), so echoing it never costs a model load.
 
 Each line of a text is translated on its own, keeping the message's line breaks. Lines too long
@@ -15,6 +17,7 @@ all pieces of a batch go through one ``generate`` call and are stitched back in 
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +41,7 @@ from handlers.base import (
 from handlers.languages import (
     LANGUAGES,
     UNSPACED,
-    detect_language,
+    guess_language,
     load_detector,
     resolve_language,
 )
@@ -63,6 +66,9 @@ class TranslateRequest:
     """A language name, code or locale tag (``French``, ``fr``, ``fr-CA``)."""
     source: str = AUTO
     """Like ``target``, or ``auto`` to detect it from the text."""
+    hint: str | None = None
+    """The member's (or the server's) language, a code or locale tag: with ``auto``, it
+    decides a short text whose language the text alone leaves unclear."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,8 @@ class TranslateResult:
     source: str
     """ISO code of the source language, detected or given."""
     target: str
+    guessed: bool = False
+    """The source was assumed for a short text detection left unclear: say so."""
 
 
 @dataclass
@@ -146,24 +154,34 @@ class TranslateTask(Task[TranslateRequest, TranslateResult]):
 
     def languages(self, request: TranslateRequest) -> tuple[str, str]:
         """The request's (source, target) codes, detecting an ``auto`` source."""
+        source, target, _ = self.pair(request)
+        return source, target
+
+    def pair(self, request: TranslateRequest) -> tuple[str, str, bool]:
+        """(source, target, whether the source was guessed for a short text)."""
         if request.target.strip().lower() == AUTO:
             raise InvalidInput("target", "cannot be auto; choose the language to translate into")
         target = resolve_language(request.target, "target")
         if request.source.strip().lower() != AUTO:
-            return resolve_language(request.source, "source"), target
-        source = detect_language(request.text, self.detect_confidence)
-        if source is None:
+            return resolve_language(request.source, "source"), target, False
+        hint = None
+        if request.hint:
+            with contextlib.suppress(InvalidInput):  # a locale M2M100 lacks: no hint
+                hint = resolve_language(request.hint, "hint")
+        guess = guess_language(request.text, hint, self.detect_confidence)
+        if guess.code is None:
             raise InvalidInput("source", "could not detect the language; choose the source")
-        return source, target
+        return guess.code, target, guess.guessed
 
     def prepare(self) -> None:
         load_detector()
 
     def validate(self, request: TranslateRequest) -> None:
         check_text("text", request.text, self.max_chars)
-        source, target = self.languages(request)
+        source, target, guessed = self.pair(request)
         if source == target:
             detected = " (detected)" if request.source.strip().lower() == AUTO else ""
+            detected = " (guessed)" if guessed else detected
             raise InvalidInput(
                 "target",
                 f"the text is already in {LANGUAGES[target]}{detected}; "
@@ -175,7 +193,7 @@ class TranslateTask(Task[TranslateRequest, TranslateResult]):
         return self.pair_models.get(f"{source}-{target}", default)
 
     def batch_key(self, request: TranslateRequest) -> Hashable:
-        return self.languages(request)
+        return self.pair(request)  # a guessed source is said in each of its batch's results
 
     def cost(self, request: TranslateRequest) -> int:
         # Rough tokens in plus tokens out: the budget only has to track the work.
@@ -203,7 +221,7 @@ class TranslateTask(Task[TranslateRequest, TranslateResult]):
     def run_batch(
         self, model: TranslateModel, requests: Sequence[TranslateRequest], ctx: BatchContext
     ) -> list[TranslateResult]:
-        source, target = self.languages(requests[0])
+        source, target, guessed = self.pair(requests[0])
         tokenizer = model.tokenizer
         generate_kwargs: dict[str, Any] = {}
         if model.family == "m2m_100":
@@ -232,6 +250,7 @@ class TranslateTask(Task[TranslateRequest, TranslateResult]):
                 "\n".join(joiner.join(next(translated) for _ in line) for line in lines),
                 source,
                 target,
+                guessed,
             )
             for lines in layout
         ]

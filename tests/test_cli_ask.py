@@ -142,6 +142,10 @@ def test_translate_names_languages(
     assert (result["source"], result["target"]) == ("en", "fr") and result["text"]
     assert ask("translate", model, "Der Hund schläft im Garten.", "--to", "english") == 0
     assert capsys.readouterr().out.strip()
+    # The first thing everyone types: detection alone leaves it unclear; English is guessed.
+    assert ask("translate", model, "Hello world", "--to", "fr") == 0
+    captured = capsys.readouterr()
+    assert "from en, guessed: pass --from if wrong" in captured.err
 
 
 def test_imagine_writes_pngs_with_the_seed(

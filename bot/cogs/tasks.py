@@ -19,7 +19,7 @@ from bot.reading import summarize_source
 from handlers.base import InvalidInput
 from handlers.classify import ClassifyRequest, parse_labels
 from handlers.imagine import ImagineRequest
-from handlers.languages import search_languages
+from handlers.languages import resolve_language, search_languages
 from handlers.sentiment import SentimentRequest
 from handlers.speak import SpeakRequest
 from handlers.summarize import SummarizeRequest
@@ -51,6 +51,25 @@ def language_choices(
     return choices[:25]
 
 
+def source_hint(interaction: Interaction, target: str) -> str | None:
+    """The language a short text is most likely in, when detection leaves it unclear: the
+    member's own, unless that is the target (then the text is someone else's), else the
+    server's."""
+    try:
+        wanted = resolve_language(target, "to")
+    except InvalidInput:
+        return None  # validation names the bad target
+    for locale in (interaction.locale, interaction.guild_locale):
+        if locale is None:
+            continue
+        try:
+            if resolve_language(str(locale), "hint") != wanted:
+                return str(locale)
+        except InvalidInput:
+            continue
+    return None
+
+
 class Tasks(commands.Cog):
     def __init__(self, bot: AssistantBot) -> None:
         self.bot = bot
@@ -74,7 +93,10 @@ class Tasks(commands.Cog):
     async def translate_message(self, interaction: Interaction, message: discord.Message) -> None:
         """Into the language of the member's Discord client."""
         target = str(interaction.locale)
-        await run_task(interaction, "translate", TranslateRequest(message.content, target))
+        hint = source_hint(interaction, target)
+        await run_task(
+            interaction, "translate", TranslateRequest(message.content, target, hint=hint)
+        )
 
     async def speak_message(self, interaction: Interaction, message: discord.Message) -> None:
         await run_task(interaction, "speak", SpeakRequest(message.content))
@@ -123,7 +145,8 @@ class Tasks(commands.Cog):
         self, interaction: Interaction, text: Text, to: str | None = None, source: str = "auto"
     ) -> None:
         target = to or str(interaction.locale)
-        await run_task(interaction, "translate", TranslateRequest(text, target, source))
+        hint = source_hint(interaction, target)
+        await run_task(interaction, "translate", TranslateRequest(text, target, source, hint))
 
     @translate.autocomplete("to")
     async def _targets(
