@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import csv
 import datetime
+import difflib
 import getpass
 import json
 import logging
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 from huggingface_hub import utils as hub_utils
 from pydantic import BaseModel, ValidationError
@@ -368,15 +369,46 @@ ASK_COMMANDS: dict[str, AskCommand] = {
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """Usage errors as one line on stderr and exit 2, like every other bad input."""
+    """Usage errors as one line on stderr and exit 2, like every other bad input; an option
+    the command does not have is named with the closest one it has, and the command's own
+    help is pointed at."""
+
+    given: ClassVar[list[str]] = []
+    """The words being parsed, for every (sub)command's error to look at."""
 
     def error(self, message: str) -> NoReturn:
+        options = [o for action in self._actions for o in action.option_strings]
+        for word in self.given:
+            name = word.split("=")[0]
+            if name.startswith("--") and name not in options:
+                close = difflib.get_close_matches(name, options, n=1)
+                if close:
+                    message += f"; {name} is not an option here: did you mean {close[0]}?"
+                    break
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        OneLineParser.given = list(sys.argv[1:] if args is None else args)
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # the command's own parser says it, pointing at its own help
+            self._chosen(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _chosen(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The (sub)command that took the arguments: ``ask translate``'s parser, say."""
+        parser: argparse.ArgumentParser = self
+        while True:
+            commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+            name = getattr(parsed, commands[0].dest, None) if commands else None
+            if name is None or name not in commands[0].choices:
+                return parser
+            parser = commands[0].choices[name]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    script = Path(sys.argv[0]).name
     parser = OneLineParser(
-        prog="python -m bot",
+        prog=script if script == "assistant-bot" else "python -m bot",
         description="A self-hosted multimodal Discord assistant running Hugging Face models.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -680,6 +712,22 @@ def _env_value(value: object) -> str:
     return text
 
 
+LIBRARY_VARIABLES = """\
+# Read by the libraries the bot uses, not by its settings: uncomment what you need.
+# A Hugging Face access token, for gated or private models (models pull and loading).
+# HF_TOKEN=
+# Load only downloaded models and never reach the hub (after `python -m bot models pull`).
+# HF_HUB_OFFLINE=1
+# Where downloaded models are kept (default ~/.cache/huggingface).
+# HF_HOME=
+# A hub mirror, where huggingface.co cannot be reached.
+# HF_ENDPOINT=
+# The Ray cluster's token, when BOT_BACKEND=ray joins a cluster that asks for one.
+# RAY_AUTH_TOKEN=
+"""
+"""The end of ``settings --env-example``: variables other libraries read."""
+
+
 def _show_settings(settings: Settings, env_example: bool) -> int:
     """Every setting as a .env line (``settings > .env`` reads back the same); secrets are
     not shown, only whether they are set."""
@@ -687,6 +735,7 @@ def _show_settings(settings: Settings, env_example: bool) -> int:
         for env, default, doc in _settings_rows(Settings, Settings.model_construct(), "BOT_"):
             print("# " + " ".join(doc.split()))
             print(f"{env}={_env_value(default)}\n")
+        print(LIBRARY_VARIABLES, end="")
         return 0
     for env, value, _ in _settings_rows(Settings, settings, "BOT_"):
         if hasattr(value, "get_secret_value"):

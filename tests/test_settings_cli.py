@@ -205,3 +205,38 @@ def test_a_variable_that_sets_nothing_is_named_with_the_closest_setting(
     monkeypatch.delenv("BOT_IMAGNE__DEFAULT_STEPS")
     (tmp_path / ".env").unlink()
     assert check_variables().status is Status.OK
+
+
+def test_a_mistyped_option_is_named_with_the_one_meant_and_the_commands_help(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for argv, said in [
+        (["ask", "translate", "hi", "--too", "fr"],
+         "error: the following arguments are required: --to; --too is not an option here: "
+         "did you mean --to? (see python -m bot ask translate --help)"),
+        (["ask", "translate", "hi", "--to", "fr", "--jsn"],
+         "error: unrecognized arguments: --jsn; --jsn is not an option here: did you mean "
+         "--json? (see python -m bot ask translate --help)"),
+        (["settings", "--env-exampel"],
+         "error: unrecognized arguments: --env-exampel; --env-exampel is not an option here: "
+         "did you mean --env-example? (see python -m bot settings --help)"),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2
+        assert capsys.readouterr().err == said + "\n"
+
+
+def test_the_env_template_names_the_libraries_own_variables() -> None:
+    template = (ROOT / ".env.example").read_text()
+    for name in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HOME", "HF_ENDPOINT", "RAY_AUTH_TOKEN"):
+        assert f"\n# {name}=" in template
+
+
+def test_the_console_script_names_itself_in_usage(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.cli import build_parser
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/assistant-bot", "--help"])
+    assert build_parser().format_usage().startswith("usage: assistant-bot ")
+    monkeypatch.setattr(sys, "argv", ["/work/bot/__main__.py"])
+    assert build_parser().format_usage().startswith("usage: python -m bot ")
