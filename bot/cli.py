@@ -705,10 +705,12 @@ def _env_value(value: object) -> str:
     text = str(value)
     if isinstance(value, list | dict):
         text = json.dumps(to_jsonable_python(value, exclude_none=True))
-    if text and (text != text.strip() or any(c in text for c in " #'\"\\$")):
-        if "'" not in text:
+    if text and (text != text.strip() or any(c in text for c in " #'\"\\$\n")):
+        if not any(c in text for c in "'\\\n"):
             return f"'{text}'"  # single quotes: taken as they are
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        # Double quotes, as python-dotenv reads them: \\, \" and \n are its escapes.
+        escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
     return text
 
 
@@ -729,8 +731,8 @@ LIBRARY_VARIABLES = """\
 
 
 def _show_settings(settings: Settings, env_example: bool) -> int:
-    """Every setting as a .env line (``settings > .env`` reads back the same); secrets are
-    not shown, only whether they are set."""
+    """Every setting as a .env line (the output, used as a .env, reads back the same);
+    secrets are not shown, only whether they are set."""
     if env_example:
         for env, default, doc in _settings_rows(Settings, Settings.model_construct(), "BOT_"):
             print("# " + " ".join(doc.split()))
@@ -740,9 +742,17 @@ def _show_settings(settings: Settings, env_example: bool) -> int:
     for env, value, _ in _settings_rows(Settings, settings, "BOT_"):
         if hasattr(value, "get_secret_value"):
             print(f"# {env} is set (not shown)")
-            continue
-        print(f"{env}={_env_value(value)}")
+        elif isinstance(value, str) and CREDENTIALS.search(value):
+            print(f"# {env} is set, with a password in it (not shown)")
+        elif "${" in str(value):  # .env readers would expand it
+            print(f"# {env} holds ${{...}}, which a .env cannot keep: set it by hand")
+        else:
+            print(f"{env}={_env_value(value)}")
     return 0
+
+
+CREDENTIALS = re.compile(r"://[^/@\s]*:[^/@\s]*@")
+"""A URL with a user and password in it: a secret too."""
 
 
 def _models(settings: Settings, action: str, tasks: list[str]) -> int:
@@ -847,6 +857,8 @@ def setting_error(exc: ValidationError | SettingsError) -> str:
         name = env_name([field[1]])[0] if field else "a setting"
         return f"{name}: {exc.__cause__ or exc}"
     first = exc.errors()[0]
+    if not first["loc"]:  # a rule across settings: its message names the variables
+        return first["msg"].removeprefix("Value error, ")
     name, keys = env_name(first["loc"])
     where = f" (at {'.'.join(keys)})" if keys else ""
     message = first["msg"].removeprefix("Value error, ")

@@ -121,7 +121,7 @@ def render(result: Any) -> Reply:
             note = f"-# {result.source} → {result.target}"
             if result.guessed:
                 name = LANGUAGES.get(result.source, result.source)
-                note += f" · from {name}, guessed: choose the source if wrong"
+                note += f" · from {name}, guessed: if wrong, use /translate with from:"
             return Reply(result.text, note)
         case ImagineResult():
             note = f"-# seed {result.seed} · {result.width}x{result.height} · {result.steps} steps"

@@ -60,7 +60,8 @@ def decode_setting(field: FieldInfo | None, value: str) -> Any:
         return parts
     pairs: dict[str, str] = {}
     for part in parts:
-        separator = ":" if ":" in part else "="
+        first = min((part.find(s) for s in ":=" if s in part), default=-1)
+        separator = part[first] if first >= 0 else ":"
         key, found, item = part.partition(separator)
         if not found or not key.strip():
             raise ValueError(
@@ -96,14 +97,6 @@ class ModelSettings(BaseModel):
     """The model each task uses: a Hugging Face hub id or a local directory."""
 
     model_config = ConfigDict(use_attribute_docstrings=True)
-
-    @field_validator("*")
-    @classmethod
-    def _folder_or_hub_id(cls, source: str) -> str:
-        problem = source_problem(source)
-        if problem is not None:
-            raise ValueError(problem)
-        return source
 
     summarize: str = "facebook/bart-large-cnn"
     """Encoder-decoder summariser for /summarize (MIT)."""
@@ -723,6 +716,18 @@ class Settings(BaseSettings):
         return ",".join(devices)
 
     @model_validator(mode="after")
+    def _models_are_folders_or_hub_ids(self) -> Settings:
+        """Each BOT_MODELS__ setting can be loaded from somewhere; chat's, when another
+        server answers it (BOT_CHAT__ENGINE=openai), is that server's name for it."""
+        for task, source in self.models.model_dump().items():
+            if task == "chat" and self.chat.engine == "openai":
+                continue
+            problem = source_problem(source)
+            if problem is not None:
+                raise ValueError(f"BOT_MODELS__{task.upper()}: {problem}")
+        return self
+
+    @model_validator(mode="after")
     def _class_workers_on_one_device(self) -> Settings:
         if self.workers_per_device == "by-class" and len(self.devices()) > 1:
             raise ValueError(
@@ -754,8 +759,8 @@ class Settings(BaseSettings):
 
 
 def setting_names(model: type[BaseModel] = Settings, prefix: str = "BOT_") -> dict[str, bool]:
-    """Every variable that sets something, and whether it holds a list or map (whose items
-    may be set one by one, BOT_QUOTAS__CHAT=5): the sections too (BOT_IMAGINE takes JSON)."""
+    """Every variable that sets something, and whether it holds a map (whose items may be
+    set one by one, BOT_QUOTAS__CHAT=5): the sections too (BOT_IMAGINE takes JSON)."""
     names: dict[str, bool] = {}
     for name, field in model.model_fields.items():
         env = "DISCORD_TOKEN" if name == "discord_token" else f"{prefix}{name.upper()}"
@@ -764,8 +769,7 @@ def setting_names(model: type[BaseModel] = Settings, prefix: str = "BOT_") -> di
             names[env] = False
             names |= setting_names(annotation, f"{env}__")
         else:
-            origin = typing.get_origin(annotation)
-            names[env] = origin in (list, dict) or _is_map(annotation)
+            names[env] = _is_map(annotation)
     return names
 
 
@@ -776,14 +780,15 @@ def unknown_variables(variables: collections.abc.Iterable[str]) -> list[tuple[st
 
     known = setting_names()
     unknown = []
-    for name in sorted(set(variables)):
+    for given in sorted(set(variables)):
+        name = given.upper()  # settings are read in any letter case
         if not name.startswith("BOT_") or name in known:
             continue
-        head, _, _ = name.rpartition("__")
-        if known.get(head):  # an item of a list or map setting
-            continue
+        parts = name.split("__")
+        if any(known.get("__".join(parts[:end])) for end in range(1, len(parts))):
+            continue  # within a map: BOT_QUOTAS__CHAT, BOT_RAY__TASKS__IMAGINE__MAX_REPLICAS
         close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
-        unknown.append((name, close[0] if close else None))
+        unknown.append((given, close[0] if close else None))
     return unknown
 
 

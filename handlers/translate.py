@@ -168,6 +168,8 @@ class TranslateTask(Task[TranslateRequest, TranslateResult]):
         if request.hint:
             with contextlib.suppress(InvalidInput):  # a locale M2M100 lacks: no hint
                 hint = resolve_language(request.hint, "hint")
+        if hint == target:  # the text is not in the language it is translated into
+            hint = None
         guess = guess_language(request.text, hint, self.detect_confidence)
         if guess.code is None:
             raise InvalidInput("source", "could not detect the language; choose the source")

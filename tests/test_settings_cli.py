@@ -240,3 +240,47 @@ def test_the_console_script_names_itself_in_usage(monkeypatch: pytest.MonkeyPatc
     assert build_parser().format_usage().startswith("usage: assistant-bot ")
     monkeypatch.setattr(sys, "argv", ["/work/bot/__main__.py"])
     assert build_parser().format_usage().startswith("usage: python -m bot ")
+
+
+def test_what_the_first_review_found_reads_back_or_is_said_right(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Backslashes, newlines, a URL in a map, a chat server's own model name, a rule across
+    settings, a password in a URL and ${...} each come out of `settings` as they should."""
+    monkeypatch.setenv("BOT_OWNER_IDS", '["C:\\\\dir\\\\x", "two"]')
+    monkeypatch.setenv("BOT_CHAT__SYSTEM_PROMPT", "line one\nline two")
+    monkeypatch.setenv("BOT_TRANSLATE__PAIR_MODELS", "en-fr=http://mirror/opus:1")
+    monkeypatch.setenv("BOT_CHAT__ENGINE", "openai")
+    monkeypatch.setenv("BOT_MODELS__CHAT", "llama3.1:8b")  # Ollama's name for it: allowed
+    monkeypatch.setenv("BOT_CHAT__OPENAI__BASE_URL", "http://me:pw@server:8000/v1")
+    monkeypatch.setenv("BOT_DATA_DIR", "${HOME}/bot")
+    settings = Settings()
+    assert settings.translate.pair_models == {"en-fr": "http://mirror/opus:1"}
+    assert main(["settings"]) == 0
+    printed = capsys.readouterr().out
+    assert "me:pw" not in printed
+    assert "# BOT_CHAT__OPENAI__BASE_URL is set, with a password in it (not shown)" in printed
+    assert "# BOT_DATA_DIR holds ${...}, which a .env cannot keep: set it by hand" in printed
+    for name in ("BOT_OWNER_IDS", "BOT_CHAT__SYSTEM_PROMPT", "BOT_TRANSLATE__PAIR_MODELS",
+                 "BOT_CHAT__ENGINE", "BOT_MODELS__CHAT"):  # fmt: skip
+        monkeypatch.delenv(name)
+    (tmp_path / ".env").write_text(printed)
+    again = Settings()
+    assert again.owner_ids == ["C:\\dir\\x", "two"]
+    assert again.chat.system_prompt == "line one\nline two"
+    assert again.models.chat == "llama3.1:8b"
+    monkeypatch.setenv("BOT_WORKERS_PER_DEVICE", "by-class")
+    monkeypatch.setenv("BOT_DEVICE", "cuda:0,cuda:1")
+    assert main(["settings"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: BOT_WORKERS_PER_DEVICE=by-class needs one device"
+    )
+
+
+def test_variables_within_maps_and_in_any_case_are_settings() -> None:
+    from bot.settings import unknown_variables
+
+    assert unknown_variables([
+        "BOT_RAY__TASKS__IMAGINE__MAX_REPLICAS", "BOT_IMAGINE__MODELS__TURBO__SOURCE",
+        "BOT_QUOTAS__CHAT", "bot_preload", "BOT_PRELOAD__0",
+    ]) == [("BOT_PRELOAD__0", "BOT_PRELOAD")]  # fmt: skip

@@ -401,12 +401,16 @@ def test_hello_world_is_translated_and_the_source_said_to_be_guessed() -> None:
     assert task.pair(TranslateRequest("Guten Morgen", "fr", hint="en")) == ("de", "fr", False)
     with pytest.raises(InvalidInput, match="could not detect the language"):
         task.validate(TranslateRequest("Tot morgen", "fr", hint="en"))  # no guess at all
+    # A hint that is the target says nothing of the text: not "already in German (guessed)".
+    assert guess_language("Bonne nuit", "de").code == "de"  # German is among its likeliest
+    with pytest.raises(InvalidInput, match="could not detect the language"):
+        task.validate(TranslateRequest("Bonne nuit", "German", hint="de"))
 
 
 def test_a_guessed_source_is_said_in_the_reply() -> None:
     from bot.commands import render
 
     assert render(TranslateResult("Bonjour", "en", "fr", True)).note == (
-        "-# en → fr · from English, guessed: choose the source if wrong"
+        "-# en → fr · from English, guessed: if wrong, use /translate with from:"
     )
     assert render(TranslateResult("Bonjour", "en", "fr")).note == "-# en → fr"
