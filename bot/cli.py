@@ -25,6 +25,7 @@ from pydantic_core import to_jsonable_python
 from pydantic_settings.exceptions import SettingsError
 from tqdm import tqdm
 
+from bot.documents import is_document
 from bot.executor.errors import BackendUnavailable, DeviceUnavailable, ExecutorError
 from bot.health import MAX_AGE_S, Heartbeat, report
 from bot.invocations import Caller
@@ -82,13 +83,15 @@ def _text_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _summarize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("text", nargs="?", help="the text (or use --file)")
-    parser.add_argument("--file", type=Path, help="read the text from a UTF-8 file")
+    parser.add_argument(
+        "--file", type=Path, help="read the text from a PDF, DOCX, PPTX, HTML, Markdown or text"
+    )
     parser.add_argument("--length", choices=list(LENGTHS), default="medium")
     parser.add_argument("--min-tokens", type=int, help="shortest summary in tokens")
     parser.add_argument("--max-tokens", type=int, help="longest summary in tokens")
 
 
-MAX_FILE_BYTES = 16 * 2**20
+MAX_FILE_BYTES = 20 * 2**20
 """Far more than a summary takes; ``--file /dev/zero`` must not read forever."""
 
 
@@ -96,14 +99,17 @@ def _summarize_request(args: argparse.Namespace) -> SummarizeRequest:
     from handlers.summarize import SummarizeRequest
 
     if args.file is not None:
+        from bot.documents import read_document
+
         try:
             with args.file.open("rb") as file:
                 data = file.read(MAX_FILE_BYTES + 1)
-            if len(data) > MAX_FILE_BYTES:
-                raise InvalidInput("file", f"is larger than {MAX_FILE_BYTES // 2**20} MiB")
-            text = data.decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             raise InvalidInput("file", f"cannot be read: {exc}") from None
+        if len(data) > MAX_FILE_BYTES:
+            raise InvalidInput("file", f"is larger than {MAX_FILE_BYTES // 2**20} MiB")
+        name = args.file.name if is_document(args.file.name) else f"{args.file.name}.txt"
+        text = read_document(name, data)  # a file of another name is read as plain text
     elif args.text is not None:
         text = args.text
     else:

@@ -11,13 +11,13 @@ from collections.abc import Awaitable, Callable
 
 import discord
 
+from bot.documents import KINDS, MAX_DOCUMENT_BYTES, is_document, read_document_soon
 from handlers.base import InvalidInput
 
 # Snowflakes have at most 20 digits; int() raises ValueError past 4,300 of them.
 MESSAGE_LINK = re.compile(
     r"https://(?:\w+\.)?discord(?:app)?\.com/channels/(\d{1,20})/(\d{1,20})/(\d{1,20})"
 )
-MAX_TEXT_FILE = 2**20
 
 Readable = discord.abc.GuildChannel | discord.Thread
 
@@ -87,8 +87,10 @@ def summarize_source(
     if text:
         return _as_given(text)
     if file is not None:
-        if not file.filename.lower().endswith(".txt") or file.size > MAX_TEXT_FILE:
-            raise InvalidInput("file", "attach a .txt file of at most 1 MiB")
+        if not is_document(file.filename):
+            raise InvalidInput("file", f"attach {KINDS}")
+        if file.size > MAX_DOCUMENT_BYTES:
+            raise InvalidInput("file", f"is larger than {MAX_DOCUMENT_BYTES // 2**20} MiB")
         return lambda: read_file(file)
     option = "messages" if messages else "link"
     if not can_read:
@@ -112,10 +114,9 @@ def _as_given(text: str) -> Callable[[], Awaitable[str]]:
 
 
 async def read_file(file: discord.Attachment) -> str:
-    try:
-        return (await file.read()).decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidInput("file", "is not UTF-8 text") from None
+    """The text of an attached document (PDF, Word, slides, Markdown, HTML, plain text),
+    read in a thread."""
+    return await read_document_soon(file.filename, await file.read())
 
 
 async def read_link(interaction: discord.Interaction, channel_id: int, message_id: int) -> str:

@@ -357,3 +357,13 @@ async def test_a_reset_while_the_database_is_locked_says_so(harness: Harness) ->
         ChatTurn("user", "what is osmosis?", "alice"),
         ChatTurn("assistant", "echo: what is osmosis?"),
     )
+
+
+async def test_a_pdf_in_the_conversation_is_read_too(harness: Harness) -> None:
+    from tests.test_documents import make_pdf
+
+    s = await scene(harness)
+    notes = ("notes.pdf", make_pdf(["Mitochondria make energy."]))
+    await ask(harness, s.alice, s.channel, mention(harness, "explain"), attachments=[notes])
+    (request,) = requests(harness)
+    assert request.message == "explain\n\n[file notes.pdf]\nMitochondria make energy."

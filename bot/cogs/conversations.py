@@ -27,13 +27,14 @@ from bot.client import answer_to
 from bot.commands import Text, caller_of, place_caller, render
 from bot.conversations import Answer, Conversations, Memory, Turn, command_word
 from bot.delivery import NO_MENTIONS, InteractionPlace, MessagePlace, Place, Reply
+from bot.documents import MAX_DOCUMENT_BYTES, is_document
 from bot.executor import JobHandle
 from bot.guilds import GuildSettings
 from bot.hearing import HEARD, heard_heading, is_voice_message, read_sound, sound_of
 from bot.invocations import Caller, CommandDisabled
 from bot.localization import tr
 from bot.markdown import clip, neutralize
-from bot.reading import MAX_TEXT_FILE, Readable, may_read_history, read_file
+from bot.reading import Readable, may_read_history, read_file
 from bot.seeing import Picture, check_images, download, hidden, pictures_of
 from bot.voice_replies import VoiceReplies
 from handlers.base import InvalidInput
@@ -819,18 +820,18 @@ def _without_notes(content: str) -> str:
 
 
 def _text_files(message: discord.Message) -> list[discord.Attachment]:
-    return [a for a in message.attachments if a.filename.lower().endswith(".txt")]
+    return [a for a in message.attachments if is_document(a.filename)]
 
 
 async def _read_text_files(message: discord.Message, strict: bool) -> list[tuple[str, str]]:
-    """(name, text) of the message's .txt files, within /summarize's limits. ``strict``
-    refuses one that is too large or not UTF-8 (the member's newest message); otherwise it
-    is left out."""
+    """(name, text) of the message's documents (text, Markdown, HTML, PDF, Word, slides),
+    within /summarize's limits. ``strict`` refuses one that cannot be read (the member's
+    newest message); otherwise it is left out."""
     read = []
     for attachment in _text_files(message):
         try:
-            if attachment.size > MAX_TEXT_FILE:
-                raise InvalidInput("file", "attach a .txt file of at most 1 MiB")
+            if attachment.size > MAX_DOCUMENT_BYTES:
+                raise InvalidInput("file", f"is larger than {MAX_DOCUMENT_BYTES // 2**20} MiB")
             read.append((attachment.filename, await read_file(attachment)))
         except InvalidInput:
             if strict:

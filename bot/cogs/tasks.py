@@ -106,7 +106,7 @@ class Tasks(commands.Cog):
         text="The text to summarize",
         messages="Summarize this many recent messages of the channel (a study-group recap)",
         link="Summarize the message at this link",
-        file="Summarize a .txt file",
+        file="Summarize a document (PDF, Word, slides, Markdown, HTML or text)",
         length="How long the summary should be",
     )
     @app_commands.choices(
