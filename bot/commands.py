@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord import app_commands
 
-from bot.delivery import InteractionPlace, Reply
+from bot.delivery import InteractionPlace, Reply, ReplyPolicy
 from bot.hearing import render_transcript
 from bot.invocations import Caller
 from bot.seeing import hidden, render_description
@@ -171,15 +171,17 @@ async def run_task(
     then: Callable[[JobHandle], None] | None = None,
     final_view: Callable[[Interaction, Any], Awaitable[discord.ui.View | None]] | None = None,
     spoiler: bool = False,
+    private: bool = False,
 ) -> None:
     """Admit (a refusal answers privately at once), defer, then do what may be slow:
     ``read`` the request if it isn't given, make the ``final_view`` the result will carry
     (an image's buttons store its options). Then a watcher follows the job, replying as the
     reply policy says (``render_result`` shapes the result), and ``then`` is told of the
     job (speech said in a call). A ``spoiler`` result (made from a spoiler image) is
-    rendered, and previewed, behind a spoiler."""
+    rendered, and previewed, behind a spoiler. A ``private`` one (a member's own catch-up)
+    is seen by them alone, whatever the server's reply setting."""
     bot = interaction.client
-    policy = bot.reply_policy(interaction)
+    policy = ReplyPolicy(True, "dm") if private else bot.reply_policy(interaction)
     with bot.invoker.admit(task, caller_of(interaction), request) as admission:
         await interaction.response.defer(thinking=True, ephemeral=policy.ephemeral)
         if read is not None:
