@@ -4,14 +4,19 @@ for them alone (#31). The summarize task is scripted (tests/test_discord.py)."""
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 import discord
 import pytest
 
+from bot.app import Services
 from bot.catchup import parse_since
+from bot.client import AssistantBot
+from bot.digests import Said, Schedule, compose, due, parse_time
 from handlers.base import InvalidInput
 from tests.test_discord import (  # noqa: F401 - harness, simcord_bot, stack: fixtures
     Harness,
+    Stack,
     harness,
     scene,
     simcord_bot,
@@ -79,3 +84,123 @@ def test_times_a_member_writes() -> None:
     assert parse_since("Yesterday", now) == datetime.datetime(2026, 12, 3, tzinfo=datetime.UTC)
     with pytest.raises(InvalidInput, match="at most 7 days"):
         parse_since("9d", now)
+
+
+# Daily digests
+
+
+def schedule(at: str = "18:00", zone: str = "UTC", last_day: str | None = None) -> Schedule:
+    return Schedule(1, 2, parse_time(at), zone, "3", last_day)
+
+
+def test_a_digest_is_due_once_after_its_time_however_many_days_it_missed() -> None:
+    at = datetime.datetime(2026, 12, 4, 17, 59, tzinfo=datetime.UTC)
+    assert due(schedule(last_day="2026-12-03"), at) is None  # today's time is still to come
+    after = at + datetime.timedelta(minutes=2)
+    assert due(schedule(last_day="2026-12-03"), after) == "2026-12-04"
+    assert due(schedule(last_day="2026-12-04"), after) is None  # ran today
+    assert due(schedule(last_day="2026-11-28"), after) == "2026-12-04"  # once, not six times
+    paris = schedule("18:30", "Europe/Paris", "2026-12-03")  # 17:30 UTC in winter
+    assert due(paris, datetime.datetime(2026, 12, 4, 17, 31, tzinfo=datetime.UTC)) == "2026-12-04"
+    assert (parse_time("7pm"), parse_time(" 9 "), parse_time("00:05")) == (1140, 540, 5)
+    for bad in ("25:00", "13pm", "noonish"):
+        with pytest.raises(InvalidInput, match="time"):
+            parse_time(bad)
+
+
+def test_a_digest_lists_what_the_messages_show() -> None:
+    said = [
+        Said("bob", "Does anyone have the lab notes?", "https://d/1", 0, answered=False),
+        Said("ann", "The slides: https://example.com/slides.pdf", "https://d/2", 3, True),
+        Said("bob", "Is the exam on Friday?", "https://d/3", 0, answered=True),
+    ]
+    assert compose("summary: lab and exam", said) == (
+        "**Digest of the last day** (3 messages)\n\nsummary: lab and exam\n\n"
+        "**Open questions**\n- bob: https://d/1\n\n"
+        "**Links shared**\n- <https://example.com/slides.pdf>\n\n"
+        "**Most reacted to**\n- ann (3): https://d/2"
+    )
+
+
+async def manager(h: Harness, guild: Any) -> Any:
+    mods = guild.create_role("mods", permissions=discord.Permissions(manage_guild=True))
+    return guild.add_member(h.env.create_user("carol"), roles=[mods])
+
+
+def study(h: Harness, now: datetime.datetime) -> Any:
+    """The study cog with its background round stopped and its clock at ``now``."""
+    cog = h.bot.get_cog("Study")  # the extension's own module: not tests' Study class
+    assert cog is not None and type(cog).__name__ == "Study"
+    if cog._digesting is not None:
+        cog._digesting.cancel()
+    cog.clock = lambda: now
+    return cog
+
+
+def posted(channel: Any, h: Harness) -> list[str]:
+    return [m.content for m in channel.history() if m.author.id == h.bot.user.id]
+
+
+@READING
+async def test_a_digest_scheduled_posts_once_at_its_time_after_a_restart(
+    harness: Harness, stack: Stack
+) -> None:
+    """Messages carry real times, so the fake clock is set around them: the digest's time of
+    day is an hour before now, so its first is tomorrow's, with today's messages."""
+    s = await scene(harness)
+    carol = await manager(harness, s.guild)
+    now = discord.utils.utcnow().replace(second=0, microsecond=0)
+    at = now - datetime.timedelta(hours=1)
+    cog = study(harness, now)
+    done = await carol.slash(s.channel, "digest schedule", time=f"{at:%H:%M}")
+    await harness.env.settle()
+    assert done.ephemeral and f"daily at {at:%H:%M} UTC" in done.response.content
+    assert await cog.run_due_digests() == 0  # today's time has passed: none at once
+    await s.bob.send(s.channel, "Does anyone have the lab notes?")
+    await s.alice.send(s.channel, "Slides: https://example.com/slides.pdf")
+
+    fresh = AssistantBot(
+        Services(stack.bot.executor, stack.bot.usage, stack.bot.invoker), stack.bot.settings
+    )
+    await harness.env.restart_bot(fresh)
+    harness.bot = fresh
+    tomorrow = now + datetime.timedelta(hours=23, minutes=1)
+    cog = study(harness, tomorrow)  # the schedule, read back from the database
+    assert await cog.run_due_digests() == 1
+    assert await cog.run_due_digests() == 0  # once
+    (digest,) = posted(s.channel, harness)
+    assert digest.startswith("**Digest of the last day** (2 messages)\n\nsummary: bob: Does")
+    assert "**Open questions**" in digest and "<https://example.com/slides.pdf>" in digest
+    await harness.bot.usage.flush()
+    digests = [r["user_id"] for r in harness.rows() if r["task"] == "summarize"]
+    assert digests == [f"digest:{s.channel.id}"]
+
+    later = tomorrow + datetime.timedelta(days=3)  # three days missed while down
+    cog.clock = lambda: later
+    assert await cog.run_due_digests() == 0  # due once; a quiet day: skipped
+    (stored,) = await cog.digests.every()
+    assert stored.last_day == later.date().isoformat()  # the days between are not owed
+    assert await cog.run_due_digests() == 0
+
+
+@READING
+async def test_a_quiet_day_is_skipped_and_digests_are_listed_and_removed(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    carol = await manager(harness, s.guild)
+    today = discord.utils.utcnow().replace(hour=6, minute=0, second=0, microsecond=0)
+    cog = study(harness, today)
+    quiet = s.guild.create_text_channel("quiet")
+    await carol.slash(quiet, "digest schedule", time="7am", timezone="Europe/Paris")
+    await harness.env.settle()
+    cog.clock = lambda: today + datetime.timedelta(hours=1)
+    assert await cog.run_due_digests() == 0 and posted(quiet, harness) == []
+    listed = await carol.slash(s.channel, "digest list")
+    assert listed.response.content == f"- <#{quiet.id}> at 07:00 Europe/Paris"
+    bad = await carol.slash(s.channel, "digest schedule", time="18:00", timezone="Mars/Base")
+    assert "**timezone**: 'Mars/Base' is not a time zone" in bad.response.content
+    removed = await carol.slash(s.channel, "digest remove", channel=quiet)
+    assert removed.response.content == "The daily digest there is stopped."
+    listed = await carol.slash(s.channel, "digest list")
+    assert listed.response.content == "No daily digest here."

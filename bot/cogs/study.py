@@ -1,7 +1,12 @@
-"""The study group's tools: /catchup ("what did I miss") for now."""
+"""The study group's tools: /catchup ("what did I miss") and daily digests (/digest)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime
+import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import discord
@@ -9,8 +14,11 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.catchup import Missed, parse_since, read_missed
-from bot.commands import caller_of, render, run_task
-from bot.delivery import Reply
+from bot.commands import admin_only, caller_of, render, run_task
+from bot.delivery import NO_MENTIONS, Reply
+from bot.digests import Digests, Said, Schedule, compose, due, parse_time, parse_zone
+from bot.invocations import Caller
+from bot.markdown import clip
 from handlers.base import InvalidInput
 from handlers.summarize import SummarizeRequest, SummarizeResult
 
@@ -18,6 +26,12 @@ if TYPE_CHECKING:
     from bot.client import AssistantBot
 
     Interaction = discord.Interaction[AssistantBot]
+
+log = logging.getLogger(__name__)
+
+CHECK_EVERY_S = 60.0
+"""How often the schedules are looked at: a digest posts within a minute of its time."""
+DAY = datetime.timedelta(days=1)
 
 
 def render_missed(result: SummarizeResult, missed: Missed) -> Reply:
@@ -31,8 +45,134 @@ def render_missed(result: SummarizeResult, missed: Missed) -> Reply:
 
 
 class Study(commands.Cog):
+    digest = app_commands.Group(
+        name="digest",
+        description="A daily digest of a channel's discussion",
+        guild_only=True,
+        default_permissions=discord.Permissions(manage_guild=True),
+    )
+
     def __init__(self, bot: AssistantBot) -> None:
         self.bot = bot
+        self.digests = Digests(bot.usage)
+        self.clock: Callable[[], datetime.datetime] = discord.utils.utcnow
+        self._digesting: asyncio.Task[None] | None = None
+
+    async def cog_load(self) -> None:
+        self._digesting = asyncio.create_task(self._digest_forever(), name="digests")
+
+    async def cog_unload(self) -> None:
+        if self._digesting is not None:
+            self._digesting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._digesting
+
+    async def _digest_forever(self) -> None:
+        await self.bot.wait_until_ready()
+        while True:
+            try:
+                await self.run_due_digests()
+            except Exception:  # one bad round never ends the schedule
+                log.exception("digests failed this round")
+            await asyncio.sleep(CHECK_EVERY_S)
+
+    async def run_due_digests(self) -> int:
+        """Post every digest that is due (each once, however many days it missed), skip the
+        quiet ones; how many were posted."""
+        posted = 0
+        for schedule in await self.digests.every():
+            day = due(schedule, self.clock())
+            if day is None:
+                continue
+            try:
+                posted += await self._post_digest(schedule)
+            except Exception as exc:  # a channel gone, a failed job: said, and not retried
+                log.warning("the digest of channel %d failed: %s", schedule.channel_id, exc)
+            await self.digests.ran(schedule.channel_id, day)
+        return posted
+
+    async def _post_digest(self, schedule: Schedule) -> bool:
+        channel = self.bot.get_channel(schedule.channel_id)
+        if not isinstance(channel, discord.TextChannel | discord.Thread):
+            raise LookupError("the channel is gone or not a text channel")
+        messages = [m async for m in channel.history(after=self.clock() - DAY, limit=500)]
+        replied = {m.reference.message_id for m in messages if m.reference is not None}
+        said = [
+            Said(m.author.display_name, m.content, m.jump_url,
+                 sum(r.count for r in m.reactions), m.id in replied)
+            for m in messages if m.content and not m.author.bot
+        ]  # fmt: skip
+        if not said:
+            return False  # a quiet day
+        text = "\n".join(f"{m.author}: {m.content}" for m in said)
+        caller = Caller(f"digest:{schedule.channel_id}", "digest", schedule.guild_id,
+                        schedule.channel_id, enforce_quotas=False)  # fmt: skip
+        result = await self.bot.invoker.submit("summarize", SummarizeRequest(text), caller)
+        await channel.send(clip(compose(result.summary, said)), allowed_mentions=NO_MENTIONS)
+        return True
+
+    @digest.command(name="schedule", description="Post a digest of a channel's last day, daily")
+    @app_commands.describe(
+        time="When: 18:30, 7pm...", timezone="A time zone such as Europe/Paris (default UTC)",
+        channel="The channel (default: this one); the digest is posted in it",
+    )  # fmt: skip
+    @admin_only()
+    async def digest_schedule(
+        self,
+        interaction: Interaction,
+        time: str,
+        timezone: str = "UTC",
+        channel: discord.TextChannel | None = None,
+    ) -> None:
+        place = channel or interaction.channel
+        if not isinstance(place, discord.TextChannel):
+            raise InvalidInput("channel", "choose a text channel of this server")
+        if not self.bot.settings.read_messages:
+            raise InvalidInput(
+                "channel", "reading messages is off on this bot (its admin can enable "
+                "BOT_READ_MESSAGES)"
+            )  # fmt: skip
+        at, zone = parse_time(time), parse_zone(timezone)
+        mine = place.permissions_for(place.guild.me)
+        if not (mine.read_message_history and mine.send_messages):
+            raise InvalidInput("channel", "I cannot read and post there")
+        assert interaction.guild_id is not None
+        now = self.clock()
+        # The first digest is at the next time of day to come: the latest one passed counts
+        # as done, so none is posted at once.
+        local = now.astimezone(zone)
+        before = local.hour * 60 + local.minute < at
+        passed = local.date() - (DAY if before else datetime.timedelta())
+        schedule = Schedule(place.id, interaction.guild_id, at, zone.key,
+                            str(interaction.user.id), passed.isoformat())  # fmt: skip
+        await self.digests.put(schedule, now.timestamp())
+        await interaction.response.send_message(
+            f"A digest of {place.mention} will be posted there daily at {schedule.time()}.",
+            ephemeral=True,
+        )
+        self.bot.invoker.record_command("digest", caller_of(interaction))
+
+    @digest.command(name="list", description="The daily digests of this server")
+    @admin_only()
+    async def digest_list(self, interaction: Interaction) -> None:
+        assert interaction.guild_id is not None
+        schedules = await self.digests.of_guild(interaction.guild_id)
+        lines = [f"- <#{s.channel_id}> at {s.time()}" for s in schedules]
+        await interaction.response.send_message(
+            "\n".join(lines) or "No daily digest here.", ephemeral=True
+        )
+
+    @digest.command(name="remove", description="Stop a channel's daily digest")
+    @app_commands.describe(channel="The channel (default: this one)")
+    @admin_only()
+    async def digest_remove(
+        self, interaction: Interaction, channel: discord.TextChannel | None = None
+    ) -> None:
+        place = channel or interaction.channel
+        assert place is not None
+        removed = await self.digests.remove(place.id)
+        said = "The daily digest there is stopped." if removed else "No daily digest there."
+        await interaction.response.send_message(said, ephemeral=True)
 
     @app_commands.command(
         description="What did I miss? The channel since you last wrote, summarized for you alone",
