@@ -41,11 +41,24 @@ def parse_since(text: str, now: datetime.datetime) -> datetime.datetime:
     return now - span
 
 
+def newest_that_fit(lines: list[str], max_chars: int) -> list[str]:
+    """The newest of ``lines`` (oldest first) whose text, joined by newlines, fits."""
+    kept: list[str] = []
+    used = 0
+    for line in reversed(lines):
+        used += len(line) + 1
+        if used > max_chars + 1:
+            break
+        kept.append(line)
+    return kept[::-1]
+
+
 @dataclass(frozen=True)
 class Missed:
     text: str
     """Each message as ``name: content``, oldest first."""
     count: int
+    """Messages summarized: the newest that fit, when more were said."""
     since: datetime.datetime
     key_links: tuple[str, ...]
     """The messages with the most reactions, as links."""
@@ -57,9 +70,11 @@ async def read_missed(
     before: discord.abc.Snowflake,
     since: datetime.datetime | None,
     now: datetime.datetime,
+    max_chars: int,
 ) -> Missed:
     """The messages after ``since`` (or after the member's last message here, within
-    ``LOOKBACK``) and before ``before``, if the member may read this channel's history."""
+    ``LOOKBACK``) and before ``before``, if the member may read this channel's history: the
+    newest that fit in ``max_chars``."""
     if isinstance(channel, Readable):
         await check_read_access(member, channel, "since")
     elif not isinstance(channel, discord.DMChannel):
@@ -75,8 +90,11 @@ async def read_missed(
     said = [m for m in messages if m.content and not m.author.bot]
     if not said:
         raise InvalidInput("since", "nothing was said here since then")
-    start = since or (messages[0].created_at if messages else floor)
+    lines = newest_that_fit([f"{m.author.display_name}: {m.content}" for m in said], max_chars)
+    said = said[len(said) - len(lines) :]
+    if not said:
+        raise InvalidInput("since", "the newest message alone is longer than can be summarized")
+    start = since or said[0].created_at
     liked = sorted(said, key=lambda m: sum(r.count for r in m.reactions), reverse=True)
     keys = tuple(m.jump_url for m in liked[:KEY_MESSAGES] if m.reactions)
-    text = "\n".join(f"{m.author.display_name}: {m.content}" for m in said)
-    return Missed(text, len(said), start, keys)
+    return Missed("\n".join(lines), len(said), start, keys)

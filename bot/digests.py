@@ -16,6 +16,7 @@ import sqlite3
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from bot.markdown import MESSAGE_LIMIT, clip, neutralize
 from bot.usage import UsageLog
 from handlers.errors import InvalidInput
 
@@ -85,23 +86,35 @@ class Said:
     """Someone replied to it."""
 
 
+def scheduled_at(schedule: Schedule, day: str) -> datetime.datetime:
+    """When ``schedule``'s digest of local date ``day`` was due, in UTC."""
+    midnight = datetime.datetime.fromisoformat(day).replace(tzinfo=ZoneInfo(schedule.timezone))
+    return (midnight + datetime.timedelta(minutes=schedule.at_minute)).astimezone(datetime.UTC)
+
+
 def compose(summary: str, messages: list[Said]) -> str:
-    """The digest's post: the summary, then what the messages themselves show."""
-    parts = [f"**Digest of the last day** ({len(messages)} messages)", summary.strip()]
+    """The digest's post: the summary (what members wrote shown as typed, never as the
+    bot's own links or notes), then what the messages themselves show; the summary is cut
+    first when it is all too long for one message."""
+    sections = []
     questions = [m for m in messages if m.content.rstrip().endswith("?") and not m.answered]
     if questions:
-        parts.append("**Open questions**\n" + "\n".join(
-            f"- {m.author}: {m.link}" for m in questions[-LISTED:]
+        sections.append("**Open questions**\n" + "\n".join(
+            f"- {neutralize(m.author)}: {m.link}" for m in questions[-LISTED:]
         ))  # fmt: skip
     links = list(dict.fromkeys(url for m in messages for url in _URL.findall(m.content)))
     if links:
-        parts.append("**Links shared**\n" + "\n".join(f"- <{url}>" for url in links[:LISTED]))
+        sections.append("**Links shared**\n" + "\n".join(f"- <{u}>" for u in links[:LISTED]))
     liked = sorted((m for m in messages if m.reactions), key=lambda m: -m.reactions)
     if liked:
-        parts.append("**Most reacted to**\n" + "\n".join(
-            f"- {m.author} ({m.reactions}): {m.link}" for m in liked[:LISTED]
+        sections.append("**Most reacted to**\n" + "\n".join(
+            f"- {neutralize(m.author)} ({m.reactions}): {m.link}" for m in liked[:LISTED]
         ))  # fmt: skip
-    return "\n\n".join(part for part in parts if part)
+    head = f"**Digest of the last day** ({len(messages)} messages)"
+    tail = "\n\n".join(sections)
+    room = MESSAGE_LIMIT - len(head) - len(tail) - 4
+    summary = clip(neutralize(summary.strip()), max(room, 1))
+    return "\n\n".join(part for part in (head, summary, tail) if part)
 
 
 class Digests:
@@ -115,7 +128,7 @@ class Digests:
             "INSERT INTO digests (channel_id, guild_id, at_minute, timezone, created_by, "
             "last_day, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (channel_id) DO "
             "UPDATE SET at_minute = excluded.at_minute, timezone = excluded.timezone, "
-            "created_by = excluded.created_by",
+            "created_by = excluded.created_by, last_day = excluded.last_day",
             (schedule.channel_id, schedule.guild_id, schedule.at_minute, schedule.timezone,
              schedule.created_by, schedule.last_day, created_at),
         )  # fmt: skip

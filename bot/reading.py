@@ -11,7 +11,13 @@ from collections.abc import Awaitable, Callable
 
 import discord
 
-from bot.documents import KINDS, MAX_DOCUMENT_BYTES, is_document, read_document_soon
+from bot.documents import (
+    KINDS,
+    MAX_DOCUMENT_BYTES,
+    TEXT_SUFFIXES,
+    is_document,
+    read_document_soon,
+)
 from handlers.base import InvalidInput
 
 # Snowflakes have at most 20 digits; int() raises ValueError past 4,300 of them.
@@ -76,6 +82,7 @@ def summarize_source(
     link: str | None,
     file: discord.Attachment | None,
     can_read: bool,
+    max_chars: int | None = None,
 ) -> Callable[[], Awaitable[str]]:
     """Check what can be checked at once (exactly one source, its form, whether reading is
     on) and return the reader that fetches the text after the interaction is deferred;
@@ -91,7 +98,7 @@ def summarize_source(
             raise InvalidInput("file", f"attach {KINDS}")
         if file.size > MAX_DOCUMENT_BYTES:
             raise InvalidInput("file", f"is larger than {MAX_DOCUMENT_BYTES // 2**20} MiB")
-        return lambda: read_file(file)
+        return lambda: read_file(file, max_chars)
     option = "messages" if messages else "link"
     if not can_read:
         raise InvalidInput(
@@ -113,10 +120,24 @@ def _as_given(text: str) -> Callable[[], Awaitable[str]]:
     return read
 
 
-async def read_file(file: discord.Attachment) -> str:
+_READ: dict[tuple[int, str, int, int | None], str] = {}
+"""The text of recently read documents, by attachment (and the most read): a conversation
+reads the documents of its reply chain again at every turn, each in a process of its own."""
+_READ_KEPT = 64
+
+
+async def read_file(file: discord.Attachment, max_chars: int | None = None) -> str:
     """The text of an attached document (PDF, Word, slides, Markdown, HTML, plain text),
-    read in a thread."""
-    return await read_document_soon(file.filename, await file.read())
+    read in a process of its own (bot/documents.py), at most ``max_chars`` of it."""
+    if file.filename.lower().endswith(TEXT_SUFFIXES):  # read at once, in this process
+        return await read_document_soon(file.filename, await file.read(), max_chars)
+    key = (file.id, file.filename, file.size, max_chars)
+    if key not in _READ:
+        text = await read_document_soon(file.filename, await file.read(), max_chars)
+        if len(_READ) >= _READ_KEPT:
+            _READ.pop(next(iter(_READ)))
+        _READ[key] = text
+    return _READ[key]
 
 
 async def read_link(interaction: discord.Interaction, channel_id: int, message_id: int) -> str:

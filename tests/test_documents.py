@@ -129,12 +129,12 @@ def test_limits_on_pages_and_on_what_a_zip_would_unpack_to(
 ) -> None:
     with pytest.raises(InvalidInput, match="has 3 pages; the limit is 2"):
         read_document("long.pdf", make_pdf(["a", "b", "c"]), max_pages=2)
-    monkeypatch.setattr(bot.documents, "MAX_UNPACKED_BYTES", 2**20)
+    monkeypatch.setattr(bot.documents, "MAX_PART_BYTES", 2**20)
     bomb = io.BytesIO()
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("word/document.xml", b"\0" * (2 * 2**20))  # packs to a few KiB
     assert len(bomb.getvalue()) < 64 * 1024
-    with pytest.raises(InvalidInput, match="would unpack to over 1 MiB; it is not read"):
+    with pytest.raises(InvalidInput, match="a part that would unpack to over 1 MiB"):
         read_document("bomb.docx", bomb.getvalue())
 
 
@@ -170,3 +170,28 @@ def test_ask_summarize_reads_a_pdf_offline(
     scan.write_bytes(blank_pdf())
     assert main(["ask", "summarize", "--file", str(scan), "--model", str(model)]) == 2
     assert "error: file: has no text to read" in capsys.readouterr().err
+
+
+def test_a_reader_that_takes_too_long_is_killed_and_one_that_raises_is_a_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The standard HTML parser is quadratic on unclosed comments (Python before 3.11.13):
+    the reader process is killed at the limit, however long it would have run."""
+    import asyncio
+    import time
+
+    slow = b"<!--" * 60_000
+    started = time.monotonic()
+    with pytest.raises(InvalidInput, match="took over 1 s to read"):
+        bot.documents._read_isolated("slow.html", slow, None, timeout_s=1.0)
+    assert time.monotonic() - started < 10
+    with pytest.raises(InvalidInput, match="is a damaged PDF"):  # pypdf's own errors too
+        asyncio.run(bot.documents.read_document_soon("cut.pdf", make_pdf(["x"])[:200]))
+    assert asyncio.run(bot.documents.read_document_soon("a.md", b"# Notes")) == "# Notes"
+
+
+def test_more_text_than_can_be_read_at_once_is_said() -> None:
+    pages = make_pdf(["Photosynthesis makes sugar from light. " * 10] * 5)
+    with pytest.raises(InvalidInput, match="holds over 1,000 characters of text"):
+        read_document("notes.pdf", pages, max_chars=1000)
+    assert len(read_document("notes.pdf", pages, max_chars=10_000)) > 1000

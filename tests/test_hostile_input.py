@@ -964,7 +964,7 @@ def test_a_huge_file_to_summarize_is_refused_after_a_bounded_read(
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert code == 2 and capsys.readouterr().err == "error: file: is larger than 16 MiB\n"
+    assert code == 2 and capsys.readouterr().err == "error: file: is larger than 20 MiB\n"
     assert peak < 2 * MAX_FILE_BYTES
 
 

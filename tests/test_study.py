@@ -155,9 +155,9 @@ async def test_a_digest_scheduled_posts_once_at_its_time_after_a_restart(
     done = await carol.slash(s.channel, "digest schedule", time=f"{at:%H:%M}")
     await harness.env.settle()
     assert done.ephemeral and f"daily at {at:%H:%M} UTC" in done.response.content
-    assert await cog.run_due_digests() == 0  # today's time has passed: none at once
     await s.bob.send(s.channel, "Does anyone have the lab notes?")
     await s.alice.send(s.channel, "Slides: https://example.com/slides.pdf")
+    assert await cog.run_due_digests() == (0, 0)  # today's time has passed: none at once
 
     fresh = AssistantBot(
         Services(stack.bot.executor, stack.bot.usage, stack.bot.invoker), stack.bot.settings
@@ -166,8 +166,8 @@ async def test_a_digest_scheduled_posts_once_at_its_time_after_a_restart(
     harness.bot = fresh
     tomorrow = now + datetime.timedelta(hours=23, minutes=1)
     cog = study(harness, tomorrow)  # the schedule, read back from the database
-    assert await cog.run_due_digests() == 1
-    assert await cog.run_due_digests() == 0  # once
+    assert await cog.run_due_digests() == (1, 0)
+    assert await cog.run_due_digests() == (0, 0)  # once
     (digest,) = posted(s.channel, harness)
     assert digest.startswith("**Digest of the last day** (2 messages)\n\nsummary: bob: Does")
     assert "**Open questions**" in digest and "<https://example.com/slides.pdf>" in digest
@@ -177,10 +177,10 @@ async def test_a_digest_scheduled_posts_once_at_its_time_after_a_restart(
 
     later = tomorrow + datetime.timedelta(days=3)  # three days missed while down
     cog.clock = lambda: later
-    assert await cog.run_due_digests() == 0  # due once; a quiet day: skipped
+    assert await cog.run_due_digests() == (0, 0)  # due once; a quiet day: skipped
     (stored,) = await cog.digests.every()
     assert stored.last_day == later.date().isoformat()  # the days between are not owed
-    assert await cog.run_due_digests() == 0
+    assert await cog.run_due_digests() == (0, 0)
 
 
 @READING
@@ -195,7 +195,7 @@ async def test_a_quiet_day_is_skipped_and_digests_are_listed_and_removed(
     await carol.slash(quiet, "digest schedule", time="7am", timezone="Europe/Paris")
     await harness.env.settle()
     cog.clock = lambda: today + datetime.timedelta(hours=1)
-    assert await cog.run_due_digests() == 0 and posted(quiet, harness) == []
+    assert await cog.run_due_digests() == (0, 0) and posted(quiet, harness) == []
     listed = await carol.slash(s.channel, "digest list")
     assert listed.response.content == f"- <#{quiet.id}> at 07:00 Europe/Paris"
     bad = await carol.slash(s.channel, "digest schedule", time="18:00", timezone="Mars/Base")
@@ -204,3 +204,39 @@ async def test_a_quiet_day_is_skipped_and_digests_are_listed_and_removed(
     assert removed.response.content == "The daily digest there is stopped."
     listed = await carol.slash(s.channel, "digest list")
     assert listed.response.content == "No daily digest here."
+
+
+@READING
+async def test_a_failed_digest_is_tried_again_then_its_day_given_up(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = await scene(harness)
+    carol = await manager(harness, s.guild)
+    now = discord.utils.utcnow().replace(second=0, microsecond=0)
+    cog = study(harness, now)
+    await carol.slash(s.channel, "digest schedule", time=f"{now:%H:%M}")
+    await harness.env.settle()
+    monkeypatch.setattr(cog.bot, "get_channel", lambda channel_id: None)  # out of reach
+    cog.clock = lambda: now + datetime.timedelta(days=1, minutes=1)
+    assert await cog.run_due_digests() == (0, 1)
+    assert await cog.run_due_digests() == (0, 1)  # still owed: tried again
+    cog.clock = lambda: now + datetime.timedelta(days=1, hours=3, minutes=1)
+    assert await cog.run_due_digests() == (0, 1)  # past three hours: given up
+    assert await cog.run_due_digests() == (0, 0)
+
+
+@READING
+async def test_a_digest_needs_the_managers_own_reading_and_the_servers_rules(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    carol = await manager(harness, s.guild)
+    study(harness, discord.utils.utcnow())
+    hidden = discord.PermissionOverwrite(read_message_history=False)
+    staff = s.guild.create_text_channel("staff", overwrites={carol: hidden})
+    refused = await carol.slash(s.channel, "digest schedule", time="18:00", channel=staff)
+    assert "you cannot read that channel's history yourself" in refused.response.content
+    await carol.slash(s.channel, "config command", name="summarize", enabled=False)
+    await harness.env.settle()
+    off = await carol.slash(s.channel, "digest schedule", time="18:00")
+    assert "no digest there: /summarize is turned off in this server" in off.response.content

@@ -13,10 +13,19 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.catchup import Missed, parse_since, read_missed
-from bot.commands import admin_only, caller_of, render, run_task
+from bot.catchup import Missed, newest_that_fit, parse_since, read_missed
+from bot.commands import admin_only, caller_of, place_caller, render, run_task
 from bot.delivery import NO_MENTIONS, Reply
-from bot.digests import Digests, Said, Schedule, compose, due, parse_time, parse_zone
+from bot.digests import (
+    Digests,
+    Said,
+    Schedule,
+    compose,
+    due,
+    parse_time,
+    parse_zone,
+    scheduled_at,
+)
 from bot.invocations import Caller
 from bot.markdown import clip
 from handlers.base import InvalidInput
@@ -32,6 +41,9 @@ log = logging.getLogger(__name__)
 CHECK_EVERY_S = 60.0
 """How often the schedules are looked at: a digest posts within a minute of its time."""
 DAY = datetime.timedelta(days=1)
+RETRY_FOR = datetime.timedelta(hours=3)
+"""How long a digest that failed (the channel out of reach, the queue full) is tried again
+before its day is given up."""
 
 
 def render_missed(result: SummarizeResult, missed: Missed) -> Reply:
@@ -76,35 +88,45 @@ class Study(commands.Cog):
                 log.exception("digests failed this round")
             await asyncio.sleep(CHECK_EVERY_S)
 
-    async def run_due_digests(self) -> int:
+    async def run_due_digests(self) -> tuple[int, int]:
         """Post every digest that is due (each once, however many days it missed), skip the
-        quiet ones; how many were posted."""
-        posted = 0
+        quiet ones: (posted, failed). A failed one is tried again at the next rounds for
+        ``RETRY_FOR`` after its time, then its day is given up."""
+        posted = failed = 0
         for schedule in await self.digests.every():
-            day = due(schedule, self.clock())
-            if day is None:
-                continue
+            day = None
             try:
+                day = due(schedule, self.clock())
+                if day is None:
+                    continue
                 posted += await self._post_digest(schedule)
-            except Exception as exc:  # a channel gone, a failed job: said, and not retried
+            except Exception as exc:  # the channel out of reach, the queue full...
+                failed += 1
                 log.warning("the digest of channel %d failed: %s", schedule.channel_id, exc)
+                if day is None or self.clock() - scheduled_at(schedule, day) < RETRY_FOR:
+                    continue
             await self.digests.ran(schedule.channel_id, day)
-        return posted
+        return posted, failed
 
     async def _post_digest(self, schedule: Schedule) -> bool:
         channel = self.bot.get_channel(schedule.channel_id)
         if not isinstance(channel, discord.TextChannel | discord.Thread):
             raise LookupError("the channel is gone or not a text channel")
-        messages = [m async for m in channel.history(after=self.clock() - DAY, limit=500)]
+        newest = channel.history(after=self.clock() - DAY, limit=500, oldest_first=False)
+        messages = [m async for m in newest][::-1]
         replied = {m.reference.message_id for m in messages if m.reference is not None}
         said = [
             Said(m.author.display_name, m.content, m.jump_url,
                  sum(r.count for r in m.reactions), m.id in replied)
             for m in messages if m.content and not m.author.bot
         ]  # fmt: skip
+        lines = newest_that_fit(
+            [f"{m.author}: {m.content}" for m in said], self.bot.settings.summarize.max_chars
+        )
+        said = said[len(said) - len(lines) :]
         if not said:
             return False  # a quiet day
-        text = "\n".join(f"{m.author}: {m.content}" for m in said)
+        text = "\n".join(lines)
         caller = Caller(f"digest:{schedule.channel_id}", "digest", schedule.guild_id,
                         schedule.channel_id, enforce_quotas=False)  # fmt: skip
         result = await self.bot.invoker.submit("summarize", SummarizeRequest(text), caller)
@@ -136,6 +158,13 @@ class Study(commands.Cog):
         mine = place.permissions_for(place.guild.me)
         if not (mine.read_message_history and mine.send_messages):
             raise InvalidInput("channel", "I cannot read and post there")
+        theirs = place.permissions_for(interaction.user)  # type: ignore[arg-type]
+        if not (theirs.view_channel and theirs.read_message_history):
+            raise InvalidInput("channel", "you cannot read that channel's history yourself")
+        there = place_caller(interaction.user, place, place.id, interaction.guild_id, False)
+        blocked = self.bot.invoker.why_not("summarize", there)
+        if blocked is not None:
+            raise InvalidInput("channel", f"no digest there: {blocked}")
         assert interaction.guild_id is not None
         now = self.clock()
         # The first digest is at the next time of day to come: the latest one passed counts
@@ -151,6 +180,11 @@ class Study(commands.Cog):
             ephemeral=True,
         )
         self.bot.invoker.record_command("digest", caller_of(interaction))
+
+    @commands.Cog.listener()
+    async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
+        """A deleted channel's digest goes with it (the command cannot name it any more)."""
+        await self.digests.remove(channel.id)
 
     @digest.command(name="list", description="The daily digests of this server")
     @admin_only()
@@ -198,8 +232,9 @@ class Study(commands.Cog):
 
         async def read() -> SummarizeRequest:
             missed = await read_missed(
-                interaction.user, interaction.channel, discord.Object(interaction.id), moment, now
-            )
+                interaction.user, interaction.channel, discord.Object(interaction.id), moment,
+                now, bot.settings.summarize.max_chars,
+            )  # fmt: skip
             found.append(missed)
             return SummarizeRequest(missed.text, "medium")
 

@@ -123,8 +123,9 @@ class Tasks(commands.Cog):
     ) -> None:
         try:
             source = summarize_source(
-                interaction, text, messages, link, file, self.bot.settings.read_messages
-            )
+                interaction, text, messages, link, file, self.bot.settings.read_messages,
+                self.bot.settings.summarize.max_chars,
+            )  # fmt: skip
         except InvalidInput as exc:
             self.bot.invoker.record_refusal("summarize", caller_of(interaction), exc)
             raise
