@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.executor import NoContext  # noqa: E402
 from bench.workloads import BenchImage  # noqa: E402
 from handlers.base import LoadSpec  # noqa: E402
 from handlers.imagine import PREVIEW_SIDE, encode_jpeg  # noqa: E402
@@ -147,19 +148,6 @@ def measure(
     return statistics.median(runs)
 
 
-class NoStop:
-    """The batch context of a run nobody cancels."""
-
-    def should_stop(self) -> bool:
-        return False
-
-    def progress(self, step: int, total: int) -> None:
-        pass
-
-    def partial(self, index: int, data: Any) -> None:
-        pass
-
-
 def photo_png(side: int) -> bytes:
     pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
     buffer = io.BytesIO()
@@ -199,7 +187,7 @@ def upscale_rows(args: argparse.Namespace, size: int, steps: int) -> dict[str, d
             def timed(*_: Any, requests: list[Any] = requests, model: Any = model) -> float:
                 sync(args.device)
                 started = time.perf_counter()
-                outputs = task.run_batch(model, requests, NoStop())
+                outputs = task.run_batch(model, requests, NoContext())
                 sync(args.device)
                 assert all(o.pixels is not None for o in outputs), outputs  # type: ignore[union-attr]
                 return (time.perf_counter() - started) / len(requests)
