@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHECK_EVERY_S = 60.0
-"""How often the schedules are looked at: a digest posts within a minute of its time."""
+RETRY_EVERY_S = 60.0
+"""How soon a failed digest is tried again."""
 DAY = datetime.timedelta(days=1)
 RETRY_FOR = datetime.timedelta(hours=3)
 """How long a digest that failed (the channel out of reach, the queue full) is tried again
@@ -71,22 +71,48 @@ class Study(commands.Cog):
         self._digesting: asyncio.Task[None] | None = None
 
     async def cog_load(self) -> None:
-        self._digesting = asyncio.create_task(self._digest_forever(), name="digests")
+        await self._follow_schedules()
 
     async def cog_unload(self) -> None:
+        await self._stop_digesting()
+
+    async def _stop_digesting(self) -> None:
         if self._digesting is not None:
             self._digesting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._digesting
+            self._digesting = None
+
+    async def _follow_schedules(self) -> None:
+        """(Re)start the digests' round as the schedules now are: none runs, and no timer
+        waits, while no digest is scheduled."""
+        await self._stop_digesting()
+        if await self.digests.every():
+            self._digesting = asyncio.create_task(self._digest_forever(), name="digests")
 
     async def _digest_forever(self) -> None:
+        """Post what is due, then sleep until the next digest's time (a minute after a
+        failure), and again."""
         await self.bot.wait_until_ready()
         while True:
+            wait: float | None = RETRY_EVERY_S
             try:
-                await self.run_due_digests()
+                _, failed = await self.run_due_digests()
+                wait = await self._until_next(RETRY_EVERY_S if failed else None)
             except Exception:  # one bad round never ends the schedule
                 log.exception("digests failed this round")
-            await asyncio.sleep(CHECK_EVERY_S)
+            await asyncio.sleep(wait if wait is not None else DAY.total_seconds())
+
+    async def _until_next(self, soonest: float | None) -> float | None:
+        """Seconds until the next digest is due (at most ``soonest``); None when none is
+        scheduled."""
+        now = self.clock()
+        for schedule in await self.digests.every():
+            last = datetime.date.fromisoformat(schedule.last_day or now.date().isoformat())
+            moment = scheduled_at(schedule, (last + DAY).isoformat())
+            wait = max(1.0, (moment - now).total_seconds())
+            soonest = wait if soonest is None else min(soonest, wait)
+        return soonest
 
     async def run_due_digests(self) -> tuple[int, int]:
         """Post every digest that is due (each once, however many days it missed), skip the
@@ -175,6 +201,7 @@ class Study(commands.Cog):
         schedule = Schedule(place.id, interaction.guild_id, at, zone.key,
                             str(interaction.user.id), passed.isoformat())  # fmt: skip
         await self.digests.put(schedule, now.timestamp())
+        await self._follow_schedules()
         await interaction.response.send_message(
             f"A digest of {place.mention} will be posted there daily at {schedule.time()}.",
             ephemeral=True,
@@ -184,7 +211,8 @@ class Study(commands.Cog):
     @commands.Cog.listener()
     async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
         """A deleted channel's digest goes with it (the command cannot name it any more)."""
-        await self.digests.remove(channel.id)
+        if await self.digests.remove(channel.id):
+            await self._follow_schedules()
 
     @digest.command(name="list", description="The daily digests of this server")
     @admin_only()
@@ -205,6 +233,7 @@ class Study(commands.Cog):
         place = channel or interaction.channel
         assert place is not None
         removed = await self.digests.remove(place.id)
+        await self._follow_schedules()
         said = "The daily digest there is stopped." if removed else "No daily digest there."
         await interaction.response.send_message(said, ephemeral=True)
 
