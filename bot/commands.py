@@ -4,6 +4,7 @@ follow). Below every cog, so that no cog imports another."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,7 @@ from discord import app_commands
 
 from bot.delivery import InteractionPlace, Reply, ReplyPolicy
 from bot.hearing import render_transcript
-from bot.invocations import Caller
+from bot.invocations import COMMANDS_OVER_TASKS, Caller
 from bot.seeing import hidden, render_description
 from handlers.base import HandlerError
 from handlers.chat import ChatResult
@@ -37,10 +38,15 @@ Text = app_commands.Range[str, 1, 4000]
 
 
 def caller_of(interaction: Interaction) -> Caller:
-    return place_caller(
+    caller = place_caller(
         interaction.user, interaction.channel, interaction.channel_id, interaction.guild_id,
         interaction.client.is_private(interaction),
     )  # fmt: skip
+    command = interaction.command
+    root = getattr(command, "root_parent", None) or command  # a menu has no parent
+    if root is not None and root.name in COMMANDS_OVER_TASKS:
+        return dataclasses.replace(caller, command=root.name)
+    return caller
 
 
 def place_caller(

@@ -103,6 +103,11 @@ def describe_progress(task: str, event: JobEvent, locale: str | None = None) -> 
             command=command, position=position,
         )  # fmt: skip
     if event.state is JobState.RUNNING:
+        if event.step is not None and event.total and task == "summarize":
+            return tr(
+                "📄 /{command}: section {step} of {total} summarized", locale,
+                command=command, step=event.step, total=event.total,
+            )  # fmt: skip
         if event.step is not None and event.total:
             filled = round(10 * event.step / event.total)
             bar = "█" * filled + "░" * (10 - filled)

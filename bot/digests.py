@@ -4,8 +4,9 @@ The schedule is kept in SQLite (table ``digests``), so it survives a restart. ``
 a digest is due once its local time of day has passed on a local date after the last one it
 ran for, so one missed while the bot was down runs once when it is back (not once per missed
 day). A quiet day (nobody wrote) is skipped, and counts as run. ``compose`` builds the post:
-the summary of the day, then its open questions, the links shared and the messages reacted
-to most, each found in the messages themselves rather than asked of the model.
+the summary of the day, then its decisions (pinned messages, and those that read as one:
+"we decided", "agreed", "we'll"...), open questions, the links shared and the messages
+reacted to most, each found in the messages themselves rather than asked of the model.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from handlers.errors import InvalidInput
 _TIME = re.compile(r"\s*(\d{1,2})(?::(\d{2}))?\s*(am|pm)?\s*", re.IGNORECASE)
 _URL = re.compile(r"https?://[^\s<>)\]]+")
 LISTED = 3
-"""Questions, links and reacted-to messages listed in a digest, each."""
+"""Decisions, questions, links and reacted-to messages listed in a digest, each."""
+DECIDED = re.compile(
+    r"\b(?:decided|decision|agreed|we(?: wi|')ll|let'?s go with|settled on|final answer)\b",
+    re.IGNORECASE,
+)
+"""How a decision reads in a study group's chat (besides being pinned)."""
+DECISION_CHARS = 150
 
 
 def parse_time(text: str) -> int:
@@ -84,6 +91,7 @@ class Said:
     reactions: int
     answered: bool
     """Someone replied to it."""
+    pinned: bool = False
 
 
 def scheduled_at(schedule: Schedule, day: str) -> datetime.datetime:
@@ -97,6 +105,12 @@ def compose(summary: str, messages: list[Said]) -> str:
     bot's own links or notes), then what the messages themselves show; the summary is cut
     first when it is all too long for one message."""
     sections = []
+    decided = [m for m in messages if m.pinned or DECIDED.search(m.content)]
+    if decided:
+        sections.append("**Decisions**\n" + "\n".join(
+            f"- {neutralize(m.author)}: {clip(neutralize(m.content), DECISION_CHARS)} {m.link}"
+            for m in decided[-LISTED:]
+        ))  # fmt: skip
     questions = [m for m in messages if m.content.rstrip().endswith("?") and not m.answered]
     if questions:
         sections.append("**Open questions**\n" + "\n".join(

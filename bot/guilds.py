@@ -39,6 +39,9 @@ class GuildSettings(BaseModel):
 
     enabled_commands: list[str] | None = None
     """Commands members may use; None allows every command."""
+    disabled_commands: list[str] = Field(default_factory=list)
+    """Commands built on a task (/catchup, /digest, /quiz) turned off here while their task
+    is on; each also stops with its task."""
     allowed_channels: list[int] | None = None
     """Channels where commands work; None allows every channel."""
     ephemeral: bool = False

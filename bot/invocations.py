@@ -42,6 +42,9 @@ IMAGE_TASKS = frozenset({"imagine", "upscale"})
 SHOWN_IMAGE_TASKS = frozenset({"describe"})
 """Tasks that look at members' images: in a classroom-safe server the safety classifier
 screens every image they are shown, and without one they are off."""
+COMMANDS_OVER_TASKS = {"catchup": "summarize", "digest": "summarize", "quiz": "chat"}
+"""Commands that run another command's task, each of which a server can turn off alone
+(``Caller.command``): they also stop with their task."""
 
 DirectMessages = Literal["off", "text-only", "all"]
 """Which commands work where no server's rules apply (see ``Caller.private``)."""
@@ -67,6 +70,8 @@ class Caller:
     direct-message policy applies instead of a guild's rules."""
     enforce_quotas: bool = True
     """False for the admin's own command line."""
+    command: str | None = None
+    """A command built on ``task`` that a server can turn off alone (``COMMANDS_OVER_TASKS``)."""
 
 
 def status_of(error: BaseException | None) -> str:
@@ -301,11 +306,14 @@ class Invoker:
             "task": admission.task,
             "model": model,
         }
+        options: dict[str, Any] = {} if caller.command is None else {"command": caller.command}
         if request is not None:
-            options, text = describe(request, admitted)
-            row["options"] = json.dumps(options, default=str)
+            described, text = describe(request, admitted)
+            options.update(described)
             row["prompt"] = json.dumps(text, ensure_ascii=False) if self.log_prompts else None
             row["input_size"] = size_of(request)
+        if request is not None or options:
+            row["options"] = json.dumps(options, default=str)
         return row
 
     def _check_private(self, task: str) -> None:
@@ -318,6 +326,8 @@ class Invoker:
             )
 
     def _check_guild(self, guild: GuildSettings, task: str, caller: Caller) -> None:
+        if caller.command in guild.disabled_commands:
+            raise CommandDisabled(f"/{caller.command} is turned off in this server")
         if guild.enabled_commands is not None and task not in guild.enabled_commands:
             raise CommandDisabled(f"/{task} is turned off in this server")
         allowed = guild.allowed_channels

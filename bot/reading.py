@@ -108,9 +108,63 @@ def summarize_source(
         match = MESSAGE_LINK.fullmatch(link.strip())
         if match is None or int(match[1]) != interaction.guild_id:
             raise InvalidInput("link", "must be a link to a message in this server")
-        return lambda: read_link(interaction, int(match[2]), int(match[3]))
+        return lambda: read_link(interaction, int(match[2]), int(match[3]), max_chars)
     assert messages is not None
     return lambda: read_history(interaction, messages)
+
+
+def material_source(
+    interaction: discord.Interaction,
+    source: str | None,
+    file: discord.Attachment | None,
+    can_read: bool,
+    max_chars: int,
+) -> Callable[[], Awaitable[str]]:
+    """``summarize_source`` for commands that take one ``source`` (a text, or a link to a
+    message) or a ``file``: each refusal names the option the member filled in."""
+    if (source is None) == (file is None):
+        raise InvalidInput("source", "give a text or a message link, or attach a file")
+    option = "file" if file is not None else "source"
+    link = source if source is not None and MESSAGE_LINK.fullmatch(source.strip()) else None
+    text = None if link is not None else source
+    try:
+        read = summarize_source(interaction, text, None, link, file, can_read, max_chars)
+    except InvalidInput as exc:
+        raise InvalidInput(option, exc.message) from None
+    if text is not None and len(text) > max_chars:
+        raise InvalidInput("source", f"is over {max_chars:,} characters; send a part of it")
+
+    async def read_material() -> str:
+        try:
+            material = await read()
+        except InvalidInput as exc:
+            raise InvalidInput(option, exc.message) from None
+        if len(material) > max_chars:
+            raise InvalidInput(option, f"holds over {max_chars:,} characters; send a part of it")
+        return material
+
+    return read_material
+
+
+async def message_text(
+    message: discord.Message, max_chars: int | None = None, option: str = "message"
+) -> str:
+    """What a message says, with the text of the documents attached to it: what the
+    Summarize and Translate menus take (the member has the message in front of them)."""
+    parts = [message.content] if message.content.strip() else []
+    for file in message.attachments:
+        if is_document(file.filename):
+            if file.size > MAX_DOCUMENT_BYTES:
+                said = f"has a document larger than {MAX_DOCUMENT_BYTES // 2**20} MiB"
+                raise InvalidInput(option, said)
+            try:
+                parts.append(await read_file(file, max_chars))
+            except InvalidInput as exc:
+                raise InvalidInput(option, f"{file.filename}: {exc.message}") from None
+    text = "\n\n".join(parts)
+    if max_chars is not None and len(text) > max_chars:
+        raise InvalidInput(option, f"is over {max_chars:,} characters; send a part of it")
+    return text
 
 
 def _as_given(text: str) -> Callable[[], Awaitable[str]]:
@@ -140,7 +194,10 @@ async def read_file(file: discord.Attachment, max_chars: int | None = None) -> s
     return _READ[key]
 
 
-async def read_link(interaction: discord.Interaction, channel_id: int, message_id: int) -> str:
+async def read_link(
+    interaction: discord.Interaction, channel_id: int, message_id: int, max_chars: int | None = None
+) -> str:
+    """The linked message, with its documents, once the member's read access is checked."""
     guild = interaction.guild
     place = guild.get_channel_or_thread(channel_id) if guild is not None else None
     if not isinstance(place, Readable) or not isinstance(place, discord.abc.Messageable):
@@ -150,7 +207,7 @@ async def read_link(interaction: discord.Interaction, channel_id: int, message_i
         message = await place.fetch_message(message_id)
     except discord.HTTPException:
         raise InvalidInput("link", UNREADABLE) from None
-    return message.content
+    return await message_text(message, max_chars, "link")
 
 
 async def read_history(interaction: discord.Interaction, limit: int) -> str:

@@ -2,8 +2,9 @@
 
 Transformers 5 has no summarization pipeline, so this calls the model directly. Text
 longer than the model's window is never cut: it is split at sentence boundaries into
-chunks that fit, each chunk is summarised, and the joined partial summaries are
-summarised again until one window holds them (map-reduce).
+chunks that fit, each chunk (a section of a long document) is summarised, with the
+batch's progress counting sections done, and the joined partial summaries are summarised
+again until one window holds them (map-reduce).
 """
 
 from __future__ import annotations
@@ -149,8 +150,14 @@ class SummarizeTask(Task[SummarizeRequest, SummarizeResult]):
         return pieces
 
     def _generate(
-        self, model: SummarizeModel, texts: list[str], bounds: tuple[int, int], ctx: BatchContext
+        self,
+        model: SummarizeModel,
+        texts: list[str],
+        bounds: tuple[int, int],
+        ctx: BatchContext,
+        sections: bool = False,
     ) -> list[str]:
+        """Summaries of ``texts``; with ``sections``, the batch's progress counts them done."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out: dict[int, str] = {}
         # The decoder cannot outgrow its position table, whatever the user asked for.
@@ -170,6 +177,8 @@ class SummarizeTask(Task[SummarizeRequest, SummarizeResult]):
                 generated = model.model.generate(**encoded, min_new_tokens=low, max_new_tokens=high)
             decoded = model.tokenizer.batch_decode(generated, skip_special_tokens=True)
             out.update(zip(group, (d.strip() for d in decoded), strict=True))
+            if sections:
+                ctx.progress(len(out), len(texts))
         return [out[i] for i in range(len(texts))]
 
     def run_batch(
@@ -182,7 +191,7 @@ class SummarizeTask(Task[SummarizeRequest, SummarizeResult]):
         pending = {i: r.text for i, r in enumerate(requests)}
         first_split: dict[int, int] = {}
         summaries: dict[int, str] = {}
-        for _ in range(MAX_ROUNDS):
+        for round_number in range(MAX_ROUNDS):
             if not pending:
                 break
             whole: dict[int, str] = {}
@@ -200,7 +209,8 @@ class SummarizeTask(Task[SummarizeRequest, SummarizeResult]):
                 outputs = self._generate(model, list(whole.values()), final, ctx)
                 summaries.update(zip(whole, outputs, strict=True))
             joined: dict[int, list[str]] = {}
-            outputs = self._generate(model, pieces, partial, ctx)
+            # The first round summarizes a long text section by section, with progress.
+            outputs = self._generate(model, pieces, partial, ctx, sections=round_number == 0)
             for owner, output in zip(owners, outputs, strict=True):
                 joined.setdefault(owner, []).append(output)
             pending = {owner: " ".join(parts) for owner, parts in joined.items()}

@@ -7,6 +7,7 @@ import io
 import zipfile
 from pathlib import Path
 
+import discord
 import docx
 import pptx
 import pytest
@@ -152,6 +153,57 @@ async def test_summarize_reads_a_pdf_a_docx_and_a_deck(harness: Harness) -> None
     scan = await s.alice.slash(s.channel, "summarize", file=("scan.pdf", blank_pdf()))
     await harness.finish()
     assert "**file**: has no text to read" in scan.response.content
+
+
+async def test_translate_and_the_menus_read_documents_too(harness: Harness) -> None:
+    s = await scene(harness)
+    result = await s.alice.slash(s.channel, "translate", file=("notes.md", b"# Cells divide."),
+                                 to="fr")  # fmt: skip
+    await harness.finish()
+    assert result.response.content.startswith("[fr] # Cells divide.")
+    both = await s.alice.slash(s.channel, "translate", text="Hi", file=("a.md", b"Hi"))
+    assert "**text**: give either a text or a document" in both.response.content
+    await s.bob.send(s.channel, "The notes:", attachments=[("notes.docx", make_docx())])
+    (shared,) = [m for m in s.channel.history() if m.author.id == s.bob.id]
+    await s.alice.context_menu(s.channel, "Summarize", shared)
+    await harness.finish()
+    assert harness.tasks["summarize"].runs[-1][0].text == (
+        "The notes:\n\nEnzymes\nEnzymes lower the activation energy of reactions.\n"
+        "amylase | starch"
+    )
+    await s.bob.send(s.channel, "", attachments=[("notes.docx", make_docx())])
+    alone = max((m for m in s.channel.history() if m.author.id == s.bob.id), key=lambda m: m.id)
+    translated = await s.alice.context_menu(s.channel, "Translate", alone)
+    await harness.finish()  # into her language, English: the document's text was read
+    assert "the text is already in English (detected)" in translated.response.content
+
+
+def test_a_500_page_pdf_is_refused_by_its_page_count() -> None:
+    with pytest.raises(InvalidInput, match="has 500 pages; the limit is 300"):
+        read_document("book.pdf", make_pdf([f"Page {k}." for k in range(500)]))
+
+
+@pytest.mark.parametrize("stack", [{"read_messages": True}], indirect=True)
+async def test_a_linked_document_is_read_only_for_a_member_who_may_read_it(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    hidden = discord.PermissionOverwrite(read_message_history=False)
+    staff = s.guild.create_text_channel("staff", overwrites={s.alice: hidden})
+    await s.bob.send(staff, "Answers:", attachments=[("answers.docx", make_docx())])
+    (shared,) = [m for m in staff.history() if m.author.id == s.bob.id]
+    refused = await s.alice.slash(s.channel, "summarize", link=shared.jump_url)
+    await harness.finish()
+    assert "**link**: points to messages you cannot read" in refused.response.content
+    assert harness.tasks["summarize"].runs == []
+    await s.bob.slash(s.channel, "summarize", link=shared.jump_url)
+    await harness.finish()
+    assert "Enzymes lower" in harness.tasks["summarize"].runs[-1][0].text
+    await s.bob.send(s.channel, "", attachments=[("scan.pdf", blank_pdf())])
+    scan = max((m for m in s.channel.history() if m.author.id == s.bob.id), key=lambda m: m.id)
+    menu = await s.alice.context_menu(s.channel, "Summarize", scan)
+    await harness.finish()
+    assert "**message**: scan.pdf: has no text to read" in menu.response.content
 
 
 def test_ask_summarize_reads_a_pdf_offline(

@@ -4,6 +4,8 @@ for them alone (#31). The summarize task is scripted (tests/test_discord.py)."""
 from __future__ import annotations
 
 import datetime
+import json
+import re
 from typing import Any
 
 import discord
@@ -13,7 +15,9 @@ from bot.app import Services
 from bot.catchup import parse_since
 from bot.client import AssistantBot
 from bot.digests import Said, Schedule, compose, due, parse_time
+from bot.quizzes import MalformedQuiz, Question, parse_quiz
 from handlers.base import InvalidInput
+from handlers.chat import ChatResult
 from tests.test_discord import (  # noqa: F401 - harness, simcord_bot, stack: fixtures
     Harness,
     Stack,
@@ -113,9 +117,13 @@ def test_a_digest_lists_what_the_messages_show() -> None:
         Said("bob", "Does anyone have the lab notes?", "https://d/1", 0, answered=False),
         Said("ann", "The slides: https://example.com/slides.pdf", "https://d/2", 3, True),
         Said("bob", "Is the exam on Friday?", "https://d/3", 0, answered=True),
+        Said("cy", "OK, we decided: we meet on Thursday at 6.", "https://d/4", 0, False),
+        Said("ann", "Chapter 4 for next week", "https://d/5", 0, False, pinned=True),
     ]
     assert compose("summary: lab and exam", said) == (
-        "**Digest of the last day** (3 messages)\n\nsummary: lab and exam\n\n"
+        "**Digest of the last day** (5 messages)\n\nsummary: lab and exam\n\n"
+        "**Decisions**\n- cy: OK, we decided: we meet on Thursday at 6. https://d/4\n"
+        "- ann: Chapter 4 for next week https://d/5\n\n"
         "**Open questions**\n- bob: https://d/1\n\n"
         "**Links shared**\n- <https://example.com/slides.pdf>\n\n"
         "**Most reacted to**\n- ann (3): https://d/2"
@@ -240,3 +248,137 @@ async def test_a_digest_needs_the_managers_own_reading_and_the_servers_rules(
     await harness.env.settle()
     off = await carol.slash(s.channel, "digest schedule", time="18:00")
     assert "no digest there: /summarize is turned off in this server" in off.response.content
+
+
+QUIZ = [
+    {"question": "When is the exam?", "choices": ["Monday", "Friday", "Never", "Today"],
+     "answer": 1},
+    {"question": "What to bring?", "choices": ["Lab notes", "A cake"], "answer": "A"},
+]  # fmt: skip
+
+
+def test_a_quiz_is_parsed_strictly() -> None:
+    fenced = "Here is your quiz:\n```json\n" + json.dumps(QUIZ) + "\n```"
+    first, second = parse_quiz(fenced, 2)
+    assert first == Question("When is the exam?", ("Monday", "Friday", "Never", "Today"), 1)
+    assert second.answer == 0 and second.verdict(1) == "❌ The answer is **A.** Lab notes"
+    assert len(parse_quiz(json.dumps(QUIZ), 1)) == 1  # more than asked: the first kept
+    broken = {
+        "no list": ("I cannot.", "holds no JSON list"),
+        "cut off": (json.dumps(QUIZ)[:-20], "not valid JSON"),
+        "too few": (json.dumps(QUIZ[:1]), "1 question(s) of the 2 asked"),
+        "no answer": (json.dumps([QUIZ[0] | {"answer": 4}, QUIZ[1]]), "question 1 has no right"),
+        "a letter too far": (json.dumps([QUIZ[0], QUIZ[1] | {"answer": "C"}]), "question 2"),
+        "repeats": (json.dumps([QUIZ[0] | {"choices": ["a", "A"]}, QUIZ[1]]), "repeats a choice"),
+        "one choice": (json.dumps([QUIZ[0] | {"choices": ["a"]}, QUIZ[1]]), "needs 2 to 5"),
+        "empty": (json.dumps([QUIZ[0] | {"question": " "}, QUIZ[1]]), "has no question"),
+        "true": (json.dumps([QUIZ[0] | {"answer": True}, QUIZ[1]]), "has no right choice"),
+    }
+    for name, (text, why) in broken.items():
+        with pytest.raises(MalformedQuiz, match=re.escape(why)):
+            parse_quiz(text, 2)
+            pytest.fail(name)
+
+
+def quiz_model(h: Harness, *answers: str) -> list[Any]:
+    """The chat model answering quiz prompts with ``answers`` in turn; the requests."""
+    asked: list[Any] = []
+
+    def respond(request: Any) -> ChatResult:
+        asked.append(request)
+        return ChatResult(answers[min(len(asked), len(answers)) - 1], 50, True)
+
+    h.tasks["chat"].respond = respond
+    return asked
+
+
+def choices(message: Any) -> list[str]:
+    return [c["label"] for row in message.components for c in row["components"]]
+
+
+async def test_a_quiz_is_posted_answered_by_two_members_and_scored(harness: Harness) -> None:
+    s = await scene(harness)
+    asked = quiz_model(harness, json.dumps(QUIZ))
+    made = await s.alice.slash(s.channel, "quiz make", source="The exam is on Friday. Bring the "
+                               "lab notes.", questions=2)  # fmt: skip
+    await harness.env.settle()
+    assert "The exam is on Friday" in asked[0].message and asked[0].temperature == 0
+    assert made.response.content.startswith("📝 **Quiz**: 2 question(s)")
+    first, second = made.followups
+    assert first.content == (
+        "**Question 1 of 2**\nWhen is the exam?\n**A.** Monday\n**B.** Friday\n**C.** Never\n"
+        "**D.** Today"
+    )
+    assert choices(first) == ["A", "B", "C", "D"] and choices(second) == ["A", "B"]
+    right = await s.alice.click(first, label="B")
+    assert right.ephemeral and right.response.content == (
+        "✅ Right: **B.** Friday\n-# Your score: 1 right of 1"
+    )
+    await s.alice.click(second, label="A")
+    wrong = await s.bob.click(first, label="A")
+    assert wrong.response.content.startswith("❌ The answer is **B.** Friday")
+    again = await s.bob.click(first, label="B")  # the first answer counts
+    assert again.response.content.startswith("You answered **A** already. ❌")
+    scores = await s.bob.slash(s.channel, "quiz scores")
+    assert scores.response.content == (
+        f"**Quiz scores**\n1. <@{s.alice.id}>: 2 right of 2\n2. <@{s.bob.id}>: 0 right of 1"
+    )
+    await harness.bot.usage.flush()
+    quiz_rows = [json.loads(r["options"] or "{}").get("command") for r in harness.rows()
+                 if r["task"] in ("chat", "quiz")]  # fmt: skip
+    assert quiz_rows == ["quiz", None]  # the quiz's chat job, then /quiz scores
+
+
+async def test_a_malformed_quiz_is_written_again_once_then_refused(harness: Harness) -> None:
+    s = await scene(harness)
+    asked = quiz_model(harness, "Sure! 1. When is the exam?", json.dumps(QUIZ))
+    made = await s.alice.slash(s.channel, "quiz make", source="Exam on Friday.", questions=2)
+    await harness.env.settle()
+    assert len(made.followups) == 2 and asked[1].temperature > 0  # the retry, sampled
+    asked = quiz_model(harness, "No.", json.dumps(QUIZ[:1]))
+    refused = await s.alice.slash(s.channel, "quiz make", source="Exam on Friday.", questions=2)
+    await harness.env.settle()
+    assert len(asked) == 2 and refused.followups == []
+    assert refused.response.content.startswith(
+        "**source**: the model could not write a whole quiz from this, twice (1 question(s) of "
+        "the 2 asked)"
+    )
+
+
+@READING
+async def test_a_quiz_reads_only_what_the_member_may_read_and_can_be_turned_off(
+    harness: Harness,
+) -> None:
+    s = await scene(harness)
+    carol = await manager(harness, s.guild)
+    asked = quiz_model(harness, json.dumps(QUIZ))
+    hidden = discord.PermissionOverwrite(read_message_history=False)
+    staff = s.guild.create_text_channel("staff", overwrites={s.alice: hidden})
+    answers = await carol.send(staff, "The exam is on Friday.")
+    refused = await s.alice.slash(s.channel, "quiz make", source=answers.jump_url, questions=2)
+    await harness.env.settle()
+    assert "**source**: points to messages you cannot read" in refused.response.content
+    made = await carol.slash(s.channel, "quiz make", source=answers.jump_url, questions=2)
+    await harness.env.settle()
+    assert asked[-1].message.count("The exam is on Friday.") == 1 and made.followups
+    neither = await s.alice.slash(s.channel, "quiz make")
+    assert "**source**: give a text or a message link, or attach a file" in (
+        neither.response.content
+    )
+
+    await carol.slash(s.channel, "config command", name="quiz", enabled=False)
+    await carol.slash(s.channel, "config command", name="catchup", enabled=False)
+    await harness.env.settle()
+    off = await s.alice.slash(s.channel, "quiz make", source="Exam on Friday.", questions=2)
+    assert off.response.content == "/quiz is turned off in this server"
+    pressed = await s.bob.click(made.followups[0], label="B")
+    assert pressed.response.content == "/quiz is turned off in this server"
+    caught = await s.alice.slash(s.channel, "catchup", since="1h")
+    assert caught.response.content == "/catchup is turned off in this server"
+    shown = await carol.slash(s.channel, "config show")
+    assert "off: /catchup, /quiz" in shown.response.content
+    assert len(asked) == 1  # nothing more reached the model
+    await harness.bot.usage.flush()
+    refusals = [(json.loads(r["options"])["command"], r["status"]) for r in harness.rows()
+                if r["task"] in ("chat", "summarize")][-2:]  # fmt: skip
+    assert refusals == [("quiz", "invalid"), ("catchup", "invalid")]

@@ -38,9 +38,12 @@ def test_summaries_are_text_and_report_chunks(model: SummarizeModel) -> None:
         SummarizeRequest(LONG, min_tokens=3, max_tokens=8),
         SummarizeRequest("The study group meets every week.", min_tokens=3, max_tokens=8),
     ]
-    results = TASK.run_batch(model, requests, RecordingContext())
+    ctx = RecordingContext()
+    results = TASK.run_batch(model, requests, ctx)
     assert all(r.summary for r in results)
     assert results[0].chunks > 1 and results[1].chunks == 1
+    # The long text, section by section: progress counts its sections, then the whole.
+    assert ctx.steps == [(results[0].chunks, results[0].chunks)]
 
 
 def test_batch_equals_one_at_a_time(model: SummarizeModel) -> None:

@@ -249,7 +249,7 @@ def chat_tokenizer(max_length: int = 256) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_chat(directory: Path) -> Path:
+def build_chat(directory: Path, positions: int = 256) -> Path:
     """A tiny Qwen2 causal LM with a chat template and an end-of-turn token."""
     tokenizer = chat_tokenizer()
     torch.manual_seed(0)
@@ -260,7 +260,7 @@ def build_chat(directory: Path) -> Path:
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,
-        max_position_embeddings=256,
+        max_position_embeddings=positions,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.cls_token_id,

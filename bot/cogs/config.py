@@ -19,6 +19,7 @@ from bot.guilds import (
     PERSONA_MAX_CHARS,
     GuildSettings,
 )
+from bot.invocations import COMMANDS_OVER_TASKS
 from bot.markdown import clip, neutralize
 from bot.quotas import QuotaPolicy
 from handlers.base import InvalidInput
@@ -77,6 +78,10 @@ def render_settings(
     """Every rule in force here, saying which are the server's own and which the bot's."""
     on = sorted(tasks) if guild.enabled_commands is None else sorted(guild.enabled_commands)
     off = sorted(set(tasks) - set(on))
+    for command, task in COMMANDS_OVER_TASKS.items():
+        if task in tasks:
+            (off if command in guild.disabled_commands or task in off else on).append(command)
+    on, off = sorted(on), sorted(off)
     images = {
         "age_restricted_only": "only in age-restricted channels",
         "allow": "in any channel",
@@ -261,18 +266,43 @@ class ServerConfig(commands.GroupCog, group_name="config", group_description="Th
     @app_commands.command(name="command", description="Turn a command on or off here")
     @app_commands.describe(name="The command", enabled="On or off")
     async def command_switch(self, interaction: Interaction, name: str, enabled: bool) -> None:
-        task = self._task("name", name)
+        name = name.strip().removeprefix("/")
+        if name not in self._command_names():
+            raise InvalidInput("name", f"choose one of {', '.join(self._command_names())}")
+        settings = self._settings(interaction)
+        done = f"/{name} is now {'on' if enabled else 'off'} in this server."
+        if name in COMMANDS_OVER_TASKS:  # a command over another's task: off alone
+            task = COMMANDS_OVER_TASKS[name]
+            tasks_on = settings.enabled_commands
+            if enabled and tasks_on is not None and task not in tasks_on:
+                done += f" It runs on /{task}, which is off here: turn that on too."
+            disabled = set(settings.disabled_commands)
+            disabled = disabled - {name} if enabled else disabled | {name}
+            await self._change(interaction, done, disabled_commands=sorted(disabled))
+            return
         everything = set(self.bot.executor.tasks)
-        current = self._settings(interaction).enabled_commands
-        on = set(everything if current is None else current)
-        on = on | {task} if enabled else on - {task}
+        on = set(everything if settings.enabled_commands is None else settings.enabled_commands)
+        on = on | {name} if enabled else on - {name}
         await self._change(
-            interaction,
-            f"/{task} is now {'on' if enabled else 'off'} in this server.",
-            enabled_commands=None if on >= everything else sorted(on),
+            interaction, done, enabled_commands=None if on >= everything else sorted(on)
         )
 
-    command_switch.autocomplete("name")(_task_names)
+    def _command_names(self) -> list[str]:
+        """Every command a server can turn off: each task's, and those built on a task."""
+        tasks = self.bot.executor.tasks
+        over = [command for command, task in COMMANDS_OVER_TASKS.items() if task in tasks]
+        return sorted([*tasks, *over])
+
+    @command_switch.autocomplete("name")
+    async def _commands(
+        self, interaction: Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        wanted = current.strip().removeprefix("/")
+        return [
+            app_commands.Choice(name=f"/{command}", value=command)
+            for command in self._command_names()
+            if wanted in command
+        ][:25]
 
     @app_commands.command(description="Allow commands in a channel, or stop allowing them")
     @app_commands.describe(

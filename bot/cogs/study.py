@@ -1,13 +1,16 @@
-"""The study group's tools: /catchup ("what did I miss") and daily digests (/digest)."""
+"""The study group's tools: /catchup ("what did I miss"), daily digests (/digest) and
+quizzes made from the group's material (/quiz)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import logging
+import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -26,13 +29,27 @@ from bot.digests import (
     parse_zone,
     scheduled_at,
 )
+from bot.guilds import DIRECT_MESSAGES
 from bot.invocations import Caller
 from bot.markdown import clip
+from bot.quizzes import (
+    LETTERS,
+    MAX_QUESTIONS,
+    MalformedQuiz,
+    Question,
+    QuizStore,
+    material_chars,
+    parse_quiz,
+    quiz_request,
+)
+from bot.reading import material_source
 from handlers.base import InvalidInput
+from handlers.chat import ChatResult
 from handlers.summarize import SummarizeRequest, SummarizeResult
 
 if TYPE_CHECKING:
     from bot.client import AssistantBot
+    from bot.executor import JobHandle
 
     Interaction = discord.Interaction[AssistantBot]
 
@@ -56,6 +73,65 @@ def render_missed(result: SummarizeResult, missed: Missed) -> Reply:
     return Reply(reply.text, f"{reply.note}\n{note}".strip())
 
 
+class QuizButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"quiz:(?P<quiz>[0-9a-f]{32}):(?P<index>[0-9]{1,2}):(?P<choice>[0-4])",
+):
+    """A choice under a quiz's question; the quiz is kept in SQLite, so it works across
+    restarts. A member's first answer counts; pressing again shows it."""
+
+    def __init__(self, quiz_id: str, index: int, choice: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=LETTERS[choice],
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"quiz:{quiz_id}:{index}:{choice}",
+            )
+        )
+        self.quiz_id, self.index, self.choice = quiz_id, index, choice
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> QuizButton:
+        return cls(match["quiz"], int(match["index"]), int(match["choice"]))
+
+    async def callback(self, interaction: Interaction) -> None:  # type: ignore[override]
+        bot = interaction.client
+        try:
+            await self._answer(interaction)
+        except Exception as exc:
+            await bot.report_error(interaction, exc)
+
+    async def _answer(self, interaction: Interaction) -> None:
+        bot = interaction.client
+        caller = dataclasses.replace(caller_of(interaction), command="quiz")
+        blocked = bot.invoker.why_not("chat", caller)
+        if blocked is not None:
+            raise blocked
+        store = QuizStore(bot.usage)
+        found = await store.question(self.quiz_id, self.index)
+        if found is None or self.choice >= len(found[1].choices):
+            raise InvalidInput("quiz", "this quiz is no longer kept")
+        guild_id, question = found
+        counted = await store.answer(self.quiz_id, self.index, caller.user_id, guild_id,
+                                     self.choice, self.choice == question.answer)  # fmt: skip
+        score = await store.score(guild_id, caller.user_id)
+        said = question.verdict(counted)
+        if counted != self.choice:
+            said = f"You answered **{LETTERS[counted]}** already. {said}"
+        await interaction.response.send_message(
+            f"{said}\n-# Your score: {score.correct} right of {score.answered}", ephemeral=True
+        )
+
+
+def quiz_buttons(quiz_id: str, index: int, question: Question) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for choice in range(len(question.choices)):
+        view.add_item(QuizButton(quiz_id, index, choice))
+    return view
+
+
 class Study(commands.Cog):
     digest = app_commands.Group(
         name="digest",
@@ -64,16 +140,23 @@ class Study(commands.Cog):
         default_permissions=discord.Permissions(manage_guild=True),
     )
 
+    quiz = app_commands.Group(
+        name="quiz", description="Quizzes made from the group's material", extras={"task": "chat"}
+    )
+
     def __init__(self, bot: AssistantBot) -> None:
         self.bot = bot
         self.digests = Digests(bot.usage)
+        self.quizzes = QuizStore(bot.usage)
         self.clock: Callable[[], datetime.datetime] = discord.utils.utcnow
         self._digesting: asyncio.Task[None] | None = None
 
     async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(QuizButton)
         await self._follow_schedules()
 
     async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(QuizButton)
         await self._stop_digesting()
 
     async def _stop_digesting(self) -> None:
@@ -138,12 +221,16 @@ class Study(commands.Cog):
         channel = self.bot.get_channel(schedule.channel_id)
         if not isinstance(channel, discord.TextChannel | discord.Thread):
             raise LookupError("the channel is gone or not a text channel")
+        caller = Caller(f"digest:{schedule.channel_id}", "digest", schedule.guild_id,
+                        schedule.channel_id, enforce_quotas=False, command="digest")  # fmt: skip
+        if self.bot.invoker.why_not("summarize", caller) is not None:
+            return False  # turned off here since it was scheduled: the day is skipped
         newest = channel.history(after=self.clock() - DAY, limit=500, oldest_first=False)
         messages = [m async for m in newest][::-1]
         replied = {m.reference.message_id for m in messages if m.reference is not None}
         said = [
             Said(m.author.display_name, m.content, m.jump_url,
-                 sum(r.count for r in m.reactions), m.id in replied)
+                 sum(r.count for r in m.reactions), m.id in replied, m.pinned)
             for m in messages if m.content and not m.author.bot
         ]  # fmt: skip
         lines = newest_that_fit(
@@ -153,8 +240,6 @@ class Study(commands.Cog):
         if not said:
             return False  # a quiet day
         text = "\n".join(lines)
-        caller = Caller(f"digest:{schedule.channel_id}", "digest", schedule.guild_id,
-                        schedule.channel_id, enforce_quotas=False)  # fmt: skip
         result = await self.bot.invoker.submit("summarize", SummarizeRequest(text), caller)
         await channel.send(clip(compose(result.summary, said)), allowed_mentions=NO_MENTIONS)
         return True
@@ -187,7 +272,10 @@ class Study(commands.Cog):
         theirs = place.permissions_for(interaction.user)  # type: ignore[arg-type]
         if not (theirs.view_channel and theirs.read_message_history):
             raise InvalidInput("channel", "you cannot read that channel's history yourself")
-        there = place_caller(interaction.user, place, place.id, interaction.guild_id, False)
+        there = dataclasses.replace(
+            place_caller(interaction.user, place, place.id, interaction.guild_id, False),
+            command="digest",
+        )
         blocked = self.bot.invoker.why_not("summarize", there)
         if blocked is not None:
             raise InvalidInput("channel", f"no digest there: {blocked}")
@@ -271,6 +359,91 @@ class Study(commands.Cog):
             interaction, "summarize", read=read,
             render_result=lambda result: render_missed(result, found[0]), private=True,
         )  # fmt: skip
+
+    @quiz.command(name="make", description="Multiple-choice questions from a text, a message "
+                  "or a document, answered with buttons")  # fmt: skip
+    @app_commands.describe(
+        source="A text, or a link to a message in this server",
+        file="A document: .pdf, .docx, .pptx, .md, .html or .txt",
+        questions="How many questions",
+    )
+    async def quiz_make(
+        self,
+        interaction: Interaction,
+        source: str | None = None,
+        file: discord.Attachment | None = None,
+        questions: app_commands.Range[int, 1, MAX_QUESTIONS] = 5,
+    ) -> None:
+        bot, chat = self.bot, self.bot.settings.chat
+        caller = caller_of(interaction)
+        try:
+            most = material_chars(chat.context_tokens, chat.max_new_tokens, questions)
+            read = material_source(interaction, source, file, bot.settings.read_messages, most)
+        except InvalidInput as exc:
+            bot.invoker.record_refusal("chat", caller, exc)
+            raise
+        policy = bot.reply_policy(interaction)
+        with bot.invoker.admit("chat", caller) as admission:
+            await interaction.response.defer(thinking=True, ephemeral=policy.ephemeral)
+            material = await read()
+            handle = admission.submit(quiz_request(material, questions, chat.max_new_tokens))
+        made = await self._write_quiz(handle, material, questions, caller)
+        quiz_id = await self.quizzes.put(interaction.guild_id or DIRECT_MESSAGES,
+                                         interaction.channel_id, caller.user_id, made)  # fmt: skip
+        await interaction.edit_original_response(
+            content=f"📝 **Quiz**: {len(made)} question(s) from {interaction.user.mention}'s "
+            "material. Press a letter to answer: your first answer counts"
+            + (", and `/quiz scores` shows the server's best." if interaction.guild else "."),
+            allowed_mentions=NO_MENTIONS,
+        )
+        for index, question in enumerate(made):
+            await interaction.followup.send(
+                question.render(index + 1, len(made)), view=quiz_buttons(quiz_id, index, question),
+                ephemeral=policy.ephemeral, allowed_mentions=NO_MENTIONS,
+            )  # fmt: skip
+
+    async def _write_quiz(
+        self, handle: JobHandle, material: str, count: int, caller: Caller
+    ) -> list[Question]:
+        """The quiz the model wrote; written again once (sampled) if it is malformed, and
+        refused if it still is."""
+        result: ChatResult = await handle
+        try:
+            return parse_quiz(result.text, count)
+        except MalformedQuiz as exc:
+            log.info("the model wrote a malformed quiz (%s): asking again", exc)
+        retry = quiz_request(material, count, self.bot.settings.chat.max_new_tokens, attempt=1)
+        again = self.bot.invoker.submit(
+            "chat", retry, dataclasses.replace(caller, enforce_quotas=False)
+        )
+        result = await again
+        try:
+            return parse_quiz(result.text, count)
+        except MalformedQuiz as exc:
+            raise InvalidInput(
+                "source", f"the model could not write a whole quiz from this, twice ({exc}); "
+                "try fewer questions or clearer material"
+            ) from None  # fmt: skip
+
+    @quiz.command(name="scores", description="This server's best at its quizzes")
+    async def quiz_scores(self, interaction: Interaction) -> None:
+        if interaction.guild_id is None:
+            raise InvalidInput("scores", "are kept for each server; ask in one")
+        caller = caller_of(interaction)
+        blocked = self.bot.invoker.why_not("chat", caller)
+        if blocked is not None:
+            raise blocked
+        best = await self.quizzes.scores(interaction.guild_id)
+        lines = [
+            f"{place}. <@{s.user_id}>: {s.correct} right of {s.answered}"
+            for place, s in enumerate(best, 1)
+        ]
+        text = "\n".join(["**Quiz scores**", *lines]) if lines else "No quiz answered here yet."
+        await interaction.response.send_message(
+            text, ephemeral=self.bot.reply_policy(interaction).ephemeral,
+            allowed_mentions=NO_MENTIONS,
+        )  # fmt: skip
+        self.bot.invoker.record_command("quiz", caller)
 
 
 async def setup(bot: AssistantBot) -> None:

@@ -15,7 +15,7 @@ from bot.commands import Text, caller_of, image_model_choices, run_task, voice_c
 from bot.drawing import from_picture, start_picture
 from bot.image_buttons import image_buttons
 from bot.localization import tr
-from bot.reading import summarize_source
+from bot.reading import material_source, message_text, summarize_source
 from handlers.base import InvalidInput
 from handlers.classify import ClassifyRequest, parse_labels
 from handlers.imagine import ImagineRequest
@@ -88,15 +88,24 @@ class Tasks(commands.Cog):
             self.bot.remove_menu(menu)
 
     async def summarize_message(self, interaction: Interaction, message: discord.Message) -> None:
-        await run_task(interaction, "summarize", SummarizeRequest(message.content))
+        """The message, and the documents attached to it."""
+        most = self.bot.settings.summarize.max_chars
+
+        async def read() -> SummarizeRequest:
+            return SummarizeRequest(await message_text(message, most))
+
+        await run_task(interaction, "summarize", read=read)
 
     async def translate_message(self, interaction: Interaction, message: discord.Message) -> None:
-        """Into the language of the member's Discord client."""
+        """The message and its documents, into the language of the member's Discord client."""
         target = str(interaction.locale)
         hint = source_hint(interaction, target)
-        await run_task(
-            interaction, "translate", TranslateRequest(message.content, target, hint=hint)
-        )
+        most = self.bot.settings.max_text_chars
+
+        async def read() -> TranslateRequest:
+            return TranslateRequest(await message_text(message, most), target, hint=hint)
+
+        await run_task(interaction, "translate", read=read)
 
     async def speak_message(self, interaction: Interaction, message: discord.Message) -> None:
         await run_task(interaction, "speak", SpeakRequest(message.content))
@@ -135,19 +144,42 @@ class Tasks(commands.Cog):
 
         await run_task(interaction, "summarize", read=read)
 
-    @app_commands.command(description="Translate a text into another language")
+    @app_commands.command(description="Translate a text or a document into another language")
     @app_commands.describe(
         text="The text",
         to="Target language (default: your Discord language)",
         source="Source (default: detect)",
+        file="A document to translate (PDF, Word, slides, Markdown, HTML or text)",
     )
     @app_commands.rename(source="from")
     async def translate(
-        self, interaction: Interaction, text: Text, to: str | None = None, source: str = "auto"
+        self,
+        interaction: Interaction,
+        text: Text | None = None,
+        to: str | None = None,
+        source: str = "auto",
+        file: discord.Attachment | None = None,
     ) -> None:
         target = to or str(interaction.locale)
         hint = source_hint(interaction, target)
-        await run_task(interaction, "translate", TranslateRequest(text, target, source, hint))
+        if text is not None and file is None:
+            await run_task(interaction, "translate", TranslateRequest(text, target, source, hint))
+            return
+        try:
+            if text is not None or file is None:
+                raise InvalidInput("text", "give either a text or a document")
+            settings = self.bot.settings
+            document = material_source(
+                interaction, None, file, settings.read_messages, settings.max_text_chars
+            )
+        except InvalidInput as exc:
+            self.bot.invoker.record_refusal("translate", caller_of(interaction), exc)
+            raise
+
+        async def read() -> TranslateRequest:
+            return TranslateRequest(await document(), target, source, hint)
+
+        await run_task(interaction, "translate", read=read)
 
     @translate.autocomplete("to")
     async def _targets(

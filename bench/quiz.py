@@ -1,0 +1,148 @@
+"""How often the chat model writes a whole quiz (#31): the share of well-formed quizzes over
+``--runs`` materials, at the first try and after the one retry the bot makes, with why the
+others were refused.
+
+    python bench/quiz.py --json out.json                     # the tests' tiny chat model, CPU
+    python bench/quiz.py --model Qwen/Qwen2.5-0.5B-Instruct --device cuda --json out.json
+
+Each run asks for ``--questions`` questions about its own material: the docstring of one of
+the standard library's modules (real English prose, found offline, ``--runs`` of them). The
+requests are the bot's own (``bot/quizzes.quiz_request``: greedy first, sampled on the
+retry), run by ``ChatTask.run_batch`` in batches of ``--batch``, and parsed by
+``bot/quizzes.parse_quiz``, as ``/quiz make`` does.
+
+This figure decides whether constrained generation (a grammar that lets the model write
+only JSON of the quiz's shape) is worth a dependency: with the default model on a GPU, a
+share well below 100% after the retry says yes. The tiny model has random weights, so it
+never writes a quiz; with it the script only shows that it works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from bot.quizzes import MalformedQuiz, material_chars, parse_quiz, quiz_request
+from handlers.base import LoadSpec
+from handlers.chat import ChatResult, ChatTask
+
+MIN_MATERIAL = 400
+MAX_MATERIAL = 3000
+
+
+class Quiet:
+    """A batch context that reports nothing and never stops."""
+
+    def should_stop(self) -> bool:
+        return False
+
+    def progress(self, step: int, total: int) -> None:
+        pass
+
+    def partial(self, index: int, data: Any) -> None:
+        pass
+
+    def abandoned(self, index: int) -> bool:
+        return False
+
+
+def materials(count: int) -> list[str]:
+    """``count`` module docstrings of the standard library, long enough to ask about."""
+    found: list[str] = []
+    for module in sorted(sys.stdlib_module_names):
+        if len(found) == count:
+            break
+        if module.startswith("_") or module in ("antigravity", "this", "idlelib", "turtle"):
+            continue
+        try:
+            doc = importlib.import_module(module).__doc__ or ""
+        except Exception:  # a module that does not import here
+            continue
+        if len(doc) >= MIN_MATERIAL and doc not in found:
+            found.append(doc[:MAX_MATERIAL])
+    if len(found) < count:
+        raise SystemExit(f"only {len(found)} module docstrings are long enough")
+    return found
+
+
+def answers(task: ChatTask, model: Any, requests: list[Any], batch: int) -> list[str]:
+    out: list[str] = []
+    for start in range(0, len(requests), batch):
+        for answer in task.run_batch(model, requests[start : start + batch], Quiet()):
+            if isinstance(answer, concurrent.futures.Future):
+                answer = answer.result()
+            out.append(answer.text if isinstance(answer, ChatResult) else f"refused: {answer}")
+    return out
+
+
+def verdict(text: str, count: int) -> str | None:
+    """None for a whole quiz; else why it is malformed, without its question number."""
+    try:
+        parse_quiz(text, count)
+    except MalformedQuiz as exc:
+        why = str(exc)
+        return why.split(" ", 2)[2] if why.startswith("question ") else why
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="a hub id or a directory (default: the tiny model)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--questions", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--context", type=int, default=4096)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    source = args.model
+    if source is None:
+        from tests.tinymodels import build_chat
+
+        source = str(build_chat(Path("/tmp/bench-quiz-chat"), positions=args.context))
+    task = ChatTask(context_tokens=args.context, continuous="off")
+    dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
+    model = task.load(LoadSpec(source, args.device, dtype))
+    room = material_chars(args.context, task.max_new_tokens, args.questions)
+    texts = [text[:room] for text in materials(args.runs)]
+    started = time.perf_counter()
+    first = [quiz_request(t, args.questions, task.max_new_tokens) for t in texts]
+    first_answers = answers(task, model, first, args.batch)
+    first_verdicts = [verdict(a, args.questions) for a in first_answers]
+    again = [i for i, v in enumerate(first_verdicts) if v is not None]
+    retries = [quiz_request(texts[i], args.questions, task.max_new_tokens, 1) for i in again]
+    final = list(first_verdicts)
+    for i, answer in zip(again, answers(task, model, retries, args.batch), strict=True):
+        final[i] = verdict(answer, args.questions)
+    report = {
+        "model": args.model or "tests/tinymodels.build_chat (random weights)",
+        "device": args.device,
+        "runs": args.runs,
+        "questions": args.questions,
+        "well_formed_first_try": sum(v is None for v in first_verdicts),
+        "well_formed_after_retry": sum(v is None for v in final),
+        "why_malformed_after_retry": dict(
+            collections.Counter(v for v in final if v is not None).most_common()
+        ),
+        "seconds": round(time.perf_counter() - started, 1),
+        "example_answer": first_answers[0][:400],
+    }
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()
