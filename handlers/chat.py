@@ -17,6 +17,7 @@ Either way text streams to each job as it is produced.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import math
 import threading
@@ -24,6 +25,9 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import llguidance
+import llguidance.hf
+import llguidance.torch
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LogitsProcessor
 from transformers.generation.streamers import BaseStreamer
@@ -99,6 +103,10 @@ class ChatRequest:
     """What came before ``history``, folded into a few sentences."""
     name: str | None = None
     """Who wrote ``message``."""
+    json_schema: str | None = None
+    """A JSON Schema the answer must follow: each token is chosen among those the schema
+    allows next (constrained generation), so the answer is always JSON of that shape, or
+    cut at its token limit."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,16 @@ class ChatModel:
     continuous: ContinuousGenerator | None = None
     """Set when requests join a running batch; None batches statically."""
     source: str = ""
+    grammar_tokenizer: Any = None
+    """The vocabulary as llguidance sees it, made the first time an answer follows a
+    schema."""
+
+    def grammar_vocabulary(self, width: int) -> Any:
+        if self.grammar_tokenizer is None:
+            self.grammar_tokenizer = llguidance.hf.from_tokenizer(
+                self.tokenizer, n_vocab=width, eos_token=sorted(self.stop_ids)
+            )
+        return self.grammar_tokenizer
 
 
 @dataclass(frozen=True)
@@ -204,6 +222,54 @@ def stop_token_ids(tokenizer: Any, generation_config: Any) -> frozenset[int]:
     ids.add(tokenizer.eos_token_id)
     ids |= end_of_turn_ids(tokenizer)
     return frozenset(i for i in ids if isinstance(i, int))
+
+
+def schema_grammar(schema: str) -> str:
+    """The llguidance grammar of a JSON Schema, written compactly (no free whitespace, which
+    a model could repeat until its token limit); ``InvalidInput("json_schema")`` if the
+    schema is not one it can follow."""
+    try:
+        json.loads(schema)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput("json_schema", f"is not JSON: {exc.msg}") from None
+    grammar = llguidance.LLMatcher.grammar_from_json_schema(
+        schema, defaults={"whitespace_flexible": False}
+    )
+    error = llguidance.LLMatcher.validate_grammar(grammar)
+    if error:
+        raise InvalidInput("json_schema", f"cannot be followed: {error}")
+    return grammar
+
+
+class _RowGrammars(LogitsProcessor):
+    """Leaves each constrained row only the tokens its schema allows next (llguidance's
+    token masks, computed from the tokens the row has chosen so far); other rows are
+    untouched. Runs before the sampler, so a sampled row samples among allowed tokens."""
+
+    def __init__(
+        self, model: ChatModel, requests: Sequence[ChatRequest], start: int, width: int
+    ) -> None:
+        vocabulary = model.grammar_vocabulary(width)
+        self.matchers = {
+            row: llguidance.LLMatcher(vocabulary, schema_grammar(r.json_schema))
+            for row, r in enumerate(requests)
+            if r.json_schema is not None
+        }
+        self.start = start
+        self.mask = llguidance.torch.allocate_token_bitmask(len(requests), vocabulary.vocab_size)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.matchers)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
+        chosen = input_ids.shape[1] > self.start
+        for row, matcher in self.matchers.items():
+            if chosen and not matcher.is_stopped():
+                matcher.consume_token(int(input_ids[row, -1]))
+            llguidance.torch.fill_next_token_bitmask(matcher, self.mask, row)
+        llguidance.torch.apply_token_bitmask_inplace(scores, self.mask.to(scores.device))
+        return scores
 
 
 class _RowSampler(LogitsProcessor):
@@ -342,6 +408,8 @@ class ChatTask(Task[ChatRequest, ChatResult]):
         if not 0 <= request.seed <= MAX_SEED:
             raise InvalidInput("seed", f"must be between 0 and {MAX_SEED}")
         check_history(request.history, context_chars)
+        if request.json_schema is not None:
+            schema_grammar(request.json_schema)
         if self._chars(request) > context_chars:
             raise InvalidInput("history", "is longer than the model's context")
 
@@ -469,18 +537,21 @@ class ChatTask(Task[ChatRequest, ChatResult]):
                         model.continuous.broken or "stopped")  # fmt: skip
             model.continuous.close()
             model.continuous = self._start_continuous(model)
-        if model.continuous is not None:
-            answers = iter([
-                self._join(model.continuous, prompts[row], requests[row], limit, ctx, row)
+        answers: dict[int, ChatResult | concurrent.futures.Future[ChatResult]] = {}
+        here = fitting
+        if model.continuous is not None:  # what follows a schema is generated here
+            here = [row for row in fitting if requests[row].json_schema is not None]
+            answers = {
+                row: self._join(model.continuous, prompts[row], requests[row], limit, ctx, row)
                 for row in fitting
-            ])  # fmt: skip
-        else:
-            chosen = ([prompts[i] for i in fitting], [requests[i] for i in fitting])
-            answers = iter(
-                self._generate(model, *chosen, limit, Rows(ctx, fitting)) if fitting else []
-            )
+                if row not in here
+            }
+        if here:
+            chosen = ([prompts[i] for i in here], [requests[i] for i in here])
+            answers.update(zip(here, self._generate(model, *chosen, limit, Rows(ctx, here)),
+                               strict=True))  # fmt: skip
         return [
-            next(answers)
+            answers[row]
             if row in fitting
             else InvalidInput(
                 "message",
@@ -530,6 +601,9 @@ class ChatTask(Task[ChatRequest, ChatResult]):
             model.device
         )
         sampler = _RowSampler(requests, model.device)
+        width = model.model.get_output_embeddings().weight.shape[0]
+        grammars = _RowGrammars(model, requests, encoded["input_ids"].shape[1], width)
+        processors = [p for p in (grammars, sampler) if p.active]
         with torch.inference_mode():
             generated = model.model.generate(
                 **encoded,
@@ -537,7 +611,7 @@ class ChatTask(Task[ChatRequest, ChatResult]):
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=sorted(model.stop_ids),
-                logits_processor=[sampler] if sampler.active else None,
+                logits_processor=processors or None,
                 streamer=BatchStreamer(tokenizer, ctx, len(requests), model.stop_ids),
                 stopping_criteria=[StopWhenAbandoned(ctx)],
             )

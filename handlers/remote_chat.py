@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import math
 import threading
@@ -209,15 +210,28 @@ class RemoteChatTask(ChatTask):
         task = asyncio.current_task()
         assert task is not None
         model.open[task] = (ctx, index)
+        asked = {
+            "model": model.model,
+            "messages": self.messages(request),
+            "max_tokens": self.new_tokens(request),
+            "temperature": request.temperature,
+            "seed": request.seed,
+            "stream": True,
+        }
         try:
-            stream = await model.client.chat.completions.create(
-                model=model.model,
-                messages=self.messages(request),  # type: ignore[arg-type]
-                max_tokens=self.new_tokens(request),
-                temperature=request.temperature,
-                seed=request.seed,
-                stream=True,
-            )
+            try:
+                stream = await model.client.chat.completions.create(
+                    **asked, **self.response_format(request)
+                )
+            except openai.BadRequestError:
+                if request.json_schema is None:
+                    raise
+                # An engine without structured output: the caller checks the answer anyway.
+                log.warning(
+                    "%s refused a JSON Schema; asking without it",
+                    without_credentials(self.base_url),
+                )
+                stream = await model.client.chat.completions.create(**asked)
             async with stream:
                 return await self._read(stream, ctx, index)
         except asyncio.CancelledError:  # nobody waits: the connection is closed
@@ -226,6 +240,20 @@ class RemoteChatTask(ChatTask):
             raise explain(exc, self.base_url, self.timeout_s) from None
         finally:
             model.open.pop(task, None)
+
+    @staticmethod
+    def response_format(request: ChatRequest) -> dict[str, Any]:
+        """An answer that must follow a schema asks the engine for structured output (vLLM,
+        SGLang and llama.cpp's server constrain their sampling to it)."""
+        if request.json_schema is None:
+            return {}
+        schema = json.loads(request.json_schema)
+        return {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": schema, "strict": True},
+            }
+        }
 
     @staticmethod
     async def _read(stream: Any, ctx: BatchContext, index: int) -> ChatResult:

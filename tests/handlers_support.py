@@ -29,6 +29,9 @@ class RecordingContext:
     def partial(self, index: int, data: Any) -> None:
         self.partials.setdefault(index, []).append(data)
 
+    def abandoned(self, index: int) -> bool:
+        return False
+
 
 def load(task: Task[Any, Any], directory: Path) -> Any:
     return task.load(LoadSpec(str(directory), "cpu", torch.float32))

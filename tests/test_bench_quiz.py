@@ -16,9 +16,9 @@ def test_materials_are_distinct_module_docs_long_enough_to_ask_about() -> None:
 
 
 def test_a_quiz_is_counted_as_the_bot_counts_it() -> None:
-    assert verdict(json.dumps([QUESTION] * 2), 2) is None
+    assert verdict(json.dumps({"questions": [QUESTION] * 2}), 2) is None
     assert (
-        verdict(json.dumps([QUESTION | {"answer": 5}] * 2), 2)
+        verdict(json.dumps({"questions": [QUESTION | {"answer": 5}] * 2}), 2)
         == "has no right choice among its choices"
     )
-    assert verdict("I cannot.", 2) == "the answer holds no JSON list"
+    assert verdict("I cannot.", 2) == "the answer holds no JSON object"

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import json
 import math
 import shutil
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
@@ -212,3 +214,74 @@ def test_a_history_that_starts_with_an_answer_still_opens_with_a_members_turn(
     request = ChatRequest("and then?", history=(ChatTurn("assistant", "water moving"),))
     roles = [m["role"] for m in TASK.messages(request)]
     assert roles == ["system", "user", "assistant", "user"]
+
+
+ANSWER_SCHEMA = json.dumps({
+    "type": "object",
+    "properties": {
+        "answer": {"type": "integer", "minimum": 0, "maximum": 3},
+        "why": {"type": "string", "minLength": 1, "maxLength": 12},
+    },
+    "required": ["answer", "why"],
+    "additionalProperties": False,
+})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def byte_level_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model over a byte-level vocabulary (as Qwen2.5's is), which can spell JSON."""
+    return build_chat(tmp_path_factory.mktemp("bytes"), byte_level=True)
+
+
+@pytest.fixture(scope="module")
+def byte_level(byte_level_dir: Path) -> ChatModel:
+    return load(TASK, byte_level_dir)
+
+
+def test_an_answer_that_follows_a_schema_is_json_of_its_shape_even_from_random_weights(
+    byte_level: ChatModel,
+) -> None:
+    free = ChatRequest("Which one?", max_tokens=48)
+    requests = [
+        replace(free, json_schema=ANSWER_SCHEMA),
+        free,  # a row without a schema in the same batch is not constrained
+        replace(free, json_schema=ANSWER_SCHEMA, temperature=1.0, seed=3),
+    ]
+    constrained, unconstrained, sampled = TASK.run_batch(byte_level, requests, RecordingContext())
+    for result in (constrained, sampled):
+        assert result.complete, result.text  # ended by the model once the JSON closed
+        answer = json.loads(result.text)
+        assert set(answer) == {"answer", "why"} and 0 <= answer["answer"] <= 3
+        assert 1 <= len(answer["why"]) <= 12
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(unconstrained.text)
+    assert TASK.run_batch(byte_level, requests[:1], RecordingContext()) == [constrained]
+
+
+@pytest.mark.parametrize(
+    ("schema", "said"),
+    [("{not json", "is not JSON"), ('{"type": "nope"}', "cannot be followed")],
+)
+def test_a_schema_that_cannot_be_followed_is_refused(schema: str, said: str) -> None:
+    with pytest.raises(InvalidInput, match=said) as err:
+        TASK.validate(ChatRequest("x", json_schema=schema))
+    assert err.value.option == "json_schema"
+
+
+def test_with_continuous_batching_an_answer_that_follows_a_schema_is_made_beside_it(
+    byte_level_dir: Path,
+) -> None:
+    """The running batch cannot mask tokens row by row: a constrained row is generated in
+    the worker's own call, the others join the running batch."""
+    task = ChatTask(continuous="on", max_running=2)
+    model = load(task, byte_level_dir)
+    try:
+        free = ChatRequest("Which one?", max_tokens=48)  # a batch shares its limit
+        constrained, joined = task.run_batch(
+            model, [replace(free, json_schema=ANSWER_SCHEMA), free], RecordingContext()
+        )
+        assert isinstance(constrained, ChatResult) and isinstance(joined, Future)
+        assert set(json.loads(constrained.text)) == {"answer", "why"}
+        assert isinstance(joined.result(timeout=60), ChatResult)
+    finally:
+        task.unload(model)

@@ -44,6 +44,8 @@ class FakeServer:
     server), or an HTTP status to fail with."""
 
     reply: str | int = "words"
+    schemas: bool = True
+    """Whether it takes ``response_format`` (False: a 400, as engines without it answer)."""
     bodies: list[dict[str, Any]] = field(default_factory=list)
     keys: list[str | None] = field(default_factory=list)
     closed_early: asyncio.Event = field(default_factory=asyncio.Event)
@@ -54,9 +56,12 @@ class FakeServer:
         body = await request.json()
         self.bodies.append(body)
         self.keys.append(request.headers.get("Authorization"))
-        if isinstance(self.reply, int):
-            error = {"error": {"message": "no", "type": "error", "code": self.reply}}
-            return web.json_response(error, status=self.reply)
+        status = self.reply if isinstance(self.reply, int) else None
+        if not self.schemas and "response_format" in body:
+            status = 400
+        if status is not None:
+            error = {"error": {"message": "no", "type": "error", "code": status}}
+            return web.json_response(error, status=status)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         words = WORDS * 50 if self.reply == "slow" else WORDS
         try:
@@ -149,6 +154,27 @@ async def test_the_answer_streams_from_the_server(server: tuple[FakeServer, str]
     assert [m["role"] for m in body["messages"]] == ["system", "user", "assistant", "user"]
     assert body["messages"][1]["content"] == "alice: what is diffusion?"
     assert fake.keys == [f"Bearer {KEY}"]
+
+
+async def test_an_answer_that_follows_a_schema_asks_for_structured_output(
+    server: tuple[FakeServer, str],
+) -> None:
+    fake, url = server
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}}
+    async with executor_for(url) as executor:
+        plain = executor.submit("chat", ChatRequest("hi"), user_id="alice")
+        await plain
+        shaped = ChatRequest("quiz me", json_schema=json.dumps(schema))
+        await executor.submit("chat", shaped, user_id="alice")
+    assert "response_format" not in fake.bodies[0]
+    assert fake.bodies[1]["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": schema, "strict": True},
+    }
+    fake.schemas = False  # an engine without structured output: asked again without
+    async with executor_for(url) as executor:
+        answer = await executor.submit("chat", shaped, user_id="alice")
+    assert answer.text.startswith("Osmosis") and "response_format" not in fake.bodies[-1]
 
 
 async def test_cancel_closes_the_stream_and_frees_the_row(server: tuple[FakeServer, str]) -> None:

@@ -257,22 +257,28 @@ QUIZ = [
 ]  # fmt: skip
 
 
+def quiz_json(questions: list[dict[str, Any]]) -> str:
+    return json.dumps({"questions": questions})
+
+
 def test_a_quiz_is_parsed_strictly() -> None:
-    fenced = "Here is your quiz:\n```json\n" + json.dumps(QUIZ) + "\n```"
+    fenced = "Here is your quiz:\n```json\n" + quiz_json(QUIZ) + "\n```"
     first, second = parse_quiz(fenced, 2)
     assert first == Question("When is the exam?", ("Monday", "Friday", "Never", "Today"), 1)
     assert second.answer == 0 and second.verdict(1) == "❌ The answer is **A.** Lab notes"
-    assert len(parse_quiz(json.dumps(QUIZ), 1)) == 1  # more than asked: the first kept
+    assert len(parse_quiz(quiz_json(QUIZ), 1)) == 1  # more than asked: the first kept
     broken = {
-        "no list": ("I cannot.", "holds no JSON list"),
-        "cut off": (json.dumps(QUIZ)[:-20], "not valid JSON"),
-        "too few": (json.dumps(QUIZ[:1]), "1 question(s) of the 2 asked"),
-        "no answer": (json.dumps([QUIZ[0] | {"answer": 4}, QUIZ[1]]), "question 1 has no right"),
-        "a letter too far": (json.dumps([QUIZ[0], QUIZ[1] | {"answer": "C"}]), "question 2"),
-        "repeats": (json.dumps([QUIZ[0] | {"choices": ["a", "A"]}, QUIZ[1]]), "repeats a choice"),
-        "one choice": (json.dumps([QUIZ[0] | {"choices": ["a"]}, QUIZ[1]]), "needs 2 to 5"),
-        "empty": (json.dumps([QUIZ[0] | {"question": " "}, QUIZ[1]]), "has no question"),
-        "true": (json.dumps([QUIZ[0] | {"answer": True}, QUIZ[1]]), "has no right choice"),
+        "no object": ("I cannot.", "holds no JSON object"),
+        "a bare list": (json.dumps(QUIZ), "not valid JSON"),
+        "cut off": (quiz_json(QUIZ)[:-20], "not valid JSON"),
+        "no questions": (json.dumps({"quiz": QUIZ}), 'holds no list of "questions"'),
+        "too few": (quiz_json(QUIZ[:1]), "1 question(s) of the 2 asked"),
+        "no answer": (quiz_json([QUIZ[0] | {"answer": 4}, QUIZ[1]]), "question 1 has no right"),
+        "a letter too far": (quiz_json([QUIZ[0], QUIZ[1] | {"answer": "C"}]), "question 2"),
+        "repeats": (quiz_json([QUIZ[0] | {"choices": ["a", "A"]}, QUIZ[1]]), "repeats a choice"),
+        "one choice": (quiz_json([QUIZ[0] | {"choices": ["a"]}, QUIZ[1]]), "needs 2 to 5"),
+        "empty": (quiz_json([QUIZ[0] | {"question": " "}, QUIZ[1]]), "has no question"),
+        "true": (quiz_json([QUIZ[0] | {"answer": True}, QUIZ[1]]), "has no right choice"),
     }
     for name, (text, why) in broken.items():
         with pytest.raises(MalformedQuiz, match=re.escape(why)):
@@ -298,7 +304,7 @@ def choices(message: Any) -> list[str]:
 
 async def test_a_quiz_is_posted_answered_by_two_members_and_scored(harness: Harness) -> None:
     s = await scene(harness)
-    asked = quiz_model(harness, json.dumps(QUIZ))
+    asked = quiz_model(harness, quiz_json(QUIZ))
     made = await s.alice.slash(s.channel, "quiz make", source="The exam is on Friday. Bring the "
                                "lab notes.", questions=2)  # fmt: skip
     await harness.env.settle()
@@ -331,11 +337,11 @@ async def test_a_quiz_is_posted_answered_by_two_members_and_scored(harness: Harn
 
 async def test_a_malformed_quiz_is_written_again_once_then_refused(harness: Harness) -> None:
     s = await scene(harness)
-    asked = quiz_model(harness, "Sure! 1. When is the exam?", json.dumps(QUIZ))
+    asked = quiz_model(harness, "Sure! 1. When is the exam?", quiz_json(QUIZ))
     made = await s.alice.slash(s.channel, "quiz make", source="Exam on Friday.", questions=2)
     await harness.env.settle()
     assert len(made.followups) == 2 and asked[1].temperature > 0  # the retry, sampled
-    asked = quiz_model(harness, "No.", json.dumps(QUIZ[:1]))
+    asked = quiz_model(harness, "No.", quiz_json(QUIZ[:1]))
     refused = await s.alice.slash(s.channel, "quiz make", source="Exam on Friday.", questions=2)
     await harness.env.settle()
     assert len(asked) == 2 and refused.followups == []
@@ -351,7 +357,7 @@ async def test_a_quiz_reads_only_what_the_member_may_read_and_can_be_turned_off(
 ) -> None:
     s = await scene(harness)
     carol = await manager(harness, s.guild)
-    asked = quiz_model(harness, json.dumps(QUIZ))
+    asked = quiz_model(harness, quiz_json(QUIZ))
     hidden = discord.PermissionOverwrite(read_message_history=False)
     staff = s.guild.create_text_channel("staff", overwrites={s.alice: hidden})
     answers = await carol.send(staff, "The exam is on Friday.")

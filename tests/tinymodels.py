@@ -249,9 +249,36 @@ def chat_tokenizer(max_length: int = 256) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_chat(directory: Path, positions: int = 256) -> Path:
-    """A tiny Qwen2 causal LM with a chat template and an end-of-turn token."""
-    tokenizer = chat_tokenizer()
+SPECIALS = ["<|end|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|endoftext|>"]
+"""The byte-level chat vocabulary's specials: Qwen2's tokenizer class, which loads it, adds
+<|endoftext|> unless it is there."""
+
+
+def byte_level_chat_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    """Byte-level BPE, as Qwen2.5's tokenizer (the default chat model's) is, trained on
+    ``CORPUS`` and ``WORDS``: any text, JSON included, is a sequence of its tokens."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=SPECIALS,
+    )
+    bpe.train_from_iterator([*CORPUS, " ".join(WORDS)] * 10, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|end|>", pad_token="<|pad|>",
+        additional_special_tokens=SPECIALS[2:],
+        model_max_length=4096,
+    )  # fmt: skip
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_chat(directory: Path, positions: int = 256, byte_level: bool = False) -> Path:
+    """A tiny Qwen2 causal LM with a chat template and an end-of-turn token; with
+    ``byte_level``, over a byte-level BPE vocabulary rather than the WordPiece one."""
+    tokenizer = byte_level_chat_tokenizer() if byte_level else chat_tokenizer()
     torch.manual_seed(0)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
