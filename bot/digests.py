@@ -26,11 +26,14 @@ _URL = re.compile(r"https?://[^\s<>)\]]+")
 LISTED = 3
 """Decisions, questions, links and reacted-to messages listed in a digest, each."""
 DECIDED = re.compile(
-    r"\b(?:decided|decision|agreed|we(?: wi|')ll|let'?s go with|settled on|final answer)\b",
+    r"\b(?:decided|decision|agreed|we(?: wi|['\u2019])ll|let['\u2019]?s go with|settled on|"
+    r"final answer)\b",
     re.IGNORECASE,
 )
 """How a decision reads in a study group's chat (besides being pinned)."""
 DECISION_CHARS = 150
+_SPOILER = re.compile(r"\|\|.+?\|\|", re.DOTALL)
+"""A spoiler is not quoted: cut short, its closing bars would go and show it."""
 
 
 def parse_time(text: str) -> int:
@@ -100,6 +103,11 @@ def scheduled_at(schedule: Schedule, day: str) -> datetime.datetime:
     return (midnight + datetime.timedelta(minutes=schedule.at_minute)).astimezone(datetime.UTC)
 
 
+def _quoted(content: str) -> str:
+    """A message quoted in a digest: spoilers hidden, cut short, shown as typed."""
+    return clip(neutralize(_SPOILER.sub("(a spoiler)", content)), DECISION_CHARS)
+
+
 def compose(summary: str, messages: list[Said]) -> str:
     """The digest's post: the summary (what members wrote shown as typed, never as the
     bot's own links or notes), then what the messages themselves show; the summary is cut
@@ -108,8 +116,7 @@ def compose(summary: str, messages: list[Said]) -> str:
     decided = [m for m in messages if m.pinned or DECIDED.search(m.content)]
     if decided:
         sections.append("**Decisions**\n" + "\n".join(
-            f"- {neutralize(m.author)}: {clip(neutralize(m.content), DECISION_CHARS)} {m.link}"
-            for m in decided[-LISTED:]
+            f"- {neutralize(m.author)}: {_quoted(m.content)} {m.link}" for m in decided[-LISTED:]
         ))  # fmt: skip
     questions = [m for m in messages if m.content.rstrip().endswith("?") and not m.answered]
     if questions:

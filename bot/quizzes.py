@@ -32,10 +32,12 @@ LETTERS = "ABCDE"
 MAX_QUESTIONS = 10
 """The most questions in one quiz: each is a message of its own."""
 CHOICES = range(2, len(LETTERS) + 1)
-MAX_QUESTION_CHARS = 300
-MAX_CHOICE_CHARS = 150
-TOKENS_PER_QUESTION = 120
-"""Room in the answer for one question in JSON: a long question and four choices."""
+MAX_QUESTION_CHARS = 200
+MAX_CHOICE_CHARS = 80
+TOKENS_PER_QUESTION = 150
+"""Room in the answer for one question in JSON: a long question and four choices (a
+trained model's are far shorter than the schema's bounds; an answer cut at its limit is
+malformed, and written again)."""
 ASKED_CHOICES = 4
 PROMPT_TOKENS = 300
 """What the instructions around the material take."""

@@ -84,9 +84,10 @@ class ChatTurn:
 @dataclass(frozen=True)
 class ChatRequest:
     USER_TEXT: ClassVar[frozenset[str]] = frozenset(
-        {"message", "system", "history", "summary", "name"}
+        {"message", "system", "history", "summary", "name", "json_schema"}
     )
-    """Fields holding what members wrote: kept out of logs unless the admin opts in."""
+    """Fields holding what members wrote (and the schema, long and of no use in a usage
+    row): kept out of logs unless the admin opts in."""
 
     message: str
     system: str | None = None
@@ -130,14 +131,20 @@ class ChatModel:
     source: str = ""
     grammar_tokenizer: Any = None
     """The vocabulary as llguidance sees it, made the first time an answer follows a
-    schema."""
+    schema; False when this tokenizer is one llguidance cannot read."""
 
     def grammar_vocabulary(self, width: int) -> Any:
+        """llguidance's view of the vocabulary, or None: answers then go unconstrained
+        (whoever asked for a schema checks the answer anyway)."""
         if self.grammar_tokenizer is None:
-            self.grammar_tokenizer = llguidance.hf.from_tokenizer(
-                self.tokenizer, n_vocab=width, eos_token=sorted(self.stop_ids)
-            )
-        return self.grammar_tokenizer
+            try:
+                self.grammar_tokenizer = llguidance.hf.from_tokenizer(
+                    self.tokenizer, n_vocab=width, eos_token=sorted(self.stop_ids)
+                )
+            except (ValueError, TypeError) as exc:  # a slow or unusual tokenizer
+                log.warning("%s: answers cannot follow a schema here: %s", self.source, exc)
+                self.grammar_tokenizer = False
+        return self.grammar_tokenizer or None
 
 
 @dataclass(frozen=True)
@@ -249,13 +256,16 @@ class _RowGrammars(LogitsProcessor):
     def __init__(
         self, model: ChatModel, requests: Sequence[ChatRequest], start: int, width: int
     ) -> None:
-        vocabulary = model.grammar_vocabulary(width)
-        self.matchers = {
-            row: llguidance.LLMatcher(vocabulary, schema_grammar(r.json_schema))
-            for row, r in enumerate(requests)
-            if r.json_schema is not None
-        }
+        self.matchers: dict[int, Any] = {}
         self.start = start
+        wanted = {row: r.json_schema for row, r in enumerate(requests) if r.json_schema}
+        vocabulary = model.grammar_vocabulary(width) if wanted else None
+        if vocabulary is None:
+            return
+        self.matchers = {
+            row: llguidance.LLMatcher(vocabulary, schema_grammar(schema))
+            for row, schema in wanted.items()
+        }
         self.mask = llguidance.torch.allocate_token_bitmask(len(requests), vocabulary.vocab_size)
 
     @property
@@ -537,19 +547,21 @@ class ChatTask(Task[ChatRequest, ChatResult]):
                         model.continuous.broken or "stopped")  # fmt: skip
             model.continuous.close()
             model.continuous = self._start_continuous(model)
+        here = (
+            fitting
+            if model.continuous is None
+            else self._beside(model.continuous, requests, fitting)
+        )
         answers: dict[int, ChatResult | concurrent.futures.Future[ChatResult]] = {}
-        here = fitting
-        if model.continuous is not None:  # what follows a schema is generated here
-            here = [row for row in fitting if requests[row].json_schema is not None]
-            answers = {
-                row: self._join(model.continuous, prompts[row], requests[row], limit, ctx, row)
-                for row in fitting
-                if row not in here
-            }
-        if here:
+        if here:  # generated here first; the rest of the batch joins the running one after
             chosen = ([prompts[i] for i in here], [requests[i] for i in here])
             answers.update(zip(here, self._generate(model, *chosen, limit, Rows(ctx, here)),
                                strict=True))  # fmt: skip
+        for row in fitting:
+            if row not in here:
+                assert model.continuous is not None
+                answers[row] = self._join(model.continuous, prompts[row], requests[row], limit,
+                                          ctx, row)  # fmt: skip
         return [
             answers[row]
             if row in fitting
@@ -560,6 +572,21 @@ class ChatTask(Task[ChatRequest, ChatResult]):
             )
             for row, ids in enumerate(prompts)
         ]
+
+    @staticmethod
+    def _beside(
+        generator: ContinuousGenerator, requests: Sequence[ChatRequest], fitting: list[int]
+    ) -> list[int]:
+        """The rows to generate here rather than in the running batch: those that follow a
+        schema, whose tokens the running batch cannot mask row by row. With CUDA graphs,
+        only while the running batch is idle: a graph captured on its thread fails if
+        another thread uses the GPU meanwhile. Otherwise they join it unconstrained (whoever
+        asked for a schema checks the answer anyway)."""
+        shaped = [row for row in fitting if requests[row].json_schema is not None]
+        if shaped and generator.cuda_graphs and generator.running:
+            log.info("%d answer(s) join the running batch without their schema", len(shaped))
+            return []
+        return shaped
 
     def _join(
         self,

@@ -223,8 +223,9 @@ class RemoteChatTask(ChatTask):
                 stream = await model.client.chat.completions.create(
                     **asked, **self.response_format(request)
                 )
-            except openai.BadRequestError:
-                if request.json_schema is None:
+            except openai.BadRequestError as exc:
+                said = str(exc).lower()
+                if request.json_schema is None or not ("schema" in said or "format" in said):
                     raise
                 # An engine without structured output: the caller checks the answer anyway.
                 log.warning(

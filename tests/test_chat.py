@@ -4,13 +4,14 @@ import json
 import math
 import shutil
 from concurrent.futures import Future
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import GenerationConfig
 
+import handlers.chat
 from bot.executor import Executor, ExecutorConfig, JobState, LocalBackend, ModelRegistry
 from handlers.base import BatchStopped, InvalidInput
 from handlers.chat import ChatModel, ChatRequest, ChatResult, ChatTask, ChatTurn, end_of_turn_ids
@@ -285,3 +286,36 @@ def test_with_continuous_batching_an_answer_that_follows_a_schema_is_made_beside
         assert isinstance(joined.result(timeout=60), ChatResult)
     finally:
         task.unload(model)
+
+
+def test_a_tokenizer_llguidance_cannot_read_answers_unconstrained(
+    byte_level_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow tokenizer, which llguidance refuses: a schema is then a request like any other
+    (its caller checks the answer); answers without one never build its vocabulary."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ValueError("Only fast tokenizers are supported")
+
+    monkeypatch.setattr(handlers.chat.llguidance.hf, "from_tokenizer", refuse)
+    model = load(TASK, byte_level_dir)
+    plain = ChatRequest("hi", max_tokens=4)
+    (unshaped,) = TASK.run_batch(model, [plain], RecordingContext())
+    assert model.grammar_tokenizer is None
+    (answer,) = TASK.run_batch(
+        model, [replace(plain, json_schema=ANSWER_SCHEMA)], RecordingContext()
+    )
+    assert answer == unshaped and model.grammar_tokenizer is False
+    assert "answers cannot follow a schema here" in caplog.text
+
+
+def test_with_cuda_graphs_a_schema_waits_for_an_idle_running_batch_or_goes_unconstrained() -> None:
+    @dataclass
+    class Generator:
+        cuda_graphs: bool
+        running: int
+
+    rows = [ChatRequest("a", json_schema=ANSWER_SCHEMA), ChatRequest("b")]
+    assert ChatTask._beside(Generator(False, 3), rows, [0, 1]) == [0]  # a thread beside
+    assert ChatTask._beside(Generator(True, 0), rows, [0, 1]) == [0]  # nothing to disturb
+    assert ChatTask._beside(Generator(True, 2), rows, [0, 1]) == []  # graphs: no thread beside

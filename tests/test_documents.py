@@ -168,8 +168,7 @@ async def test_translate_and_the_menus_read_documents_too(harness: Harness) -> N
     await s.alice.context_menu(s.channel, "Summarize", shared)
     await harness.finish()
     assert harness.tasks["summarize"].runs[-1][0].text == (
-        "The notes:\n\nEnzymes\nEnzymes lower the activation energy of reactions.\n"
-        "amylase | starch"
+        "The notes:\n\nEnzymes\nEnzymes lower the activation energy of reactions.\namylase | starch"
     )
     await s.bob.send(s.channel, "", attachments=[("notes.docx", make_docx())])
     alone = max((m for m in s.channel.history() if m.author.id == s.bob.id), key=lambda m: m.id)

@@ -56,11 +56,11 @@ class FakeServer:
         body = await request.json()
         self.bodies.append(body)
         self.keys.append(request.headers.get("Authorization"))
-        status = self.reply if isinstance(self.reply, int) else None
+        status, said = (self.reply, "no") if isinstance(self.reply, int) else (None, "")
         if not self.schemas and "response_format" in body:
-            status = 400
+            status, said = 400, "response_format json_schema is not supported"
         if status is not None:
-            error = {"error": {"message": "no", "type": "error", "code": status}}
+            error = {"error": {"message": said, "type": "error", "code": status}}
             return web.json_response(error, status=status)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         words = WORDS * 50 if self.reply == "slow" else WORDS
@@ -174,7 +174,8 @@ async def test_an_answer_that_follows_a_schema_asks_for_structured_output(
     fake.schemas = False  # an engine without structured output: asked again without
     async with executor_for(url) as executor:
         answer = await executor.submit("chat", shaped, user_id="alice")
-    assert answer.text.startswith("Osmosis") and "response_format" not in fake.bodies[-1]
+    assert answer.text.startswith("Osmosis") and len(fake.bodies) == 4
+    assert "response_format" in fake.bodies[2] and "response_format" not in fake.bodies[3]
 
 
 async def test_cancel_closes_the_stream_and_frees_the_row(server: tuple[FakeServer, str]) -> None:

@@ -119,11 +119,13 @@ def test_a_digest_lists_what_the_messages_show() -> None:
         Said("bob", "Is the exam on Friday?", "https://d/3", 0, answered=True),
         Said("cy", "OK, we decided: we meet on Thursday at 6.", "https://d/4", 0, False),
         Said("ann", "Chapter 4 for next week", "https://d/5", 0, False, pinned=True),
+        Said("bo", "We\u2019ll meet ||at the cafe, to surprise Cy||", "https://d/6", 0, False),
     ]
     assert compose("summary: lab and exam", said) == (
-        "**Digest of the last day** (5 messages)\n\nsummary: lab and exam\n\n"
+        "**Digest of the last day** (6 messages)\n\nsummary: lab and exam\n\n"
         "**Decisions**\n- cy: OK, we decided: we meet on Thursday at 6. https://d/4\n"
-        "- ann: Chapter 4 for next week https://d/5\n\n"
+        "- ann: Chapter 4 for next week https://d/5\n"
+        "- bo: We\u2019ll meet (a spoiler) https://d/6\n\n"
         "**Open questions**\n- bob: https://d/1\n\n"
         "**Links shared**\n- <https://example.com/slides.pdf>\n\n"
         "**Most reacted to**\n- ann (3): https://d/2"
@@ -388,3 +390,27 @@ async def test_a_quiz_reads_only_what_the_member_may_read_and_can_be_turned_off(
     refusals = [(json.loads(r["options"])["command"], r["status"]) for r in harness.rows()
                 if r["task"] in ("chat", "summarize")][-2:]  # fmt: skip
     assert refusals == [("quiz", "invalid"), ("catchup", "invalid")]
+
+
+async def test_a_quiz_in_direct_messages_follows_the_direct_message_policy(
+    harness: Harness,
+) -> None:
+    """Quizzes are a text command: in DMs as BOT_DIRECT_MESSAGES allows (text-only here),
+    answered there, with no server's scores to show."""
+    s = await scene(harness)
+    asked = quiz_model(harness, quiz_json(QUIZ))
+    made = await s.alice.user.slash("quiz make", source="Exam on Friday.", questions=2)
+    await harness.env.settle()
+    assert len(asked) == 1 and len(made.followups) == 2
+    answered = await s.alice.user.click(made.followups[0], label="B")
+    assert answered.response.content.startswith("\u2705 Right: **B.** Friday")
+    scores = await s.alice.user.slash("quiz scores")
+    assert "**scores**: are kept for each server; ask in one" in scores.response.content
+
+
+@pytest.mark.parametrize("stack", [{"direct_messages": "off"}], indirect=True)
+async def test_no_quiz_in_direct_messages_when_they_are_off(harness: Harness) -> None:
+    """Discord does not offer it there at all."""
+    quiz = harness.bot.tree.get_command("quiz")
+    assert quiz is not None and quiz.allowed_contexts is not None
+    assert quiz.allowed_contexts.dm_channel is False and quiz.allowed_contexts.guild is True

@@ -30,7 +30,7 @@ from bot.digests import (
     scheduled_at,
 )
 from bot.guilds import DIRECT_MESSAGES
-from bot.invocations import Caller
+from bot.invocations import Caller, CommandDisabled
 from bot.markdown import clip
 from bot.quizzes import (
     LETTERS,
@@ -98,20 +98,23 @@ class QuizButton(
 
     async def callback(self, interaction: Interaction) -> None:  # type: ignore[override]
         bot = interaction.client
+        caller = dataclasses.replace(caller_of(interaction), command="quiz")
         try:
-            await self._answer(interaction)
+            blocked = bot.invoker.why_not("chat", caller)
+            if blocked is not None:
+                raise blocked
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            await self._answer(interaction, caller)
         except Exception as exc:
+            if isinstance(exc, InvalidInput | CommandDisabled):
+                bot.invoker.record_refusal("chat", caller, exc)
             await bot.report_error(interaction, exc)
 
-    async def _answer(self, interaction: Interaction) -> None:
-        bot = interaction.client
-        caller = dataclasses.replace(caller_of(interaction), command="quiz")
-        blocked = bot.invoker.why_not("chat", caller)
-        if blocked is not None:
-            raise blocked
-        store = QuizStore(bot.usage)
+    async def _answer(self, interaction: Interaction, caller: Caller) -> None:
+        store = QuizStore(interaction.client.usage)
         found = await store.question(self.quiz_id, self.index)
-        if found is None or self.choice >= len(found[1].choices):
+        here = interaction.guild_id or DIRECT_MESSAGES
+        if found is None or found[0] != here or self.choice >= len(found[1].choices):
             raise InvalidInput("quiz", "this quiz is no longer kept")
         guild_id, question = found
         counted = await store.answer(self.quiz_id, self.index, caller.user_id, guild_id,
@@ -120,8 +123,8 @@ class QuizButton(
         said = question.verdict(counted)
         if counted != self.choice:
             said = f"You answered **{LETTERS[counted]}** already. {said}"
-        await interaction.response.send_message(
-            f"{said}\n-# Your score: {score.correct} right of {score.answered}", ephemeral=True
+        await interaction.edit_original_response(
+            content=f"{said}\n-# Your score: {score.correct} right of {score.answered}"
         )
 
 
@@ -407,7 +410,10 @@ class Study(commands.Cog):
     ) -> list[Question]:
         """The quiz the model wrote; written again once (sampled) if it is malformed, and
         refused if it still is."""
-        result: ChatResult = await handle
+        try:
+            result: ChatResult = await handle
+        except InvalidInput as exc:  # the chat model's window, in tokens
+            raise InvalidInput("source", f"is too long for a quiz: {exc.message}") from None
         try:
             return parse_quiz(result.text, count)
         except MalformedQuiz as exc:
@@ -420,18 +426,21 @@ class Study(commands.Cog):
         try:
             return parse_quiz(result.text, count)
         except MalformedQuiz as exc:
-            raise InvalidInput(
+            refused = InvalidInput(
                 "source", f"the model could not write a whole quiz from this, twice ({exc}); "
                 "try fewer questions or clearer material"
-            ) from None  # fmt: skip
+            )  # fmt: skip
+            self.bot.invoker.record_refusal("chat", caller, refused)
+            raise refused from None
 
     @quiz.command(name="scores", description="This server's best at its quizzes")
     async def quiz_scores(self, interaction: Interaction) -> None:
-        if interaction.guild_id is None:
-            raise InvalidInput("scores", "are kept for each server; ask in one")
         caller = caller_of(interaction)
-        blocked = self.bot.invoker.why_not("chat", caller)
+        blocked: InvalidInput | CommandDisabled | None = self.bot.invoker.why_not("chat", caller)
+        if interaction.guild_id is None:
+            blocked = InvalidInput("scores", "are kept for each server; ask in one")
         if blocked is not None:
+            self.bot.invoker.record_refusal("chat", caller, blocked)
             raise blocked
         best = await self.quizzes.scores(interaction.guild_id)
         lines = [

@@ -9,7 +9,7 @@ CREATE TABLE quizzes (
     questions   TEXT NOT NULL      -- JSON: [{"question", "choices", "answer"}]
 );
 CREATE TABLE quiz_answers (
-    quiz_id     TEXT NOT NULL REFERENCES quizzes (id) ON DELETE CASCADE,
+    quiz_id     TEXT NOT NULL REFERENCES quizzes (id),
     question    INTEGER NOT NULL,
     user_id     TEXT NOT NULL,
     guild_id    INTEGER NOT NULL,
