@@ -51,7 +51,7 @@ from bench.lengths import LENGTHS, honest  # noqa: E402
 from bench.models import TEXTS, build_models  # noqa: E402
 from bench.transcribe import opus, speech_like  # noqa: E402
 from bot.app import build_tasks, start_executor  # noqa: E402
-from bot.executor import Busy, Executor, JobHandle, QueueTimeout  # noqa: E402
+from bot.executor import Busy, Executor, JobHandle, QueueTimeout, metrics  # noqa: E402
 from handlers.chat import ChatRequest  # noqa: E402
 from handlers.classify import ClassifyRequest  # noqa: E402
 from handlers.describe import DescribeRequest  # noqa: E402
@@ -157,10 +157,8 @@ class RateResult:
 
 
 def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+    """The bot's own percentile (nearest rank), NaN for no values."""
+    return metrics.percentile(values, q) if values else math.nan
 
 
 def pick(rng: random.Random) -> tuple[str, Callable[[random.Random, int], Any]]:

@@ -49,6 +49,10 @@ from transformers import ContinuousBatchingConfig, GenerationConfig, Qwen2Config
 from transformers.generation.streamers import BaseStreamer
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bot.executor.metrics import percentile  # noqa: E402 - the bot's own
+
 PROMPT_TOKENS = 64
 MIN_NEW = 16
 
@@ -229,11 +233,6 @@ def run_continuous(
     finally:
         manager.stop(block=True, timeout=30)
     return traces
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summarize(name: str, traces: list[Trace], wall_s: float) -> dict[str, Any]:

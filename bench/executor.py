@@ -40,6 +40,7 @@ import transformers  # noqa: E402
 from bench.workloads import Workload, workloads  # noqa: E402
 from bot.executor import Backend, Executor, ExecutorConfig, LocalBackend, ModelRegistry  # noqa: E402
 from bot.executor.config import default_limits  # noqa: E402
+from bot.executor.metrics import percentile  # noqa: E402
 from bot.executor.process import ProcessBackend, WorkerSpec  # noqa: E402
 from handlers.base import LoadSpec, Task  # noqa: E402
 
@@ -58,10 +59,8 @@ class NoContext:
     def partial(self, index: int, data: Any) -> None:
         pass
 
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+    def abandoned(self, index: int) -> bool:
+        return False
 
 
 class LoopLag:

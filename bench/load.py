@@ -50,6 +50,7 @@ from bench.models import TEXTS, build_models  # noqa: E402
 from bot import app as bot_app  # noqa: E402
 from bot.app import Worker, running  # noqa: E402
 from bot.client import AssistantBot, friendly  # noqa: E402
+from bot.executor.metrics import percentile  # noqa: E402
 from bot.settings import Settings  # noqa: E402
 from handlers.base import BatchContext, LoadSpec, Task  # noqa: E402
 
@@ -215,8 +216,7 @@ class LagProbe:
             self._task.cancel()
 
     def percentile(self, q: float) -> float:
-        ordered = sorted(self.lags_ms) or [0.0]
-        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+        return percentile(self.lags_ms or [0.0], q)
 
 
 class Slowed(Task[Any, Any]):

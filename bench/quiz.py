@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from bench.executor import NoContext
 from bot.quizzes import (
     MalformedQuiz,
     answer_tokens,
@@ -49,22 +50,6 @@ from handlers.chat import ChatRequest, ChatResult, ChatTask
 
 MIN_MATERIAL = 400
 MAX_MATERIAL = 3000
-
-
-class Quiet:
-    """A batch context that reports nothing and never stops."""
-
-    def should_stop(self) -> bool:
-        return False
-
-    def progress(self, step: int, total: int) -> None:
-        pass
-
-    def partial(self, index: int, data: Any) -> None:
-        pass
-
-    def abandoned(self, index: int) -> bool:
-        return False
 
 
 def materials(count: int) -> list[str]:
@@ -91,7 +76,7 @@ def materials(count: int) -> list[str]:
 def answers(task: ChatTask, model: Any, requests: list[Any], batch: int) -> list[str]:
     out: list[str] = []
     for start in range(0, len(requests), batch):
-        for answer in task.run_batch(model, requests[start : start + batch], Quiet()):
+        for answer in task.run_batch(model, requests[start : start + batch], NoContext()):
             if isinstance(answer, concurrent.futures.Future):
                 answer = answer.result()
             out.append(answer.text if isinstance(answer, ChatResult) else f"refused: {answer}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -16,7 +17,6 @@ import discord
 
 from bot.delivery import Reply
 from handlers.base import HandlerError
-from handlers.speak import CALL_FRAME_BYTES
 
 if TYPE_CHECKING:
     from bot.executor import JobHandle
@@ -28,18 +28,10 @@ class VoiceUnavailable(HandlerError):
     """Voice cannot work here; the message says why, in one line."""
 
 
-class PCMSource(discord.AudioSource):
-    """Ready 48 kHz stereo PCM, handed over a 20 ms frame at a time."""
-
-    def __init__(self, pcm: bytes) -> None:
-        self._pcm = memoryview(pcm)
-        self._size = CALL_FRAME_BYTES
-        self._at = 0
-
-    def read(self) -> bytes:
-        frame = bytes(self._pcm[self._at : self._at + self._size])
-        self._at += self._size
-        return frame if len(frame) == self._size else b""
+def pcm_source(pcm: bytes) -> discord.PCMAudio:
+    """Ready 48 kHz stereo PCM (whole 20 ms frames, ``handlers.speak.call_pcm``), which
+    discord.py's player reads a frame at a time."""
+    return discord.PCMAudio(io.BytesIO(pcm))
 
 
 @dataclass(eq=False)
@@ -151,7 +143,7 @@ class Playback:
                 loop.call_soon_threadsafe(self._ended, utterance)
 
         try:
-            self.voice.play(PCMSource(pcm), after=after)  # type: ignore[attr-defined]
+            self.voice.play(pcm_source(pcm), after=after)  # type: ignore[attr-defined]
         except Exception as exc:  # discord.ClientException while the connection reconnects
             log.warning("cannot play speech in the call, so it is skipped: %s", exc)
             return

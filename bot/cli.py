@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 from huggingface_hub import utils as hub_utils
-from pydantic import BaseModel, ValidationError
-from pydantic_core import to_jsonable_python
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_settings.exceptions import SettingsError
 from tqdm import tqdm
 
@@ -710,7 +709,7 @@ def _env_value(value: object) -> str:
         value = int(value)  # 24 and 24.0 read back alike
     text = str(value)
     if isinstance(value, list | dict):
-        text = json.dumps(to_jsonable_python(value, exclude_none=True))
+        text = json.dumps(TypeAdapter(Any).dump_python(value, mode="json", exclude_none=True))
     if text and (text != text.strip() or any(c in text for c in " #'\"\\$\n")):
         if not any(c in text for c in "'\\\n"):
             return f"'{text}'"  # single quotes: taken as they are

@@ -8,8 +8,9 @@ Discord-free: the cog passes the names that mentions stand for.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Mapping
+
+import emoji
 
 _CODE_BLOCK = re.compile(r"```.*?```", re.DOTALL)
 _INLINE_CODE = re.compile(r"`[^`\n]+`")
@@ -60,36 +61,26 @@ def speakable(text: str, names: Mapping[str, str] | None = None) -> str:
     return text if any(c.isalnum() for c in text) else ""
 
 
+SAID_SYMBOLS = frozenset({"\u00a9", "\u00ae", "\u2122"})
+"""Emoji that are also symbols with a name a speech model can say: ©, ®, ™."""
+_LEFT_OVER = re.compile("[\ufe0e\ufe0f\ud800-\udfff]")
+"""Style selectors left without their emoji, and lone surrogates (no text at all)."""
+
+
+def _said_instead(found: str, data: dict[str, object]) -> str:
+    """What is said for an emoji: a keycap's digit (``1️⃣`` is "1"), ©, ® and ™ as they
+    are, nothing for the rest."""
+    if found.endswith("\u20e3"):
+        return found[0]
+    plain = found.replace("\ufe0f", "").replace("\ufe0e", "")
+    return plain if plain in SAID_SYMBOLS else ""
+
+
 def _without_emoji(text: str) -> str:
-    """Emoji (with their skin tones and the joiners between them) and style selectors
-    dropped: a speech model has no sound for them. Other symbols (°, ©, №) and the joiners
-    some scripts spell with stay."""
-    kept: list[str] = []
-    after_emoji = False
-    for char in text:
-        if char in _SELECTORS:
-            continue
-        if _is_emoji(char) or (after_emoji and char == _JOINER):
-            if kept and kept[-1] == _JOINER:
-                kept.pop()  # the joiner before this emoji
-            after_emoji = True
-            continue
-        after_emoji = False
-        if unicodedata.category(char) != "Cs":  # a lone surrogate is no text at all
-            kept.append(char)
-    return "".join(kept)
-
-
-_JOINER = "\u200d"
-_SELECTORS = frozenset({"\ufe0e", "\ufe0f", "\u20e3"})
-"""Text or emoji style, and the keycap around a digit: ``1️⃣`` is said as "1"."""
-
-
-def _is_emoji(char: str) -> bool:
-    code = ord(char)
-    if code >= 0x1F000:  # pictographs, regional indicators, skin tones
-        return unicodedata.category(char) in ("So", "Sk")
-    return 0x2600 <= code <= 0x27BF and unicodedata.category(char) == "So"  # ☀ ♥ ✅
+    """Emoji (every emoji and pictograph the ``emoji`` library knows, with their skin tones,
+    joiners and style selectors) dropped: a speech model has no sound for them. Other
+    symbols (°, №) and the joiners some scripts spell with stay."""
+    return _LEFT_OVER.sub("", emoji.replace_emoji(text, replace=_said_instead))
 
 
 def spoken_line(

@@ -22,7 +22,6 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -512,7 +511,8 @@ class UsageSettings(BaseModel):
     path: Path | None = None
     """The SQLite usage database; unset puts usage.sqlite3 in the data directory."""
     retention_days: int | None = Field(default=90, ge=1)
-    """Usage rows older than this are deleted; unset keeps them forever."""
+    """Usage rows, and quizzes with their answers, older than this are deleted; unset keeps
+    them forever."""
 
 
 class Settings(BaseSettings):
@@ -521,6 +521,9 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         env_file=".env",
         env_ignore_empty=True,  # `BOT_DEV_GUILD=` as in .env.example means "unset"
+        # One variable (BOT_IMAGE__MAX_BATCH) changes one field of a nested default, keeping
+        # the rest of it (each class of tasks has its own defaults).
+        nested_model_default_partial_update=True,
         extra="ignore",
         use_attribute_docstrings=True,
     )
@@ -685,14 +688,6 @@ class Settings(BaseSettings):
                 f"known: {', '.join(ModelSettings.model_fields)}"
             )
         return tasks
-
-    @field_validator("text", "audio", "image", mode="before")
-    @classmethod
-    def _fill_class_defaults(cls, value: object, info: ValidationInfo) -> object:
-        """Let one env var (BOT_IMAGE__MAX_BATCH) override one field, keeping the rest."""
-        if isinstance(value, dict):
-            return {**TaskClassSettings.of(TaskKind(info.field_name)).model_dump(), **value}
-        return value
 
     def executor_config(self) -> ExecutorConfig:
         return ExecutorConfig(

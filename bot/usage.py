@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +311,8 @@ class UsageLog:
             self._db = None
 
     async def apply_retention(self) -> None:
-        """Delete usage rows older than ``retention_days``, image requests older than
+        """Delete usage rows (and quizzes with their answers) older than ``retention_days``,
+        image requests older than
         ``image_requests_ttl_s`` and conversations idle longer than ``conversations_ttl_s``
         (what members wrote is kept no longer than that)."""
         now = self._last_retention = self.clock()
@@ -329,6 +331,15 @@ class UsageLog:
                             cursor.rowcount,
                             self.retention_days,
                         )
+                    # Quizzes hold what was made of members' material; their answers go
+                    # with them, so the scores cover the same days as the usage log.
+                    await self._db.execute(
+                        "DELETE FROM quizzes WHERE created_at < ?",
+                        (now - self.retention_days * 86400,),
+                    )
+                    await self._db.execute(
+                        "DELETE FROM quiz_answers WHERE quiz_id NOT IN (SELECT id FROM quizzes)"
+                    )
                 await self._db.execute(
                     "DELETE FROM image_requests WHERE created_at < ?",
                     (now - self.image_requests_ttl_s,),
@@ -457,13 +468,10 @@ class UsageLog:
 
 
 def quantiles(values: list[float]) -> tuple[float, float]:
-    """(p50, p95) by the nearest-rank method."""
-    ordered = sorted(values)
-
-    def rank(q: float) -> float:
-        return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-    return rank(0.50), rank(0.95)
+    """(p50, p95) by the nearest rank, numpy's ``inverted_cdf``, as /queue computes its own
+    (``bot.executor.metrics.percentile``, which this module cannot import without torch)."""
+    p50, p95 = np.percentile(values, [50, 95], method="inverted_cdf")
+    return float(p50), float(p95)
 
 
 @dataclass(frozen=True)

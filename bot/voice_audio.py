@@ -1,7 +1,7 @@
 """Whether this machine can join a voice channel.
 
 Speech for a call is rendered where the model runs (``SpeakRequest.for_call``: 48 kHz
-stereo 16-bit PCM); the bot only hands its frames over (``bot.calls.PCMSource``).
+stereo 16-bit PCM); the bot only hands its frames over (``bot.calls.pcm_source``).
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ checkpoints) is resampled to 48 kHz for it.
 from __future__ import annotations
 
 import io
-import re
+import math
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +55,7 @@ from handlers.base import (
     quote,
     raise_if_stopped,
 )
+from handlers.text import split_to_fit
 
 ENGLISH = "en"
 CMU_ARCTIC_SPEAKERS = ("awb", "bdl", "clb", "jmk", "ksp", "rms", "slt")
@@ -80,9 +81,6 @@ CALL_FRAME_SAMPLES = CALL_RATE * 20 // 1000
 """960 samples per channel in each 20 ms frame a voice call sends."""
 CALL_FRAME_BYTES = CALL_FRAME_SAMPLES * CALL_CHANNELS * 2
 """3,840 bytes: one frame of 48 kHz stereo 16-bit PCM, what discord.py's audio sources yield."""
-
-SENTENCE_BREAK = re.compile(r"(?<=[.!?…;])\s+|\s*\n\s*")
-CLAUSE_BREAK = re.compile(r"(?<=[,:—])\s+")
 
 
 @dataclass(frozen=True)
@@ -172,7 +170,7 @@ def read_voices(source: str) -> VoiceTable:
             raise ValueError(f"{source}: expected shape (voices, dim), got {vectors.shape}")
         return VoiceTable(vectors, voice_presets(len(vectors), None))
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq  # comes with datasets
+        import pyarrow.parquet as pq
 
         table = pq.read_table(path)
     else:
@@ -193,55 +191,6 @@ def read_voices(source: str) -> VoiceTable:
         else None
     )
     return VoiceTable(vectors, voice_presets(len(vectors), filenames))
-
-
-def split_text(text: str, fits: Callable[[str], bool]) -> list[str]:
-    """Sentences, then clauses, then words, then characters, until every piece ``fits``."""
-    pieces: list[str] = []
-    for sentence in _parts(SENTENCE_BREAK, text):
-        if fits(sentence):
-            pieces.append(sentence)
-            continue
-        for clause in _parts(CLAUSE_BREAK, sentence):
-            pieces.extend([clause] if fits(clause) else _pack_words(clause, fits))
-    return pieces
-
-
-def _parts(pattern: re.Pattern[str], text: str) -> list[str]:
-    return [" ".join(part.split()) for part in pattern.split(text) if part.strip()]
-
-
-def _pack_words(text: str, fits: Callable[[str], bool]) -> list[str]:
-    pieces: list[str] = []
-    current = ""
-    for word in text.split():
-        candidate = f"{current} {word}" if current else word
-        if fits(candidate):
-            current = candidate
-            continue
-        if current:
-            pieces.append(current)
-        current = ""
-        if fits(word):
-            current = word
-        else:
-            pieces.extend(_split_word(word, fits))
-    if current:
-        pieces.append(current)
-    return pieces
-
-
-def _split_word(word: str, fits: Callable[[str], bool]) -> list[str]:
-    """A word longer than the limit (a URL, a digit run): longest fitting prefixes."""
-    pieces: list[str] = []
-    while word:
-        low, high = 1, len(word)
-        while low < high:  # the longest prefix that fits; one character always goes
-            mid = (low + high + 1) // 2
-            low, high = (mid, high) if fits(word[:mid]) else (low, mid - 1)
-        pieces.append(word[:low])
-        word = word[low:]
-    return pieces
 
 
 @contextmanager
@@ -488,13 +437,17 @@ class SpeakTask(Task[SpeakRequest, SpeakResult]):
         """
         normalize = _language(request) == ENGLISH
 
-        def fits(text: str) -> bool:
-            if len(text) > PIECE_CHARS:
-                return False
+        def size(text: str) -> int:
+            """Characters, or the model's tokens scaled so that its limit reads as
+            ``PIECE_CHARS``: a piece fits when both do."""
             limit = model.max_tokens
-            return limit is None or len(_encode(model, text, normalize)) <= limit
+            if limit is None:
+                return len(text)
+            tokens = len(_encode(model, text, normalize))
+            return max(len(text), math.ceil(tokens * PIECE_CHARS / limit))
 
-        encoded = [_encode(model, piece, normalize) for piece in split_text(request.text, fits)]
+        pieces = [" ".join(p.split()) for p in split_to_fit(request.text, size, PIECE_CHARS)]
+        encoded = [_encode(model, piece, normalize) for piece in pieces if piece]
         return [ids for ids in encoded if ids]
 
     def _run_speecht5(

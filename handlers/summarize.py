@@ -1,15 +1,15 @@
 """Summarize: an encoder-decoder summariser (BART-CNN by default), batched with ``generate``.
 
 Transformers 5 has no summarization pipeline, so this calls the model directly. Text
-longer than the model's window is never cut: it is split at sentence boundaries into
-chunks that fit, each chunk (a section of a long document) is summarised, with the
-batch's progress counting sections done, and the joined partial summaries are summarised
-again until one window holds them (map-reduce).
+longer than the model's window is never cut: it is split at the best boundaries
+(``handlers/text.py``: paragraphs, sentences, clauses, words...) into chunks that fit,
+each chunk (a section of a long document) is summarised, the batch's progress counting
+sections done when the text is alone in it, and the joined partial summaries are
+summarised again until one window holds them (map-reduce).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -28,9 +28,8 @@ from handlers.base import (
     raise_if_stopped,
 )
 from handlers.presets import LENGTHS as LENGTHS  # re-exported: where summaries are defined
+from handlers.text import split_to_fit
 
-# Western end marks before a space; CJK full-width end marks need none.
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[\u3002\uff01\uff1f])\s*|\n+")
 MAX_ROUNDS = 8
 
 
@@ -61,10 +60,6 @@ class SummarizeModel:
     device: str
     window: int
     """Most input tokens per piece, special tokens included."""
-
-
-def split_sentences(text: str) -> list[str]:
-    return [s.strip() for s in SENTENCE_END.split(text) if s.strip()]
 
 
 class SummarizeTask(Task[SummarizeRequest, SummarizeResult]):
@@ -115,39 +110,14 @@ class SummarizeTask(Task[SummarizeRequest, SummarizeResult]):
         return super().model_bytes(model.model)
 
     def chunks(self, model: SummarizeModel, text: str) -> list[str]:
-        """Pieces of ``text`` at sentence (or, for giant sentences, word) boundaries that fit."""
+        """Pieces of ``text`` that fit the window, cut at the best boundaries (handlers/text)."""
         budget = model.window - model.tokenizer.num_special_tokens_to_add()
-        units: list[str] = []
-        for sentence in split_sentences(text):
-            words = sentence.split()
-            lengths = model.tokenizer(words, add_special_tokens=False)["input_ids"]
-            if sum(len(ids) for ids in lengths) <= budget:
-                units.append(sentence)
-                continue
-            piece: list[str] = []
-            used = 0
-            for word, ids in zip(words, lengths, strict=True):
-                if piece and used + len(ids) > budget:
-                    units.append(" ".join(piece))
-                    piece, used = [], 0
-                piece.append(word)
-                used += len(ids)
-            units.append(" ".join(piece))
-        if not units:
-            return [text]
-        counts = [len(ids) for ids in model.tokenizer(units, add_special_tokens=False)["input_ids"]]
-        pieces: list[str] = []
-        current: list[str] = []
-        used = 0
-        for unit, count in zip(units, counts, strict=True):
-            if current and used + count + 1 > budget:
-                pieces.append(" ".join(current))
-                current, used = [], 0
-            current.append(unit)
-            used += count + 1
-        if current:
-            pieces.append(" ".join(current))
-        return pieces
+
+        def size(piece: str) -> int:
+            return len(model.tokenizer(piece, add_special_tokens=False)["input_ids"])
+
+        pieces = [piece.strip() for piece in split_to_fit(text, size, budget)]
+        return [piece for piece in pieces if piece] or [text.strip()]
 
     def _generate(
         self,
@@ -209,8 +179,10 @@ class SummarizeTask(Task[SummarizeRequest, SummarizeResult]):
                 outputs = self._generate(model, list(whole.values()), final, ctx)
                 summaries.update(zip(whole, outputs, strict=True))
             joined: dict[int, list[str]] = {}
-            # The first round summarizes a long text section by section, with progress.
-            outputs = self._generate(model, pieces, partial, ctx, sections=round_number == 0)
+            # The first round summarizes a long text section by section, with progress,
+            # which goes to every job of the batch: counted only for a text alone in it.
+            counted = round_number == 0 and len(requests) == 1
+            outputs = self._generate(model, pieces, partial, ctx, sections=counted)
             for owner, output in zip(owners, outputs, strict=True):
                 joined.setdefault(owner, []).append(output)
             pending = {owner: " ".join(parts) for owner, parts in joined.items()}

@@ -18,8 +18,7 @@ all pieces of a batch go through one ``generate`` call and are stitched back in 
 from __future__ import annotations
 
 import contextlib
-import re
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -45,6 +44,7 @@ from handlers.languages import (
     load_detector,
     resolve_language,
 )
+from handlers.text import split_to_fit
 
 AUTO = "auto"
 DEFAULT_MODEL = "facebook/m2m100_418M"
@@ -53,7 +53,6 @@ FAMILIES = ("m2m_100", "marian")
 """``config.model_type`` values the task can drive."""
 
 # Sentence ends: Latin-style punctuation then spaces, or CJK full stops (no space follows).
-_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|(?<=[\u3002\uff01\uff1f])")
 
 
 @dataclass(frozen=True)
@@ -89,39 +88,6 @@ class TranslateModel:
     device: str
     max_input_tokens: int
     """Longest tokenised piece the model is given, special tokens included."""
-
-
-def split_to_fit(text: str, fits: Callable[[str], bool]) -> list[str]:
-    """Pieces of ``text`` that each ``fit``, cut at sentence ends, else spaces, else anywhere."""
-    if fits(text) or len(text) < 2:
-        return [text]
-    sentences = [s for s in _SENTENCE_END.split(text) if s.strip()]
-    if len(sentences) > 1:
-        return _pack(sentences, fits)
-    words = text.split()
-    if len(words) > 1:
-        return _pack(words, fits)
-    half = len(text) // 2
-    return split_to_fit(text[:half], fits) + split_to_fit(text[half:], fits)
-
-
-def _pack(units: list[str], fits: Callable[[str], bool]) -> list[str]:
-    """Greedily join consecutive units while they fit, so the model sees whole sentences."""
-    pieces: list[str] = []
-    current = ""
-    for unit in units:
-        candidate = f"{current} {unit}" if current else unit
-        if fits(candidate):
-            current = candidate
-            continue
-        if current:
-            pieces.append(current)
-        current = unit if fits(unit) else ""
-        if not current:
-            pieces.extend(split_to_fit(unit, fits))
-    if current:
-        pieces.append(current)
-    return pieces
 
 
 class TranslateTask(Task[TranslateRequest, TranslateResult]):
@@ -233,17 +199,15 @@ class TranslateTask(Task[TranslateRequest, TranslateResult]):
             tokenizer.src_lang = source  # safe: run_batch is only ever called on one thread
             generate_kwargs["forced_bos_token_id"] = tokenizer.get_lang_id(target)
 
-        def fits(piece: str) -> bool:
-            return len(tokenizer(piece, verbose=False).input_ids) <= model.max_input_tokens
+        def size(piece: str) -> int:
+            return len(tokenizer(piece, verbose=False).input_ids)
+
+        def pieces_of(line: str) -> list[str]:
+            cut = split_to_fit(line.strip(), size, model.max_input_tokens)
+            return [piece.strip() for piece in cut if piece.strip()]
 
         # Every request becomes lines, every non-blank line one or more pieces.
-        layout = [
-            [
-                split_to_fit(line.strip(), fits) if line.strip() else []
-                for line in r.text.split("\n")
-            ]
-            for r in requests
-        ]
+        layout = [[pieces_of(line) for line in r.text.split("\n")] for r in requests]
         pieces = [piece for lines in layout for line in lines for piece in line]
         translated = iter(self._generate(model, pieces, generate_kwargs, ctx))
         joiner = "" if target in UNSPACED else " "

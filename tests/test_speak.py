@@ -23,7 +23,6 @@ from handlers.speak import (
     Speech,
     SpeechModel,
     call_pcm,
-    split_text,
     voice_presets,
 )
 from tests.tinymodels import (
@@ -161,25 +160,6 @@ def test_long_text_is_spoken_sentence_by_sentence(task: SpeakTask, speecht5: Spe
     joined = np.concatenate([parts[0].samples, pause, parts[1].samples, pause, parts[2].samples])
     assert len(whole.samples) == len(joined)
     np.testing.assert_allclose(whole.samples, joined, atol=1e-5, rtol=0)
-
-
-def test_split_text_falls_back_to_clauses_words_and_characters() -> None:
-    def fits(piece: str) -> bool:
-        return len(piece) <= 12
-
-    text = "Short one. A clause here, then some more words\n\nsupercalifragilistic!"
-    pieces = split_text(text, fits)
-
-    assert pieces == [
-        "Short one.",
-        "A clause",
-        "here,",
-        "then some",
-        "more words",
-        "supercalifra",
-        "gilistic!",
-    ]
-    assert all(fits(p) for p in pieces)
 
 
 def test_a_piece_that_never_stops_keeps_its_own_length_in_a_batch(

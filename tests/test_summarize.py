@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from handlers.base import InvalidInput
-from handlers.summarize import SummarizeModel, SummarizeRequest, SummarizeTask, split_sentences
+from handlers.summarize import SummarizeModel, SummarizeRequest, SummarizeTask
 from tests.handlers_support import RecordingContext, load, one_at_a_time
 from tests.tinymodels import build_summarizer, sentences
 
@@ -42,8 +42,10 @@ def test_summaries_are_text_and_report_chunks(model: SummarizeModel) -> None:
     results = TASK.run_batch(model, requests, ctx)
     assert all(r.summary for r in results)
     assert results[0].chunks > 1 and results[1].chunks == 1
-    # The long text, section by section: progress counts its sections, then the whole.
-    assert ctx.steps == [(results[0].chunks, results[0].chunks)]
+    assert ctx.steps == []  # progress goes to every job: sections of one are not the other's
+    alone = RecordingContext()
+    (result,) = TASK.run_batch(model, requests[:1], alone)
+    assert alone.steps == [(result.chunks, result.chunks)]  # its sections, then the whole
 
 
 def test_batch_equals_one_at_a_time(model: SummarizeModel) -> None:
@@ -87,9 +89,18 @@ def test_bad_requests_name_the_option(request_: SummarizeRequest, option: str) -
     assert err.value.option == option
 
 
-def test_sentences_split_on_end_marks_and_newlines() -> None:
-    assert split_sentences("One. Two! Three?\nFour") == ["One.", "Two!", "Three?", "Four"]
-    assert split_sentences("\u4eca\u65e5\u3002\u660e\u65e5\uff01") == [
-        "\u4eca\u65e5\u3002",
-        "\u660e\u65e5\uff01",
-    ]
+JAPANESE = "日本語の文章を句読点なしで長く書くと一つの文になってしまう" * 30
+"""Japanese without sentence marks: no sentence end, no space."""
+URL = "https://example.com/" + "/".join(f"notes{k:03d}" for k in range(120))
+
+
+@pytest.mark.parametrize("text", [JAPANESE, f"Read this: {URL} before class."], ids=["cjk", "url"])
+def test_text_without_sentence_ends_or_spaces_is_still_cut_to_the_window(
+    model: SummarizeModel, text: str
+) -> None:
+    """#34's reproductions: the old splitter fell back to words and no further, so these came
+    back as one piece far over the 64-token window, which ``generate`` then truncated."""
+    pieces = TASK.chunks(model, text)
+    assert len(pieces) > 1
+    assert all(len(model.tokenizer(piece)["input_ids"]) <= model.window for piece in pieces)
+    assert "".join(pieces).replace(" ", "") == text.replace(" ", "")  # nothing dropped

@@ -25,7 +25,6 @@ from handlers.translate import (
     TranslateRequest,
     TranslateResult,
     TranslateTask,
-    split_to_fit,
 )
 from tests.tinymodels import MAX_LENGTH, build_classifier, build_m2m100, build_marian
 
@@ -285,19 +284,6 @@ def test_long_input_is_split_within_the_model_limit_and_nothing_is_lost(
     assert blank == ""
     separately = translate(m2m, [TranslateRequest(piece, "fr", "en") for piece in pieces])
     assert " ".join(r.text for r in separately) == f"{first} {second}"
-
-
-def test_split_to_fit_cuts_at_sentences_then_words_then_anywhere() -> None:
-    def fits(text: str) -> bool:
-        return len(text) <= 12
-
-    assert split_to_fit("One two. Three four! Five", fits) == ["One two.", "Three four!", "Five"]
-    assert split_to_fit("aa bb cc dd ee ff gg", fits) == ["aa bb cc dd", "ee ff gg"]
-    assert split_to_fit("x" * 30, fits) == ["x" * 7, "x" * 8, "x" * 7, "x" * 8]
-    assert split_to_fit("你好。今天天气很好。我们去公园吧。", fits) == [
-        "你好。 今天天气很好。",
-        "我们去公园吧。",
-    ]
 
 
 @pytest.mark.parametrize(

@@ -442,3 +442,17 @@ async def test_each_finished_job_records_and_charges_its_share_of_the_device(
     shares = {r["user_id"]: r["gpu_ms"] for r in rows(tmp_path / "u.sqlite3")}
     assert set(shares) == {"ua", "ub"} and all(ms is not None and ms >= 0 for ms in shares.values())
     assert inv.quotas.gpu_used("ua") == pytest.approx(shares["ua"] / 1000)
+
+
+def test_stats_and_queue_compute_percentiles_alike() -> None:
+    """#34: /stats rounded up to a rank and /queue to the nearest index; for four waits they
+    gave 2 s and 3 s as the median of the same numbers."""
+    from bot.executor.metrics import Percentiles
+    from bot.usage import quantiles
+
+    seconds = [1.0, 2.0, 3.0, 4.0]
+    shown = Percentiles.of(seconds)
+    assert quantiles(seconds) == (2.0, 4.0)
+    assert (shown.p50_ms, shown.p95_ms, shown.p99_ms) == (2000.0, 4000.0, 4000.0)
+    many = [float(n) for n in range(1, 101)]
+    assert quantiles(many) == (50.0, 95.0) and Percentiles.of(many).p99_ms == 99_000.0

@@ -372,6 +372,11 @@ def test_messages_are_made_speakable() -> None:
     assert speakable("👍🎉 <@99>") == ""  # nothing to say: not sent to the model at all
     assert speakable("hi 👋🏽 there, 👨‍👩‍👧 and 1️⃣") == "hi there, and 1"
     assert speakable("30°C, №5, می‌خواهم") == "30°C, №5, می‌خواهم"  # symbols and joiners of words
+    # #34: pictographs outside the old hand-written ranges; symbols with a name stay.
+    assert speakable("a \u2b50 b \u231b c \u25b6\ufe0f d \u203c\ufe0f e") == "a b c d e"
+    assert speakable("\u00a9 2026 Acme\u00ae, #\ufe0f\u20e3 \U0001f1eb\U0001f1f7 1") == (
+        "\u00a9 2026 Acme\u00ae, # 1"
+    )
     assert speakable("***_deep_*** ____ end") == "deep end"
     # Only paired markup and line markers go; names keep their characters.
     assert speakable("C# is > Java, snake_case") == "C# is > Java, snake_case"

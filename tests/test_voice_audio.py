@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soxr
 
-from bot.calls import PCMSource
+from bot.calls import pcm_source
 from handlers.speak import CALL_FRAME_BYTES, SpeakTask, Speech, call_pcm
 
 
@@ -18,7 +18,7 @@ def tone(seconds: float, rate: int = 16_000) -> np.ndarray:
 
 def frames(pcm: bytes) -> list[bytes]:
     """What discord.py's player reads from the bot's source, a frame every 20 ms."""
-    source = PCMSource(pcm)
+    source = pcm_source(pcm)
     return list(iter(source.read, b""))
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import numpy as np
 
 from bot.executor.backend import LoadedModelInfo
 
@@ -41,12 +43,15 @@ class Percentiles:
     def of(cls, seconds: deque[float] | list[float]) -> Percentiles:
         if not seconds:
             return cls(0, 0.0, 0.0, 0.0)
-        ordered = sorted(seconds)
+        p50, p95, p99 = (1000 * percentile(seconds, q) for q in (0.50, 0.95, 0.99))
+        return cls(len(seconds), p50, p95, p99)
 
-        def at(q: float) -> float:
-            return 1000 * ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
-        return cls(len(ordered), at(0.50), at(0.95), at(0.99))
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank percentile (numpy's ``inverted_cdf``): the smallest measured value
+    with at least ``q`` of them at or below it. Every figure the bot shows uses this one, so
+    /queue and /stats agree on the same numbers."""
+    return float(np.percentile(values, 100 * q, method="inverted_cdf"))
 
 
 @dataclass(frozen=True)
