@@ -62,16 +62,24 @@ def speakable(text: str, names: Mapping[str, str] | None = None) -> str:
 
 
 SAID_SYMBOLS = frozenset({"\u00a9", "\u00ae", "\u2122"})
-"""Emoji that are also symbols with a name a speech model can say: ©, ®, ™."""
-_LEFT_OVER = re.compile("[\ufe0e\ufe0f\ud800-\udfff]")
-"""Style selectors left without their emoji, and lone surrogates (no text at all)."""
+"""Emoji that are also symbols a speech model can say: ©, ®, ™."""
+PUNCTUATION = {"\u203c": "!!", "\u2049": "!?"}
+"""‼ and ⁉ written as text (an emoji's ‼️ is dropped like any other)."""
+_LEFT_OVER = re.compile(
+    "[\ufe0e\ufe0f\u20e3\U0001f1e6-\U0001f1ff\ud800-\udfff]|\u200d(?=\\s|$)|(?:^|(?<=\\s))\u200d"
+)
+"""What an emoji leaves behind or what is no emoji alone: style selectors, a keycap's
+frame, a lone regional indicator, a joiner left beside a space (not the joiners of Indic
+scripts, between letters and marks); and lone surrogates (no text at all)."""
 
 
 def _said_instead(found: str, data: dict[str, object]) -> str:
     """What is said for an emoji: a keycap's digit (``1️⃣`` is "1"), ©, ® and ™ as they
-    are, nothing for the rest."""
+    are, ‼ and ⁉ written as text as punctuation, nothing for the rest."""
     if found.endswith("\u20e3"):
         return found[0]
+    if found in PUNCTUATION:
+        return PUNCTUATION[found]
     plain = found.replace("\ufe0f", "").replace("\ufe0e", "")
     return plain if plain in SAID_SYMBOLS else ""
 

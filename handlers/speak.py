@@ -446,7 +446,9 @@ class SpeakTask(Task[SpeakRequest, SpeakResult]):
             tokens = len(_encode(model, text, normalize))
             return max(len(text), math.ceil(tokens * PIECE_CHARS / limit))
 
-        pieces = [" ".join(p.split()) for p in split_to_fit(request.text, size, PIECE_CHARS)]
+        # Each sentence and line on its own, as a reader pauses between them.
+        cut = split_to_fit(request.text, size, PIECE_CHARS, apart="sentence")
+        pieces = [" ".join(piece.split()) for piece in cut]
         encoded = [_encode(model, piece, normalize) for piece in pieces if piece]
         return [ids for ids in encoded if ids]
 

@@ -116,7 +116,7 @@ class SummarizeTask(Task[SummarizeRequest, SummarizeResult]):
         def size(piece: str) -> int:
             return len(model.tokenizer(piece, add_special_tokens=False)["input_ids"])
 
-        pieces = [piece.strip() for piece in split_to_fit(text, size, budget)]
+        pieces = [" ".join(piece.split()) for piece in split_to_fit(text, size, budget)]
         return [piece for piece in pieces if piece] or [text.strip()]
 
     def _generate(

@@ -200,11 +200,13 @@ class TranslateTask(Task[TranslateRequest, TranslateResult]):
             generate_kwargs["forced_bos_token_id"] = tokenizer.get_lang_id(target)
 
         def size(piece: str) -> int:
-            return len(tokenizer(piece, verbose=False).input_ids)
+            return len(tokenizer(piece, add_special_tokens=False, verbose=False).input_ids)
+
+        budget = model.max_input_tokens - tokenizer.num_special_tokens_to_add()
 
         def pieces_of(line: str) -> list[str]:
-            cut = split_to_fit(line.strip(), size, model.max_input_tokens)
-            return [piece.strip() for piece in cut if piece.strip()]
+            cut = split_to_fit(line.strip(), size, budget)
+            return [" ".join(piece.split()) for piece in cut if piece.strip()]
 
         # Every request becomes lines, every non-blank line one or more pieces.
         layout = [[pieces_of(line) for line in r.text.split("\n")] for r in requests]

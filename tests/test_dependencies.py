@@ -64,3 +64,4 @@ def test_every_runtime_dependency_is_imported_or_said_why_not() -> None:
     }
     unused = declared() - used - set(RUNTIME_ONLY)
     assert unused == set()  # a test-only package belongs in the dev extra
+    assert set(RUNTIME_ONLY) <= declared()  # and what is needed without an import is there

@@ -60,6 +60,40 @@ def test_a_grapheme_is_never_cut_while_code_points_are_not_needed() -> None:
     ]
 
 
+def test_boundaries_down_to_apart_always_cut_for_speech() -> None:
+    text = "One. Two, three.\nFour"
+    assert split_to_fit(text, chars, 100) == [text]
+    assert split_to_fit(text, chars, 100, apart="sentence") == ["One. ", "Two, three.\n", "Four"]
+
+
+def test_a_stray_or_unclosed_fence_protects_nothing_and_www_links_are_whole() -> None:
+    closed = "```\ncode\n``` After the code comes a long sentence that needs cutting."
+    *cut, _ = split_to_fit(closed, chars, 30)
+    assert all(piece[-1].isspace() for piece in cut)  # at lines and spaces, never in a word
+    assert split_to_fit("``` open fence. Then words go on, and on.", chars, 16) == [
+        "``` open fence. ", "Then words go ", "on, ", "and on.",
+    ]  # fmt: skip
+    code = "Run `make test. Then ship` and www.example.com/week3. Then rest."
+    pieces = split_to_fit(code, chars, 24)
+    assert pieces == [  # the code span's sentence end is no sentence end
+        "Run ", "`make test. Then ship` ", "and ", "www.example.com/week3. ", "Then rest.",
+    ]  # fmt: skip
+
+
+def test_long_runs_cost_a_few_measures_a_piece() -> None:
+    """A piece is found by galloping then bisecting, not by measuring every unit."""
+    measured: list[int] = []
+
+    def size(piece: str) -> int:
+        measured.append(len(piece))
+        return len(piece)
+
+    for text in ("." * 50_000, "a" * 50_000, " " * 50_000, "! ?" * 20_000):
+        measured.clear()
+        pieces = split_to_fit(text, size, 30)
+        assert "".join(pieces) == text and len(measured) < 12 * len(pieces)
+
+
 def test_bad_budgets_and_empty_text() -> None:
     assert split_to_fit("", chars, 5) == []
     with pytest.raises(ValueError, match="budget"):

@@ -377,6 +377,8 @@ def test_messages_are_made_speakable() -> None:
     assert speakable("\u00a9 2026 Acme\u00ae, #\ufe0f\u20e3 \U0001f1eb\U0001f1f7 1") == (
         "\u00a9 2026 Acme\u00ae, # 1"
     )
+    assert speakable("a \U0001f1e6 b, x\u200d\U0001f600 y, wow\u203c") == "a b, x y, wow!!"
+    assert speakable("\u0915\u094d\u200d\u0937") == "\u0915\u094d\u200d\u0937"  # Hindi
     assert speakable("***_deep_*** ____ end") == "deep end"
     # Only paired markup and line markers go; names keep their characters.
     assert speakable("C# is > Java, snake_case") == "C# is > Java, snake_case"
